@@ -1,0 +1,136 @@
+//! `check_invariants`: the cross-table consistency every apply must preserve. Tests
+//! call it after every step; `restore` calls it on every snapshot it reads.
+
+use std::collections::BTreeSet;
+
+use crate::lock::Holders;
+use crate::state::{Owned, StateMachine, Timer, NEVER};
+use crate::waiter::WaiterKind;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+impl StateMachine {
+    /// Verifies every invariant linking the tables: at most one exclusive holder and
+    /// never readers beside a writer, fences at or below the last fence, every finite
+    /// deadline indexed exactly once, every session-owned resource owned by a live
+    /// session record, every queued waiter present in its queues and vice versa.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let st = &self.st;
+        let mut timers: BTreeSet<(u64, Timer)> = BTreeSet::new();
+        let mut owned: BTreeSet<(u64, Owned)> = BTreeSet::new();
+        let mut queued: BTreeSet<u64> = BTreeSet::new();
+        let mut add_timer = |deadline: u64, timer: Timer| -> Result<(), String> {
+            if deadline != NEVER {
+                ensure!(timers.insert((deadline, timer.clone())), "timer {timer:?} twice");
+            }
+            Ok(())
+        };
+        for (name, entry) in &st.locks {
+            ensure!(entry.holders.mode().is_some() || entry.queue.is_some(), "empty lock entry {name:?} kept");
+            if let Holders::Shared(holders) = &entry.holders {
+                ensure!(!holders.is_empty(), "shared lock {name:?} without holders");
+            }
+            ensure!(entry.queue.as_ref().is_none_or(|q| !q.is_empty()), "empty queue kept on {name:?}");
+            for holder in entry.holders.as_slice() {
+                ensure!(holder.fence > 0 && holder.fence <= st.last_fence, "fence {} above last {}", holder.fence, st.last_fence);
+                ensure!(holder.holds > 0, "holder without holds on {name:?}");
+                add_timer(holder.deadline_ms, Timer::Holder { fence: holder.fence, name: name.clone() })?;
+                if holder.session != 0 {
+                    owned.insert((holder.session, Owned::Holder { name: name.clone(), fence: holder.fence }));
+                }
+            }
+            for &(_, id) in entry.queue.iter().flat_map(|q| q.iter()) {
+                let Some(w) = st.waiters.get(&id) else { return Err(format!("queued waiter {id} missing")) };
+                ensure!(matches!(&w.kind, WaiterKind::Lock { names, .. } if names.contains(name)), "waiter {id} not for {name:?}");
+                queued.insert(id);
+            }
+        }
+        for (key, ids) in &st.pop_queues {
+            ensure!(!ids.is_empty(), "empty pop queue kept");
+            for id in ids {
+                ensure!(matches!(st.waiters.get(id).map(|w| &w.kind), Some(WaiterKind::Pop { keys, .. }) if keys.contains(key)), "pop waiter {id}");
+                queued.insert(*id);
+            }
+        }
+        for (name, sem) in &st.semaphores {
+            let used: u32 = sem.holders.iter().map(|h| h.permits).sum();
+            ensure!(used == sem.used && used <= sem.limit, "semaphore {name:?} uses {used} of {}", sem.limit);
+            for holder in &sem.holders {
+                ensure!(holder.fence <= st.last_fence, "permit fence above last");
+                add_timer(holder.deadline_ms, Timer::Permit { fence: holder.fence, name: name.clone() })?;
+                if holder.session != 0 {
+                    owned.insert((holder.session, Owned::Permit { name: name.clone(), fence: holder.fence }));
+                }
+            }
+            for &(_, id) in &sem.queue {
+                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::Permit { name: n, .. }) if n == name), "permit waiter {id}");
+                queued.insert(id);
+            }
+        }
+        for (name, queue) in &st.queues {
+            ensure!(!queue.items.is_empty() || !queue.poppers.is_empty(), "empty queue {name:?} kept");
+            for (item_slot, item) in &queue.items {
+                if item.session != 0 {
+                    owned.insert((item.session, Owned::Item { name: name.clone(), slot: *item_slot }));
+                }
+            }
+            for &(_, id) in &queue.poppers {
+                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::QueuePop { name: n, .. }) if n == name), "queue waiter {id}");
+                queued.insert(id);
+            }
+        }
+        for (name, barrier) in &st.barriers {
+            for &(_, id) in &barrier.members {
+                if id != 0 {
+                    ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::BarrierArrive { name: n, .. }) if n == name), "barrier waiter {id}");
+                    queued.insert(id);
+                }
+            }
+            for &id in &barrier.leavers {
+                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::BarrierLeave { name: n, .. }) if n == name), "leave waiter {id}");
+                queued.insert(id);
+            }
+        }
+        for (name, election) in &st.elections {
+            if let Some(leader) = &election.leader {
+                ensure!(leader.fence <= st.last_fence, "leader fence above last");
+                add_timer(leader.deadline_ms, Timer::Leader { fence: leader.fence, name: name.clone() })?;
+                if leader.session != 0 {
+                    owned.insert((leader.session, Owned::Leader { name: name.clone(), fence: leader.fence }));
+                }
+            }
+            for &(_, id) in &election.queue {
+                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::Campaign { name: n, .. }) if n == name), "campaign waiter {id}");
+                queued.insert(id);
+            }
+        }
+        for (id, waiter) in &st.waiters {
+            ensure!(queued.contains(id), "waiter {id} is in no queue");
+            add_timer(waiter.deadline_ms, Timer::Waiter(*id))?;
+            if waiter.session != 0 {
+                owned.insert((waiter.session, Owned::Waiter(*id)));
+            }
+        }
+        for (name, entry) in &st.keys {
+            add_timer(entry.deadline_ms, Timer::Key(name.clone()))?;
+            if entry.session != 0 {
+                owned.insert((entry.session, Owned::Key(name.clone())));
+            }
+        }
+        for (id, session) in &st.sessions {
+            add_timer(session.deadline_ms, Timer::Session(*id))?;
+            for item in &session.owned {
+                ensure!(owned.remove(&(*id, item.clone())), "session {id} owns {item:?} which does not point back");
+            }
+        }
+        ensure!(owned.is_empty(), "resources owned by missing sessions: {owned:?}");
+        ensure!(timers == st.deadlines, "deadline index out of step: expected {} timers, have {}", timers.len(), st.deadlines.len());
+        Ok(())
+    }
+}

@@ -1,0 +1,506 @@
+//! Locks: exclusive and shared, reentrant, atomic groups, FIFO/priority wait queues,
+//! conditional acquire, metadata, and fencing tokens.
+//!
+//! Grant rule for a queue: only its head may be granted, and a waiter is granted
+//! once it heads the queue of every name it asked for and every one of them admits
+//! its mode. Queue order is one global order (priority, then log index), so two
+//! groups can never each head a queue the other needs: no deadlock. A shared request
+//! never overtakes a queued exclusive one (writer preference: writers never starve).
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Condition, Event, Grant, HolderInfo, LockInfo, LockMode, LockRequest, Reply, SessionId, Wait};
+use crate::error::{over, Error, Result};
+use crate::limits::Limit;
+use crate::name::{boxed_bytes, Name};
+use crate::state::{slot, Dirty, Owned, QueueSlot, StateMachine, Timer, NEVER};
+use crate::waiter::{parts, Ident, Waiter, WaiterKind};
+
+/// One grant of a lock. 48 bytes: owner, token and metadata share one allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Holder {
+    #[serde(with = "boxed_bytes")]
+    pub blob: Box<[u8]>,
+    pub owner_len: u16,
+    pub token_len: u16,
+    pub holds: u32,
+    pub fence: u64,
+    pub deadline_ms: u64,
+    pub session: SessionId,
+}
+
+impl Holder {
+    pub fn owner(&self) -> &[u8] {
+        parts(&self.blob, self.owner_len, self.token_len).0
+    }
+
+    pub fn token(&self) -> &[u8] {
+        parts(&self.blob, self.owner_len, self.token_len).1
+    }
+
+    pub fn metadata(&self) -> &[u8] {
+        parts(&self.blob, self.owner_len, self.token_len).2
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Holders {
+    Free,
+    Exclusive(Holder),
+    /// Never empty: the last reader leaving makes the lock `Free`.
+    Shared(Vec<Holder>),
+}
+
+impl Holders {
+    pub fn as_slice(&self) -> &[Holder] {
+        match self {
+            Holders::Free => &[],
+            Holders::Exclusive(holder) => std::slice::from_ref(holder),
+            Holders::Shared(holders) => holders,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Holder] {
+        match self {
+            Holders::Free => &mut [],
+            Holders::Exclusive(holder) => std::slice::from_mut(holder),
+            Holders::Shared(holders) => holders,
+        }
+    }
+
+    pub fn mode(&self) -> Option<LockMode> {
+        match self {
+            Holders::Free => None,
+            Holders::Exclusive(_) => Some(LockMode::Exclusive),
+            Holders::Shared(_) => Some(LockMode::Shared),
+        }
+    }
+
+    /// Whether a new holder in `mode` may join the current holders.
+    fn admits(&self, mode: LockMode) -> bool {
+        match (self, mode) {
+            (Holders::Free, _) => true,
+            (Holders::Shared(_), LockMode::Shared) => true,
+            _ => false,
+        }
+    }
+
+    fn add(&mut self, mode: LockMode, holder: Holder) {
+        assert!(self.admits(mode), "never two exclusive holders, never readers with a writer");
+        match (std::mem::replace(self, Holders::Free), mode) {
+            (Holders::Free, LockMode::Exclusive) => *self = Holders::Exclusive(holder),
+            (Holders::Free, LockMode::Shared) => *self = Holders::Shared(vec![holder]),
+            (Holders::Shared(mut holders), LockMode::Shared) => {
+                holders.push(holder);
+                *self = Holders::Shared(holders);
+            }
+            _ => unreachable!("admits() checked the mode"),
+        }
+    }
+
+    fn remove(&mut self, fence: u64) -> Holder {
+        match std::mem::replace(self, Holders::Free) {
+            Holders::Exclusive(holder) => {
+                assert_eq!(holder.fence, fence);
+                holder
+            }
+            Holders::Shared(mut holders) => {
+                let at = holders.iter().position(|h| h.fence == fence).expect("holder exists");
+                let holder = holders.remove(at);
+                if !holders.is_empty() {
+                    *self = Holders::Shared(holders);
+                }
+                holder
+            }
+            Holders::Free => panic!("removing a holder from a free lock"),
+        }
+    }
+}
+
+/// A lock name's holders and wait queue. The queue is boxed because almost every
+/// held lock has no waiters, and an empty inline `BTreeSet` would cost 24 bytes each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LockEntry {
+    pub holders: Holders,
+    pub queue: Option<Box<BTreeSet<QueueSlot>>>,
+}
+
+impl LockEntry {
+    fn head(&self) -> Option<QueueSlot> {
+        self.queue.as_ref().and_then(|q| q.first().copied())
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len())
+    }
+}
+
+enum Ready {
+    Grant,
+    Blocked,
+    Gone,
+}
+
+impl StateMachine {
+    /// Validates and canonicalizes a name list: non-empty, within the group bound,
+    /// sorted and deduplicated (the canonical order of a group).
+    pub(crate) fn lock_names(&self, names: Vec<Bytes>) -> Result<Vec<Name>> {
+        if names.is_empty() {
+            return Err(Error::Invalid("at least one lock name is required"));
+        }
+        if names.len() > self.limits.group_size_max {
+            return Err(over(Limit::GroupSize, self.limits.group_size_max as u64));
+        }
+        for name in &names {
+            self.check_key(name)?;
+        }
+        let sorted: BTreeSet<Name> = names.iter().map(|n| Name::from(n.as_ref())).collect();
+        Ok(sorted.into_iter().collect())
+    }
+
+    pub(crate) fn lock_acquire(&mut self, request: LockRequest) -> Result<Reply> {
+        let names = self.lock_names(request.names)?;
+        self.check_owner(&request.owner)?;
+        self.check_owner(&request.token)?;
+        if request.metadata.len() > self.limits.metadata_bytes_max {
+            return Err(over(Limit::MetadataBytes, self.limits.metadata_bytes_max as u64));
+        }
+        self.check_ttl(request.ttl_ms, request.session.is_some())?;
+        if let Wait::Queue { wait_ms, .. } = request.wait {
+            self.check_wait(wait_ms)?;
+        }
+        let session = self.session_check(request.session, names.len())?;
+        if let Some(condition) = &request.condition {
+            if !self.condition_holds(condition) {
+                return Err(Error::ConditionFailed);
+            }
+        }
+        for name in &names {
+            self.lock_expire_due(name);
+        }
+        if let Some(fence) = self.lock_reentry(&names, &request.owner, &request.token, request.mode)? {
+            return Ok(Reply::Grant(self.lock_reenter(&names, fence, request.ttl_ms)?));
+        }
+        let new_names = names.iter().filter(|n| !self.st.locks.contains_key(*n)).count();
+        self.check_entries(new_names)?;
+        let ident = Ident::new(&request.owner, &request.token, &request.metadata);
+        if self.lock_free_for(&names, request.mode) {
+            let fence = self.next_fence();
+            return Ok(Reply::Grant(self.lock_install(&names, &ident, request.mode, request.ttl_ms, session, fence)));
+        }
+        let (wait_ms, priority) = match request.wait {
+            Wait::Queue { wait_ms, priority } if wait_ms != Some(0) => (wait_ms, priority),
+            _ => return Err(Error::Locked),
+        };
+        for name in &names {
+            let queued = self.st.locks.get(name).map_or(0, LockEntry::queue_len);
+            if queued >= self.limits.waiters_per_lock_max {
+                return Err(over(Limit::WaitersPerLock, self.limits.waiters_per_lock_max as u64));
+            }
+        }
+        let queue_slot = slot(priority, self.index);
+        for name in &names {
+            let entry = self.st.locks.entry(name.clone()).or_insert(LockEntry { holders: Holders::Free, queue: None });
+            let inserted = entry.queue.get_or_insert_with(Default::default).insert(queue_slot);
+            assert!(inserted);
+        }
+        let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
+        let kind = WaiterKind::Lock { names, ident, mode: request.mode, ttl_ms: request.ttl_ms, slot: queue_slot };
+        let id = self.waiter_insert(Waiter { deadline_ms, session, kind });
+        Ok(Reply::Queued(id))
+    }
+
+    /// If `owner` already holds every name (as one grant, in `mode`, with `token`),
+    /// the fence of that grant. Holding some of them, or differently, is an error.
+    fn lock_reentry(&self, names: &[Name], owner: &[u8], token: &[u8], mode: LockMode) -> Result<Option<u64>> {
+        let mut held = 0;
+        let mut fence = 0;
+        for name in names {
+            let Some(entry) = self.st.locks.get(name) else { continue };
+            let Some(holder) = entry.holders.as_slice().iter().find(|h| h.owner() == owner) else { continue };
+            if holder.token() != token {
+                return Err(Error::TokenMismatch);
+            }
+            if entry.holders.mode() != Some(mode) || (held > 0 && holder.fence != fence) {
+                return Err(Error::HeldDifferently);
+            }
+            fence = holder.fence;
+            held += 1;
+        }
+        match held {
+            0 => Ok(None),
+            n if n == names.len() => Ok(Some(fence)),
+            _ => Err(Error::HeldDifferently),
+        }
+    }
+
+    fn lock_reenter(&mut self, names: &[Name], fence: u64, ttl_ms: u64) -> Result<Grant> {
+        let deadline_ms = self.deadline_after(ttl_ms);
+        let mut grant = Grant { fence, holds: 0, deadline_ms };
+        for name in names {
+            let holder = self.lock_holder(name, fence);
+            if holder.holds == u32::MAX {
+                return Err(Error::Overflow);
+            }
+            let old = holder.deadline_ms;
+            // A reentrant acquire may lengthen the lease but never shortens it.
+            let new = if ttl_ms == 0 { old } else { old.max(deadline_ms) };
+            if new != old {
+                self.unschedule(old, Timer::Holder { fence, name: name.clone() });
+                self.schedule(new, Timer::Holder { fence, name: name.clone() });
+            }
+            let holder = self.lock_holder_mut(name, fence);
+            holder.holds += 1;
+            holder.deadline_ms = new;
+            grant = Grant { fence, holds: holder.holds, deadline_ms: new };
+        }
+        Ok(grant)
+    }
+
+    fn lock_free_for(&self, names: &[Name], mode: LockMode) -> bool {
+        names.iter().all(|name| match self.st.locks.get(name) {
+            None => true,
+            Some(entry) => entry.queue_len() == 0 && entry.holders.admits(mode),
+        })
+    }
+
+    fn lock_install(&mut self, names: &[Name], ident: &Ident, mode: LockMode, ttl_ms: u64, session: SessionId, fence: u64) -> Grant {
+        let deadline_ms = self.deadline_after(ttl_ms);
+        for name in names {
+            let holder = Holder {
+                blob: ident.blob.clone(),
+                owner_len: ident.owner_len,
+                token_len: ident.token_len,
+                holds: 1,
+                fence,
+                deadline_ms,
+                session,
+            };
+            let entry = self.st.locks.entry(name.clone()).or_insert(LockEntry { holders: Holders::Free, queue: None });
+            entry.holders.add(mode, holder);
+            self.schedule(deadline_ms, Timer::Holder { fence, name: name.clone() });
+            if session != 0 {
+                self.own(session, Owned::Holder { name: name.clone(), fence });
+            }
+        }
+        Grant { fence, holds: 1, deadline_ms }
+    }
+
+    pub(crate) fn lock_release(&mut self, names: Vec<Bytes>, token: &[u8]) -> Result<Reply> {
+        let names = self.lock_names(names)?;
+        for name in &names {
+            self.lock_expire_due(name);
+        }
+        let mut fences = Vec::with_capacity(names.len());
+        for name in &names {
+            match self.lock_by_token(name, token) {
+                Some(holder) => fences.push(holder.fence),
+                None => return Err(Error::NotHolder { name: name.lossy() }),
+            }
+        }
+        let mut remaining = u32::MAX;
+        for (name, fence) in names.iter().zip(fences) {
+            let holder = self.lock_holder_mut(name, fence);
+            holder.holds -= 1;
+            remaining = remaining.min(holder.holds);
+            if holder.holds == 0 {
+                let holder = self.lock_remove_holder(name, fence);
+                if holder.session != 0 {
+                    self.disown(holder.session, &Owned::Holder { name: name.clone(), fence });
+                }
+                self.emit(Event::Released { name: name.to_bytes(), fence });
+            }
+        }
+        Ok(Reply::Int(i64::from(remaining)))
+    }
+
+    pub(crate) fn lock_renew(&mut self, names: Vec<Bytes>, token: &[u8], ttl_ms: u64) -> Result<Reply> {
+        self.check_ttl(ttl_ms, false)?;
+        let names = self.lock_names(names)?;
+        // Expire first: a lease whose deadline has passed is gone and cannot be renewed.
+        for name in &names {
+            self.lock_expire_due(name);
+        }
+        let mut fences = Vec::with_capacity(names.len());
+        for name in &names {
+            match self.lock_by_token(name, token) {
+                Some(holder) => fences.push(holder.fence),
+                None => return Err(Error::NotHolder { name: name.lossy() }),
+            }
+        }
+        let deadline_ms = self.deadline_after(ttl_ms);
+        let mut grant = None;
+        for (name, fence) in names.iter().zip(fences) {
+            let old = self.lock_holder(name, fence).deadline_ms;
+            self.unschedule(old, Timer::Holder { fence, name: name.clone() });
+            self.schedule(deadline_ms, Timer::Holder { fence, name: name.clone() });
+            let holder = self.lock_holder_mut(name, fence);
+            holder.deadline_ms = deadline_ms;
+            grant.get_or_insert(Grant { fence, holds: holder.holds, deadline_ms });
+        }
+        Ok(Reply::Grant(grant.expect("at least one name")))
+    }
+
+    /// Expires every holder of `name` whose deadline has passed.
+    pub(crate) fn lock_expire_due(&mut self, name: &Name) {
+        let Some(entry) = self.st.locks.get(name) else { return };
+        let now = self.now();
+        let due: Vec<u64> = entry
+            .holders
+            .as_slice()
+            .iter()
+            .filter(|h| h.deadline_ms != NEVER && h.deadline_ms <= now)
+            .map(|h| h.fence)
+            .collect();
+        for fence in due {
+            let holder = self.lock_remove_holder(name, fence);
+            if holder.session != 0 {
+                self.disown(holder.session, &Owned::Holder { name: name.clone(), fence });
+            }
+            self.emit(Event::Expired { name: name.to_bytes(), fence });
+        }
+    }
+
+    /// Takes a grant away because its session ended.
+    pub(crate) fn lock_revoke(&mut self, name: &Name, fence: u64, session: SessionId) {
+        let holder = self.lock_remove_holder(name, fence);
+        assert_eq!(holder.session, session);
+        self.emit(Event::Revoked { name: name.to_bytes(), fence, session });
+    }
+
+    /// Removes a holder and its timer, and marks the name for the pump.
+    fn lock_remove_holder(&mut self, name: &Name, fence: u64) -> Holder {
+        let entry = self.st.locks.get_mut(name).expect("lock exists");
+        let holder = entry.holders.remove(fence);
+        self.unschedule(holder.deadline_ms, Timer::Holder { fence, name: name.clone() });
+        self.mark(Dirty::Lock(name.clone()));
+        holder
+    }
+
+    pub(crate) fn lock_queue_remove(&mut self, name: &Name, queue_slot: QueueSlot) {
+        let entry = self.st.locks.get_mut(name).expect("queued lock exists");
+        let queue = entry.queue.as_mut().expect("queue exists");
+        assert!(queue.remove(&queue_slot));
+        if queue.is_empty() {
+            entry.queue = None;
+        }
+    }
+
+    /// Grants queued waiters of `name` from the head while they are grantable.
+    pub(crate) fn lock_pump(&mut self, name: &Name) {
+        self.lock_expire_due(name);
+        loop {
+            let Some(entry) = self.st.locks.get(name) else { return };
+            let Some((_, id)) = entry.head() else { break };
+            match self.lock_waiter_ready(id) {
+                Ready::Grant => self.lock_grant_waiter(id),
+                Ready::Gone => continue,
+                Ready::Blocked => break,
+            }
+        }
+        if let Some(entry) = self.st.locks.get(name) {
+            if entry.holders.mode().is_none() && entry.queue.is_none() {
+                self.st.locks.remove(name);
+            }
+        }
+    }
+
+    fn lock_waiter_ready(&mut self, id: u64) -> Ready {
+        let waiter = &self.st.waiters[&id];
+        let session = waiter.session;
+        let WaiterKind::Lock { names, mode, slot: queue_slot, .. } = &waiter.kind else {
+            panic!("lock queues hold lock waiters")
+        };
+        let (names, mode, queue_slot) = (names.clone(), *mode, *queue_slot);
+        // etcd #11456: a waiter whose session has ended must never be granted.
+        if session != 0 && !self.session_live(session) {
+            assert!(!self.st.waiters.contains_key(&id), "ending a session ends its waits");
+            return Ready::Gone;
+        }
+        for name in &names {
+            self.lock_expire_due(name);
+        }
+        for name in &names {
+            let entry = &self.st.locks[name];
+            if entry.head() != Some(queue_slot) || !entry.holders.admits(mode) {
+                return Ready::Blocked;
+            }
+        }
+        Ready::Grant
+    }
+
+    fn lock_grant_waiter(&mut self, id: u64) {
+        let waiter = self.waiter_take(id);
+        let WaiterKind::Lock { names, ident, mode, ttl_ms, slot: queue_slot } = waiter.kind else {
+            panic!("lock waiter")
+        };
+        for name in &names {
+            self.lock_queue_remove(name, queue_slot);
+        }
+        let fence = self.next_fence();
+        let grant = self.lock_install(&names, &ident, mode, ttl_ms, waiter.session, fence);
+        self.emit(Event::Granted { waiter: id, grant });
+        for name in names {
+            self.mark(Dirty::Lock(name));
+        }
+    }
+
+    fn lock_by_token(&self, name: &[u8], token: &[u8]) -> Option<&Holder> {
+        let entry = self.st.locks.get(name)?;
+        entry.holders.as_slice().iter().find(|h| h.token() == token && !self.is_due(h.deadline_ms))
+    }
+
+    fn lock_holder(&self, name: &Name, fence: u64) -> &Holder {
+        let entry = &self.st.locks[name];
+        entry.holders.as_slice().iter().find(|h| h.fence == fence).expect("holder exists")
+    }
+
+    fn lock_holder_mut(&mut self, name: &Name, fence: u64) -> &mut Holder {
+        let entry = self.st.locks.get_mut(name).expect("lock exists");
+        entry.holders.as_mut_slice().iter_mut().find(|h| h.fence == fence).expect("holder exists")
+    }
+
+    /// The fence of the newest live holder of a lock.
+    pub(crate) fn lock_fence(&self, name: &[u8]) -> Option<u64> {
+        let entry = self.st.locks.get(name)?;
+        entry.holders.as_slice().iter().filter(|h| !self.is_due(h.deadline_ms)).map(|h| h.fence).max()
+    }
+
+    pub(crate) fn lock_info(&self, name: &[u8]) -> LockInfo {
+        let Some(entry) = self.st.locks.get(name) else {
+            return LockInfo { mode: None, holders: Vec::new(), waiters: 0 };
+        };
+        let holders: Vec<HolderInfo> = entry
+            .holders
+            .as_slice()
+            .iter()
+            .filter(|h| !self.is_due(h.deadline_ms))
+            .map(|h| HolderInfo {
+                owner: Bytes::copy_from_slice(h.owner()),
+                fence: h.fence,
+                holds: h.holds,
+                ttl_ms: self.remaining(h.deadline_ms),
+                session: (h.session != 0).then_some(h.session),
+                metadata: Bytes::copy_from_slice(h.metadata()),
+            })
+            .collect();
+        let mode = if holders.is_empty() { None } else { entry.holders.mode() };
+        LockInfo { mode, holders, waiters: entry.queue_len() as u64 }
+    }
+
+    fn condition_holds(&self, condition: &Condition) -> bool {
+        match condition {
+            Condition::KeyEquals { key, value } => self.key_string(key) == value.as_deref(),
+            Condition::FenceEquals { name, fence } => {
+                let current = match self.read(&crate::Command::Fence { name: name.clone() }) {
+                    Ok(Reply::Int(f)) => f as u64,
+                    _ => 0,
+                };
+                current == *fence
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Counters and FIFO / priority queues with blocking dequeue.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Event, Reply, SessionId, Wait};
+use crate::error::{over, Error, Result};
+use crate::limits::Limit;
+use crate::name::Name;
+use crate::state::{slot, Dirty, Owned, QueueSlot, StateMachine, NEVER};
+use crate::waiter::{Waiter, WaiterKind};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueueItem {
+    pub value: Bytes,
+    pub session: SessionId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Queue {
+    /// Ordered by (negated priority, sequence): the first item is dequeued first.
+    pub items: BTreeMap<(i64, u64), QueueItem>,
+    pub next_seq: u64,
+    /// Blocked dequeuers, served in their own priority/FIFO order.
+    pub poppers: BTreeSet<QueueSlot>,
+}
+
+impl StateMachine {
+    pub(crate) fn counter_add(&mut self, name: &[u8], delta: i64) -> Result<Reply> {
+        self.check_key(name)?;
+        let current = self.st.counters.get(name).copied().unwrap_or(0);
+        let value = current.checked_add(delta).ok_or(Error::Overflow)?;
+        if value == 0 {
+            // A counter at zero is the same as no counter; keep the table small.
+            self.st.counters.remove(name);
+        } else {
+            self.st.counters.insert(Name::from(name), value);
+        }
+        Ok(Reply::Int(value))
+    }
+
+    pub(crate) fn queue_push(&mut self, name: &[u8], values: Vec<Bytes>, priority: i32, session: Option<SessionId>) -> Result<Reply> {
+        self.check_key(name)?;
+        if values.is_empty() {
+            return Err(Error::Invalid("push needs at least one item"));
+        }
+        for value in &values {
+            self.check_value(value)?;
+        }
+        let len = self.st.queues.get(name).map_or(0, |q| q.items.len());
+        if len + values.len() > self.limits.queue_length_max {
+            return Err(over(Limit::QueueLength, self.limits.queue_length_max as u64));
+        }
+        let session = self.session_check(session, values.len())?;
+        let name = Name::from(name);
+        for value in values {
+            let queue = self.st.queues.entry(name.clone()).or_default();
+            let item_slot = (-i64::from(priority), queue.next_seq);
+            queue.next_seq += 1;
+            queue.items.insert(item_slot, QueueItem { value, session });
+            if session != 0 {
+                self.own(session, Owned::Item { name: name.clone(), slot: item_slot });
+            }
+        }
+        let len = self.st.queues[&name].items.len();
+        self.mark(Dirty::Queue(name));
+        Ok(Reply::Int(len as i64))
+    }
+
+    fn queue_take_first(&mut self, name: &Name) -> Option<Bytes> {
+        let queue = self.st.queues.get_mut(name)?;
+        let (item_slot, item) = queue.items.pop_first()?;
+        if item.session != 0 {
+            self.disown(item.session, &Owned::Item { name: name.clone(), slot: item_slot });
+        }
+        Some(item.value)
+    }
+
+    pub(crate) fn queue_pop(&mut self, name: &[u8], wait: Wait) -> Result<Reply> {
+        self.check_key(name)?;
+        let name = Name::from(name);
+        let poppers = self.st.queues.get(&name).map_or(0, |q| q.poppers.len());
+        if poppers == 0 {
+            if let Some(value) = self.queue_take_first(&name) {
+                self.queue_gc(&name);
+                return Ok(Reply::Bulk(value));
+            }
+        }
+        let (wait_ms, priority) = match wait {
+            Wait::Queue { wait_ms, priority } if wait_ms != Some(0) => (wait_ms, priority),
+            _ => return Ok(Reply::Nil),
+        };
+        self.check_wait(wait_ms)?;
+        if poppers >= self.limits.waiters_per_lock_max {
+            return Err(over(Limit::WaitersPerLock, self.limits.waiters_per_lock_max as u64));
+        }
+        let queue_slot = slot(priority, self.index);
+        self.st.queues.entry(name.clone()).or_default().poppers.insert(queue_slot);
+        let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
+        let id = self.waiter_insert(Waiter { deadline_ms, session: 0, kind: WaiterKind::QueuePop { name, slot: queue_slot } });
+        Ok(Reply::Queued(id))
+    }
+
+    pub(crate) fn queue_waiter_remove(&mut self, name: &Name, queue_slot: QueueSlot) {
+        let queue = self.st.queues.get_mut(name).expect("queue exists");
+        assert!(queue.poppers.remove(&queue_slot));
+        self.queue_gc(name);
+    }
+
+    /// Removes an item because its session ended.
+    pub(crate) fn queue_item_remove(&mut self, name: &Name, item_slot: (i64, u64)) {
+        let queue = self.st.queues.get_mut(name).expect("queue exists");
+        assert!(queue.items.remove(&item_slot).is_some());
+        self.queue_gc(name);
+    }
+
+    fn queue_gc(&mut self, name: &Name) {
+        if self.st.queues.get(name).is_some_and(|q| q.items.is_empty() && q.poppers.is_empty()) {
+            self.st.queues.remove(name);
+        }
+    }
+
+    /// Hands items to blocked dequeuers in their order.
+    pub(crate) fn queue_pump(&mut self, name: &Name) {
+        loop {
+            let Some(queue) = self.st.queues.get(name) else { return };
+            let (Some(&(_, id)), false) = (queue.poppers.first(), queue.items.is_empty()) else { break };
+            let waiter = self.waiter_take(id);
+            let WaiterKind::QueuePop { slot: queue_slot, .. } = waiter.kind else { panic!("queue pop waiter") };
+            self.st.queues.get_mut(name).expect("exists").poppers.remove(&queue_slot);
+            let value = self.queue_take_first(name).expect("non-empty");
+            self.emit(Event::Popped { waiter: id, key: name.to_bytes(), value });
+        }
+        self.queue_gc(name);
+    }
+}

@@ -1,0 +1,65 @@
+//! Snapshots: the whole replicated state as versioned bytes, restored exactly.
+//!
+//! Layout: 8-byte magic, u32 little-endian format version, then the state in postcard
+//! encoding. All tables are ordered maps, so equal states give equal bytes, and the
+//! state hash is simply a hash of those bytes.
+
+use crate::limits::Limits;
+use crate::state::{State, StateMachine};
+
+const MAGIC: &[u8; 8] = b"FENCELCK";
+/// The snapshot format this build writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The bytes do not start with the snapshot magic.
+    #[error("not a fencelock snapshot")]
+    BadMagic,
+    /// Written by a format this build does not read.
+    #[error("snapshot format version {0} is not supported (this build reads {SNAPSHOT_VERSION})")]
+    UnsupportedVersion(u32),
+    /// The body does not decode.
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(String),
+    /// The body decodes but breaks an invariant of the state machine.
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl StateMachine {
+    /// Serializes the whole state.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        postcard::to_io(&self.st, &mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Rebuilds a state machine from `snapshot()` bytes, checking every invariant.
+    pub fn restore(limits: Limits, bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
+        if bytes.len() < 12 || &bytes[..8] != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion(version));
+        }
+        let (st, rest): (State, &[u8]) = postcard::take_from_bytes(&bytes[12..]).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Corrupt(format!("{} trailing bytes", rest.len())));
+        }
+        let mut machine = StateMachine::new(limits);
+        machine.st = st;
+        machine.check_invariants().map_err(SnapshotError::Inconsistent)?;
+        Ok(machine)
+    }
+
+    /// A 64-bit FNV-1a hash of the snapshot bytes: equal states, equal hashes.
+    pub fn state_hash(&self) -> u64 {
+        self.snapshot().iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    }
+}

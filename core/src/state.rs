@@ -1,0 +1,427 @@
+//! The state machine: tables, the replicated clock, the deadline index, and `apply`.
+//!
+//! ```text
+//!   apply(index, stamp, cmd)
+//!     1. clock   <- max(clock, stamp + offset)        (Rebase resets offset)
+//!     2. expire  everything in `deadlines` due at clock (bounded per entry)
+//!     3. dispatch cmd: validate fully, then mutate; mutations mark names dirty
+//!     4. pump    dirty names: grant queued waiters that became grantable
+//!     5. return  reply + events (grants, expiries, revocations, changes)
+//! ```
+//!
+//! Every container is ordered (`BTreeMap`, `BTreeSet`, `VecDeque`), so two replicas
+//! that apply the same log iterate in the same order and serialize identical bytes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Event, Output, Reply, SessionId, WaitEnd, WaiterId};
+use crate::error::{over, Error, Result};
+use crate::limits::{Limit, Limits};
+use crate::name::Name;
+
+/// A deadline that never comes (no TTL).
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// What a deadline in the index refers to. The fence in holder timers tells apart
+/// several holders of one shared lock or semaphore.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) enum Timer {
+    Holder { fence: u64, name: Name },
+    Permit { fence: u64, name: Name },
+    Leader { fence: u64, name: Name },
+    Session(SessionId),
+    Waiter(WaiterId),
+    Key(Name),
+}
+
+/// A resource that ends with the session owning it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) enum Owned {
+    Holder { name: Name, fence: u64 },
+    Permit { name: Name, fence: u64 },
+    Leader { name: Name, fence: u64 },
+    Waiter(WaiterId),
+    Key(Name),
+    Item { name: Name, slot: (i64, u64) },
+}
+
+/// A name whose waiters may have become grantable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Dirty {
+    Lock(Name),
+    List(Name),
+    Semaphore(Name),
+    Queue(Name),
+    Election(Name),
+}
+
+/// Order of a wait queue: higher priority first (negated), then arrival (log index).
+pub(crate) type QueueSlot = (i64, WaiterId);
+
+pub(crate) fn slot(priority: i32, id: WaiterId) -> QueueSlot {
+    (-i64::from(priority), id)
+}
+
+/// Everything that is replicated and snapshotted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct State {
+    /// The replicated clock: the largest (rebased) leader stamp applied so far.
+    pub clock_ms: u64,
+    /// Added to leader stamps since the last `Rebase`.
+    pub time_offset_ms: i128,
+    pub last_applied: u64,
+    pub last_fence: u64,
+    pub locks: BTreeMap<Name, crate::lock::LockEntry>,
+    pub waiters: BTreeMap<WaiterId, crate::waiter::Waiter>,
+    pub sessions: BTreeMap<SessionId, crate::session::Session>,
+    pub keys: BTreeMap<Name, crate::keyspace::KeyEntry>,
+    /// Blocking-pop waiters per list key, in arrival order.
+    pub pop_queues: BTreeMap<Name, VecDeque<WaiterId>>,
+    pub semaphores: BTreeMap<Name, crate::semaphore::Semaphore>,
+    pub counters: BTreeMap<Name, i64>,
+    pub queues: BTreeMap<Name, crate::queue::Queue>,
+    pub barriers: BTreeMap<Name, crate::barrier::Barrier>,
+    pub elections: BTreeMap<Name, crate::election::Election>,
+    /// Every finite deadline, earliest first.
+    pub deadlines: BTreeSet<(u64, Timer)>,
+}
+
+/// The deterministic lock and coordination state machine.
+///
+/// It reads no clock and does no I/O: time arrives as the leader's stamp on each
+/// entry, and identities that must be unique (fences, sessions, waiters) derive from
+/// the log index. Two machines applying the same entries end byte-identical.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    pub(crate) limits: Limits,
+    pub(crate) st: State,
+    /// Log index of the entry being applied (0 outside apply).
+    pub(crate) index: u64,
+    pub(crate) events: Vec<Event>,
+    pub(crate) dirty: Vec<Dirty>,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+impl StateMachine {
+    /// An empty state machine with these limits.
+    pub fn new(limits: Limits) -> Self {
+        StateMachine { limits, st: State::default(), index: 0, events: Vec::new(), dirty: Vec::new() }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The replicated clock in milliseconds.
+    pub fn clock_ms(&self) -> u64 {
+        self.st.clock_ms
+    }
+
+    /// Index of the last applied entry.
+    pub fn last_applied(&self) -> u64 {
+        self.st.last_applied
+    }
+
+    /// The largest fence granted so far.
+    pub fn last_fence(&self) -> u64 {
+        self.st.last_fence
+    }
+
+    /// The earliest pending deadline in the replicated clock's time base, if any.
+    /// The leader turns it into its own clock (`deadline - offset`) to know when to
+    /// propose a `Tick`.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.st.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// How the leader's stamps map to the replicated clock since the last `Rebase`:
+    /// replicated = stamp + offset.
+    pub fn time_offset_ms(&self) -> i128 {
+        self.st.time_offset_ms
+    }
+
+    /// Apply one committed log entry. `log_index` must exceed every index applied
+    /// before; `leader_time_ms` is the proposing leader's monotonic clock reading.
+    pub fn apply(&mut self, log_index: u64, leader_time_ms: u64, command: Command) -> Output {
+        assert!(log_index > self.st.last_applied, "log index {log_index} not after {}", self.st.last_applied);
+        assert!(self.events.is_empty() && self.dirty.is_empty());
+        let clock_before = self.st.clock_ms;
+        let fence_before = self.st.last_fence;
+        self.index = log_index;
+        self.st.last_applied = log_index;
+        self.advance_clock(leader_time_ms, matches!(command, Command::Rebase));
+        self.expire_due();
+        self.pump();
+        let reply = self.dispatch(command);
+        self.pump();
+        assert!(self.dirty.is_empty());
+        assert!(self.st.clock_ms >= clock_before, "the replicated clock never goes back");
+        assert!(self.st.last_fence >= fence_before, "fences never go back");
+        self.index = 0;
+        Output { reply, events: std::mem::take(&mut self.events) }
+    }
+
+    /// Answer a read-only command from the current state, without a log entry.
+    /// Anything whose deadline has passed on the replicated clock reads as gone.
+    pub fn read(&self, command: &Command) -> Result<Reply> {
+        if !command.is_read_only() {
+            return Err(Error::Invalid("not a read-only command"));
+        }
+        self.dispatch_read(command)
+    }
+
+    fn advance_clock(&mut self, leader_time_ms: u64, rebase: bool) {
+        if rebase {
+            // The new leader's clock reading `leader_time_ms` is pinned to the current
+            // replicated time, so the time left on every lease is measured from now
+            // on the new leader's clock: never early, whatever the clocks disagree on.
+            self.st.time_offset_ms = i128::from(self.st.clock_ms) - i128::from(leader_time_ms);
+        }
+        let stamped = i128::from(leader_time_ms) + self.st.time_offset_ms;
+        let stamped = stamped.clamp(0, i128::from(NEVER - 1)) as u64;
+        self.st.clock_ms = self.st.clock_ms.max(stamped);
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.st.clock_ms
+    }
+
+    /// Deadline of a lease of `ttl_ms` granted now; 0 means no deadline.
+    pub(crate) fn deadline_after(&self, ttl_ms: u64) -> u64 {
+        if ttl_ms == 0 {
+            NEVER
+        } else {
+            self.now().saturating_add(ttl_ms).min(NEVER - 1)
+        }
+    }
+
+    /// Remaining milliseconds of a deadline (None: no deadline).
+    pub(crate) fn remaining(&self, deadline_ms: u64) -> Option<u64> {
+        (deadline_ms != NEVER).then(|| deadline_ms.saturating_sub(self.now()))
+    }
+
+    pub(crate) fn is_due(&self, deadline_ms: u64) -> bool {
+        deadline_ms != NEVER && deadline_ms <= self.now()
+    }
+
+    /// The next fencing token: strictly above every fence before, and equal to the log
+    /// index when this entry grants only once (the usual case), so a fence also says
+    /// where in the log the grant happened.
+    pub(crate) fn next_fence(&mut self) -> u64 {
+        let fence = (self.st.last_fence + 1).max(self.index);
+        assert!(fence > self.st.last_fence);
+        self.st.last_fence = fence;
+        fence
+    }
+
+    pub(crate) fn schedule(&mut self, deadline_ms: u64, timer: Timer) {
+        if deadline_ms != NEVER {
+            let inserted = self.st.deadlines.insert((deadline_ms, timer));
+            assert!(inserted, "a timer is scheduled once");
+        }
+    }
+
+    pub(crate) fn unschedule(&mut self, deadline_ms: u64, timer: Timer) {
+        if deadline_ms != NEVER {
+            let removed = self.st.deadlines.remove(&(deadline_ms, timer));
+            assert!(removed, "an unscheduled timer was scheduled");
+        }
+    }
+
+    pub(crate) fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    pub(crate) fn mark(&mut self, dirty: Dirty) {
+        self.dirty.push(dirty);
+    }
+
+    /// Checks an owner, token or participant identity.
+    pub(crate) fn check_owner(&self, bytes: &[u8]) -> Result<()> {
+        let max = self.limits.owner_bytes_max;
+        if bytes.len() > max || bytes.len() > usize::from(u16::MAX) {
+            return Err(over(Limit::OwnerBytes, max as u64));
+        }
+        Ok(())
+    }
+
+    /// Checks a lock, key or other resource name.
+    pub(crate) fn check_key(&self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > self.limits.key_bytes_max {
+            return Err(over(Limit::KeyBytes, self.limits.key_bytes_max as u64));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > self.limits.value_bytes_max {
+            return Err(over(Limit::ValueBytes, self.limits.value_bytes_max as u64));
+        }
+        Ok(())
+    }
+
+    /// Checks a lease TTL; `allow_zero` for leases a session keeps alive instead.
+    pub(crate) fn check_ttl(&self, ttl_ms: u64, allow_zero: bool) -> Result<()> {
+        if ttl_ms > self.limits.ttl_ms_max {
+            return Err(over(Limit::TtlMs, self.limits.ttl_ms_max));
+        }
+        if ttl_ms == 0 && !allow_zero {
+            return Err(Error::Invalid("ttl must be positive (or 0 with a session)"));
+        }
+        Ok(())
+    }
+
+    /// Checks a wait bound.
+    pub(crate) fn check_wait(&self, wait_ms: Option<u64>) -> Result<()> {
+        match wait_ms {
+            Some(ms) if ms > self.limits.ttl_ms_max => Err(over(Limit::TtlMs, self.limits.ttl_ms_max)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a new lock name or key when the tables are full.
+    pub(crate) fn check_entries(&self, adding: usize) -> Result<()> {
+        let used = self.st.keys.len() + self.st.locks.len();
+        if used + adding > self.limits.entries_max {
+            return Err(over(Limit::Entries, self.limits.entries_max as u64));
+        }
+        Ok(())
+    }
+
+    /// Expires what is due at the clock, at most `expirations_per_apply_max` of it.
+    /// Whatever is left reads as expired and is expired on access or by the next entry.
+    fn expire_due(&mut self) {
+        let now = self.now();
+        for _ in 0..self.limits.expirations_per_apply_max {
+            let Some((deadline, timer)) = self.st.deadlines.first().cloned() else { return };
+            if deadline > now {
+                return;
+            }
+            self.fire(timer.clone());
+            assert!(!self.st.deadlines.contains(&(deadline, timer)), "firing a timer removes it");
+        }
+    }
+
+    fn fire(&mut self, timer: Timer) {
+        match timer {
+            Timer::Holder { name, .. } => self.lock_expire_due(&name),
+            Timer::Permit { name, .. } => self.semaphore_expire_due(&name),
+            Timer::Leader { name, .. } => self.election_expire_due(&name),
+            Timer::Session(id) => self.session_end(id, true),
+            Timer::Waiter(id) => self.wait_end(id, WaitEnd::TimedOut),
+            Timer::Key(name) => self.key_expire_if_due(&name),
+        }
+    }
+
+    /// Grants every waiter that became grantable. Terminates because each round either
+    /// removes a dirty name or grants (and so removes) a waiter, and a grant marks at
+    /// most group-size names dirty.
+    fn pump(&mut self) {
+        while let Some(dirty) = self.dirty.pop() {
+            match dirty {
+                Dirty::Lock(name) => self.lock_pump(&name),
+                Dirty::List(name) => self.list_pump(&name),
+                Dirty::Semaphore(name) => self.semaphore_pump(&name),
+                Dirty::Queue(name) => self.queue_pump(&name),
+                Dirty::Election(name) => self.election_pump(&name),
+            }
+        }
+    }
+
+    fn dispatch(&mut self, command: Command) -> Result<Reply> {
+        if command.is_read_only() {
+            return self.dispatch_read(&command);
+        }
+        match command {
+            Command::Tick | Command::Rebase => Ok(Reply::Ok),
+            Command::Lock(request) => self.lock_acquire(request),
+            Command::Unlock { names, token } => self.lock_release(names, &token),
+            Command::Renew { names, token, ttl_ms } => self.lock_renew(names, &token, ttl_ms),
+            Command::CancelWait { waiter } => {
+                if !self.st.waiters.contains_key(&waiter) {
+                    return Err(Error::NoSuchWaiter(waiter));
+                }
+                self.wait_end(waiter, WaitEnd::Cancelled);
+                Ok(Reply::Ok)
+            }
+            Command::SessionOpen { ttl_ms } => self.session_open(ttl_ms),
+            Command::SessionKeepAlive { session, ttl_ms } => self.session_keep_alive(session, ttl_ms),
+            Command::SessionClose { session } => self.session_close(session),
+            Command::Set(request) => self.key_set(request),
+            Command::Del { keys } => self.key_del(&keys),
+            Command::PExpire { key, ttl_ms } => self.key_pexpire(&key, ttl_ms),
+            Command::Persist { key } => self.key_persist(&key),
+            Command::IncrBy { key, delta } => self.key_incr_by(&key, delta),
+            Command::HSet { key, pairs } => self.hash_set(&key, pairs),
+            Command::HDel { key, fields } => self.hash_del(&key, &fields),
+            Command::HIncrBy { key, field, delta } => self.hash_incr_by(&key, field, delta),
+            Command::Push { key, values, left } => self.list_push(&key, values, left),
+            Command::Pop { key, count, left } => self.list_pop(&key, count, left),
+            Command::BlockingPop { keys, wait_ms, left } => self.list_blocking_pop(&keys, wait_ms, left),
+            Command::SemAcquire(request) => self.semaphore_acquire(request),
+            Command::SemRelease { name, token } => self.semaphore_release(&name, &token),
+            Command::SemRenew { name, token, ttl_ms } => self.semaphore_renew(&name, &token, ttl_ms),
+            Command::CounterAdd { name, delta } => self.counter_add(&name, delta),
+            Command::QueuePush { name, values, priority, session } => self.queue_push(&name, values, priority, session),
+            Command::QueuePop { name, wait } => self.queue_pop(&name, wait),
+            Command::BarrierWait { name, parties, participant, wait_ms } => {
+                self.barrier_wait(&name, parties, participant, wait_ms)
+            }
+            Command::BarrierEnter { name, parties, participant, wait_ms } => {
+                self.barrier_enter(&name, parties, participant, wait_ms)
+            }
+            Command::BarrierLeave { name, participant, wait_ms } => self.barrier_leave(&name, &participant, wait_ms),
+            Command::Campaign(request) => self.election_campaign(request),
+            Command::Proclaim { name, token, value } => self.election_proclaim(&name, &token, value),
+            Command::Resign { name, token } => self.election_resign(&name, &token),
+            Command::ElectionRenew { name, token, ttl_ms } => self.election_renew(&name, &token, ttl_ms),
+            Command::Transfer { name, token, to } => self.election_transfer(&name, &token, &to),
+            // Every read-only variant returned above.
+            _ => Err(Error::Invalid("unhandled command")),
+        }
+    }
+
+    fn dispatch_read(&self, command: &Command) -> Result<Reply> {
+        match command {
+            Command::Fence { name } => Ok(self.fence_of(name)),
+            Command::LockInfo { name } => Ok(Reply::Info(self.lock_info(name))),
+            Command::SessionInfo { session } => self.session_info(*session),
+            Command::Get { key } => self.key_get(key),
+            Command::Exists { keys } => Ok(self.key_exists(keys)),
+            Command::PTtl { key } => Ok(self.key_pttl(key)),
+            Command::Keys { pattern } => Ok(self.key_keys(pattern)),
+            Command::Scan { after, pattern, count, kind } => Ok(self.key_scan(after.as_ref(), pattern.as_ref(), *count, kind.as_ref())),
+            Command::Type { key } => Ok(self.key_type(key)),
+            Command::DbSize => Ok(Reply::Int(self.key_count() as i64)),
+            Command::HGet { key, field } => self.hash_get(key, field),
+            Command::HExists { key, field } => self.hash_exists(key, field),
+            Command::HGetAll { key } => self.hash_get_all(key),
+            Command::SemInfo { name } => Ok(self.semaphore_info(name)),
+            Command::CounterGet { name } => Ok(Reply::Int(self.st.counters.get(name.as_ref()).copied().unwrap_or(0))),
+            Command::QueueLen { name } => Ok(Reply::Int(self.st.queues.get(name.as_ref()).map_or(0, |q| q.items.len()) as i64)),
+            Command::Leader { name } => Ok(self.election_leader(name)),
+            _ => Err(Error::Invalid("not a read-only command")),
+        }
+    }
+
+    /// FENCE: the fence of a held lock (the newest holder's, for shared), else the
+    /// fence a live key got when SET NX created it.
+    fn fence_of(&self, name: &Bytes) -> Reply {
+        if let Some(fence) = self.lock_fence(name) {
+            return Reply::Int(fence as i64);
+        }
+        match self.key_live(name) {
+            Some(entry) if entry.fence > 0 => Reply::Int(entry.fence as i64),
+            _ => Reply::Nil,
+        }
+    }
+}
