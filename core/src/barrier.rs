@@ -62,7 +62,14 @@ impl StateMachine {
         self.st.barriers.get_mut(name).expect("barrier").members = kept;
     }
 
-    fn barrier_arrive(&mut self, name: &[u8], parties: u32, participant: Bytes, wait_ms: Option<u64>, double: bool) -> Result<Reply> {
+    fn barrier_arrive(
+        &mut self,
+        name: &[u8],
+        parties: u32,
+        participant: Bytes,
+        wait_ms: Option<u64>,
+        double: bool,
+    ) -> Result<Reply> {
         self.barrier_check(name, parties, &participant, double)?;
         self.check_wait(wait_ms)?;
         let name = Name::from(name);
@@ -94,11 +101,23 @@ impl StateMachine {
         Ok(Reply::Queued(id))
     }
 
-    pub(crate) fn barrier_wait(&mut self, name: &[u8], parties: u32, participant: Bytes, wait_ms: Option<u64>) -> Result<Reply> {
+    pub(crate) fn barrier_wait(
+        &mut self,
+        name: &[u8],
+        parties: u32,
+        participant: Bytes,
+        wait_ms: Option<u64>,
+    ) -> Result<Reply> {
         self.barrier_arrive(name, parties, participant, wait_ms, false)
     }
 
-    pub(crate) fn barrier_enter(&mut self, name: &[u8], parties: u32, participant: Bytes, wait_ms: Option<u64>) -> Result<Reply> {
+    pub(crate) fn barrier_enter(
+        &mut self,
+        name: &[u8],
+        parties: u32,
+        participant: Bytes,
+        wait_ms: Option<u64>,
+    ) -> Result<Reply> {
         self.barrier_arrive(name, parties, participant, wait_ms, true)
     }
 

@@ -38,7 +38,12 @@ impl StateMachine {
             }
             ensure!(entry.queue.as_ref().is_none_or(|q| !q.is_empty()), "empty queue kept on {name:?}");
             for holder in entry.holders.as_slice() {
-                ensure!(holder.fence > 0 && holder.fence <= st.last_fence, "fence {} above last {}", holder.fence, st.last_fence);
+                ensure!(
+                    holder.fence > 0 && holder.fence <= st.last_fence,
+                    "fence {} above last {}",
+                    holder.fence,
+                    st.last_fence
+                );
                 ensure!(holder.holds > 0, "holder without holds on {name:?}");
                 add_timer(holder.deadline_ms, Timer::Holder { fence: holder.fence, name: name.clone() })?;
                 if holder.session != 0 {
@@ -47,14 +52,20 @@ impl StateMachine {
             }
             for &(_, id) in entry.queue.iter().flat_map(|q| q.iter()) {
                 let Some(w) = st.waiters.get(&id) else { return Err(format!("queued waiter {id} missing")) };
-                ensure!(matches!(&w.kind, WaiterKind::Lock { names, .. } if names.contains(name)), "waiter {id} not for {name:?}");
+                ensure!(
+                    matches!(&w.kind, WaiterKind::Lock { names, .. } if names.contains(name)),
+                    "waiter {id} not for {name:?}"
+                );
                 queued.insert(id);
             }
         }
         for (key, ids) in &st.pop_queues {
             ensure!(!ids.is_empty(), "empty pop queue kept");
             for id in ids {
-                ensure!(matches!(st.waiters.get(id).map(|w| &w.kind), Some(WaiterKind::Pop { keys, .. }) if keys.contains(key)), "pop waiter {id}");
+                ensure!(
+                    matches!(st.waiters.get(id).map(|w| &w.kind), Some(WaiterKind::Pop { keys, .. }) if keys.contains(key)),
+                    "pop waiter {id}"
+                );
                 queued.insert(*id);
             }
         }
@@ -69,7 +80,10 @@ impl StateMachine {
                 }
             }
             for &(_, id) in &sem.queue {
-                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::Permit { name: n, .. }) if n == name), "permit waiter {id}");
+                ensure!(
+                    matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::Permit { name: n, .. }) if n == name),
+                    "permit waiter {id}"
+                );
                 queued.insert(id);
             }
         }
@@ -81,19 +95,28 @@ impl StateMachine {
                 }
             }
             for &(_, id) in &queue.poppers {
-                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::QueuePop { name: n, .. }) if n == name), "queue waiter {id}");
+                ensure!(
+                    matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::QueuePop { name: n, .. }) if n == name),
+                    "queue waiter {id}"
+                );
                 queued.insert(id);
             }
         }
         for (name, barrier) in &st.barriers {
             for &(_, id) in &barrier.members {
                 if id != 0 {
-                    ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::BarrierArrive { name: n, .. }) if n == name), "barrier waiter {id}");
+                    ensure!(
+                        matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::BarrierArrive { name: n, .. }) if n == name),
+                        "barrier waiter {id}"
+                    );
                     queued.insert(id);
                 }
             }
             for &id in &barrier.leavers {
-                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::BarrierLeave { name: n, .. }) if n == name), "leave waiter {id}");
+                ensure!(
+                    matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::BarrierLeave { name: n, .. }) if n == name),
+                    "leave waiter {id}"
+                );
                 queued.insert(id);
             }
         }
@@ -106,7 +129,10 @@ impl StateMachine {
                 }
             }
             for &(_, id) in &election.queue {
-                ensure!(matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::Campaign { name: n, .. }) if n == name), "campaign waiter {id}");
+                ensure!(
+                    matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::Campaign { name: n, .. }) if n == name),
+                    "campaign waiter {id}"
+                );
                 queued.insert(id);
             }
         }
@@ -130,7 +156,12 @@ impl StateMachine {
             }
         }
         ensure!(owned.is_empty(), "resources owned by missing sessions: {owned:?}");
-        ensure!(timers == st.deadlines, "deadline index out of step: expected {} timers, have {}", timers.len(), st.deadlines.len());
+        ensure!(
+            timers == st.deadlines,
+            "deadline index out of step: expected {} timers, have {}",
+            timers.len(),
+            st.deadlines.len()
+        );
         Ok(())
     }
 }

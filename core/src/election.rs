@@ -194,7 +194,9 @@ impl StateMachine {
 
     fn election_grant_waiter(&mut self, name: &Name, id: u64) {
         let waiter = self.waiter_take(id);
-        let WaiterKind::Campaign { ident, ttl_ms, slot: queue_slot, .. } = waiter.kind else { panic!("campaign waiter") };
+        let WaiterKind::Campaign { ident, ttl_ms, slot: queue_slot, .. } = waiter.kind else {
+            panic!("campaign waiter")
+        };
         self.election_queue_remove(name, queue_slot);
         let grant = self.election_install(name, ident, ttl_ms, waiter.session);
         self.emit(Event::Granted { waiter: id, grant });
@@ -204,13 +206,15 @@ impl StateMachine {
         let Some(election) = self.st.elections.get(name) else {
             return Reply::Info(LockInfo { mode: None, holders: Vec::new(), waiters: 0 });
         };
-        let holders: Vec<HolderInfo> = election.leader.iter().filter(|l| !self.is_due(l.deadline_ms)).map(|l| self.leader_info(l)).collect();
+        let holders: Vec<HolderInfo> =
+            election.leader.iter().filter(|l| !self.is_due(l.deadline_ms)).map(|l| self.leader_info(l)).collect();
         let mode = (!holders.is_empty()).then_some(LockMode::Exclusive);
         Reply::Info(LockInfo { mode, holders, waiters: election.queue.len() as u64 })
     }
 
     pub(crate) fn election_expire_due(&mut self, name: &Name) {
-        let due = self.st.elections.get(name).and_then(|e| e.leader.as_ref()).is_some_and(|l| self.is_due(l.deadline_ms));
+        let due =
+            self.st.elections.get(name).and_then(|e| e.leader.as_ref()).is_some_and(|l| self.is_due(l.deadline_ms));
         if due {
             let leader = self.election_remove_leader(name);
             if leader.session != 0 {

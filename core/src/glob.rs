@@ -73,7 +73,8 @@ fn class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
             matched |= pattern[i + 1] == c;
             i += 2;
         } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            let (lo, hi) = if pattern[i] <= pattern[i + 2] { (pattern[i], pattern[i + 2]) } else { (pattern[i + 2], pattern[i]) };
+            let (lo, hi) =
+                if pattern[i] <= pattern[i + 2] { (pattern[i], pattern[i + 2]) } else { (pattern[i + 2], pattern[i]) };
             matched |= lo <= c && c <= hi;
             i += 3;
         } else {

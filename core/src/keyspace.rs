@@ -153,7 +153,8 @@ impl StateMachine {
             _ => None,
         };
         let exists = existing.is_some();
-        let (old_deadline, old_fence, old_session) = existing.map_or((NEVER, 0, 0), |e| (e.deadline_ms, e.fence, e.session));
+        let (old_deadline, old_fence, old_session) =
+            existing.map_or((NEVER, 0, 0), |e| (e.deadline_ms, e.fence, e.session));
         let proceed = match request.condition {
             SetCondition::Always => true,
             SetCondition::IfAbsent => !exists,
@@ -289,7 +290,13 @@ impl StateMachine {
         Reply::Array(keys)
     }
 
-    pub(crate) fn key_scan(&self, after: Option<&Bytes>, pattern: Option<&Bytes>, count: u64, kind: Option<&Bytes>) -> Reply {
+    pub(crate) fn key_scan(
+        &self,
+        after: Option<&Bytes>,
+        pattern: Option<&Bytes>,
+        count: u64,
+        kind: Option<&Bytes>,
+    ) -> Reply {
         let count = count.clamp(1, 100_000) as usize;
         let start = match after {
             Some(key) => Bound::Excluded(key.as_ref()),
@@ -311,7 +318,9 @@ impl StateMachine {
                 keys.push(Reply::Bulk(key.to_bytes()));
             }
         }
-        let more = next.is_some_and(|k| self.st.keys.range::<[u8], _>((Bound::Excluded(k.as_bytes()), Bound::Unbounded)).next().is_some());
+        let more = next.is_some_and(|k| {
+            self.st.keys.range::<[u8], _>((Bound::Excluded(k.as_bytes()), Bound::Unbounded)).next().is_some()
+        });
         let cursor = match (more, next) {
             (true, Some(k)) => Reply::Bulk(k.to_bytes()),
             _ => Reply::Nil,
@@ -327,7 +336,6 @@ impl StateMachine {
     pub(crate) fn key_count(&self) -> usize {
         self.st.keys.len()
     }
-
 
     fn hash_mut(&mut self, key: &[u8]) -> &mut BTreeMap<Bytes, Bytes> {
         match &mut self.st.keys.get_mut(key).expect("hash exists").value {
@@ -487,7 +495,8 @@ impl StateMachine {
         }
         let list = self.list_mut(key);
         let take = count.unwrap_or(1).min(list.len() as u64) as usize;
-        let popped: Vec<Bytes> = (0..take).map(|_| if left { list.pop_front() } else { list.pop_back() }.expect("counted")).collect();
+        let popped: Vec<Bytes> =
+            (0..take).map(|_| if left { list.pop_front() } else { list.pop_back() }.expect("counted")).collect();
         let empty = list.is_empty();
         if empty {
             self.key_remove(key, KeyChange::Deleted);

@@ -267,7 +267,15 @@ impl StateMachine {
         })
     }
 
-    fn lock_install(&mut self, names: &[Name], ident: &Ident, mode: LockMode, ttl_ms: u64, session: SessionId, fence: u64) -> Grant {
+    fn lock_install(
+        &mut self,
+        names: &[Name],
+        ident: &Ident,
+        mode: LockMode,
+        ttl_ms: u64,
+        session: SessionId,
+        fence: u64,
+    ) -> Grant {
         let deadline_ms = self.deadline_after(ttl_ms);
         for name in names {
             let holder = Holder {

@@ -41,7 +41,13 @@ impl StateMachine {
         Ok(Reply::Int(value))
     }
 
-    pub(crate) fn queue_push(&mut self, name: &[u8], values: Vec<Bytes>, priority: i32, session: Option<SessionId>) -> Result<Reply> {
+    pub(crate) fn queue_push(
+        &mut self,
+        name: &[u8],
+        values: Vec<Bytes>,
+        priority: i32,
+        session: Option<SessionId>,
+    ) -> Result<Reply> {
         self.check_key(name)?;
         if values.is_empty() {
             return Err(Error::Invalid("push needs at least one item"));
@@ -99,7 +105,11 @@ impl StateMachine {
         let queue_slot = slot(priority, self.index);
         self.st.queues.entry(name.clone()).or_default().poppers.insert(queue_slot);
         let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
-        let id = self.waiter_insert(Waiter { deadline_ms, session: 0, kind: WaiterKind::QueuePop { name, slot: queue_slot } });
+        let id = self.waiter_insert(Waiter {
+            deadline_ms,
+            session: 0,
+            kind: WaiterKind::QueuePop { name, slot: queue_slot },
+        });
         Ok(Reply::Queued(id))
     }
 

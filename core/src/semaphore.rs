@@ -80,7 +80,12 @@ impl StateMachine {
     }
 
     fn semaphore_entry(&mut self, name: &Name, limit: u32) -> &mut Semaphore {
-        self.st.semaphores.entry(name.clone()).or_insert(Semaphore { limit, used: 0, holders: Vec::new(), queue: BTreeSet::new() })
+        self.st.semaphores.entry(name.clone()).or_insert(Semaphore {
+            limit,
+            used: 0,
+            holders: Vec::new(),
+            queue: BTreeSet::new(),
+        })
     }
 
     fn semaphore_install(&mut self, name: &Name, ident: Ident, count: u32, ttl_ms: u64, session: SessionId) -> Grant {
@@ -201,9 +206,12 @@ impl StateMachine {
             None => Reply::Array(vec![Reply::Int(0), Reply::Int(0), Reply::Int(0)]),
             Some(sem) => {
                 let used: u32 = sem.holders.iter().filter(|h| !self.is_due(h.deadline_ms)).map(|h| h.permits).sum();
-                Reply::Array(vec![Reply::Int(i64::from(sem.limit)), Reply::Int(i64::from(used)), Reply::Int(sem.queue.len() as i64)])
+                Reply::Array(vec![
+                    Reply::Int(i64::from(sem.limit)),
+                    Reply::Int(i64::from(used)),
+                    Reply::Int(sem.queue.len() as i64),
+                ])
             }
         }
     }
 }
-

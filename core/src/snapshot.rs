@@ -48,7 +48,8 @@ impl StateMachine {
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
-        let (st, rest): (State, &[u8]) = postcard::take_from_bytes(&bytes[12..]).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        let (st, rest): (State, &[u8]) =
+            postcard::take_from_bytes(&bytes[12..]).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         if !rest.is_empty() {
             return Err(SnapshotError::Corrupt(format!("{} trailing bytes", rest.len())));
         }
@@ -60,6 +61,8 @@ impl StateMachine {
 
     /// A 64-bit FNV-1a hash of the snapshot bytes: equal states, equal hashes.
     pub fn state_hash(&self) -> u64 {
-        self.snapshot().iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        self.snapshot()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
     }
 }

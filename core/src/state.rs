@@ -399,7 +399,9 @@ impl StateMachine {
             Command::Exists { keys } => Ok(self.key_exists(keys)),
             Command::PTtl { key } => Ok(self.key_pttl(key)),
             Command::Keys { pattern } => Ok(self.key_keys(pattern)),
-            Command::Scan { after, pattern, count, kind } => Ok(self.key_scan(after.as_ref(), pattern.as_ref(), *count, kind.as_ref())),
+            Command::Scan { after, pattern, count, kind } => {
+                Ok(self.key_scan(after.as_ref(), pattern.as_ref(), *count, kind.as_ref()))
+            }
             Command::Type { key } => Ok(self.key_type(key)),
             Command::DbSize => Ok(Reply::Int(self.key_count() as i64)),
             Command::HGet { key, field } => self.hash_get(key, field),
@@ -407,7 +409,9 @@ impl StateMachine {
             Command::HGetAll { key } => self.hash_get_all(key),
             Command::SemInfo { name } => Ok(self.semaphore_info(name)),
             Command::CounterGet { name } => Ok(Reply::Int(self.st.counters.get(name.as_ref()).copied().unwrap_or(0))),
-            Command::QueueLen { name } => Ok(Reply::Int(self.st.queues.get(name.as_ref()).map_or(0, |q| q.items.len()) as i64)),
+            Command::QueueLen { name } => {
+                Ok(Reply::Int(self.st.queues.get(name.as_ref()).map_or(0, |q| q.items.len()) as i64))
+            }
             Command::Leader { name } => Ok(self.election_leader(name)),
             _ => Err(Error::Invalid("not a read-only command")),
         }

@@ -1,0 +1,212 @@
+//! The Redis keyspace: SET in all its forms, TTLs, INCR, KEYS/SCAN, hashes, lists and
+//! blocking pops, with Redis's replies and errors.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use fencelock_core::{Command, Error, Event, KeyChange, Reply, SetCondition, SetExpiry, SetRequest, WaitEnd};
+
+fn get(d: &Driver, key: &str) -> Reply {
+    d.read(Command::Get { key: b(key) })
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(b(s))
+}
+
+#[test]
+fn set_nx_px_is_a_redlock_acquire_with_a_fence() {
+    let mut d = Driver::default();
+    assert_eq!(d.ok(set_nx_px("lock", "tok1", 30_000)), Reply::Ok);
+    assert_eq!(d.ok(set_nx_px("lock", "tok2", 30_000)), Reply::Nil);
+    assert_eq!(get(&d, "lock"), bulk("tok1"));
+    assert_eq!(d.read(Command::PTtl { key: b("lock") }), Reply::Int(30_000));
+    assert_eq!(d.read(Command::Fence { name: b("lock") }), Reply::Int(1));
+    d.advance(30_000);
+    assert_eq!(get(&d, "lock"), Reply::Nil);
+    assert_eq!(d.ok(set_nx_px("lock", "tok2", 30_000)), Reply::Ok);
+    assert_eq!(d.read(Command::Fence { name: b("lock") }), Reply::Int(d.index as i64));
+}
+
+#[test]
+fn set_xx_get_keepttl_and_clear() {
+    let mut d = Driver::default();
+    let xx = |v: &str| Command::Set(SetRequest { condition: SetCondition::IfPresent, ..set("k", v) });
+    assert_eq!(d.ok(xx("v0")), Reply::Nil);
+    assert_eq!(get(&d, "k"), Reply::Nil);
+    d.ok(Command::Set(SetRequest { expiry: SetExpiry::InMs(5_000), ..set("k", "v1") }));
+    assert_eq!(d.ok(Command::Set(SetRequest { expiry: SetExpiry::Keep, get: true, ..set("k", "v2") })), bulk("v1"));
+    assert_eq!(d.read(Command::PTtl { key: b("k") }), Reply::Int(5_000));
+    assert_eq!(d.ok(xx("v3")), Reply::Ok);
+    assert_eq!(d.read(Command::PTtl { key: b("k") }), Reply::Int(-1), "SET without options clears the TTL");
+    // NX + GET on an existing key returns the old value and does not write.
+    let nx_get = SetRequest { condition: SetCondition::IfAbsent, get: true, ..set("k", "v4") };
+    assert_eq!(d.ok(Command::Set(nx_get)), bulk("v3"));
+    assert_eq!(get(&d, "k"), bulk("v3"));
+    // A past PXAT (InMs(0)) writes and deletes at once.
+    assert_eq!(d.ok(Command::Set(SetRequest { expiry: SetExpiry::InMs(0), ..set("k", "gone") })), Reply::Ok);
+    assert_eq!(get(&d, "k"), Reply::Nil);
+}
+
+#[test]
+fn set_get_on_a_hash_is_wrongtype_but_plain_set_overwrites() {
+    let mut d = Driver::default();
+    d.ok(Command::HSet { key: b("h"), pairs: vec![(b("f"), b("v"))] });
+    assert_eq!(d.err(Command::Set(SetRequest { get: true, ..set("h", "x") })), Error::WrongType);
+    assert_eq!(d.sm.read(&Command::Get { key: b("h") }), Err(Error::WrongType));
+    assert_eq!(d.ok(Command::Set(set("h", "x"))), Reply::Ok);
+    assert_eq!(d.read(Command::Type { key: b("h") }), bulk("string"));
+}
+
+#[test]
+fn del_exists_expire_persist_pttl() {
+    let mut d = Driver::default();
+    d.ok(Command::Set(set("a", "1")));
+    d.ok(Command::Set(set("b", "2")));
+    assert_eq!(d.read(Command::Exists { keys: vec![b("a"), b("a"), b("c")] }), Reply::Int(2));
+    assert_eq!(d.ok(Command::PExpire { key: b("a"), ttl_ms: 1_000 }), Reply::Int(1));
+    assert_eq!(d.ok(Command::PExpire { key: b("nope"), ttl_ms: 1_000 }), Reply::Int(0));
+    assert_eq!(d.read(Command::PTtl { key: b("a") }), Reply::Int(1_000));
+    assert_eq!(d.ok(Command::Persist { key: b("a") }), Reply::Int(1));
+    assert_eq!(d.ok(Command::Persist { key: b("a") }), Reply::Int(0));
+    assert_eq!(d.read(Command::PTtl { key: b("a") }), Reply::Int(-1));
+    assert_eq!(d.read(Command::PTtl { key: b("nope") }), Reply::Int(-2));
+    assert_eq!(d.ok(Command::PExpire { key: b("b"), ttl_ms: 0 }), Reply::Int(1));
+    assert_eq!(get(&d, "b"), Reply::Nil);
+    let out = d.run(Command::Del { keys: vec![b("a"), b("b"), b("a")] });
+    assert_eq!(out.reply, Ok(Reply::Int(1)));
+    assert_eq!(out.events, vec![Event::KeyChanged { key: b("a"), change: KeyChange::Deleted }]);
+    assert_eq!(d.read(Command::DbSize), Reply::Int(0));
+}
+
+#[test]
+fn ttl_expiry_emits_an_event_at_the_deadline_not_before() {
+    let mut d = Driver::default();
+    d.ok(Command::Set(SetRequest { expiry: SetExpiry::InMs(250), ..set("k", "v") }));
+    assert!(d.advance(249).is_empty());
+    assert_eq!(d.advance(1), vec![Event::KeyChanged { key: b("k"), change: KeyChange::Expired }]);
+}
+
+#[test]
+fn incr_family_follows_redis_integer_rules() {
+    let mut d = Driver::default();
+    assert_eq!(d.ok(Command::IncrBy { key: b("n"), delta: 1 }), Reply::Int(1));
+    assert_eq!(d.ok(Command::IncrBy { key: b("n"), delta: -5 }), Reply::Int(-4));
+    assert_eq!(get(&d, "n"), bulk("-4"));
+    for bad in ["", " 1", "+1", "01", "-0", "1.5", "abc", "99999999999999999999"] {
+        d.ok(Command::Set(set("s", bad)));
+        assert_eq!(d.err(Command::IncrBy { key: b("s"), delta: 1 }), Error::NotInteger, "{bad:?}");
+    }
+    d.ok(Command::Set(set("max", &i64::MAX.to_string())));
+    assert_eq!(d.err(Command::IncrBy { key: b("max"), delta: 1 }), Error::Overflow);
+    d.ok(Command::Set(SetRequest { expiry: SetExpiry::InMs(9_000), ..set("t", "1") }));
+    d.ok(Command::IncrBy { key: b("t"), delta: 1 });
+    assert_eq!(d.read(Command::PTtl { key: b("t") }), Reply::Int(9_000), "INCR keeps the TTL");
+    d.ok(Command::HSet { key: b("h"), pairs: vec![(b("f"), b("v"))] });
+    assert_eq!(d.err(Command::IncrBy { key: b("h"), delta: 1 }), Error::WrongType);
+}
+
+#[test]
+fn keys_and_scan_are_sorted_and_filtered() {
+    let mut d = Driver::default();
+    for k in ["lock:b", "lock:a", "other", "lock:c"] {
+        d.ok(Command::Set(set(k, "v")));
+    }
+    d.ok(Command::HSet { key: b("lock:h"), pairs: vec![(b("f"), b("v"))] });
+    assert_eq!(
+        d.read(Command::Keys { pattern: b("lock:*") }),
+        Reply::Array(vec![bulk("lock:a"), bulk("lock:b"), bulk("lock:c"), bulk("lock:h")])
+    );
+    assert_eq!(d.read(Command::Keys { pattern: b("*er") }), Reply::Array(vec![bulk("other")]));
+    // SCAN two at a time, resuming after the last key examined.
+    let mut after: Option<Bytes> = None;
+    let mut seen = Vec::new();
+    loop {
+        let Reply::Array(parts) =
+            d.read(Command::Scan { after: after.clone(), pattern: Some(b("lock:*")), count: 2, kind: None })
+        else {
+            panic!()
+        };
+        let Reply::Array(keys) = &parts[1] else { panic!() };
+        seen.extend(keys.iter().cloned());
+        match &parts[0] {
+            Reply::Bulk(next) => after = Some(next.clone()),
+            Reply::Nil => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, vec![bulk("lock:a"), bulk("lock:b"), bulk("lock:c"), bulk("lock:h")]);
+    let Reply::Array(parts) = d.read(Command::Scan { after: None, pattern: None, count: 100, kind: Some(b("hash")) })
+    else {
+        panic!()
+    };
+    assert_eq!(parts, vec![Reply::Nil, Reply::Array(vec![bulk("lock:h")])]);
+}
+
+#[test]
+fn hashes() {
+    let mut d = Driver::default();
+    let pairs = vec![(b("f1"), b("1")), (b("f2"), b("2")), (b("f1"), b("3"))];
+    assert_eq!(d.ok(Command::HSet { key: b("h"), pairs }), Reply::Int(2));
+    assert_eq!(d.read(Command::HGet { key: b("h"), field: b("f1") }), bulk("3"));
+    assert_eq!(d.read(Command::HGet { key: b("h"), field: b("zz") }), Reply::Nil);
+    assert_eq!(d.read(Command::HExists { key: b("h"), field: b("f2") }), Reply::Int(1));
+    assert_eq!(d.ok(Command::HIncrBy { key: b("h"), field: b("f2"), delta: 40 }), Reply::Int(42));
+    assert_eq!(d.ok(Command::HIncrBy { key: b("h"), field: b("new"), delta: -1 }), Reply::Int(-1));
+    d.ok(Command::HSet { key: b("h"), pairs: vec![(b("text"), b("abc"))] });
+    assert_eq!(d.err(Command::HIncrBy { key: b("h"), field: b("text"), delta: 1 }), Error::HashNotInteger);
+    assert_eq!(
+        d.read(Command::HGetAll { key: b("h") }),
+        Reply::Array(["f1", "3", "f2", "42", "new", "-1", "text", "abc"].iter().map(|s| bulk(s)).collect())
+    );
+    assert_eq!(d.ok(Command::HDel { key: b("h"), fields: vec![b("f1"), b("f1"), b("zz")] }), Reply::Int(1));
+    assert_eq!(d.ok(Command::HDel { key: b("h"), fields: vec![b("f2"), b("new"), b("text")] }), Reply::Int(3));
+    assert_eq!(d.read(Command::Exists { keys: vec![b("h")] }), Reply::Int(0), "an empty hash is deleted");
+    d.ok(Command::Set(set("s", "v")));
+    assert_eq!(d.err(Command::HSet { key: b("s"), pairs: vec![(b("f"), b("v"))] }), Error::WrongType);
+    assert_eq!(d.sm.read(&Command::HGet { key: b("s"), field: b("f") }), Err(Error::WrongType));
+    assert_eq!(d.read(Command::HGetAll { key: b("none") }), Reply::Array(vec![]));
+}
+
+#[test]
+fn lists_push_pop_and_count() {
+    let mut d = Driver::default();
+    assert_eq!(d.ok(Command::Push { key: b("l"), values: vec![b("a"), b("b")], left: true }), Reply::Int(2));
+    assert_eq!(d.ok(Command::Push { key: b("l"), values: vec![b("c")], left: false }), Reply::Int(3));
+    // LPUSH a b gives [b, a]; RPUSH c gives [b, a, c].
+    assert_eq!(d.ok(Command::Pop { key: b("l"), count: None, left: true }), bulk("b"));
+    assert_eq!(
+        d.ok(Command::Pop { key: b("l"), count: Some(5), left: true }),
+        Reply::Array(vec![bulk("a"), bulk("c")])
+    );
+    assert_eq!(d.ok(Command::Pop { key: b("l"), count: None, left: true }), Reply::Nil);
+    assert_eq!(d.read(Command::Type { key: b("l") }), bulk("none"));
+    d.ok(Command::Set(set("s", "v")));
+    assert_eq!(d.err(Command::Push { key: b("s"), values: vec![b("x")], left: true }), Error::WrongType);
+    assert_eq!(d.err(Command::Pop { key: b("s"), count: None, left: true }), Error::WrongType);
+}
+
+#[test]
+fn blocking_pop_serves_waiters_in_order_and_times_out() {
+    let mut d = Driver::default();
+    let w1 = waiter(d.ok(Command::BlockingPop { keys: vec![b("q1"), b("q2")], wait_ms: Some(5_000), left: true }));
+    let w2 = waiter(d.ok(Command::BlockingPop { keys: vec![b("q2")], wait_ms: None, left: true }));
+    let out = d.run(Command::Push { key: b("q2"), values: vec![b("x")], left: false });
+    assert_eq!(out.reply, Ok(Reply::Int(1)), "the reply counts the element before it is handed over");
+    assert!(out.events.contains(&Event::Popped { waiter: w1, key: b("q2"), value: b("x") }), "{:?}", out.events);
+    assert_eq!(d.read(Command::Exists { keys: vec![b("q2")] }), Reply::Int(0));
+    let out = d.run(Command::Push { key: b("q1"), values: vec![b("y")], left: false });
+    assert!(!out.events.iter().any(|e| matches!(e, Event::Popped { .. })), "w1 left both queues when served");
+    let out = d.run(Command::Push { key: b("q2"), values: vec![b("z")], left: false });
+    assert!(out.events.contains(&Event::Popped { waiter: w2, key: b("q2"), value: b("z") }));
+    // Immediate pop when an element is there.
+    assert_eq!(
+        d.ok(Command::BlockingPop { keys: vec![b("empty"), b("q1")], wait_ms: Some(1), left: true }),
+        Reply::Array(vec![bulk("q1"), bulk("y")])
+    );
+    let w3 = waiter(d.ok(Command::BlockingPop { keys: vec![b("q3")], wait_ms: Some(100), left: true }));
+    assert_eq!(d.advance(100), vec![Event::WaitEnded { waiter: w3, reason: WaitEnd::TimedOut }]);
+    d.ok(Command::Set(set("s", "v")));
+    assert_eq!(d.err(Command::BlockingPop { keys: vec![b("s")], wait_ms: None, left: true }), Error::WrongType);
+}

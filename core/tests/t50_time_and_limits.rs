@@ -1,0 +1,170 @@
+//! The replicated clock, rebasing after a leader change, bounded expiry per entry, and
+//! every limit refused with an error that names it.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use fencelock_core::{Command, Error, Event, Limit, Limits, Reply, StateMachine, Wait};
+
+#[test]
+fn clock_is_the_largest_stamp_and_never_goes_back() {
+    let mut sm = StateMachine::default();
+    sm.apply(1, 5_000, Command::Tick);
+    sm.apply(2, 4_000, Command::Tick);
+    assert_eq!(sm.clock_ms(), 5_000);
+    sm.apply(3, 7_000, Command::Tick);
+    assert_eq!(sm.clock_ms(), 7_000);
+}
+
+#[test]
+#[should_panic(expected = "not after")]
+fn log_index_must_increase() {
+    let mut sm = StateMachine::default();
+    sm.apply(5, 0, Command::Tick);
+    sm.apply(5, 0, Command::Tick);
+}
+
+#[test]
+fn rebase_restarts_remaining_time_from_the_new_leaders_clock() {
+    let mut d = Driver::default();
+    d.now_ms = 1_000_000; // old leader's monotonic clock
+    d.ok(Command::Lock(lock(&["a"], "alice", 10_000)));
+    d.now_ms = 1_004_000; // 4 s in: 6 s left
+    d.run(Command::Tick);
+    // The new leader's monotonic clock reads 50; far behind the old one's.
+    d.now_ms = 50;
+    d.run(Command::Rebase);
+    assert_eq!(d.sm.clock_ms(), 1_004_000, "rebasing never moves the clock back");
+    // 5.999 s on the new leader's clock: still held.
+    d.now_ms = 50 + 5_999;
+    assert!(d.run(Command::Tick).events.is_empty());
+    d.now_ms = 50 + 6_000;
+    assert_eq!(d.run(Command::Tick).events, vec![Event::Expired { name: b("a"), fence: 1 }]);
+}
+
+#[test]
+fn rebase_to_a_clock_far_ahead_expires_nothing_early() {
+    let mut d = Driver::default();
+    d.ok(Command::Lock(lock(&["a"], "alice", 10_000)));
+    // The new leader's clock is a day ahead: without the rebase every lease would end.
+    d.now_ms = 86_400_000;
+    let out = d.run(Command::Rebase);
+    assert!(out.events.is_empty(), "{:?}", out.events);
+    d.now_ms += 9_999;
+    assert!(d.run(Command::Tick).events.is_empty());
+    d.now_ms += 1;
+    assert_eq!(d.run(Command::Tick).events.len(), 1);
+}
+
+#[test]
+fn expirations_per_entry_are_bounded_and_the_rest_read_as_expired() {
+    let limits = Limits { expirations_per_apply_max: 3, ..Limits::default() };
+    let mut d = Driver::with(StateMachine::new(limits));
+    for i in 0..10 {
+        d.ok(Command::Lock(lock(&[&format!("l{i}")], "o", 100)));
+    }
+    let mut expired = d.advance(100);
+    assert_eq!(expired.len(), 3, "one entry expires at most 3");
+    // Not yet swept, but a read or acquire already treats them as expired.
+    assert_eq!(d.read(Command::Fence { name: b("l9") }), Reply::Nil);
+    let out = d.run(Command::Lock(lock(&["l9"], "other", 100)));
+    grant(out.reply.unwrap());
+    assert_eq!(out.events.len(), 4, "3 swept at the start of the entry, then l9 on access");
+    expired.extend(out.events);
+    assert_eq!(d.sm.next_deadline_ms(), Some(1_100));
+    while d.sm.next_deadline_ms() == Some(1_100) {
+        expired.extend(d.run(Command::Tick).events);
+    }
+    let mut names: Vec<Bytes> =
+        expired.into_iter().map(|e| if let Event::Expired { name, .. } = e { name } else { panic!("{e:?}") }).collect();
+    names.sort();
+    let mut want: Vec<Bytes> = (0..10).map(|i| b(&format!("l{i}"))).collect();
+    want.sort();
+    assert_eq!(names, want, "each lease expired exactly once");
+}
+
+fn limit_of(e: Error) -> Limit {
+    match e {
+        Error::LimitExceeded { limit, .. } => limit,
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_limit_is_refused_with_its_name() {
+    let limits = Limits {
+        key_bytes_max: 8,
+        value_bytes_max: 8,
+        metadata_bytes_max: 4,
+        owner_bytes_max: 8,
+        ttl_ms_max: 1_000,
+        waiters_per_lock_max: 1,
+        locks_per_session_max: 1,
+        group_size_max: 2,
+        permits_max: 5,
+        queue_length_max: 2,
+        barrier_parties_max: 2,
+        sessions_max: 1,
+        entries_max: 3,
+        expirations_per_apply_max: 100,
+    };
+    let mut d = Driver::with(StateMachine::new(limits));
+    assert_eq!(limit_of(d.err(Command::Lock(lock(&["too-long-name"], "o", 100)))), Limit::KeyBytes);
+    assert_eq!(limit_of(d.err(Command::Set(set("k", "too-long-value")))), Limit::ValueBytes);
+    let mut meta = lock(&["a"], "o", 100);
+    meta.metadata = b("12345");
+    assert_eq!(limit_of(d.err(Command::Lock(meta))), Limit::MetadataBytes);
+    assert_eq!(limit_of(d.err(Command::Lock(lock(&["a"], "long-owner", 100)))), Limit::OwnerBytes);
+    assert_eq!(limit_of(d.err(Command::Lock(lock(&["a"], "o", 1_001)))), Limit::TtlMs);
+    assert_eq!(limit_of(d.err(Command::PExpire { key: b("k"), ttl_ms: 1_001 })), Limit::TtlMs);
+    assert_eq!(limit_of(d.err(Command::Lock(lock(&["a", "b", "c"], "o", 100)))), Limit::GroupSize);
+    assert_eq!(limit_of(d.err(Command::SemAcquire(sem("s", 6, 1, "o", 100)))), Limit::Permits);
+    assert_eq!(
+        limit_of(d.err(Command::Push { key: b("l"), values: vec![b("1"), b("2"), b("3")], left: true })),
+        Limit::QueueLength
+    );
+    assert_eq!(
+        limit_of(d.err(Command::QueuePush {
+            name: b("q"),
+            values: vec![b("1"), b("2"), b("3")],
+            priority: 0,
+            session: None
+        })),
+        Limit::QueueLength
+    );
+    assert_eq!(
+        limit_of(d.err(Command::BarrierWait { name: b("b"), parties: 3, participant: b("p"), wait_ms: None })),
+        Limit::BarrierParties
+    );
+    // Waiters per lock: one waiter fits, the second is refused.
+    d.ok(Command::Lock(lock(&["a"], "o", 100)));
+    d.ok(Command::Lock(queued(lock(&["a"], "w1", 100), None, 0)));
+    assert_eq!(limit_of(d.err(Command::Lock(queued(lock(&["a"], "w2", 100), None, 0)))), Limit::WaitersPerLock);
+    // Sessions, and resources per session.
+    let s = int(d.ok(Command::SessionOpen { ttl_ms: 1_000 })) as u64;
+    assert_eq!(limit_of(d.err(Command::SessionOpen { ttl_ms: 1_000 })), Limit::Sessions);
+    let mut l1 = lock(&["x"], "o", 0);
+    l1.session = Some(s);
+    d.ok(Command::Lock(l1));
+    let mut l2 = lock(&["y"], "o", 0);
+    l2.session = Some(s);
+    assert_eq!(limit_of(d.err(Command::Lock(l2))), Limit::LocksPerSession);
+    // Entries: locks a and x plus one key fill the table of 3.
+    d.ok(Command::Set(set("k1", "v")));
+    assert_eq!(limit_of(d.err(Command::Set(set("k2", "v")))), Limit::Entries);
+    assert_eq!(limit_of(d.err(Command::Lock(lock(&["z"], "o", 100)))), Limit::Entries);
+    // Overwriting an existing key is not a new entry.
+    d.ok(Command::Set(set("k1", "v2")));
+    // The error text names the limit and its value.
+    let text = d.err(Command::Set(set("k2", "v"))).to_string();
+    assert_eq!(text, "entries limit exceeded (max 3)");
+    // Wait bounds share the TTL limit.
+    let mut long_wait = lock(&["a"], "w3", 100);
+    long_wait.wait = Wait::Queue { wait_ms: Some(1_001), priority: 0 };
+    assert_eq!(limit_of(d.err(Command::Lock(long_wait))), Limit::TtlMs);
+    // A refused command changed nothing: the state still passes every invariant and
+    // the refused names hold nothing.
+    assert_eq!(d.read(Command::Fence { name: b("z") }), Reply::Nil);
+    assert_eq!(d.read(Command::Get { key: Bytes::from_static(b"k2") }), Reply::Nil);
+}
