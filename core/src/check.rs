@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::lock::Holders;
+use crate::lock::{Holders, LockEntry};
 use crate::state::{Owned, StateMachine, Timer, NEVER};
 use crate::waiter::WaiterKind;
 
@@ -25,6 +25,12 @@ impl StateMachine {
         let mut timers: BTreeSet<(u64, Timer)> = BTreeSet::new();
         let mut owned: BTreeSet<(u64, Owned)> = BTreeSet::new();
         let mut queued: BTreeSet<u64> = BTreeSet::new();
+        let mut shared_timers: BTreeSet<(u64, Timer)> = BTreeSet::new();
+        let mut add_shared_timer = |deadline: u64, timer: Timer| {
+            if deadline != NEVER {
+                shared_timers.insert((deadline, timer));
+            }
+        };
         let mut add_timer = |deadline: u64, timer: Timer| -> Result<(), String> {
             if deadline != NEVER {
                 ensure!(timers.insert((deadline, timer.clone())), "timer {timer:?} twice");
@@ -32,12 +38,15 @@ impl StateMachine {
             Ok(())
         };
         for (name, entry) in &st.locks {
-            ensure!(entry.holders.mode().is_some() || entry.queue.is_some(), "empty lock entry {name:?} kept");
-            if let Holders::Shared(holders) = &entry.holders {
-                ensure!(!holders.is_empty(), "shared lock {name:?} without holders");
+            ensure!(!entry.is_empty(), "empty lock entry {name:?} kept");
+            if let LockEntry::Busy(busy) = entry {
+                if let Holders::Shared(holders) = &busy.holders {
+                    ensure!(!holders.is_empty(), "shared lock {name:?} without holders");
+                }
+                let lone_writer = busy.queue.is_empty() && matches!(busy.holders, Holders::Exclusive(_));
+                ensure!(!lone_writer, "lock {name:?} not compacted");
             }
-            ensure!(entry.queue.as_ref().is_none_or(|q| !q.is_empty()), "empty queue kept on {name:?}");
-            for holder in entry.holders.as_slice() {
+            for holder in entry.holders() {
                 ensure!(
                     holder.fence > 0 && holder.fence <= st.last_fence,
                     "fence {} above last {}",
@@ -45,12 +54,12 @@ impl StateMachine {
                     st.last_fence
                 );
                 ensure!(holder.holds > 0, "holder without holds on {name:?}");
-                add_timer(holder.deadline_ms, Timer::Holder { fence: holder.fence, name: name.clone() })?;
+                add_shared_timer(holder.deadline_ms, Timer::Holder(name.clone()));
                 if holder.session != 0 {
                     owned.insert((holder.session, Owned::Holder { name: name.clone(), fence: holder.fence }));
                 }
             }
-            for &(_, id) in entry.queue.iter().flat_map(|q| q.iter()) {
+            for &(_, id) in entry.queue().into_iter().flatten() {
                 let Some(w) = st.waiters.get(&id) else { return Err(format!("queued waiter {id} missing")) };
                 ensure!(
                     matches!(&w.kind, WaiterKind::Lock { names, .. } if names.contains(name)),
@@ -74,7 +83,7 @@ impl StateMachine {
             ensure!(used == sem.used && used <= sem.limit, "semaphore {name:?} uses {used} of {}", sem.limit);
             for holder in &sem.holders {
                 ensure!(holder.fence <= st.last_fence, "permit fence above last");
-                add_timer(holder.deadline_ms, Timer::Permit { fence: holder.fence, name: name.clone() })?;
+                add_shared_timer(holder.deadline_ms, Timer::Permit(name.clone()));
                 if holder.session != 0 {
                     owned.insert((holder.session, Owned::Permit { name: name.clone(), fence: holder.fence }));
                 }
@@ -123,7 +132,7 @@ impl StateMachine {
         for (name, election) in &st.elections {
             if let Some(leader) = &election.leader {
                 ensure!(leader.fence <= st.last_fence, "leader fence above last");
-                add_timer(leader.deadline_ms, Timer::Leader { fence: leader.fence, name: name.clone() })?;
+                add_timer(leader.deadline_ms, Timer::Leader(name.clone()))?;
                 if leader.session != 0 {
                     owned.insert((leader.session, Owned::Leader { name: name.clone(), fence: leader.fence }));
                 }
@@ -156,6 +165,7 @@ impl StateMachine {
             }
         }
         ensure!(owned.is_empty(), "resources owned by missing sessions: {owned:?}");
+        timers.extend(shared_timers);
         ensure!(
             timers == st.deadlines,
             "deadline index out of step: expected {} timers, have {}",

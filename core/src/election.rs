@@ -106,7 +106,7 @@ impl StateMachine {
         let election = self.st.elections.entry(name.clone()).or_default();
         assert!(election.leader.is_none(), "one leader at a time");
         election.leader = Some(Leader { ident, fence, deadline_ms, session });
-        self.schedule(deadline_ms, Timer::Leader { fence, name: name.clone() });
+        self.schedule(deadline_ms, Timer::Leader(name.clone()));
         if session != 0 {
             self.own(session, Owned::Leader { name: name.clone(), fence });
         }
@@ -116,7 +116,7 @@ impl StateMachine {
 
     fn election_remove_leader(&mut self, name: &Name) -> Leader {
         let leader = self.st.elections.get_mut(name).and_then(|e| e.leader.take()).expect("leader exists");
-        self.unschedule(leader.deadline_ms, Timer::Leader { fence: leader.fence, name: name.clone() });
+        self.unschedule(leader.deadline_ms, Timer::Leader(name.clone()));
         self.mark(Dirty::Election(name.clone()));
         leader
     }
@@ -169,8 +169,8 @@ impl StateMachine {
         let deadline_ms = self.deadline_after(ttl_ms);
         let leader = self.st.elections.get_mut(&name).and_then(|e| e.leader.as_mut()).expect("leader");
         let old = std::mem::replace(&mut leader.deadline_ms, deadline_ms);
-        self.unschedule(old, Timer::Leader { fence, name: name.clone() });
-        self.schedule(deadline_ms, Timer::Leader { fence, name: name.clone() });
+        self.unschedule(old, Timer::Leader(name.clone()));
+        self.schedule(deadline_ms, Timer::Leader(name.clone()));
         Ok(Reply::Grant(Grant { fence, holds: 1, deadline_ms }))
     }
 

@@ -7,6 +7,7 @@
 //! groups can never each head a queue the other needs: no deadlock. A shared request
 //! never overtakes a queued exclusive one (writer preference: writers never starve).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
@@ -120,22 +121,117 @@ impl Holders {
     }
 }
 
-/// A lock name's holders and wait queue. The queue is boxed because almost every
-/// held lock has no waiters, and an empty inline `BTreeSet` would cost 24 bytes each.
+/// A lock name's holders and wait queue.
+///
+/// Almost every lock in a busy table has exactly one exclusive holder and nobody
+/// waiting, so that case is the 48-byte holder itself; shared holders and waiters
+/// move behind one box. This layout is what keeps a million held locks near 250
+/// bytes each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct LockEntry {
+pub(crate) enum LockEntry {
+    Held(Holder),
+    Busy(Box<Busy>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Busy {
     pub holders: Holders,
-    pub queue: Option<Box<BTreeSet<QueueSlot>>>,
+    pub queue: BTreeSet<QueueSlot>,
 }
 
 impl LockEntry {
+    fn free() -> LockEntry {
+        LockEntry::Busy(Box::new(Busy { holders: Holders::Free, queue: BTreeSet::new() }))
+    }
+
+    pub fn holders(&self) -> &[Holder] {
+        match self {
+            LockEntry::Held(holder) => std::slice::from_ref(holder),
+            LockEntry::Busy(busy) => busy.holders.as_slice(),
+        }
+    }
+
+    fn holders_mut(&mut self) -> &mut [Holder] {
+        match self {
+            LockEntry::Held(holder) => std::slice::from_mut(holder),
+            LockEntry::Busy(busy) => busy.holders.as_mut_slice(),
+        }
+    }
+
+    pub fn mode(&self) -> Option<LockMode> {
+        match self {
+            LockEntry::Held(_) => Some(LockMode::Exclusive),
+            LockEntry::Busy(busy) => busy.holders.mode(),
+        }
+    }
+
+    fn admits(&self, mode: LockMode) -> bool {
+        match self {
+            LockEntry::Held(_) => false,
+            LockEntry::Busy(busy) => busy.holders.admits(mode),
+        }
+    }
+
+    pub fn queue(&self) -> Option<&BTreeSet<QueueSlot>> {
+        match self {
+            LockEntry::Busy(busy) if !busy.queue.is_empty() => Some(&busy.queue),
+            _ => None,
+        }
+    }
+
     fn head(&self) -> Option<QueueSlot> {
-        self.queue.as_ref().and_then(|q| q.first().copied())
+        self.queue().and_then(|q| q.first().copied())
     }
 
     pub fn queue_len(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| q.len())
+        self.queue().map_or(0, BTreeSet::len)
     }
+
+    /// The boxed form, for adding waiters or readers.
+    fn busy(&mut self) -> &mut Busy {
+        if let LockEntry::Held(_) = self {
+            let LockEntry::Held(holder) = std::mem::replace(self, LockEntry::free()) else { unreachable!() };
+            *self = LockEntry::Busy(Box::new(Busy { holders: Holders::Exclusive(holder), queue: BTreeSet::new() }));
+        }
+        match self {
+            LockEntry::Busy(busy) => busy,
+            LockEntry::Held(_) => unreachable!("converted above"),
+        }
+    }
+
+    fn add(&mut self, mode: LockMode, holder: Holder) {
+        self.busy().holders.add(mode, holder);
+        self.compact();
+    }
+
+    fn remove(&mut self, fence: u64) -> Holder {
+        let holder = self.busy().holders.remove(fence);
+        self.compact();
+        holder
+    }
+
+    /// Back to the unboxed form when there is one exclusive holder and no queue.
+    fn compact(&mut self) {
+        if let LockEntry::Busy(busy) = self {
+            if busy.queue.is_empty() && matches!(busy.holders, Holders::Exclusive(_)) {
+                let Holders::Exclusive(holder) = std::mem::replace(&mut busy.holders, Holders::Free) else {
+                    unreachable!()
+                };
+                *self = LockEntry::Held(holder);
+            }
+        }
+    }
+
+    /// No holder and no waiter: the entry can go.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, LockEntry::Busy(busy) if busy.queue.is_empty() && matches!(busy.holders, Holders::Free))
+    }
+}
+
+struct Survey {
+    reentry_fence: Option<u64>,
+    new_names: usize,
+    free: bool,
 }
 
 enum Ready {
@@ -156,6 +252,9 @@ impl StateMachine {
         }
         for name in &names {
             self.check_key(name)?;
+        }
+        if let [name] = names.as_slice() {
+            return Ok(vec![Name::from(name.as_ref())]);
         }
         let sorted: BTreeSet<Name> = names.iter().map(|n| Name::from(n.as_ref())).collect();
         Ok(sorted.into_iter().collect())
@@ -181,15 +280,15 @@ impl StateMachine {
         for name in &names {
             self.lock_expire_due(name);
         }
-        if let Some(fence) = self.lock_reentry(&names, &request.owner, &request.token, request.mode)? {
+        let survey = self.lock_survey(&names, &request.owner, &request.token, request.mode)?;
+        if let Some(fence) = survey.reentry_fence {
             return Ok(Reply::Grant(self.lock_reenter(&names, fence, request.ttl_ms)?));
         }
-        let new_names = names.iter().filter(|n| !self.st.locks.contains_key(*n)).count();
-        self.check_entries(new_names)?;
+        self.check_entries(survey.new_names)?;
         let ident = Ident::new(&request.owner, &request.token, &request.metadata);
-        if self.lock_free_for(&names, request.mode) {
+        if survey.free {
             let fence = self.next_fence();
-            return Ok(Reply::Grant(self.lock_install(&names, &ident, request.mode, request.ttl_ms, session, fence)));
+            return Ok(Reply::Grant(self.lock_install(&names, ident, request.mode, request.ttl_ms, session, fence)));
         }
         let (wait_ms, priority) = match request.wait {
             Wait::Queue { wait_ms, priority } if wait_ms != Some(0) => (wait_ms, priority),
@@ -203,8 +302,8 @@ impl StateMachine {
         }
         let queue_slot = slot(priority, self.index);
         for name in &names {
-            let entry = self.st.locks.entry(name.clone()).or_insert(LockEntry { holders: Holders::Free, queue: None });
-            let inserted = entry.queue.get_or_insert_with(Default::default).insert(queue_slot);
+            let entry = self.st.locks.entry(name.clone()).or_insert_with(LockEntry::free);
+            let inserted = entry.busy().queue.insert(queue_slot);
             assert!(inserted);
         }
         let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
@@ -213,26 +312,33 @@ impl StateMachine {
         Ok(Reply::Queued(id))
     }
 
-    /// If `owner` already holds every name (as one grant, in `mode`, with `token`),
-    /// the fence of that grant. Holding some of them, or differently, is an error.
-    fn lock_reentry(&self, names: &[Name], owner: &[u8], token: &[u8], mode: LockMode) -> Result<Option<u64>> {
+    /// One look at each name: whether `owner` already holds every name (as one grant,
+    /// in `mode`, with `token`: a reentrant acquire; holding some of them, or
+    /// differently, is an error), how many names are new to the table, and whether
+    /// all of them are free for `mode` with nobody queued.
+    fn lock_survey(&self, names: &[Name], owner: &[u8], token: &[u8], mode: LockMode) -> Result<Survey> {
+        let mut survey = Survey { reentry_fence: None, new_names: 0, free: true };
         let mut held = 0;
         let mut fence = 0;
         for name in names {
-            let Some(entry) = self.st.locks.get(name) else { continue };
-            let Some(holder) = entry.holders.as_slice().iter().find(|h| h.owner() == owner) else { continue };
+            let Some(entry) = self.st.locks.get(name) else {
+                survey.new_names += 1;
+                continue;
+            };
+            survey.free &= entry.queue_len() == 0 && entry.admits(mode);
+            let Some(holder) = entry.holders().iter().find(|h| h.owner() == owner) else { continue };
             if holder.token() != token {
                 return Err(Error::TokenMismatch);
             }
-            if entry.holders.mode() != Some(mode) || (held > 0 && holder.fence != fence) {
+            if entry.mode() != Some(mode) || (held > 0 && holder.fence != fence) {
                 return Err(Error::HeldDifferently);
             }
             fence = holder.fence;
             held += 1;
         }
         match held {
-            0 => Ok(None),
-            n if n == names.len() => Ok(Some(fence)),
+            0 => Ok(survey),
+            n if n == names.len() => Ok(Survey { reentry_fence: Some(fence), ..survey }),
             _ => Err(Error::HeldDifferently),
         }
     }
@@ -248,48 +354,44 @@ impl StateMachine {
             let old = holder.deadline_ms;
             // A reentrant acquire may lengthen the lease but never shortens it.
             let new = if ttl_ms == 0 { old } else { old.max(deadline_ms) };
-            if new != old {
-                self.unschedule(old, Timer::Holder { fence, name: name.clone() });
-                self.schedule(new, Timer::Holder { fence, name: name.clone() });
-            }
             let holder = self.lock_holder_mut(name, fence);
             holder.holds += 1;
             holder.deadline_ms = new;
             grant = Grant { fence, holds: holder.holds, deadline_ms: new };
+            self.lock_move_timer(name, old, new);
         }
         Ok(grant)
-    }
-
-    fn lock_free_for(&self, names: &[Name], mode: LockMode) -> bool {
-        names.iter().all(|name| match self.st.locks.get(name) {
-            None => true,
-            Some(entry) => entry.queue_len() == 0 && entry.holders.admits(mode),
-        })
     }
 
     fn lock_install(
         &mut self,
         names: &[Name],
-        ident: &Ident,
+        ident: Ident,
         mode: LockMode,
         ttl_ms: u64,
         session: SessionId,
         fence: u64,
     ) -> Grant {
         let deadline_ms = self.deadline_after(ttl_ms);
-        for name in names {
-            let holder = Holder {
-                blob: ident.blob.clone(),
-                owner_len: ident.owner_len,
-                token_len: ident.token_len,
-                holds: 1,
-                fence,
-                deadline_ms,
-                session,
+        let Ident { blob, owner_len, token_len } = ident;
+        let mut blob = Some(blob);
+        for (i, name) in names.iter().enumerate() {
+            // Every name of a group gets its own copy; the last one takes the original.
+            let blob = if i + 1 == names.len() {
+                blob.take().expect("taken once")
+            } else {
+                blob.clone().expect("not taken yet")
             };
-            let entry = self.st.locks.entry(name.clone()).or_insert(LockEntry { holders: Holders::Free, queue: None });
-            entry.holders.add(mode, holder);
-            self.schedule(deadline_ms, Timer::Holder { fence, name: name.clone() });
+            let holder = Holder { blob, owner_len, token_len, holds: 1, fence, deadline_ms, session };
+            match self.st.locks.entry(name.clone()) {
+                Entry::Occupied(mut entry) => entry.get_mut().add(mode, holder),
+                Entry::Vacant(entry) => {
+                    let mut lock = LockEntry::free();
+                    lock.add(mode, holder);
+                    entry.insert(lock);
+                }
+            }
+            self.schedule_shared(deadline_ms, Timer::Holder(name.clone()));
             if session != 0 {
                 self.own(session, Owned::Holder { name: name.clone(), fence });
             }
@@ -299,9 +401,8 @@ impl StateMachine {
 
     pub(crate) fn lock_release(&mut self, names: Vec<Bytes>, token: &[u8]) -> Result<Reply> {
         let names = self.lock_names(names)?;
-        for name in &names {
-            self.lock_expire_due(name);
-        }
+        // A holder whose deadline has passed is not found by token: it is gone, even
+        // if no entry has swept it yet.
         let mut fences = Vec::with_capacity(names.len());
         for name in &names {
             match self.lock_by_token(name, token) {
@@ -342,12 +443,10 @@ impl StateMachine {
         let deadline_ms = self.deadline_after(ttl_ms);
         let mut grant = None;
         for (name, fence) in names.iter().zip(fences) {
-            let old = self.lock_holder(name, fence).deadline_ms;
-            self.unschedule(old, Timer::Holder { fence, name: name.clone() });
-            self.schedule(deadline_ms, Timer::Holder { fence, name: name.clone() });
             let holder = self.lock_holder_mut(name, fence);
-            holder.deadline_ms = deadline_ms;
+            let old = std::mem::replace(&mut holder.deadline_ms, deadline_ms);
             grant.get_or_insert(Grant { fence, holds: holder.holds, deadline_ms });
+            self.lock_move_timer(name, old, deadline_ms);
         }
         Ok(Reply::Grant(grant.expect("at least one name")))
     }
@@ -357,8 +456,7 @@ impl StateMachine {
         let Some(entry) = self.st.locks.get(name) else { return };
         let now = self.now();
         let due: Vec<u64> = entry
-            .holders
-            .as_slice()
+            .holders()
             .iter()
             .filter(|h| h.deadline_ms != NEVER && h.deadline_ms <= now)
             .map(|h| h.fence)
@@ -382,19 +480,34 @@ impl StateMachine {
     /// Removes a holder and its timer, and marks the name for the pump.
     fn lock_remove_holder(&mut self, name: &Name, fence: u64) -> Holder {
         let entry = self.st.locks.get_mut(name).expect("lock exists");
-        let holder = entry.holders.remove(fence);
-        self.unschedule(holder.deadline_ms, Timer::Holder { fence, name: name.clone() });
-        self.mark(Dirty::Lock(name.clone()));
+        let holder = entry.remove(fence);
+        let still_used = entry.holders().iter().any(|h| h.deadline_ms == holder.deadline_ms);
+        let waiters = entry.queue_len() > 0;
+        if entry.is_empty() {
+            // Nobody holds and nobody waits: drop the entry now rather than in the pump.
+            self.st.locks.remove(name);
+        }
+        self.unschedule_shared(holder.deadline_ms, Timer::Holder(name.clone()), still_used);
+        if waiters {
+            self.mark(Dirty::Lock(name.clone()));
+        }
         holder
+    }
+
+    /// Keeps the shared holder timer in step after one holder's deadline moved.
+    fn lock_move_timer(&mut self, name: &Name, old: u64, new: u64) {
+        if old == new {
+            return;
+        }
+        let still_used = self.st.locks[name].holders().iter().any(|h| h.deadline_ms == old);
+        self.unschedule_shared(old, Timer::Holder(name.clone()), still_used);
+        self.schedule_shared(new, Timer::Holder(name.clone()));
     }
 
     pub(crate) fn lock_queue_remove(&mut self, name: &Name, queue_slot: QueueSlot) {
         let entry = self.st.locks.get_mut(name).expect("queued lock exists");
-        let queue = entry.queue.as_mut().expect("queue exists");
-        assert!(queue.remove(&queue_slot));
-        if queue.is_empty() {
-            entry.queue = None;
-        }
+        assert!(entry.busy().queue.remove(&queue_slot));
+        entry.compact();
     }
 
     /// Grants queued waiters of `name` from the head while they are grantable.
@@ -409,10 +522,8 @@ impl StateMachine {
                 Ready::Blocked => break,
             }
         }
-        if let Some(entry) = self.st.locks.get(name) {
-            if entry.holders.mode().is_none() && entry.queue.is_none() {
-                self.st.locks.remove(name);
-            }
+        if self.st.locks.get(name).is_some_and(LockEntry::is_empty) {
+            self.st.locks.remove(name);
         }
     }
 
@@ -433,7 +544,7 @@ impl StateMachine {
         }
         for name in &names {
             let entry = &self.st.locks[name];
-            if entry.head() != Some(queue_slot) || !entry.holders.admits(mode) {
+            if entry.head() != Some(queue_slot) || !entry.admits(mode) {
                 return Ready::Blocked;
             }
         }
@@ -449,7 +560,7 @@ impl StateMachine {
             self.lock_queue_remove(name, queue_slot);
         }
         let fence = self.next_fence();
-        let grant = self.lock_install(&names, &ident, mode, ttl_ms, waiter.session, fence);
+        let grant = self.lock_install(&names, ident, mode, ttl_ms, waiter.session, fence);
         self.emit(Event::Granted { waiter: id, grant });
         for name in names {
             self.mark(Dirty::Lock(name));
@@ -458,23 +569,23 @@ impl StateMachine {
 
     fn lock_by_token(&self, name: &[u8], token: &[u8]) -> Option<&Holder> {
         let entry = self.st.locks.get(name)?;
-        entry.holders.as_slice().iter().find(|h| h.token() == token && !self.is_due(h.deadline_ms))
+        entry.holders().iter().find(|h| h.token() == token && !self.is_due(h.deadline_ms))
     }
 
     fn lock_holder(&self, name: &Name, fence: u64) -> &Holder {
         let entry = &self.st.locks[name];
-        entry.holders.as_slice().iter().find(|h| h.fence == fence).expect("holder exists")
+        entry.holders().iter().find(|h| h.fence == fence).expect("holder exists")
     }
 
     fn lock_holder_mut(&mut self, name: &Name, fence: u64) -> &mut Holder {
         let entry = self.st.locks.get_mut(name).expect("lock exists");
-        entry.holders.as_mut_slice().iter_mut().find(|h| h.fence == fence).expect("holder exists")
+        entry.holders_mut().iter_mut().find(|h| h.fence == fence).expect("holder exists")
     }
 
     /// The fence of the newest live holder of a lock.
     pub(crate) fn lock_fence(&self, name: &[u8]) -> Option<u64> {
         let entry = self.st.locks.get(name)?;
-        entry.holders.as_slice().iter().filter(|h| !self.is_due(h.deadline_ms)).map(|h| h.fence).max()
+        entry.holders().iter().filter(|h| !self.is_due(h.deadline_ms)).map(|h| h.fence).max()
     }
 
     pub(crate) fn lock_info(&self, name: &[u8]) -> LockInfo {
@@ -482,8 +593,7 @@ impl StateMachine {
             return LockInfo { mode: None, holders: Vec::new(), waiters: 0 };
         };
         let holders: Vec<HolderInfo> = entry
-            .holders
-            .as_slice()
+            .holders()
             .iter()
             .filter(|h| !self.is_due(h.deadline_ms))
             .map(|h| HolderInfo {
@@ -495,7 +605,7 @@ impl StateMachine {
                 metadata: Bytes::copy_from_slice(h.metadata()),
             })
             .collect();
-        let mode = if holders.is_empty() { None } else { entry.holders.mode() };
+        let mode = if holders.is_empty() { None } else { entry.mode() };
         LockInfo { mode, holders, waiters: entry.queue_len() as u64 }
     }
 

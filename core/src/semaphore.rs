@@ -95,7 +95,7 @@ impl StateMachine {
         assert!(sem.used + count <= sem.limit, "never more permits out than the limit");
         sem.used += count;
         sem.holders.push(PermitHolder { ident, permits: count, fence, deadline_ms, session });
-        self.schedule(deadline_ms, Timer::Permit { fence, name: name.clone() });
+        self.schedule_shared(deadline_ms, Timer::Permit(name.clone()));
         if session != 0 {
             self.own(session, Owned::Permit { name: name.clone(), fence });
         }
@@ -130,11 +130,13 @@ impl StateMachine {
             return Err(Error::NotHolder { name: name.lossy() });
         };
         let deadline_ms = self.deadline_after(ttl_ms);
-        let holder = &self.st.semaphores[&name].holders[at];
-        let (old, fence, permits) = (holder.deadline_ms, holder.fence, holder.permits);
-        self.unschedule(old, Timer::Permit { fence, name: name.clone() });
-        self.schedule(deadline_ms, Timer::Permit { fence, name: name.clone() });
-        self.st.semaphores.get_mut(&name).expect("exists").holders[at].deadline_ms = deadline_ms;
+        let sem = self.st.semaphores.get_mut(&name).expect("exists");
+        let holder = &mut sem.holders[at];
+        let old = std::mem::replace(&mut holder.deadline_ms, deadline_ms);
+        let (fence, permits) = (holder.fence, holder.permits);
+        let still_used = old == deadline_ms || sem.holders.iter().any(|h| h.deadline_ms == old);
+        self.unschedule_shared(old, Timer::Permit(name.clone()), still_used);
+        self.schedule_shared(deadline_ms, Timer::Permit(name.clone()));
         Ok(Reply::Grant(Grant { fence, holds: permits, deadline_ms }))
     }
 
@@ -144,7 +146,8 @@ impl StateMachine {
         let at = sem.holders.iter().position(|h| h.fence == fence).expect("holder exists");
         let holder = sem.holders.remove(at);
         sem.used -= holder.permits;
-        self.unschedule(holder.deadline_ms, Timer::Permit { fence, name: name.clone() });
+        let still_used = sem.holders.iter().any(|h| h.deadline_ms == holder.deadline_ms);
+        self.unschedule_shared(holder.deadline_ms, Timer::Permit(name.clone()), still_used);
         self.mark(Dirty::Semaphore(name.clone()));
         holder
     }

@@ -25,13 +25,15 @@ use crate::name::Name;
 /// A deadline that never comes (no TTL).
 pub(crate) const NEVER: u64 = u64::MAX;
 
-/// What a deadline in the index refers to. The fence in holder timers tells apart
-/// several holders of one shared lock or semaphore.
+/// What a deadline in the index refers to. Holder and permit timers name only the
+/// lock or semaphore: holders of one name that share a deadline share the timer, and
+/// firing it expires every due holder of that name. Leaving the fence out keeps an
+/// index entry at 32 bytes instead of 40, a million times over.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) enum Timer {
-    Holder { fence: u64, name: Name },
-    Permit { fence: u64, name: Name },
-    Leader { fence: u64, name: Name },
+    Holder(Name),
+    Permit(Name),
+    Leader(Name),
     Session(SessionId),
     Waiter(WaiterId),
     Key(Name),
@@ -230,6 +232,20 @@ impl StateMachine {
         }
     }
 
+    /// Schedules a timer that several holders of one name may share.
+    pub(crate) fn schedule_shared(&mut self, deadline_ms: u64, timer: Timer) {
+        if deadline_ms != NEVER {
+            self.st.deadlines.insert((deadline_ms, timer));
+        }
+    }
+
+    /// Drops a shared timer once no holder of its name uses that deadline any more.
+    pub(crate) fn unschedule_shared(&mut self, deadline_ms: u64, timer: Timer, still_used: bool) {
+        if !still_used {
+            self.unschedule(deadline_ms, timer);
+        }
+    }
+
     pub(crate) fn unschedule(&mut self, deadline_ms: u64, timer: Timer) {
         if deadline_ms != NEVER {
             let removed = self.st.deadlines.remove(&(deadline_ms, timer));
@@ -313,9 +329,9 @@ impl StateMachine {
 
     fn fire(&mut self, timer: Timer) {
         match timer {
-            Timer::Holder { name, .. } => self.lock_expire_due(&name),
-            Timer::Permit { name, .. } => self.semaphore_expire_due(&name),
-            Timer::Leader { name, .. } => self.election_expire_due(&name),
+            Timer::Holder(name) => self.lock_expire_due(&name),
+            Timer::Permit(name) => self.semaphore_expire_due(&name),
+            Timer::Leader(name) => self.election_expire_due(&name),
             Timer::Session(id) => self.session_end(id, true),
             Timer::Waiter(id) => self.wait_end(id, WaitEnd::TimedOut),
             Timer::Key(name) => self.key_expire_if_due(&name),
