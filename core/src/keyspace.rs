@@ -302,14 +302,9 @@ impl StateMachine {
             Some(key) => Bound::Excluded(key.as_ref()),
             None => Bound::Unbounded,
         };
-        let mut examined = 0;
         let mut next = None;
         let mut keys = Vec::new();
-        for (key, entry) in self.st.keys.range::<[u8], _>((start, Bound::Unbounded)) {
-            if examined == count {
-                break;
-            }
-            examined += 1;
+        for (key, entry) in self.st.keys.range::<[u8], _>((start, Bound::Unbounded)).take(count) {
             next = Some(key);
             let live = !self.is_due(entry.deadline_ms);
             let matches = pattern.is_none_or(|p| crate::glob::matches(p, key.as_bytes()));

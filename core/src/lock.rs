@@ -82,11 +82,7 @@ impl Holders {
 
     /// Whether a new holder in `mode` may join the current holders.
     fn admits(&self, mode: LockMode) -> bool {
-        match (self, mode) {
-            (Holders::Free, _) => true,
-            (Holders::Shared(_), LockMode::Shared) => true,
-            _ => false,
-        }
+        matches!((self, mode), (Holders::Free, _) | (Holders::Shared(_), LockMode::Shared))
     }
 
     fn add(&mut self, mode: LockMode, holder: Holder) {

@@ -27,8 +27,8 @@ fn log_index_must_increase() {
 
 #[test]
 fn rebase_restarts_remaining_time_from_the_new_leaders_clock() {
-    let mut d = Driver::default();
-    d.now_ms = 1_000_000; // old leader's monotonic clock
+    // The old leader's monotonic clock reads 1_000_000.
+    let mut d = Driver { now_ms: 1_000_000, ..Driver::default() };
     d.ok(Command::Lock(lock(&["a"], "alice", 10_000)));
     d.now_ms = 1_004_000; // 4 s in: 6 s left
     d.run(Command::Tick);
