@@ -350,10 +350,8 @@ impl StateMachine {
         }
         self.key_expire_if_due(key);
         let existing = self.hash_live(key)?;
-        let new_fields = match existing {
-            Some(h) => pairs.iter().filter(|(f, _)| !h.contains_key(f)).count(),
-            None => pairs.iter().map(|(f, _)| f).collect::<std::collections::BTreeSet<_>>().len(),
-        };
+        let distinct: std::collections::BTreeSet<&Bytes> = pairs.iter().map(|(f, _)| f).collect();
+        let new_fields = distinct.into_iter().filter(|f| existing.is_none_or(|h| !h.contains_key(*f))).count();
         let len = existing.map_or(0, BTreeMap::len);
         if len + new_fields > self.limits.queue_length_max {
             return Err(over(Limit::QueueLength, self.limits.queue_length_max as u64));

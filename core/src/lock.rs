@@ -340,17 +340,17 @@ impl StateMachine {
     }
 
     fn lock_reenter(&mut self, names: &[Name], fence: u64, ttl_ms: u64) -> Result<Grant> {
+        // Check every name before changing any: a refused command changes nothing.
+        if names.iter().any(|name| self.lock_holder(name, fence).holds == u32::MAX) {
+            return Err(Error::Overflow);
+        }
         let deadline_ms = self.deadline_after(ttl_ms);
         let mut grant = Grant { fence, holds: 0, deadline_ms };
         for name in names {
-            let holder = self.lock_holder(name, fence);
-            if holder.holds == u32::MAX {
-                return Err(Error::Overflow);
-            }
+            let holder = self.lock_holder_mut(name, fence);
             let old = holder.deadline_ms;
             // A reentrant acquire may lengthen the lease but never shortens it.
             let new = if ttl_ms == 0 { old } else { old.max(deadline_ms) };
-            let holder = self.lock_holder_mut(name, fence);
             holder.holds += 1;
             holder.deadline_ms = new;
             grant = Grant { fence, holds: holder.holds, deadline_ms: new };

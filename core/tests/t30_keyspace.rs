@@ -150,6 +150,11 @@ fn hashes() {
     let pairs = vec![(b("f1"), b("1")), (b("f2"), b("2")), (b("f1"), b("3"))];
     assert_eq!(d.ok(Command::HSet { key: b("h"), pairs }), Reply::Int(2));
     assert_eq!(d.read(Command::HGet { key: b("h"), field: b("f1") }), bulk("3"));
+    // A field new to an existing hash counts once however often it is repeated.
+    let again = vec![(b("f3"), b("x")), (b("f3"), b("y")), (b("f1"), b("4"))];
+    assert_eq!(d.ok(Command::HSet { key: b("h"), pairs: again }), Reply::Int(1));
+    assert_eq!(d.ok(Command::HDel { key: b("h"), fields: vec![b("f3")] }), Reply::Int(1));
+    d.ok(Command::HSet { key: b("h"), pairs: vec![(b("f1"), b("3"))] });
     assert_eq!(d.read(Command::HGet { key: b("h"), field: b("zz") }), Reply::Nil);
     assert_eq!(d.read(Command::HExists { key: b("h"), field: b("f2") }), Reply::Int(1));
     assert_eq!(d.ok(Command::HIncrBy { key: b("h"), field: b("f2"), delta: 40 }), Reply::Int(42));
