@@ -181,12 +181,20 @@ impl StateMachine {
         self.dispatch_read(command)
     }
 
+    /// Starts a new time base: the leader clock reading `leader_time_ms` is pinned to
+    /// the current replicated time, so the time left on every lease is measured from
+    /// here on the new leader's clock, never early whatever the two clocks disagree on.
+    ///
+    /// The Raft adapter calls this before the first entry of every new leader term (all
+    /// replicas see the same terms at the same indexes, so all rebase at the same point);
+    /// `Command::Rebase` does the same from the log.
+    pub fn rebase(&mut self, leader_time_ms: u64) {
+        self.st.time_offset_ms = i128::from(self.st.clock_ms) - i128::from(leader_time_ms);
+    }
+
     fn advance_clock(&mut self, leader_time_ms: u64, rebase: bool) {
         if rebase {
-            // The new leader's clock reading `leader_time_ms` is pinned to the current
-            // replicated time, so the time left on every lease is measured from now
-            // on the new leader's clock: never early, whatever the clocks disagree on.
-            self.st.time_offset_ms = i128::from(self.st.clock_ms) - i128::from(leader_time_ms);
+            self.rebase(leader_time_ms);
         }
         let stamped = i128::from(leader_time_ms) + self.st.time_offset_ms;
         let stamped = stamped.clamp(0, i128::from(NEVER - 1)) as u64;

@@ -168,3 +168,17 @@ fn every_limit_is_refused_with_its_name() {
     assert_eq!(d.read(Command::Fence { name: b("z") }), Reply::Nil);
     assert_eq!(d.read(Command::Get { key: Bytes::from_static(b"k2") }), Reply::Nil);
 }
+
+#[test]
+fn rebase_method_equals_the_rebase_command() {
+    let mut by_command = Driver::default();
+    let mut by_method = Driver::default();
+    for d in [&mut by_command, &mut by_method] {
+        d.ok(Command::Lock(lock(&["a"], "alice", 10_000)));
+        d.now_ms = 7;
+    }
+    by_command.run(Command::Rebase);
+    by_method.sm.rebase(7);
+    by_method.run(Command::Tick);
+    assert_eq!(by_command.sm.snapshot(), by_method.sm.snapshot());
+}
