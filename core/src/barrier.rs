@@ -29,20 +29,20 @@ impl StateMachine {
         self.check_key(name)?;
         self.check_owner(participant)?;
         if parties == 0 {
-            return Err(Error::Invalid("a barrier needs at least one party"));
+            return Err(Error::invalid("a barrier needs at least one party"));
         }
         if parties > self.limits.barrier_parties_max {
             return Err(over(Limit::BarrierParties, u64::from(self.limits.barrier_parties_max)));
         }
         if let Some(barrier) = self.st.barriers.get(name) {
             if barrier.double != double || barrier.parties != parties {
-                return Err(Error::Invalid("barrier exists with a different kind or party count"));
+                return Err(Error::invalid("barrier exists with a different kind or party count"));
             }
             if barrier.members.iter().any(|(p, _)| p.as_ref() == participant) {
-                return Err(Error::Invalid("participant is already at the barrier"));
+                return Err(Error::invalid("participant is already at the barrier"));
             }
             if barrier.released {
-                return Err(Error::Invalid("barrier is being left; enter again after all have left"));
+                return Err(Error::invalid("barrier is being left; enter again after all have left"));
             }
         }
         Ok(())

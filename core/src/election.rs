@@ -78,7 +78,7 @@ impl StateMachine {
             }
         }
         if self.election_find(&name, |i| i.owner() == request.candidate.as_ref()).is_some() {
-            return Err(Error::Invalid("candidate is already campaigning"));
+            return Err(Error::invalid("candidate is already campaigning"));
         }
         let ident = Ident::new(&request.candidate, &request.token, &request.value);
         let election = self.st.elections.get(&name);
@@ -178,11 +178,11 @@ impl StateMachine {
         let name = Name::from(name);
         self.election_leader_by_token(&name, token)?;
         let Some(id) = self.election_find(&name, |i| i.owner() == to) else {
-            return Err(Error::Invalid("no such candidate is waiting"));
+            return Err(Error::invalid("no such candidate is waiting"));
         };
         let session = self.st.waiters[&id].session;
         if session != 0 && !self.session_live(session) {
-            return Err(Error::Invalid("no such candidate is waiting"));
+            return Err(Error::invalid("no such candidate is waiting"));
         }
         let leader = self.election_remove_leader(&name);
         if leader.session != 0 {

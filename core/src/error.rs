@@ -60,7 +60,14 @@ pub enum Error {
     /// An argument is malformed in a way that is not a limit (empty name list, zero
     /// permits, a semaphore or barrier redeclared with another size, ...).
     #[error("invalid argument: {0}")]
-    Invalid(&'static str),
+    Invalid(std::borrow::Cow<'static, str>),
+}
+
+impl Error {
+    /// An `Invalid` error with a fixed text (no allocation).
+    pub const fn invalid(what: &'static str) -> Error {
+        Error::Invalid(std::borrow::Cow::Borrowed(what))
+    }
 }
 
 /// The result of a command.

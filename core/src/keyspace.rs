@@ -342,7 +342,7 @@ impl StateMachine {
     pub(crate) fn hash_set(&mut self, key: &[u8], pairs: Vec<(Bytes, Bytes)>) -> Result<Reply> {
         self.check_key(key)?;
         if pairs.is_empty() {
-            return Err(Error::Invalid("HSET needs at least one field and value"));
+            return Err(Error::invalid("HSET needs at least one field and value"));
         }
         for (field, value) in &pairs {
             self.check_value(field)?;
@@ -448,7 +448,7 @@ impl StateMachine {
     pub(crate) fn list_push(&mut self, key: &[u8], values: Vec<Bytes>, left: bool) -> Result<Reply> {
         self.check_key(key)?;
         if values.is_empty() {
-            return Err(Error::Invalid("push needs at least one element"));
+            return Err(Error::invalid("push needs at least one element"));
         }
         for value in &values {
             self.check_value(value)?;
@@ -504,7 +504,7 @@ impl StateMachine {
 
     pub(crate) fn list_blocking_pop(&mut self, keys: &[Bytes], wait_ms: Option<u64>, left: bool) -> Result<Reply> {
         if keys.is_empty() {
-            return Err(Error::Invalid("at least one key is required"));
+            return Err(Error::invalid("at least one key is required"));
         }
         for key in keys {
             self.check_key(key)?;

@@ -241,7 +241,7 @@ impl StateMachine {
     /// sorted and deduplicated (the canonical order of a group).
     pub(crate) fn lock_names(&self, names: Vec<Bytes>) -> Result<Vec<Name>> {
         if names.is_empty() {
-            return Err(Error::Invalid("at least one lock name is required"));
+            return Err(Error::invalid("at least one lock name is required"));
         }
         if names.len() > self.limits.group_size_max {
             return Err(over(Limit::GroupSize, self.limits.group_size_max as u64));

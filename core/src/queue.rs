@@ -50,7 +50,7 @@ impl StateMachine {
     ) -> Result<Reply> {
         self.check_key(name)?;
         if values.is_empty() {
-            return Err(Error::Invalid("push needs at least one item"));
+            return Err(Error::invalid("push needs at least one item"));
         }
         for value in &values {
             self.check_value(value)?;

@@ -35,13 +35,13 @@ impl StateMachine {
         self.check_owner(&request.owner)?;
         self.check_owner(&request.token)?;
         if request.limit == 0 || request.count == 0 {
-            return Err(Error::Invalid("semaphore limit and permit count must be positive"));
+            return Err(Error::invalid("semaphore limit and permit count must be positive"));
         }
         if request.limit > self.limits.permits_max {
             return Err(over(Limit::Permits, u64::from(self.limits.permits_max)));
         }
         if request.count > request.limit {
-            return Err(Error::Invalid("more permits requested than the semaphore has"));
+            return Err(Error::invalid("more permits requested than the semaphore has"));
         }
         self.check_ttl(request.ttl_ms, request.session.is_some())?;
         if let Wait::Queue { wait_ms, .. } = request.wait {
@@ -52,10 +52,10 @@ impl StateMachine {
         self.semaphore_expire_due(&name);
         if let Some(sem) = self.st.semaphores.get(&name) {
             if sem.limit != request.limit {
-                return Err(Error::Invalid("semaphore exists with a different limit"));
+                return Err(Error::invalid("semaphore exists with a different limit"));
             }
             if sem.holders.iter().any(|h| h.ident.token() == request.token.as_ref()) {
-                return Err(Error::Invalid("this token already holds permits of the semaphore"));
+                return Err(Error::invalid("this token already holds permits of the semaphore"));
             }
         }
         let ident = Ident::new(&request.owner, &request.token, &[]);

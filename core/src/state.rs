@@ -176,7 +176,7 @@ impl StateMachine {
     /// Anything whose deadline has passed on the replicated clock reads as gone.
     pub fn read(&self, command: &Command) -> Result<Reply> {
         if !command.is_read_only() {
-            return Err(Error::Invalid("not a read-only command"));
+            return Err(Error::invalid("not a read-only command"));
         }
         self.dispatch_read(command)
     }
@@ -299,7 +299,7 @@ impl StateMachine {
             return Err(over(Limit::TtlMs, self.limits.ttl_ms_max));
         }
         if ttl_ms == 0 && !allow_zero {
-            return Err(Error::Invalid("ttl must be positive (or 0 with a session)"));
+            return Err(Error::invalid("ttl must be positive (or 0 with a session)"));
         }
         Ok(())
     }
@@ -410,7 +410,7 @@ impl StateMachine {
             Command::ElectionRenew { name, token, ttl_ms } => self.election_renew(&name, &token, ttl_ms),
             Command::Transfer { name, token, to } => self.election_transfer(&name, &token, &to),
             // Every read-only variant returned above.
-            _ => Err(Error::Invalid("unhandled command")),
+            _ => Err(Error::invalid("unhandled command")),
         }
     }
 
@@ -437,7 +437,7 @@ impl StateMachine {
                 Ok(Reply::Int(self.st.queues.get(name.as_ref()).map_or(0, |q| q.items.len()) as i64))
             }
             Command::Leader { name } => Ok(self.election_leader(name)),
-            _ => Err(Error::Invalid("not a read-only command")),
+            _ => Err(Error::invalid("not a read-only command")),
         }
     }
 

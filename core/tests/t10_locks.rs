@@ -74,7 +74,7 @@ fn renew_extends_but_never_resurrects() {
     // in between (the renew itself sees the deadline has passed).
     d.now_ms = 2_900;
     assert_eq!(d.err(renew(&["a"], "alice", 1_000)), Error::NotHolder { name: "a".into() });
-    assert_eq!(d.err(renew(&["a"], "alice", 0)), Error::Invalid("ttl must be positive (or 0 with a session)"));
+    assert_eq!(d.err(renew(&["a"], "alice", 0)), Error::invalid("ttl must be positive (or 0 with a session)"));
 }
 
 #[test]

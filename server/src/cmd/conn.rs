@@ -1,0 +1,227 @@
+//! Connection-level commands: the handshakes Redis clients send (HELLO, AUTH, SELECT,
+//! CLIENT ...), introspection (INFO, COMMAND, TIME) and PING / ECHO / QUIT / RESET.
+
+use bytes::Bytes;
+
+use super::args::{parse_i64, Args, CmdError};
+use super::Request;
+
+/// Connection-level commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conn {
+    /// PING [message].
+    Ping(Option<Bytes>),
+    /// ECHO message.
+    Echo(Bytes),
+    /// QUIT.
+    Quit,
+    /// RESET.
+    Reset,
+    /// HELLO [2|3] [AUTH user pass] [SETNAME name].
+    Hello {
+        /// Protocol asked for (None: keep).
+        proto: Option<u8>,
+        /// AUTH user pass.
+        auth: Option<(Bytes, Bytes)>,
+        /// SETNAME.
+        name: Option<Bytes>,
+    },
+    /// AUTH [user] pass.
+    Auth {
+        /// The user (`default` when omitted).
+        user: Option<Bytes>,
+        /// The password.
+        password: Bytes,
+    },
+    /// SELECT db.
+    Select(i64),
+    /// CLIENT SETNAME.
+    ClientSetName(Bytes),
+    /// CLIENT GETNAME.
+    ClientGetName,
+    /// CLIENT ID.
+    ClientId,
+    /// CLIENT LIST / CLIENT INFO.
+    ClientList {
+        /// CLIENT INFO: only this connection.
+        only_self: bool,
+    },
+    /// CLIENT SETINFO LIB-NAME / LIB-VER: recorded, shown by CLIENT LIST.
+    ClientSetInfo {
+        /// LIB-NAME or LIB-VER.
+        attribute: Bytes,
+        /// Its value.
+        value: Bytes,
+    },
+    /// INFO [section ...].
+    Info(Vec<Bytes>),
+    /// COMMAND, COMMAND COUNT, COMMAND DOCS, COMMAND INFO.
+    Command(Bytes),
+    /// TIME.
+    Time,
+    /// WAIT numreplicas timeout.
+    Wait {
+        /// Replicas asked for.
+        replicas: i64,
+        /// Timeout in ms (0: forever).
+        timeout_ms: i64,
+    },
+    /// READONLY / READWRITE (Redis Cluster's opt-in to stale replica reads).
+    ReadOnly(bool),
+}
+
+fn conn(c: Conn) -> Result<Option<Request>, CmdError> {
+    Ok(Some(Request::Conn(c)))
+}
+
+/// Parses a connection-level command; `None` if `name` is not one.
+pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
+    match name {
+        b"PING" => {
+            a.arity_max(1)?;
+            conn(Conn::Ping(a.optional()))
+        }
+        b"ECHO" => {
+            let message = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            conn(Conn::Echo(message))
+        }
+        b"QUIT" => conn(Conn::Quit),
+        b"RESET" => {
+            a.finish().map_err(|_| a.arity())?;
+            conn(Conn::Reset)
+        }
+        b"HELLO" => parse_hello(a),
+        b"AUTH" => {
+            a.arity_min(1)?;
+            a.arity_max(2)?;
+            let first = a.bytes()?;
+            match a.optional() {
+                Some(password) => conn(Conn::Auth { user: Some(first), password }),
+                None => conn(Conn::Auth { user: None, password: first }),
+            }
+        }
+        b"SELECT" => {
+            let db = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            let db = parse_i64(&db).ok_or(CmdError::Other("ERR invalid DB index".into()))?;
+            conn(Conn::Select(db))
+        }
+        b"CLIENT" => parse_client(a),
+        b"INFO" => conn(Conn::Info(a.rest())),
+        b"COMMAND" => conn(Conn::Command(a.optional().unwrap_or_default())),
+        b"TIME" => {
+            a.finish().map_err(|_| a.arity())?;
+            conn(Conn::Time)
+        }
+        b"WAIT" => {
+            let replicas = a.i64()?;
+            let timeout_ms = a.i64()?;
+            a.finish().map_err(|_| a.arity())?;
+            if timeout_ms < 0 {
+                return Err(CmdError::Other("ERR timeout is negative".into()));
+            }
+            conn(Conn::Wait { replicas, timeout_ms })
+        }
+        b"READONLY" | b"READWRITE" => {
+            a.finish().map_err(|_| a.arity())?;
+            conn(Conn::ReadOnly(name == b"READONLY"))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn parse_hello(a: &mut Args) -> Result<Option<Request>, CmdError> {
+    let proto = match a.optional() {
+        None => None,
+        Some(p) => match parse_i64(&p) {
+            Some(2) => Some(2),
+            Some(3) => Some(3),
+            Some(_) => return Err(CmdError::Other("NOPROTO unsupported protocol version".into())),
+            None => return Err(CmdError::Other("ERR Protocol version is not an integer or out of range".into())),
+        },
+    };
+    let mut auth = None;
+    let mut name = None;
+    while let Some(option) = a.keyword() {
+        match option.as_slice() {
+            b"AUTH" if a.remaining() >= 2 => auth = Some((a.bytes()?, a.bytes()?)),
+            b"SETNAME" if a.remaining() >= 1 => name = Some(a.bytes()?),
+            _ => {
+                let option = String::from_utf8_lossy(&option).into_owned();
+                return Err(CmdError::Other(format!("ERR Syntax error in HELLO option '{}'", option.to_lowercase())));
+            }
+        }
+    }
+    conn(Conn::Hello { proto, auth, name })
+}
+
+fn parse_client(a: &mut Args) -> Result<Option<Request>, CmdError> {
+    let sub = a.keyword().ok_or_else(|| a.arity())?;
+    let c = match sub.as_slice() {
+        b"SETNAME" => {
+            let name = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            if name.iter().any(|&b| b <= b' ' || b > b'~') {
+                return Err(CmdError::Other(
+                    "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+                ));
+            }
+            Conn::ClientSetName(name)
+        }
+        b"GETNAME" => Conn::ClientGetName,
+        b"ID" => Conn::ClientId,
+        b"LIST" => Conn::ClientList { only_self: false },
+        b"INFO" => Conn::ClientList { only_self: true },
+        b"SETINFO" => {
+            let attribute = a.bytes()?;
+            let value = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            if !attribute.eq_ignore_ascii_case(b"LIB-NAME") && !attribute.eq_ignore_ascii_case(b"LIB-VER") {
+                let attribute = String::from_utf8_lossy(&attribute).into_owned();
+                return Err(CmdError::Other(format!("ERR Unrecognized option '{attribute}'")));
+            }
+            Conn::ClientSetInfo { attribute, value }
+        }
+        _ => {
+            // CLIENT TRACKING, CAPA, MAINT_NOTIFICATIONS, ...: clients ignore this error.
+            let sub = String::from_utf8_lossy(&sub).into_owned();
+            return Err(CmdError::Other(format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", sub.to_lowercase())));
+        }
+    };
+    conn(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::keyspace::words;
+    use crate::cmd::parse_at;
+
+    fn c(line: &str) -> Result<Request, CmdError> {
+        parse_at(words(line), 0)
+    }
+
+    #[test]
+    fn handshakes() {
+        assert_eq!(c("HELLO 3"), Ok(Request::Conn(Conn::Hello { proto: Some(3), auth: None, name: None })));
+        assert!(matches!(
+            c("hello 2 auth default pw setname app"),
+            Ok(Request::Conn(Conn::Hello { proto: Some(2), auth: Some(_), name: Some(_) }))
+        ));
+        assert_eq!(c("HELLO 4").unwrap_err().to_string(), "NOPROTO unsupported protocol version");
+        assert_eq!(c("HELLO 3 AUTH x").unwrap_err().to_string(), "ERR Syntax error in HELLO option 'auth'");
+        assert!(matches!(c("AUTH pw"), Ok(Request::Conn(Conn::Auth { user: None, .. }))));
+        assert!(matches!(c("AUTH user pw"), Ok(Request::Conn(Conn::Auth { user: Some(_), .. }))));
+        assert_eq!(c("SELECT 0"), Ok(Request::Conn(Conn::Select(0))));
+        assert!(matches!(c("CLIENT SETINFO LIB-NAME redis-py"), Ok(Request::Conn(Conn::ClientSetInfo { .. }))));
+        assert!(c("CLIENT SETINFO BOGUS x").is_err());
+        assert_eq!(
+            c("CLIENT MAINT_NOTIFICATIONS ON").unwrap_err().to_string(),
+            "ERR unknown subcommand 'maint_notifications'. Try CLIENT HELP."
+        );
+        assert!(c("CLIENT SETNAME has space").is_err());
+        assert_eq!(c("PING a b").unwrap_err().to_string(), "ERR wrong number of arguments for 'ping' command");
+        assert_eq!(c("WAIT 1 -1").unwrap_err().to_string(), "ERR timeout is negative");
+    }
+}

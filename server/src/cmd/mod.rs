@@ -1,0 +1,86 @@
+//! RESP arguments → what to do. One file per command family, as in mini-redis: each
+//! parses its arguments into a core `Command` (applied through the log) plus the
+//! `Shape` that turns the core's reply into Redis's reply, or into a connection-level
+//! request handled without the log.
+
+use bytes::Bytes;
+use fencelock_core::Command;
+
+use crate::resp::Wire;
+
+pub mod args;
+pub mod conn;
+pub mod keyspace;
+pub mod lock;
+pub mod render;
+
+pub use args::{Args, CmdError};
+pub use conn::Conn;
+
+/// How a core reply is rendered for the command that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `Ok` → `+OK`, `Nil` → null, `Int`, `Bulk`, `Array` as they are.
+    Plain,
+    /// PTTL's milliseconds as TTL's seconds (rounded as Redis rounds).
+    Seconds,
+    /// TYPE: the bulk type name as a status reply.
+    Status,
+    /// A blocking pop: `Nil` → null array, `Queued` → block until the event.
+    BlockingPop,
+    /// Any success is `+OK` (HMSET).
+    Ok,
+    /// A grant as a map: fence, holds, ttl (RENEW, with the TTL it asked for).
+    Grant(u64),
+    /// SESSION.INFO's `[ttl, remaining, owned]` as a map.
+    SessionInfo,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// A command for the state machine: written through the log, or read through a
+    /// read index if read-only.
+    Core(Command, Shape),
+    /// Answered by the connection or node without touching the state machine.
+    Conn(Conn),
+    /// LOCK: the connection keeps the token to put in the reply, and waits for the
+    /// grant event when the request queues.
+    Lock(fencelock_core::LockRequest),
+    /// SCAN with Redis's integer cursor; the connection maps cursors to resume keys.
+    Scan {
+        /// The client's cursor (0 starts).
+        cursor: u64,
+        /// MATCH.
+        pattern: Option<Bytes>,
+        /// COUNT.
+        count: u64,
+        /// TYPE.
+        kind: Option<Bytes>,
+    },
+    /// The reply is already known while parsing.
+    Immediate(Wire),
+}
+
+/// Parses one request with this node's wall clock (for EXAT / PXAT).
+pub fn parse(args: Vec<Bytes>) -> Result<Request, CmdError> {
+    let wall_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    parse_at(args, wall_ms)
+}
+
+/// Parses one request; `args` is never empty (the request parser guarantees it).
+pub fn parse_at(args: Vec<Bytes>, wall_ms: u64) -> Result<Request, CmdError> {
+    let name = args[0].to_ascii_uppercase();
+    let mut a = Args::new(args);
+    if let Some(request) = conn::parse(&name, &mut a)? {
+        return Ok(request);
+    }
+    if let Some(request) = keyspace::parse(&name, &mut a, wall_ms)? {
+        return Ok(request);
+    }
+    if let Some(request) = lock::parse(&name, &mut a)? {
+        return Ok(request);
+    }
+    Err(CmdError::unknown(a.all()))
+}

@@ -1,0 +1,140 @@
+//! Settings: command-line flags (named as redis-server names them where it has them),
+//! each also read from a `FENCELOCK_*` environment variable, then from a TOML file
+//! given by `--config`, then the defaults. Flag beats environment beats file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// `fencelock`: a lock server that speaks Redis and keeps its state in a durable Raft log.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Flags {
+    /// Client port [default: 6379].
+    #[arg(long, env = "FENCELOCK_PORT")]
+    pub port: Option<u16>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "FENCELOCK_BIND")]
+    pub bind: Option<String>,
+    /// Where the log, vote and snapshots live [default: ./fencelock-data].
+    #[arg(long, env = "FENCELOCK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Clients must AUTH with this password.
+    #[arg(long, env = "FENCELOCK_REQUIREPASS")]
+    pub requirepass: Option<String>,
+    /// This node's Raft id [default: 1].
+    #[arg(long, env = "FENCELOCK_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Port for Raft peers [default: client port + 10000].
+    #[arg(long, env = "FENCELOCK_PEER_PORT")]
+    pub peer_port: Option<u16>,
+    /// Most client connections served at once [default: 10000].
+    #[arg(long, env = "FENCELOCK_MAXCLIENTS")]
+    pub maxclients: Option<usize>,
+    /// Log entries between snapshots [default: 100000].
+    #[arg(long, env = "FENCELOCK_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// A TOML file with any of the settings above (snake_case keys).
+    #[arg(long, env = "FENCELOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The same settings as a TOML file holds them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    port: Option<u16>,
+    bind: Option<String>,
+    data_dir: Option<PathBuf>,
+    requirepass: Option<String>,
+    node_id: Option<u64>,
+    peer_port: Option<u16>,
+    maxclients: Option<usize>,
+    snapshot_every: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Client port.
+    pub port: u16,
+    /// Listen address.
+    pub bind: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// AUTH password.
+    pub requirepass: Option<String>,
+    /// Raft node id.
+    pub node_id: u64,
+    /// Raft peer port.
+    pub peer_port: u16,
+    /// Connection bound.
+    pub maxclients: usize,
+    /// Snapshot interval in entries.
+    pub snapshot_every: u64,
+}
+
+impl Settings {
+    /// Merges flags, environment (already in `flags`), the file and the defaults.
+    pub fn resolve(flags: Flags) -> Result<Settings, String> {
+        let file = match &flags.config {
+            None => FileSettings::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("bad config file {}: {e}", path.display()))?
+            }
+        };
+        let port = flags.port.or(file.port).unwrap_or(6379);
+        let peer_port = match flags.peer_port.or(file.peer_port) {
+            Some(p) => p,
+            None => port.checked_add(10_000).ok_or("--peer-port is required when --port is above 55535")?,
+        };
+        let settings = Settings {
+            port,
+            bind: flags.bind.or(file.bind).unwrap_or_else(|| "127.0.0.1".into()),
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("fencelock-data")),
+            requirepass: flags.requirepass.or(file.requirepass).filter(|p| !p.is_empty()),
+            node_id: flags.node_id.or(file.node_id).unwrap_or(1),
+            peer_port,
+            maxclients: flags.maxclients.or(file.maxclients).unwrap_or(10_000),
+            snapshot_every: flags.snapshot_every.or(file.snapshot_every).unwrap_or(100_000),
+        };
+        if settings.maxclients == 0 {
+            return Err("maxclients must be at least 1".into());
+        }
+        if settings.snapshot_every == 0 {
+            return Err("snapshot-every must be at least 1".into());
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fencelock.toml");
+        std::fs::write(&path, "port = 7000\nbind = \"0.0.0.0\"\nnode_id = 3\n").unwrap();
+        let flags = Flags::parse_from(["fencelock", "--port", "7100", "--config", path.to_str().unwrap()]);
+        let s = Settings::resolve(flags).unwrap();
+        assert_eq!((s.port, s.bind.as_str(), s.node_id, s.peer_port), (7100, "0.0.0.0", 3, 17100));
+        let s = Settings::resolve(Flags::parse_from(["fencelock"])).unwrap();
+        assert_eq!(
+            (s.port, s.bind.as_str(), s.data_dir, s.maxclients),
+            (6379, "127.0.0.1", PathBuf::from("fencelock-data"), 10_000)
+        );
+    }
+
+    #[test]
+    fn bad_file_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "porte = 1\n").unwrap();
+        let e = Settings::resolve(Flags::parse_from(["fencelock", "--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(e.contains("bad.toml") && e.contains("porte"), "{e}");
+    }
+}

@@ -1,0 +1,355 @@
+//! One client connection: read requests, answer them strictly in order, keep the
+//! connection's own state (protocol, name, authentication, SCAN cursors).
+//!
+//! A blocking request (LOCK ... WAIT, BLPOP) suspends this connection only, as in
+//! Redis; other connections go on. If the client goes away while waiting, the wait is
+//! cancelled through the log so the lock is never granted to a dead connection.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use fencelock_core::{Command, Error, Event, LockRequest, Reply, WaitEnd};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cmd::{self, render, CmdError, Conn, Request, Shape};
+use crate::errors::core_error;
+use crate::info;
+use crate::node::NodeError;
+use crate::resp::request::{Parsed, RequestParser};
+use crate::resp::{Proto, Wire};
+use crate::server::{ClientInfo, Server};
+
+/// SCAN cursors kept per connection; older ones are forgotten (the client then
+/// restarts its scan, which Redis also allows).
+const SCAN_CURSORS_MAX: usize = 64;
+/// Bytes read per read call.
+const READ_CHUNK: usize = 16 * 1024;
+
+struct Session {
+    id: u64,
+    proto: Proto,
+    authenticated: bool,
+    cursors: VecDeque<(u64, Bytes)>,
+    next_cursor: u64,
+    quit: bool,
+}
+
+/// Serves one connection until it closes.
+pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
+    let _ = stream.set_nodelay(true);
+    let mut parser = RequestParser::new(server.config.request_limits);
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let mut session = Session {
+        id,
+        proto: Proto::Resp2,
+        authenticated: server.config.requirepass.is_none(),
+        cursors: VecDeque::new(),
+        next_cursor: 1,
+        quit: false,
+    };
+    loop {
+        // Answer every complete request already buffered (pipelining), then write.
+        loop {
+            match parser.parse(&mut input) {
+                Ok(Some(Parsed::Command(args))) => {
+                    let reply = handle(&server, &mut session, args, &mut stream, &mut input).await;
+                    match reply {
+                        Some(reply) => reply.encode(session.proto, &mut output),
+                        None => return, // the client went away while blocked
+                    }
+                    server.stats.commands.fetch_add(1, Ordering::Relaxed);
+                    if session.quit {
+                        let _ = stream.write_all(&output).await;
+                        return;
+                    }
+                }
+                Ok(Some(Parsed::Refused(e))) => Wire::Error(format!("ERR {e}")).encode(session.proto, &mut output),
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream cannot be resynchronized: answer, then close (as Redis does).
+                    Wire::Error(format!("ERR {e}")).encode(session.proto, &mut output);
+                    let _ = stream.write_all(&output).await;
+                    return;
+                }
+            }
+        }
+        if !output.is_empty() {
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        input.reserve(READ_CHUNK);
+        match stream.read_buf(&mut input).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers one request. `None` means the connection must close now.
+async fn handle(
+    server: &Arc<Server>,
+    session: &mut Session,
+    args: Vec<Bytes>,
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+) -> Option<Wire> {
+    if let Some(client) = server.clients.lock().expect("not poisoned").get_mut(&session.id) {
+        client.last_command = String::from_utf8_lossy(&args[0]).to_lowercase();
+    }
+    let request = match cmd::parse(args) {
+        Ok(request) => request,
+        Err(e) => return Some(e.to_wire()),
+    };
+    if !session.authenticated
+        && !matches!(request, Request::Conn(Conn::Auth { .. } | Conn::Hello { .. } | Conn::Quit | Conn::Reset))
+    {
+        return Some(Wire::error("NOAUTH Authentication required."));
+    }
+    let reply = match request {
+        Request::Conn(c) => conn_command(server, session, c).await,
+        Request::Immediate(wire) => wire,
+        Request::Core(command, shape) => return core_command(server, command, shape, stream, input).await,
+        Request::Lock(request) => return lock_command(server, request, stream, input).await,
+        Request::Scan { cursor, pattern, count, kind } => scan(server, session, cursor, pattern, count, kind).await,
+    };
+    Some(reply)
+}
+
+fn node_error(e: NodeError) -> Wire {
+    Wire::Error(e.to_string())
+}
+
+async fn run(server: &Server, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+    if command.is_read_only() {
+        server.node.read(&command).await
+    } else {
+        server.node.write(command).await
+    }
+}
+
+async fn core_command(
+    server: &Arc<Server>,
+    command: Command,
+    shape: Shape,
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+) -> Option<Wire> {
+    match run(server, command).await {
+        Err(e) => Some(node_error(e)),
+        Ok(Err(e)) => Some(core_error(&e)),
+        Ok(Ok(Reply::Queued(waiter))) => {
+            let event = wait_for(server, waiter, stream, input).await?;
+            Some(match event {
+                Event::Popped { key, value, .. } => Wire::Array(vec![Wire::Bulk(key), Wire::Bulk(value)]),
+                Event::WaitEnded { .. } => render::render(Reply::Nil, shape),
+                other => Wire::Error(format!("ERR unexpected event {other:?}")),
+            })
+        }
+        Ok(Ok(reply)) => Some(render::render(reply, shape)),
+    }
+}
+
+/// Waits for a queued request's event. While waiting, bytes the client sends are
+/// buffered (it is blocked, as in Redis); if it disconnects, the wait is cancelled
+/// through the log and `None` is returned.
+async fn wait_for(server: &Arc<Server>, waiter: u64, stream: &mut TcpStream, input: &mut BytesMut) -> Option<Event> {
+    let Some(mut events) = server.node.sm.shared.waiters.take(waiter) else {
+        return Some(Event::WaitEnded { waiter, reason: WaitEnd::Cancelled });
+    };
+    server.stats.blocked.fetch_add(1, Ordering::Relaxed);
+    let outcome = loop {
+        tokio::select! {
+            event = &mut events => break event.ok(),
+            read = stream.read_buf(input) => match read {
+                Ok(0) | Err(_) => break None,
+                Ok(_) if input.len() > server.config.request_limits.bulk_bytes_max * 2 => break None,
+                Ok(_) => {}
+            },
+        }
+    };
+    server.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+    if outcome.is_none() {
+        // Gone: make sure nothing is granted to this connection any more. If the grant
+        // already happened, the lock simply expires with its TTL.
+        let _ = server.node.write(Command::CancelWait { waiter }).await;
+    }
+    outcome
+}
+
+async fn lock_command(
+    server: &Arc<Server>,
+    request: LockRequest,
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+) -> Option<Wire> {
+    let token = request.token.clone();
+    let ttl_ms = request.ttl_ms;
+    match server.node.write(Command::Lock(request)).await {
+        Err(e) => Some(node_error(e)),
+        Ok(Err(Error::Locked)) => Some(Wire::Null),
+        Ok(Err(e)) => Some(core_error(&e)),
+        Ok(Ok(Reply::Grant(grant))) => Some(render::grant(grant, Some(token), Some(ttl_ms))),
+        Ok(Ok(Reply::Queued(waiter))) => {
+            let event = wait_for(server, waiter, stream, input).await?;
+            Some(match event {
+                Event::Granted { grant, .. } => render::grant(grant, Some(token), Some(ttl_ms)),
+                Event::WaitEnded { reason: WaitEnd::SessionEnded, .. } => {
+                    Wire::error("NOSESSION the session ended while waiting for the lock")
+                }
+                Event::WaitEnded { .. } => Wire::Null,
+                other => Wire::Error(format!("ERR unexpected event {other:?}")),
+            })
+        }
+        Ok(Ok(other)) => Some(render::plain(other)),
+    }
+}
+
+async fn scan(
+    server: &Arc<Server>,
+    session: &mut Session,
+    cursor: u64,
+    pattern: Option<Bytes>,
+    count: u64,
+    kind: Option<Bytes>,
+) -> Wire {
+    let after = if cursor == 0 {
+        None
+    } else {
+        match session.cursors.iter().find(|(c, _)| *c == cursor) {
+            Some((_, key)) => Some(key.clone()),
+            None => return CmdError::Other("ERR invalid cursor".into()).to_wire(),
+        }
+    };
+    let command = Command::Scan { after, pattern, count, kind };
+    let reply = match run(server, command).await {
+        Err(e) => return node_error(e),
+        Ok(Err(e)) => return core_error(&e),
+        Ok(Ok(reply)) => reply,
+    };
+    let Reply::Array(mut parts) = reply else { return Wire::error("ERR unexpected SCAN reply") };
+    let keys = render::plain(parts.pop().unwrap_or(Reply::Array(Vec::new())));
+    let next = match parts.pop() {
+        Some(Reply::Bulk(resume)) => {
+            let id = session.next_cursor;
+            session.next_cursor += 1;
+            session.cursors.push_back((id, resume));
+            if session.cursors.len() > SCAN_CURSORS_MAX {
+                session.cursors.pop_front();
+            }
+            id
+        }
+        _ => 0,
+    };
+    Wire::Array(vec![Wire::Bulk(Bytes::from(next.to_string())), keys])
+}
+
+async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> Wire {
+    match c {
+        Conn::Ping(None) => Wire::Status("PONG"),
+        Conn::Ping(Some(message)) | Conn::Echo(message) => Wire::Bulk(message),
+        Conn::Quit => {
+            session.quit = true;
+            Wire::Status("OK")
+        }
+        Conn::Reset => {
+            session.proto = Proto::Resp2;
+            session.authenticated = server.config.requirepass.is_none();
+            session.cursors.clear();
+            server.update_client(session.id, |c| c.name = None);
+            Wire::Status("RESET")
+        }
+        Conn::Auth { user, password } => authenticate(server, session, user.as_ref(), &password),
+        Conn::Hello { proto, auth, name } => {
+            if let Some((user, password)) = auth {
+                let result = authenticate(server, session, Some(&user), &password);
+                if matches!(result, Wire::Error(_)) {
+                    return result;
+                }
+            }
+            if !session.authenticated {
+                return Wire::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+            }
+            if let Some(proto) = proto {
+                session.proto = if proto == 3 { Proto::Resp3 } else { Proto::Resp2 };
+            }
+            if let Some(name) = name {
+                server.update_client(session.id, |c| c.name = Some(name.clone()));
+            }
+            server.update_client(session.id, |c| c.resp = if session.proto == Proto::Resp3 { 3 } else { 2 });
+            info::hello(server, session.id, session.proto)
+        }
+        Conn::Select(0) => Wire::Status("OK"),
+        Conn::Select(_) => Wire::error("ERR DB index is out of range"),
+        Conn::ClientSetName(name) => {
+            server.update_client(session.id, |c| c.name = (!name.is_empty()).then_some(name.clone()));
+            Wire::Status("OK")
+        }
+        Conn::ClientGetName => {
+            let name = server.clients.lock().expect("not poisoned").get(&session.id).and_then(|c| c.name.clone());
+            name.map_or(Wire::Null, Wire::Bulk)
+        }
+        Conn::ClientId => Wire::Int(session.id as i64),
+        Conn::ClientSetInfo { attribute, value } => {
+            let lib_name = attribute.eq_ignore_ascii_case(b"LIB-NAME");
+            server.update_client(session.id, |c| {
+                if lib_name {
+                    c.lib_name = Some(value.clone());
+                } else {
+                    c.lib_ver = Some(value.clone());
+                }
+            });
+            Wire::Status("OK")
+        }
+        Conn::ClientList { only_self } => {
+            Wire::Bulk(Bytes::from(info::client_list(server, only_self.then_some(session.id))))
+        }
+        Conn::Info(sections) => Wire::Bulk(Bytes::from(info::info(server, &sections))),
+        Conn::Command(sub) => info::command(&sub),
+        Conn::Time => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Wire::Array(vec![
+                Wire::Bulk(Bytes::from(now.as_secs().to_string())),
+                Wire::Bulk(Bytes::from(now.subsec_micros().to_string())),
+            ])
+        }
+        // Every acknowledged write is already on a quorum; a single node has no
+        // replicas, so WAIT reports 0 acknowledging replicas at once.
+        Conn::Wait { .. } => Wire::Int(0),
+        Conn::ReadOnly(_) => Wire::Status("OK"),
+    }
+}
+
+fn authenticate(server: &Server, session: &mut Session, user: Option<&Bytes>, password: &[u8]) -> Wire {
+    let Some(expected) = &server.config.requirepass else {
+        return Wire::error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
+    };
+    let user_ok = user.is_none_or(|u| u.as_ref() == b"default");
+    if user_ok && constant_time_eq(expected.as_bytes(), password) {
+        session.authenticated = true;
+        Wire::Status("OK")
+    } else {
+        Wire::error("WRONGPASS invalid username-password pair or user is disabled.")
+    }
+}
+
+/// Compares secrets without an early exit on the first different byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Server {
+    /// Updates this connection's entry in the client table.
+    pub fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientInfo)) {
+        if let Some(client) = self.clients.lock().expect("not poisoned").get_mut(&id) {
+            f(client);
+        }
+    }
+}

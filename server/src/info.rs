@@ -1,0 +1,200 @@
+//! INFO, HELLO, CLIENT LIST and COMMAND replies.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use crate::resp::{Proto, Wire};
+use crate::server::Server;
+
+/// The Redis version fencelock answers as: the command set and replies follow Redis 7.2.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+/// HELLO's reply map.
+pub fn hello(server: &Server, client_id: u64, proto: Proto) -> Wire {
+    let role = if server.node.status().leader { "master" } else { "replica" };
+    Wire::Map(vec![
+        (Wire::text("server"), Wire::text("redis")),
+        (Wire::text("version"), Wire::text(REDIS_COMPAT_VERSION)),
+        (Wire::text("proto"), Wire::Int(if proto == Proto::Resp3 { 3 } else { 2 })),
+        (Wire::text("id"), Wire::Int(client_id as i64)),
+        (Wire::text("mode"), Wire::text("standalone")),
+        (Wire::text("role"), Wire::text(role)),
+        (Wire::text("modules"), Wire::Array(Vec::new())),
+        (Wire::text("fencelock_version"), Wire::text(env!("CARGO_PKG_VERSION"))),
+    ])
+}
+
+/// INFO [section ...]: server, clients, persistence, stats, replication, keyspace.
+pub fn info(server: &Server, sections: &[Bytes]) -> String {
+    let wanted = |name: &str| {
+        sections.is_empty()
+            || sections.iter().any(|s| {
+                s.eq_ignore_ascii_case(name.as_bytes())
+                    || s.eq_ignore_ascii_case(b"all")
+                    || s.eq_ignore_ascii_case(b"everything")
+                    || s.eq_ignore_ascii_case(b"default")
+            })
+    };
+    let status = server.node.status();
+    let mut out = String::new();
+    if wanted("server") {
+        out += &format!(
+            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nfencelock_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::process::id(),
+            server.run_id,
+            server.port,
+            server.started.elapsed().as_secs()
+        );
+    }
+    if wanted("clients") {
+        let connected = server.clients.lock().expect("not poisoned").len();
+        out += &format!(
+            "# Clients\r\nconnected_clients:{connected}\r\nblocked_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            server.stats.blocked.load(Ordering::Relaxed),
+            server.config.connections_max
+        );
+    }
+    if wanted("persistence") {
+        // Clients (ioredis) wait while this says loading:1; a node answers only once
+        // its log is recovered and it leads, so it is always 0 here.
+        out += "# Persistence\r\nloading:0\r\naof_enabled:1\r\nfencelock_fsync:always\r\n\r\n";
+    }
+    if wanted("stats") {
+        out += &format!(
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n",
+            server.stats.connections.load(Ordering::Relaxed),
+            server.stats.commands.load(Ordering::Relaxed)
+        );
+    }
+    if wanted("replication") {
+        let role = if status.leader { "master" } else { "slave" };
+        out += &format!(
+            "# Replication\r\nrole:{role}\r\nconnected_slaves:0\r\nraft_node_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_applied_index:{}\r\n\r\n",
+            server.node.id, status.term, status.last_log_index, status.applied_index
+        );
+    }
+    if wanted("keyspace") {
+        let keys =
+            server.node.sm.shared.inner.lock().expect("not poisoned").core.read(&fencelock_core::Command::DbSize);
+        if let Ok(fencelock_core::Reply::Int(keys)) = keys {
+            out += "# Keyspace\r\n";
+            if keys > 0 {
+                out += &format!("db0:keys={keys},expires=0,avg_ttl=0\r\n");
+            }
+            out += "\r\n";
+        }
+    }
+    out
+}
+
+/// CLIENT LIST (all) or CLIENT INFO (one).
+pub fn client_list(server: &Server, only: Option<u64>) -> String {
+    let clients = server.clients.lock().expect("not poisoned");
+    let mut out = String::new();
+    for (id, c) in clients.iter().filter(|(id, _)| only.is_none_or(|o| o == **id)) {
+        let text = |b: &Option<Bytes>| b.as_ref().map_or(String::new(), |b| String::from_utf8_lossy(b).into_owned());
+        out += &format!(
+            "id={id} addr={} name={} age={} db=0 resp={} lib-name={} lib-ver={} cmd={}\n",
+            c.addr,
+            text(&c.name),
+            c.since.elapsed().as_secs(),
+            c.resp,
+            text(&c.lib_name),
+            text(&c.lib_ver),
+            c.last_command
+        );
+    }
+    out
+}
+
+/// Commands fencelock answers, with Redis's arity (negative: at least) and first/last
+/// key positions, for COMMAND (redis-cli and cluster-aware clients read this).
+const COMMANDS: &[(&str, i64, i64, i64)] = &[
+    ("get", 2, 1, 1),
+    ("set", -3, 1, 1),
+    ("del", -2, 1, -1),
+    ("unlink", -2, 1, -1),
+    ("exists", -2, 1, -1),
+    ("expire", -3, 1, 1),
+    ("pexpire", -3, 1, 1),
+    ("ttl", 2, 1, 1),
+    ("pttl", 2, 1, 1),
+    ("persist", 2, 1, 1),
+    ("incr", 2, 1, 1),
+    ("incrby", 3, 1, 1),
+    ("decr", 2, 1, 1),
+    ("decrby", 3, 1, 1),
+    ("keys", 2, 0, 0),
+    ("scan", -2, 0, 0),
+    ("type", 2, 1, 1),
+    ("dbsize", 1, 0, 0),
+    ("hset", -4, 1, 1),
+    ("hmset", -4, 1, 1),
+    ("hget", 3, 1, 1),
+    ("hdel", -3, 1, 1),
+    ("hexists", 3, 1, 1),
+    ("hincrby", 4, 1, 1),
+    ("hgetall", 2, 1, 1),
+    ("lpush", -3, 1, 1),
+    ("rpush", -3, 1, 1),
+    ("lpop", -2, 1, 1),
+    ("rpop", -2, 1, 1),
+    ("blpop", -3, 1, -2),
+    ("brpop", -3, 1, -2),
+    ("ping", -1, 0, 0),
+    ("echo", 2, 0, 0),
+    ("quit", -1, 0, 0),
+    ("reset", 1, 0, 0),
+    ("hello", -1, 0, 0),
+    ("auth", -2, 0, 0),
+    ("select", 2, 0, 0),
+    ("client", -2, 0, 0),
+    ("info", -1, 0, 0),
+    ("command", -1, 0, 0),
+    ("time", 1, 0, 0),
+    ("wait", 3, 0, 0),
+    ("readonly", 1, 0, 0),
+    ("readwrite", 1, 0, 0),
+    ("lock", -3, 1, 1),
+    ("unlock", -3, 1, 1),
+    ("renew", -4, 1, 1),
+    ("fence", 2, 1, 1),
+    ("lock.info", 2, 1, 1),
+    ("session.open", 2, 0, 0),
+    ("session.keepalive", -2, 0, 0),
+    ("session.close", 2, 0, 0),
+    ("session.info", 2, 0, 0),
+];
+
+/// COMMAND, COMMAND COUNT, COMMAND DOCS, COMMAND INFO.
+pub fn command(sub: &[u8]) -> Wire {
+    if sub.eq_ignore_ascii_case(b"COUNT") {
+        return Wire::Int(COMMANDS.len() as i64);
+    }
+    if sub.eq_ignore_ascii_case(b"DOCS") {
+        // redis-cli falls back to its built-in hints when docs are empty.
+        return Wire::Map(Vec::new());
+    }
+    if !sub.is_empty() && !sub.eq_ignore_ascii_case(b"INFO") {
+        let sub = String::from_utf8_lossy(sub).to_lowercase();
+        return Wire::Error(format!("ERR unknown subcommand '{sub}'. Try COMMAND HELP."));
+    }
+    Wire::Array(
+        COMMANDS
+            .iter()
+            .map(|(name, arity, first, last)| {
+                Wire::Array(vec![
+                    Wire::text(name),
+                    Wire::Int(*arity),
+                    Wire::Array(Vec::new()),
+                    Wire::Int(*first),
+                    Wire::Int(*last),
+                    Wire::Int(i64::from(*first != 0)),
+                ])
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,21 @@
+//! # fencelock-server
+//!
+//! The `fencelock` binary as a library:
+//! - `resp`: the bounded request parser and reply encoding;
+//! - `cmd`: one parser per command family, RESP arguments → core commands;
+//! - `raft`: openraft's log store (a segmented WAL), state-machine adapter and network;
+//! - `node`: Raft startup, proposal stamping, reads, the leader's expiry ticker;
+//! - `server` / `connection`: the listener and one task per client;
+//! - `errors`: the one table from internal errors to RESP errors.
+
+#![deny(missing_docs)]
+
+pub mod cmd;
+pub mod config;
+pub mod connection;
+pub mod errors;
+pub mod info;
+pub mod node;
+pub mod raft;
+pub mod resp;
+pub mod server;

@@ -1,0 +1,185 @@
+//! A node: openraft with our log store and state machine, the clock that stamps
+//! proposals, and the leader's expiry ticker.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fencelock_core::{Command, Limits, Reply};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ReadPolicy, ServerState};
+
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::SmStore;
+use crate::raft::{NodeId, Proposal, Raft};
+
+/// Why the node could not serve a request. Clients retry on `TryAgain`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// No leader right now (election in progress), or this node is not it.
+    #[error("TRYAGAIN no leader available right now, retry shortly")]
+    TryAgain,
+    /// The node failed (storage error, shutting down).
+    #[error("ERR node failure: {0}")]
+    Fatal(String),
+}
+
+/// Static settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Where the log, vote and snapshots live.
+    pub data_dir: PathBuf,
+    /// Address peers reach this node at (recorded in the membership).
+    pub peer_addr: String,
+    /// State-machine limits.
+    pub limits: Limits,
+    /// Entries between snapshots.
+    pub snapshot_every_entries: u64,
+}
+
+/// A running node.
+pub struct Node {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The state machine (for reads and waiters).
+    pub sm: SmStore,
+    /// This node's id.
+    pub id: NodeId,
+    /// Random per process start: names the monotonic clock our stamps come from.
+    epoch: u64,
+    started: Instant,
+}
+
+fn random_u64() -> u64 {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).expect("the OS random source works");
+    u64::from_le_bytes(raw)
+}
+
+impl Node {
+    /// Opens storage, starts Raft, forms a single-node cluster on first start, and
+    /// waits until this node leads.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        let fatal = |e: &dyn std::fmt::Display| NodeError::Fatal(e.to_string());
+        let log = LogStore::open(&config.data_dir.join("raft")).map_err(|e| fatal(&e))?;
+        let sm = SmStore::open(&config.data_dir.join("state"), config.limits.clone()).map_err(|e| fatal(&e))?;
+        let raft_config = openraft::Config {
+            cluster_name: "fencelock".into(),
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 1_000,
+            max_payload_entries: 1_024,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);
+        let raft = Raft::new(config.id, raft_config, Network, log, sm.clone()).await.map_err(|e| fatal(&e))?;
+        if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
+            let members = BTreeMap::from([(config.id, BasicNode::new(config.peer_addr.clone()))]);
+            raft.initialize(members).await.map_err(|e| fatal(&e))?;
+        }
+        raft.wait(Some(Duration::from_secs(30)))
+            .state(ServerState::Leader, "single node becomes leader")
+            .await
+            .map_err(|e| fatal(&e))?;
+        let node = Arc::new(Node { raft, sm, id: config.id, epoch: random_u64(), started: Instant::now() });
+        tokio::spawn(expiry_ticker(Arc::clone(&node)));
+        Ok(node)
+    }
+
+    /// This process's monotonic clock in ms: the stamp on our proposals.
+    pub fn stamp_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Commits a command through the log and returns the core's answer.
+    pub async fn write(&self, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), command };
+        match self.raft.client_write(proposal).await {
+            Ok(response) => Ok(response.data.reply.unwrap_or(Ok(Reply::Ok))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NodeError::TryAgain),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(NodeError::TryAgain),
+            Err(e) => Err(NodeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// A linearizable read: confirm leadership with a quorum (read index), wait until
+    /// the state machine has applied up to it, then read.
+    pub async fn read(&self, command: &Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => {}
+            Err(e) if e.forward_to_leader().is_some() => return Err(NodeError::TryAgain),
+            Err(e) => return Err(NodeError::Fatal(e.to_string())),
+        }
+        let inner = self.sm.shared.inner.lock().expect("not poisoned");
+        Ok(inner.core.read(command))
+    }
+
+    /// Role, term and indexes for INFO.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        NodeStatus {
+            leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+        }
+    }
+}
+
+/// A summary for INFO.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeStatus {
+    /// This node leads.
+    pub leader: bool,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+}
+
+/// How often the leader checks for due deadlines. Expiry is at most this late.
+const TICK_MS: u64 = 10;
+
+/// Only the leader decides expiry, and it commits that decision through the log: when
+/// the earliest deadline has passed on its clock it proposes a `Tick`, and every
+/// replica expires what is due at the Tick's stamp.
+async fn expiry_ticker(node: Arc<Node>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(TICK_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if node.raft.metrics().borrow_watched().state == ServerState::Shutdown {
+            return;
+        }
+        if !node.raft.is_leader() {
+            continue;
+        }
+        let due = {
+            let inner = node.sm.shared.inner.lock().expect("not poisoned");
+            match inner.core.next_deadline_ms() {
+                None => false,
+                // Until an entry of ours is applied, the offset belongs to another
+                // clock: one Tick puts our epoch in the log and rebases.
+                Some(_) if inner.epoch() != Some(node.epoch) => true,
+                Some(deadline) => {
+                    let now = i128::from(node.stamp_ms()) + inner.core.time_offset_ms();
+                    now >= i128::from(deadline)
+                }
+            }
+        };
+        if due {
+            if let Err(e) = node.write(Command::Tick).await {
+                tracing::warn!("expiry tick failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Raft glue: openraft's type configuration, the durable log store (`wal` +
+//! `log_store`), the state-machine adapter over fencelock-core (`state_machine`) and
+//! the peer network (`network`).
+//!
+//! ```text
+//!   connection --client_write(Proposal{stamp, cmd})--> openraft --append--> LogStore (WAL, fdatasync)
+//!                                                       |--apply--> SmStore --> core::StateMachine
+//!   connection <--Applied{reply}----------------------- ' (+ waiter events through Waiters)
+//! ```
+
+use std::fmt;
+
+use fencelock_core::{Command, Reply};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod wal;
+
+/// Node ids are small integers chosen by the operator (`--node-id`).
+pub type NodeId = u64;
+
+/// One log entry's payload: a command stamped with the proposing node's monotonic
+/// clock. The stamp is the state machine's only source of time.
+///
+/// `epoch` names the clock the stamp was read from: a random number drawn once per
+/// process start. Monotonic clocks of different processes (another leader, or this
+/// one after a restart) are not comparable, so when the epoch changes the state
+/// machine rebases: the new clock continues from the replicated clock, and every
+/// lease's remaining time restarts from the first entry of the new epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposing process's clock epoch.
+    pub epoch: u64,
+    /// Milliseconds on the proposing node's monotonic clock.
+    pub stamp_ms: u64,
+    /// What to apply.
+    pub command: Command,
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}@{}:{}", self.command, self.epoch, self.stamp_ms)
+    }
+}
+
+/// What applying an entry answers to the node that proposed it. Events for waiters
+/// travel separately (see `state_machine::Waiters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The core's reply; `None` for blank and membership entries.
+    pub reply: Option<Result<Reply, fencelock_core::Error>>,
+}
+
+openraft::declare_raft_types!(
+    /// fencelock's Raft types.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = NodeId,
+        Node = BasicNode,
+);
+
+/// A log id.
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+/// A vote.
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+/// Membership as stored with the state.
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot with our data type (the serialized state machine).
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+/// The leader id recorded in log ids.
+pub type CommittedLeaderId = openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>;
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::SmStore>;

@@ -1,0 +1,257 @@
+//! openraft's `RaftStateMachine` over fencelock-core.
+//!
+//! Applying an entry: rebase if the clock epoch changed, `core.apply(index, stamp,
+//! command)`, send the reply to the proposer, and hand each event to the waiter it
+//! names (`Waiters`). The waiter's channel is created *at apply time* of the entry
+//! that queued it, on the node that proposed it (openraft gives a responder only
+//! there), so an event can never arrive before the connection is listening.
+//!
+//! Snapshots are the core's snapshot bytes plus the last epoch, written atomically to
+//! `<dir>/snapshot`; a restart loads it and openraft re-applies the log after it.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fencelock_core::{Event, Limits, Reply, StateMachine};
+use futures_util::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+
+use super::wal::{read_small, write_atomic};
+use super::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// Where waiting connections receive their one terminal event (grant, pop, barrier
+/// pass, or the end of the wait).
+#[derive(Default)]
+pub struct Waiters {
+    senders: Mutex<HashMap<u64, oneshot::Sender<Event>>>,
+    receivers: Mutex<HashMap<u64, oneshot::Receiver<Event>>>,
+}
+
+impl Waiters {
+    fn register(&self, waiter: u64) {
+        let (tx, rx) = oneshot::channel();
+        self.senders.lock().expect("not poisoned").insert(waiter, tx);
+        self.receivers.lock().expect("not poisoned").insert(waiter, rx);
+    }
+
+    fn deliver(&self, waiter: u64, event: Event) {
+        if let Some(tx) = self.senders.lock().expect("not poisoned").remove(&waiter) {
+            // The connection may be gone; its CancelWait is on its way.
+            let _ = tx.send(event);
+        }
+    }
+
+    /// The receiver for a waiter this node queued. Taken once.
+    pub fn take(&self, waiter: u64) -> Option<oneshot::Receiver<Event>> {
+        self.receivers.lock().expect("not poisoned").remove(&waiter)
+    }
+
+    /// Waiters whose channel is still held (for INFO and tests).
+    pub fn len(&self) -> usize {
+        self.senders.lock().expect("not poisoned").len()
+    }
+
+    /// No waiter is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The snapshot body.
+#[derive(Serialize, Deserialize)]
+struct Image {
+    epoch: Option<u64>,
+    core: Vec<u8>,
+}
+
+/// The on-disk snapshot file.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// Everything behind the lock.
+pub struct Inner {
+    /// The deterministic state.
+    pub core: StateMachine,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    epoch: Option<u64>,
+    current: Option<SnapshotFile>,
+}
+
+/// Shared between openraft's state-machine worker and the connections' read path.
+pub struct Shared {
+    /// The state, behind a std mutex that is never held across an await.
+    pub inner: Mutex<Inner>,
+    /// Waiting connections.
+    pub waiters: Waiters,
+    /// Every event, for watchers and pub/sub (lagging receivers drop old events).
+    pub events: broadcast::Sender<Arc<Event>>,
+    dir: PathBuf,
+    limits: Limits,
+}
+
+/// The state machine handle given to openraft (cheap to clone).
+#[derive(Clone)]
+pub struct SmStore {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+}
+
+fn io_err<E: std::fmt::Display>(e: E) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl SmStore {
+    /// Opens the state machine, loading the last snapshot in `dir` if there is one.
+    pub fn open(dir: &Path, limits: Limits) -> io::Result<SmStore> {
+        std::fs::create_dir_all(dir)?;
+        let mut inner = Inner {
+            core: StateMachine::new(limits.clone()),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            epoch: None,
+            current: None,
+        };
+        if let Some(bytes) = read_small(dir, "snapshot")? {
+            let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(io_err)?;
+            inner.load(&file, &limits)?;
+            inner.current = Some(file);
+        }
+        let (events, _) = broadcast::channel(4096);
+        let shared =
+            Shared { inner: Mutex::new(inner), waiters: Waiters::default(), events, dir: dir.to_path_buf(), limits };
+        Ok(SmStore { shared: Arc::new(shared) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.shared.inner.lock().expect("state lock is never poisoned: apply does not panic while holding it")
+    }
+}
+
+impl Inner {
+    /// The clock epoch of the last applied proposal.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    fn load(&mut self, file: &SnapshotFile, limits: &Limits) -> io::Result<()> {
+        let image: Image = postcard::from_bytes(&file.data).map_err(io_err)?;
+        self.core = StateMachine::restore(limits.clone(), &image.core).map_err(io_err)?;
+        self.epoch = image.epoch;
+        self.last_applied = file.meta.last_log_id;
+        self.membership = file.meta.last_membership.clone();
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // Serialize under the lock (consistent), write outside it.
+        let file = {
+            let inner = self.lock();
+            let image = Image { epoch: inner.epoch, core: inner.core.snapshot() };
+            let meta = SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
+            SnapshotFile { meta, data: postcard::to_stdvec(&image).map_err(io_err)? }
+        };
+        let bytes = postcard::to_stdvec(&file).map_err(io_err)?;
+        write_atomic(&self.shared.dir, "snapshot", &bytes)?;
+        let snapshot = Snapshot { meta: file.meta.clone(), snapshot: file.data.clone() };
+        self.lock().current = Some(file);
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SmStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let inner = self.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let applied = {
+                let mut inner = self.lock();
+                inner.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Applied { reply: None },
+                    EntryPayload::Membership(m) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Applied { reply: None }
+                    }
+                    EntryPayload::Normal(proposal) => {
+                        if inner.epoch != Some(proposal.epoch) {
+                            inner.core.rebase(proposal.stamp_ms);
+                            inner.epoch = Some(proposal.epoch);
+                        }
+                        let out = inner.core.apply(entry.log_id.index, proposal.stamp_ms, proposal.command);
+                        drop(inner);
+                        if responder.is_some() {
+                            if let Ok(Reply::Queued(waiter)) = &out.reply {
+                                self.shared.waiters.register(*waiter);
+                            }
+                        }
+                        for event in out.events {
+                            let waiter = match &event {
+                                Event::Granted { waiter, .. }
+                                | Event::Popped { waiter, .. }
+                                | Event::BarrierPassed { waiter }
+                                | Event::WaitEnded { waiter, .. } => Some(*waiter),
+                                _ => None,
+                            };
+                            match waiter {
+                                Some(waiter) => self.shared.waiters.deliver(waiter, event),
+                                None => {
+                                    // No receiver is fine: nobody watches yet.
+                                    let _ = self.shared.events.send(Arc::new(event));
+                                }
+                            }
+                        }
+                        Applied { reply: Some(out.reply) }
+                    }
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(applied);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let file = SnapshotFile { meta: meta.clone(), data: snapshot };
+        let bytes = postcard::to_stdvec(&file).map_err(io_err)?;
+        let limits = self.shared.limits.clone();
+        {
+            let mut inner = self.lock();
+            inner.load(&file, &limits)?;
+        }
+        write_atomic(&self.shared.dir, "snapshot", &bytes)?;
+        self.lock().current = Some(file);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let inner = self.lock();
+        Ok(inner.current.as_ref().map(|f| Snapshot { meta: f.meta.clone(), snapshot: f.data.clone() }))
+    }
+}

@@ -1,0 +1,6 @@
+//! RESP framing: the bounded request parser (ours) and reply encoding.
+
+pub mod reply;
+pub mod request;
+
+pub use reply::{Proto, Wire};

@@ -1,0 +1,118 @@
+//! The listener and what all connections share.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::node::Node;
+use crate::resp::request::RequestLimits;
+
+/// Connection-facing settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `--requirepass`: clients must AUTH with it.
+    pub requirepass: Option<String>,
+    /// Request size limits.
+    pub request_limits: RequestLimits,
+    /// Most connections served at once; more wait in the accept queue.
+    pub connections_max: usize,
+}
+
+/// One client, as CLIENT LIST shows it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// CLIENT SETNAME / HELLO SETNAME.
+    pub name: Option<Bytes>,
+    /// CLIENT SETINFO LIB-NAME.
+    pub lib_name: Option<Bytes>,
+    /// CLIENT SETINFO LIB-VER.
+    pub lib_ver: Option<Bytes>,
+    /// RESP version.
+    pub resp: u8,
+    /// Last command name.
+    pub last_command: String,
+    /// Connected since.
+    pub since: Instant,
+}
+
+/// Counters for INFO.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Commands answered.
+    pub commands: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections blocked in a wait.
+    pub blocked: AtomicU64,
+}
+
+/// Shared by every connection.
+pub struct Server {
+    /// The Raft node.
+    pub node: Arc<Node>,
+    /// Settings.
+    pub config: ServerConfig,
+    /// Connected clients by id.
+    pub clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    /// Counters.
+    pub stats: Stats,
+    /// The client port (INFO).
+    pub port: u16,
+    /// Process start (INFO uptime).
+    pub started: Instant,
+    /// A random id for this process (INFO run_id).
+    pub run_id: String,
+    next_client: AtomicU64,
+}
+
+impl Server {
+    /// Wraps a started node.
+    pub fn new(node: Arc<Node>, config: ServerConfig, port: u16) -> Arc<Server> {
+        Arc::new(Server {
+            node,
+            config,
+            clients: Mutex::new(BTreeMap::new()),
+            stats: Stats::default(),
+            port,
+            started: Instant::now(),
+            run_id: crate::cmd::lock::random_token().iter().map(|&b| b as char).collect::<String>() + "00000000",
+            next_client: AtomicU64::new(1),
+        })
+    }
+
+    /// Accepts connections until the listener fails. At most `connections_max` are
+    /// served at once: the rest wait in the kernel's accept queue.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let slots = Arc::new(Semaphore::new(self.config.connections_max));
+        loop {
+            let permit = Arc::clone(&slots).acquire_owned().await.expect("semaphore never closes");
+            let (stream, addr) = listener.accept().await?;
+            let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let info = ClientInfo {
+                addr,
+                name: None,
+                lib_name: None,
+                lib_ver: None,
+                resp: 2,
+                last_command: "NULL".into(),
+                since: Instant::now(),
+            };
+            self.clients.lock().expect("not poisoned").insert(id, info);
+            let server = Arc::clone(&self);
+            tokio::spawn(async move {
+                crate::connection::serve(Arc::clone(&server), stream, id).await;
+                server.clients.lock().expect("not poisoned").remove(&id);
+                drop(permit);
+            });
+        }
+    }
+}
