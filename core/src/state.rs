@@ -104,6 +104,10 @@ pub struct StateMachine {
     pub(crate) index: u64,
     pub(crate) events: Vec<Event>,
     pub(crate) dirty: Vec<Dirty>,
+    /// Set only during `read_at`: the time a read is evaluated at (never before the
+    /// replicated clock). Reads never change state, so this is the one field a `&self`
+    /// method may set; apply (`&mut self`) never sees it set.
+    read_now_ms: std::cell::Cell<Option<u64>>,
 }
 
 impl Default for StateMachine {
@@ -115,7 +119,14 @@ impl Default for StateMachine {
 impl StateMachine {
     /// An empty state machine with these limits.
     pub fn new(limits: Limits) -> Self {
-        StateMachine { limits, st: State::default(), index: 0, events: Vec::new(), dirty: Vec::new() }
+        StateMachine {
+            limits,
+            st: State::default(),
+            index: 0,
+            events: Vec::new(),
+            dirty: Vec::new(),
+            read_now_ms: std::cell::Cell::new(None),
+        }
     }
 
     /// The limits in force.
@@ -192,6 +203,17 @@ impl StateMachine {
         self.st.time_offset_ms = i128::from(self.st.clock_ms) - i128::from(leader_time_ms);
     }
 
+    /// Like `read`, evaluated at `now_ms` on the replicated time base (the leader's
+    /// clock now, say) instead of the last applied stamp, so TTLs shown count down
+    /// between writes. Never earlier than the replicated clock: a read cannot make
+    /// anything look younger than the log says.
+    pub fn read_at(&self, command: &Command, now_ms: u64) -> Result<Reply> {
+        let previous = self.read_now_ms.replace(Some(now_ms.max(self.st.clock_ms)));
+        let reply = self.read(command);
+        self.read_now_ms.set(previous);
+        reply
+    }
+
     fn advance_clock(&mut self, leader_time_ms: u64, rebase: bool) {
         if rebase {
             self.rebase(leader_time_ms);
@@ -202,7 +224,7 @@ impl StateMachine {
     }
 
     pub(crate) fn now(&self) -> u64 {
-        self.st.clock_ms
+        self.read_now_ms.get().unwrap_or(self.st.clock_ms)
     }
 
     /// Deadline of a lease of `ttl_ms` granted now; 0 means no deadline.

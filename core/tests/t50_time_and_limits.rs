@@ -182,3 +182,14 @@ fn rebase_method_equals_the_rebase_command() {
     by_method.run(Command::Tick);
     assert_eq!(by_command.sm.snapshot(), by_method.sm.snapshot());
 }
+
+#[test]
+fn read_at_counts_down_between_writes_but_never_before_the_log() {
+    let mut d = Driver::default();
+    d.ok(set_nx_px("k", "v", 1_000));
+    assert_eq!(d.sm.read_at(&Command::PTtl { key: b("k") }, d.now_ms + 400), Ok(Reply::Int(600)));
+    assert_eq!(d.sm.read_at(&Command::Get { key: b("k") }, d.now_ms + 1_000), Ok(Reply::Nil), "due reads as gone");
+    assert_eq!(d.sm.read_at(&Command::PTtl { key: b("k") }, 0), Ok(Reply::Int(1_000)), "clamped to the clock");
+    // The state itself did not move.
+    assert_eq!(d.read(Command::PTtl { key: b("k") }), Reply::Int(1_000));
+}

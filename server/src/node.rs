@@ -118,6 +118,12 @@ impl Node {
             Err(e) => return Err(NodeError::Fatal(e.to_string())),
         }
         let inner = self.sm.shared.inner.lock().expect("not poisoned");
+        // Evaluate at our clock on the replicated time base, so TTLs count down between
+        // writes; only once our epoch is in the log does our clock map onto it.
+        if inner.epoch() == Some(self.epoch) {
+            let now = i128::from(self.stamp_ms()) + inner.core.time_offset_ms();
+            return Ok(inner.core.read_at(command, now.clamp(0, i128::from(u64::MAX)) as u64));
+        }
         Ok(inner.core.read(command))
     }
 
