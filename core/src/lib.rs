@@ -61,6 +61,7 @@ mod limits;
 mod lock;
 mod name;
 mod queue;
+mod script;
 mod semaphore;
 mod session;
 mod snapshot;
@@ -74,5 +75,6 @@ pub use command::{
 pub use error::{Error, Result};
 pub use limits::{Limit, Limits};
 pub use name::Name;
+pub use script::{Script, ScriptOutput};
 pub use snapshot::{SnapshotError, SNAPSHOT_VERSION};
 pub use state::StateMachine;

@@ -108,6 +108,9 @@ pub struct StateMachine {
     /// replicated clock). Reads never change state, so this is the one field a `&self`
     /// method may set; apply (`&mut self`) never sees it set.
     read_now_ms: std::cell::Cell<Option<u64>>,
+    /// Clock and last fence when the current entry began (postcondition checks).
+    entry_clock_ms: u64,
+    entry_fence: u64,
 }
 
 impl Default for StateMachine {
@@ -126,6 +129,8 @@ impl StateMachine {
             events: Vec::new(),
             dirty: Vec::new(),
             read_now_ms: std::cell::Cell::new(None),
+            entry_clock_ms: 0,
+            entry_fence: 0,
         }
     }
 
@@ -165,22 +170,35 @@ impl StateMachine {
     /// Apply one committed log entry. `log_index` must exceed every index applied
     /// before; `leader_time_ms` is the proposing leader's monotonic clock reading.
     pub fn apply(&mut self, log_index: u64, leader_time_ms: u64, command: Command) -> Output {
+        self.begin_entry(log_index, leader_time_ms, matches!(command, Command::Rebase));
+        let reply = self.dispatch(command);
+        let events = self.end_entry();
+        Output { reply, events }
+    }
+
+    /// The part of applying an entry that comes before its command: advance the clock,
+    /// expire what is due, grant what that freed.
+    pub(crate) fn begin_entry(&mut self, log_index: u64, leader_time_ms: u64, rebase: bool) {
         assert!(log_index > self.st.last_applied, "log index {log_index} not after {}", self.st.last_applied);
         assert!(self.events.is_empty() && self.dirty.is_empty());
-        let clock_before = self.st.clock_ms;
-        let fence_before = self.st.last_fence;
+        self.entry_clock_ms = self.st.clock_ms;
+        self.entry_fence = self.st.last_fence;
         self.index = log_index;
         self.st.last_applied = log_index;
-        self.advance_clock(leader_time_ms, matches!(command, Command::Rebase));
+        self.advance_clock(leader_time_ms, rebase);
         self.expire_due();
         self.pump();
-        let reply = self.dispatch(command);
+    }
+
+    /// The part after the command: grant what it freed, check the entry's
+    /// postconditions, hand back the events.
+    pub(crate) fn end_entry(&mut self) -> Vec<Event> {
         self.pump();
         assert!(self.dirty.is_empty());
-        assert!(self.st.clock_ms >= clock_before, "the replicated clock never goes back");
-        assert!(self.st.last_fence >= fence_before, "fences never go back");
+        assert!(self.st.clock_ms >= self.entry_clock_ms, "the replicated clock never goes back");
+        assert!(self.st.last_fence >= self.entry_fence, "fences never go back");
         self.index = 0;
-        Output { reply, events: std::mem::take(&mut self.events) }
+        std::mem::take(&mut self.events)
     }
 
     /// Answer a read-only command from the current state, without a log entry.
@@ -383,7 +401,7 @@ impl StateMachine {
         }
     }
 
-    fn dispatch(&mut self, command: Command) -> Result<Reply> {
+    pub(crate) fn dispatch(&mut self, command: Command) -> Result<Reply> {
         if command.is_read_only() {
             return self.dispatch_read(&command);
         }

@@ -27,6 +27,10 @@ use crate::server::{ClientInfo, Server};
 const SCAN_CURSORS_MAX: usize = 64;
 /// Bytes read per read call.
 const READ_CHUNK: usize = 16 * 1024;
+/// Most bytes of unanswered requests a connection may buffer (Redis's
+/// client-query-buffer-limit, which is 1 GiB there). Every single limit of the parser
+/// can hold while one request of many elements grows without bound; this caps it.
+pub const QUERY_BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 struct Session {
     id: u64,
@@ -82,6 +86,12 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
                 return;
             }
             output.clear();
+        }
+        if input.len() > QUERY_BUFFER_BYTES_MAX {
+            let text = format!("ERR query buffer of {} bytes exceeds the query-buffer limit ({QUERY_BUFFER_BYTES_MAX}); closing", input.len());
+            Wire::Error(text).encode(session.proto, &mut output);
+            let _ = stream.write_all(&output).await;
+            return;
         }
         input.reserve(READ_CHUNK);
         match stream.read_buf(&mut input).await {
@@ -168,7 +178,7 @@ async fn wait_for(server: &Arc<Server>, waiter: u64, stream: &mut TcpStream, inp
             event = &mut events => break event.ok(),
             read = stream.read_buf(input) => match read {
                 Ok(0) | Err(_) => break None,
-                Ok(_) if input.len() > server.config.request_limits.bulk_bytes_max * 2 => break None,
+                Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => break None,
                 Ok(_) => {}
             },
         }
