@@ -52,9 +52,11 @@ fn keys_of(command: &Command) -> Result<Vec<&Bytes>> {
         | Command::Push { key, .. }
         | Command::Pop { key, .. } => vec![key],
         Command::Del { keys } | Command::Exists { keys } => keys.iter().collect(),
-        Command::Keys { .. } | Command::Scan { .. } | Command::DbSize | Command::Fence { .. } | Command::LockInfo { .. } => {
-            Vec::new()
-        }
+        Command::Keys { .. }
+        | Command::Scan { .. }
+        | Command::DbSize
+        | Command::Fence { .. }
+        | Command::LockInfo { .. } => Vec::new(),
         _ => return Err(Error::invalid("this command is not allowed in scripts")),
     })
 }

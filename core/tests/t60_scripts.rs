@@ -60,7 +60,9 @@ fn scripts_cannot_take_locks_or_sessions() {
     let out = d.sm.apply_script(d.index, d.now_ms, |s| s.call(Command::Lock(lock(&["a"], "o", 100))));
     assert!(matches!(out.result, Err(Error::Invalid(_))));
     d.index += 1;
-    let out = d.sm.apply_script(d.index, d.now_ms, |s| s.call(Command::Set(SetRequest { session: Some(1), ..set("k", "v") })));
+    let out = d
+        .sm
+        .apply_script(d.index, d.now_ms, |s| s.call(Command::Set(SetRequest { session: Some(1), ..set("k", "v") })));
     assert!(matches!(out.result, Err(Error::Invalid(_))));
     d.sm.check_invariants().unwrap();
 }
@@ -76,7 +78,9 @@ fn a_push_in_a_script_serves_a_blocked_popper_only_if_the_script_commits() {
     });
     assert!(out.events.is_empty());
     d.index += 1;
-    let out = d.sm.apply_script(d.index, d.now_ms, |s| s.call(Command::Push { key: b("q"), values: vec![b("job")], left: false }));
+    let out = d.sm.apply_script(d.index, d.now_ms, |s| {
+        s.call(Command::Push { key: b("q"), values: vec![b("job")], left: false })
+    });
     assert!(out.events.contains(&Event::Popped { waiter: w, key: b("q"), value: b("job") }), "{:?}", out.events);
     d.sm.check_invariants().unwrap();
 }

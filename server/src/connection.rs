@@ -14,6 +14,7 @@ use fencelock_core::{Command, Error, Event, LockRequest, Reply, WaitEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::cmd::script::{ScriptAdmin, Source};
 use crate::cmd::{self, render, CmdError, Conn, Request, Shape};
 use crate::errors::core_error;
 use crate::info;
@@ -88,7 +89,10 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
             output.clear();
         }
         if input.len() > QUERY_BUFFER_BYTES_MAX {
-            let text = format!("ERR query buffer of {} bytes exceeds the query-buffer limit ({QUERY_BUFFER_BYTES_MAX}); closing", input.len());
+            let text = format!(
+                "ERR query buffer of {} bytes exceeds the query-buffer limit ({QUERY_BUFFER_BYTES_MAX}); closing",
+                input.len()
+            );
             Wire::Error(text).encode(session.proto, &mut output);
             let _ = stream.write_all(&output).await;
             return;
@@ -127,6 +131,8 @@ async fn handle(
         Request::Core(command, shape) => return core_command(server, command, shape, stream, input).await,
         Request::Lock(request) => return lock_command(server, request, stream, input).await,
         Request::Scan { cursor, pattern, count, kind } => scan(server, session, cursor, pattern, count, kind).await,
+        Request::Eval { source, keys, args } => eval(server, source, keys, args).await,
+        Request::Script(admin) => script_admin(server, admin),
     };
     Some(reply)
 }
@@ -217,6 +223,49 @@ async fn lock_command(
             })
         }
         Ok(Ok(other)) => Some(render::plain(other)),
+    }
+}
+
+async fn eval(server: &Arc<Server>, source: Source, keys: Vec<Bytes>, args: Vec<Bytes>) -> Wire {
+    let body = match source {
+        Source::Body(body) => {
+            server.scripts.lock().expect("not poisoned").insert(body.clone());
+            body
+        }
+        Source::Sha(sha) => match server.scripts.lock().expect("not poisoned").get(&sha) {
+            Some(body) => body,
+            None => return Wire::error("NOSCRIPT No matching script. Please use EVAL."),
+        },
+    };
+    match server.node.eval(body, keys, args).await {
+        Err(e) => node_error(e),
+        Ok(Ok(reply)) => reply.into_wire(),
+        Ok(Err(text)) => Wire::Error(text),
+    }
+}
+
+fn script_admin(server: &Server, admin: ScriptAdmin) -> Wire {
+    let mut scripts = server.scripts.lock().expect("not poisoned");
+    match admin {
+        ScriptAdmin::Load(body) => {
+            // Compile errors surface on first use, as the VM lives in the state machine;
+            // check the syntax here so SCRIPT LOAD refuses what EVAL would.
+            if let Err(e) = crate::lua::check_syntax(&body) {
+                return Wire::Error(e);
+            }
+            Wire::Bulk(Bytes::from(scripts.insert(body)))
+        }
+        ScriptAdmin::Exists(shas) => Wire::Array(
+            shas.iter()
+                .map(|sha| {
+                    Wire::Int(i64::from(scripts.get(&String::from_utf8_lossy(sha).to_ascii_lowercase()).is_some()))
+                })
+                .collect(),
+        ),
+        ScriptAdmin::Flush => {
+            scripts.clear();
+            Wire::Status("OK")
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod connection;
 pub mod errors;
 pub mod info;
+pub mod lua;
 pub mod node;
 pub mod raft;
 pub mod resp;

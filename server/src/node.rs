@@ -11,10 +11,12 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ReadPolicy, ServerState};
 
+use crate::lua::ScriptReply;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::SmStore;
-use crate::raft::{NodeId, Proposal, Raft};
+use crate::raft::{Applied, NodeId, Op, Proposal, Raft};
+use bytes::Bytes;
 
 /// Why the node could not serve a request. Clients retry on `TryAgain`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -98,14 +100,35 @@ impl Node {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Commits a command through the log and returns the core's answer.
-    pub async fn write(&self, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
-        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), command };
+    /// Commits an operation through the log and returns what applying it answered.
+    pub async fn propose(&self, op: Op) -> Result<Applied, NodeError> {
+        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), op };
         match self.raft.client_write(proposal).await {
-            Ok(response) => Ok(response.data.reply.unwrap_or(Ok(Reply::Ok))),
+            Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NodeError::TryAgain),
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(NodeError::TryAgain),
             Err(e) => Err(NodeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Commits a command through the log and returns the core's answer.
+    pub async fn write(&self, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+        match self.propose(Op::Core(command)).await? {
+            Applied::Core(reply) => Ok(reply),
+            other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    /// Runs a script through the log: its reply, or its error text (rolled back).
+    pub async fn eval(
+        &self,
+        script: Bytes,
+        keys: Vec<Bytes>,
+        args: Vec<Bytes>,
+    ) -> Result<Result<ScriptReply, String>, NodeError> {
+        match self.propose(Op::Eval { script, keys, args }).await? {
+            Applied::Script(result) => Ok(result),
+            other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),
         }
     }
 

@@ -43,6 +43,45 @@ pub struct ClientInfo {
     pub since: Instant,
 }
 
+/// Scripts this node knows by SHA1 (EVAL and SCRIPT LOAD add them). Node-local, as
+/// in Redis: a client that gets NOSCRIPT sends the script again. The log entries carry
+/// whole scripts, so replicas never need this cache.
+#[derive(Debug, Default)]
+pub struct ScriptCache {
+    by_sha: std::collections::HashMap<String, Bytes>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Scripts cached per node; the oldest is forgotten past this.
+pub const SCRIPTS_MAX: usize = 10_000;
+
+impl ScriptCache {
+    /// Caches a script and returns its SHA1.
+    pub fn insert(&mut self, body: Bytes) -> String {
+        let sha = crate::lua::sha1_hex(&body);
+        if self.by_sha.insert(sha.clone(), body).is_none() {
+            self.order.push_back(sha.clone());
+            if self.order.len() > SCRIPTS_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_sha.remove(&old);
+                }
+            }
+        }
+        sha
+    }
+
+    /// A cached script.
+    pub fn get(&self, sha: &str) -> Option<Bytes> {
+        self.by_sha.get(sha).cloned()
+    }
+
+    /// SCRIPT FLUSH.
+    pub fn clear(&mut self) {
+        self.by_sha.clear();
+        self.order.clear();
+    }
+}
+
 /// Counters for INFO.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -62,6 +101,8 @@ pub struct Server {
     pub config: ServerConfig,
     /// Connected clients by id.
     pub clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    /// EVALSHA's cache.
+    pub scripts: Mutex<ScriptCache>,
     /// Counters.
     pub stats: Stats,
     /// The client port (INFO).
@@ -80,6 +121,7 @@ impl Server {
             node,
             config,
             clients: Mutex::new(BTreeMap::new()),
+            scripts: Mutex::new(ScriptCache::default()),
             stats: Stats::default(),
             port,
             started: Instant::now(),

@@ -16,7 +16,7 @@ fn invalid_expire(command: &str) -> CmdError {
 
 /// Parses a keyspace command; `None` if `name` is not one. `wall_ms` is this node's
 /// Unix time, used only to turn EXAT / PXAT into a relative TTL.
-pub fn parse(name: &[u8], a: &mut Args, wall_ms: u64) -> Result<Option<Request>, CmdError> {
+pub fn parse(name: &[u8], a: &mut Args, wall_ms: Option<u64>) -> Result<Option<Request>, CmdError> {
     match name {
         b"SET" => parse_set(a, wall_ms).map(Some),
         b"GET" => {
@@ -171,7 +171,7 @@ pub fn parse_timeout(arg: &[u8]) -> Result<Option<u64>, CmdError> {
     Ok(if ms == 0.0 { None } else { Some(ms as u64) })
 }
 
-fn parse_set(a: &mut Args, wall_ms: u64) -> Result<Request, CmdError> {
+fn parse_set(a: &mut Args, wall_ms: Option<u64>) -> Result<Request, CmdError> {
     let key = a.bytes()?;
     let value = a.bytes()?;
     let mut condition = SetCondition::Always;
@@ -212,7 +212,15 @@ fn parse_set(a: &mut Args, wall_ms: u64) -> Result<Request, CmdError> {
                     b"EX" | b"PX" => SetExpiry::InMs(millis),
                     // Absolute times become relative on this node's wall clock; a time
                     // already past writes the key and deletes it at once, as Redis does.
-                    _ => SetExpiry::InMs(millis.saturating_sub(wall_ms)),
+                    _ => match wall_ms {
+                        Some(wall_ms) => SetExpiry::InMs(millis.saturating_sub(wall_ms)),
+                        None => {
+                            return Err(CmdError::Other(
+                                "ERR EXAT / PXAT are not allowed in scripts: the state machine has no wall clock"
+                                    .into(),
+                            ))
+                        }
+                    },
                 };
             }
             _ => return Err(CmdError::Syntax),

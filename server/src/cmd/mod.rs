@@ -13,6 +13,7 @@ pub mod conn;
 pub mod keyspace;
 pub mod lock;
 pub mod render;
+pub mod script;
 
 pub use args::{Args, CmdError};
 pub use conn::Conn;
@@ -58,6 +59,17 @@ pub enum Request {
         /// TYPE.
         kind: Option<Bytes>,
     },
+    /// EVAL / EVALSHA.
+    Eval {
+        /// The script or its SHA1.
+        source: script::Source,
+        /// KEYS.
+        keys: Vec<Bytes>,
+        /// ARGV.
+        args: Vec<Bytes>,
+    },
+    /// SCRIPT LOAD / EXISTS / FLUSH.
+    Script(script::ScriptAdmin),
     /// The reply is already known while parsing.
     Immediate(Wire),
 }
@@ -66,11 +78,22 @@ pub enum Request {
 pub fn parse(args: Vec<Bytes>) -> Result<Request, CmdError> {
     let wall_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    parse_at(args, wall_ms)
+    parse_with(args, Some(wall_ms))
+}
+
+/// Parses a `redis.call` from a script: the state machine has no wall clock, so
+/// EXAT / PXAT are refused there.
+pub fn parse_in_script(args: Vec<Bytes>) -> Result<Request, CmdError> {
+    parse_with(args, None)
+}
+
+/// Parses one request at a given wall-clock time (tests).
+pub fn parse_at(args: Vec<Bytes>, wall_ms: u64) -> Result<Request, CmdError> {
+    parse_with(args, Some(wall_ms))
 }
 
 /// Parses one request; `args` is never empty (the request parser guarantees it).
-pub fn parse_at(args: Vec<Bytes>, wall_ms: u64) -> Result<Request, CmdError> {
+fn parse_with(args: Vec<Bytes>, wall_ms: Option<u64>) -> Result<Request, CmdError> {
     let name = args[0].to_ascii_uppercase();
     let mut a = Args::new(args);
     if let Some(request) = conn::parse(&name, &mut a)? {
@@ -80,6 +103,9 @@ pub fn parse_at(args: Vec<Bytes>, wall_ms: u64) -> Result<Request, CmdError> {
         return Ok(request);
     }
     if let Some(request) = lock::parse(&name, &mut a)? {
+        return Ok(request);
+    }
+    if let Some(request) = script::parse(&name, &mut a)? {
         return Ok(request);
     }
     Err(CmdError::unknown(a.all()))

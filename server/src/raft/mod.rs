@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use fencelock_core::{Command, Reply};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
@@ -37,21 +38,42 @@ pub struct Proposal {
     /// Milliseconds on the proposing node's monotonic clock.
     pub stamp_ms: u64,
     /// What to apply.
-    pub command: Command,
+    pub op: Op,
+}
+
+/// What an entry does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// One state-machine command.
+    Core(Command),
+    /// A Lua script, all or nothing. The entry carries the whole script, so replicas
+    /// need no script cache (EVALSHA is resolved on the proposing node).
+    Eval {
+        /// The script's source.
+        script: Bytes,
+        /// KEYS.
+        keys: Vec<Bytes>,
+        /// ARGV.
+        args: Vec<Bytes>,
+    },
 }
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}@{}:{}", self.command, self.epoch, self.stamp_ms)
+        write!(f, "{:?}@{}:{}", self.op, self.epoch, self.stamp_ms)
     }
 }
 
 /// What applying an entry answers to the node that proposed it. Events for waiters
 /// travel separately (see `state_machine::Waiters`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    /// The core's reply; `None` for blank and membership entries.
-    pub reply: Option<Result<Reply, fencelock_core::Error>>,
+pub enum Applied {
+    /// A blank or membership entry.
+    Nothing,
+    /// The core's reply to a command.
+    Core(Result<Reply, fencelock_core::Error>),
+    /// A script's reply, or its error text (it was rolled back).
+    Script(Result<crate::lua::ScriptReply, String>),
 }
 
 openraft::declare_raft_types!(

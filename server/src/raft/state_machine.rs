@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
 use super::wal::{read_small, write_atomic};
-use super::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use super::{Applied, LogId, Op, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::lua::LuaEngine;
 
 /// Where waiting connections receive their one terminal event (grant, pop, barrier
 /// pass, or the end of the wait).
@@ -84,6 +85,8 @@ pub struct Inner {
     membership: StoredMembership,
     epoch: Option<u64>,
     current: Option<SnapshotFile>,
+    /// The node's Lua VM; scripts run inside apply, under this lock.
+    lua: LuaEngine,
 }
 
 /// Shared between openraft's state-machine worker and the connections' read path.
@@ -119,6 +122,7 @@ impl SmStore {
             membership: StoredMembership::default(),
             epoch: None,
             current: None,
+            lua: LuaEngine::new().map_err(io::Error::other)?,
         };
         if let Some(bytes) = read_small(dir, "snapshot")? {
             let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(io_err)?;
@@ -149,6 +153,28 @@ impl Inner {
         self.last_applied = file.meta.last_log_id;
         self.membership = file.meta.last_membership.clone();
         Ok(())
+    }
+}
+
+impl SmStore {
+    /// Hands each event to the waiter it names, or to the broadcast for watchers.
+    fn dispatch(&self, events: Vec<Event>) {
+        for event in events {
+            let waiter = match &event {
+                Event::Granted { waiter, .. }
+                | Event::Popped { waiter, .. }
+                | Event::BarrierPassed { waiter }
+                | Event::WaitEnded { waiter, .. } => Some(*waiter),
+                _ => None,
+            };
+            match waiter {
+                Some(waiter) => self.shared.waiters.deliver(waiter, event),
+                // No receiver is fine: nobody watches yet.
+                None => {
+                    let _ = self.shared.events.send(Arc::new(event));
+                }
+            }
+        }
     }
 }
 
@@ -189,40 +215,38 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 let mut inner = self.lock();
                 inner.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => Applied { reply: None },
+                    EntryPayload::Blank => Applied::Nothing,
                     EntryPayload::Membership(m) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Applied { reply: None }
+                        Applied::Nothing
                     }
                     EntryPayload::Normal(proposal) => {
                         if inner.epoch != Some(proposal.epoch) {
                             inner.core.rebase(proposal.stamp_ms);
                             inner.epoch = Some(proposal.epoch);
                         }
-                        let out = inner.core.apply(entry.log_id.index, proposal.stamp_ms, proposal.command);
-                        drop(inner);
-                        if responder.is_some() {
-                            if let Ok(Reply::Queued(waiter)) = &out.reply {
-                                self.shared.waiters.register(*waiter);
-                            }
-                        }
-                        for event in out.events {
-                            let waiter = match &event {
-                                Event::Granted { waiter, .. }
-                                | Event::Popped { waiter, .. }
-                                | Event::BarrierPassed { waiter }
-                                | Event::WaitEnded { waiter, .. } => Some(*waiter),
-                                _ => None,
-                            };
-                            match waiter {
-                                Some(waiter) => self.shared.waiters.deliver(waiter, event),
-                                None => {
-                                    // No receiver is fine: nobody watches yet.
-                                    let _ = self.shared.events.send(Arc::new(event));
+                        let index = entry.log_id.index;
+                        match proposal.op {
+                            Op::Core(command) => {
+                                let out = inner.core.apply(index, proposal.stamp_ms, command);
+                                drop(inner);
+                                if responder.is_some() {
+                                    if let Ok(Reply::Queued(waiter)) = &out.reply {
+                                        self.shared.waiters.register(*waiter);
+                                    }
                                 }
+                                self.dispatch(out.events);
+                                Applied::Core(out.reply)
+                            }
+                            Op::Eval { script, keys, args } => {
+                                let Inner { core, lua, .. } = &mut *inner;
+                                let out =
+                                    core.apply_script(index, proposal.stamp_ms, |s| lua.run(&script, &keys, &args, s));
+                                drop(inner);
+                                self.dispatch(out.events);
+                                Applied::Script(out.result)
                             }
                         }
-                        Applied { reply: Some(out.reply) }
                     }
                 }
             };
