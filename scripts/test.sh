@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them all. Safe to run again; CI runs it too.
 #
-# Today the workspace is pure Rust (fencelock-core). As the server, compat tests and
-# bindings land, their set-up goes here: Debian packages (redis-tools, redis-server,
-# etcd), a local Python venv (.venv) and local node_modules.
+# Set-up: Debian's redis-tools (redis-cli), a local Python venv (.venv) with redis-py
+# and pytest, and local node_modules for ioredis and node-redlock. Then: rustfmt,
+# clippy, every Rust test, rustdoc, and the real-client compat tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,22 @@ for component in rustfmt clippy; do
     fi
 done
 
+step "packages"
+if ! command -v redis-cli >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
+    fi
+fi
+redis-cli --version
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r compat-tests/python/requirements.txt
+(cd compat-tests/node && npm ci --no-audit --no-fund --loglevel=error)
+
 step "format"
 cargo fmt --all -- --check
 
@@ -36,4 +52,8 @@ cargo test --workspace --locked
 
 step "doc (missing docs are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "compat tests with real clients"
+cargo build --locked --bin fencelock
+FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" ./compat-tests/run.sh
 echo "all checks passed"

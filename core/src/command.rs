@@ -85,7 +85,7 @@ pub struct LockRequest {
 pub enum SetCondition {
     /// No condition.
     Always,
-    /// NX: only if the key does not exist. A successful NX creation records a fence.
+    /// NX: only if the key does not exist.
     IfAbsent,
     /// XX: only if the key exists.
     IfPresent,
@@ -103,7 +103,8 @@ pub enum SetExpiry {
     InMs(u64),
 }
 
-/// SET with all of Redis's options.
+/// SET with all of Redis's options. A SET that creates the key (NX or not) records a
+/// fence for it, strictly above every fence before: FENCE key returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetRequest {
     /// The key.
@@ -195,7 +196,7 @@ pub enum Command {
         /// The waiter, as returned in `Reply::Queued`.
         waiter: WaiterId,
     },
-    /// The current fence of a lock, else of a key written with SET NX (FENCE).
+    /// The current fence of a lock, else of a key created by SET (FENCE).
     Fence {
         /// Lock or key name.
         name: Bytes,

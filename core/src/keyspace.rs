@@ -1,5 +1,5 @@
 //! The Redis keyspace that lock clients use: strings, hashes and lists with per-key
-//! TTLs, and blocking pops. A key written with SET NX records a fence (FENCE key).
+//! TTLs, and blocking pops. A key created by SET records a fence (FENCE key).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -183,7 +183,10 @@ impl StateMachine {
             SetExpiry::Keep => old_deadline,
             SetExpiry::InMs(ms) => self.deadline_after(ms),
         };
-        let fence = if request.condition == SetCondition::IfAbsent { self.next_fence() } else { old_fence };
+        // Creating a key is how every SET-based lock client acquires (redis-py and
+        // redsync with NX, node-redlock with a plain SET after its own EXISTS check), so
+        // every creation records a fence; overwriting keeps the key's fence.
+        let fence = if exists { old_fence } else { self.next_fence() };
         let name = self.key_write(&request.key, Value::Str(request.value));
         self.key_set_deadline(&name, deadline_ms);
         if old_session != session {

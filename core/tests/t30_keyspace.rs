@@ -30,6 +30,22 @@ fn set_nx_px_is_a_redlock_acquire_with_a_fence() {
 }
 
 #[test]
+fn every_set_that_creates_a_key_records_a_fence_and_overwrites_keep_it() {
+    let mut d = Driver::default();
+    d.ok(Command::Set(set("plain", "v1")));
+    let created = int(d.read(Command::Fence { name: b("plain") }));
+    assert_eq!(created, d.index as i64, "a plain SET creation is fenced too (node-redlock uses plain SET)");
+    d.ok(Command::Set(set("plain", "v2")));
+    assert_eq!(int(d.read(Command::Fence { name: b("plain") })), created);
+    d.ok(Command::Del { keys: vec![b("plain")] });
+    d.ok(Command::Set(set("plain", "v3")));
+    assert!(int(d.read(Command::Fence { name: b("plain") })) > created);
+    // Keys made by INCR, HSET or LPUSH are not SET-based locks and carry no fence.
+    d.ok(Command::IncrBy { key: b("n"), delta: 1 });
+    assert_eq!(d.read(Command::Fence { name: b("n") }), Reply::Nil);
+}
+
+#[test]
 fn set_xx_get_keepttl_and_clear() {
     let mut d = Driver::default();
     let xx = |v: &str| Command::Set(SetRequest { condition: SetCondition::IfPresent, ..set("k", v) });

@@ -40,7 +40,13 @@ struct Session {
     cursors: VecDeque<(u64, Bytes)>,
     next_cursor: u64,
     quit: bool,
+    /// Commands queued since MULTI, and whether queuing one failed (EXEC then aborts).
+    multi: Option<Vec<(Command, Shape)>>,
+    multi_failed: bool,
 }
+
+/// Most commands one MULTI may queue.
+const MULTI_COMMANDS_MAX: usize = 10_000;
 
 /// Serves one connection until it closes.
 pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
@@ -55,6 +61,8 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
         cursors: VecDeque::new(),
         next_cursor: 1,
         quit: false,
+        multi: None,
+        multi_failed: false,
     };
     loop {
         // Answer every complete request already buffered (pipelining), then write.
@@ -118,8 +126,18 @@ async fn handle(
     }
     let request = match cmd::parse(args) {
         Ok(request) => request,
-        Err(e) => return Some(e.to_wire()),
+        Err(e) => {
+            if session.multi.is_some() {
+                session.multi_failed = true;
+            }
+            return Some(e.to_wire());
+        }
     };
+    if session.multi.is_some()
+        && !matches!(request, Request::Conn(Conn::Exec | Conn::Discard | Conn::Multi | Conn::Quit | Conn::Reset))
+    {
+        return Some(queue(session, request));
+    }
     if !session.authenticated
         && !matches!(request, Request::Conn(Conn::Auth { .. } | Conn::Hello { .. } | Conn::Quit | Conn::Reset))
     {
@@ -135,6 +153,28 @@ async fn handle(
         Request::Script(admin) => script_admin(server, admin),
     };
     Some(reply)
+}
+
+/// Queues a command inside MULTI. Only keyspace commands can run inside the
+/// transaction's single log entry; anything else aborts it, as a bad command does.
+fn queue(session: &mut Session, request: Request) -> Wire {
+    let queued = session.multi.as_mut().expect("in MULTI");
+    match request {
+        Request::Core(command, shape)
+            if !matches!(command, Command::BlockingPop { .. }) && queued.len() < MULTI_COMMANDS_MAX =>
+        {
+            queued.push((command, shape));
+            Wire::Status("QUEUED")
+        }
+        Request::Core(..) if queued.len() >= MULTI_COMMANDS_MAX => {
+            session.multi_failed = true;
+            Wire::Error(format!("ERR MULTI queue limit ({MULTI_COMMANDS_MAX} commands) exceeded"))
+        }
+        _ => {
+            session.multi_failed = true;
+            Wire::error("ERR this command cannot be used inside MULTI on fencelock (keyspace commands only)")
+        }
+    }
 }
 
 fn node_error(e: NodeError) -> Wire {
@@ -381,6 +421,36 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         // replicas, so WAIT reports 0 acknowledging replicas at once.
         Conn::Wait { .. } => Wire::Int(0),
         Conn::ReadOnly(_) => Wire::Status("OK"),
+        Conn::Multi if session.multi.is_some() => Wire::error("ERR MULTI calls can not be nested"),
+        Conn::Multi => {
+            session.multi = Some(Vec::new());
+            session.multi_failed = false;
+            Wire::Status("OK")
+        }
+        Conn::Discard => match session.multi.take() {
+            Some(_) => Wire::Status("OK"),
+            None => Wire::error("ERR DISCARD without MULTI"),
+        },
+        Conn::Exec => {
+            let Some(queued) = session.multi.take() else { return Wire::error("ERR EXEC without MULTI") };
+            if std::mem::take(&mut session.multi_failed) {
+                return Wire::error("EXECABORT Transaction discarded because of previous errors.");
+            }
+            let (commands, shapes): (Vec<Command>, Vec<Shape>) = queued.into_iter().unzip();
+            match server.node.multi(commands).await {
+                Err(e) => node_error(e),
+                Ok(replies) => Wire::Array(
+                    replies
+                        .into_iter()
+                        .zip(shapes)
+                        .map(|(reply, shape)| match reply {
+                            Ok(reply) => render::render(reply, shape),
+                            Err(e) => core_error(&e),
+                        })
+                        .collect(),
+                ),
+            }
+        }
     }
 }
 

@@ -119,6 +119,14 @@ impl Node {
         }
     }
 
+    /// Applies MULTI's queued commands in one entry.
+    pub async fn multi(&self, commands: Vec<Command>) -> Result<Vec<fencelock_core::Result<Reply>>, NodeError> {
+        match self.propose(Op::Multi(commands)).await? {
+            Applied::Multi(replies) => Ok(replies),
+            other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
     /// Runs a script through the log: its reply, or its error text (rolled back).
     pub async fn eval(
         &self,

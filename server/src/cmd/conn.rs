@@ -68,6 +68,12 @@ pub enum Conn {
     },
     /// READONLY / READWRITE (Redis Cluster's opt-in to stale replica reads).
     ReadOnly(bool),
+    /// MULTI.
+    Multi,
+    /// EXEC.
+    Exec,
+    /// DISCARD.
+    Discard,
 }
 
 fn conn(c: Conn) -> Result<Option<Request>, CmdError> {
@@ -122,6 +128,14 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
                 return Err(CmdError::Other("ERR timeout is negative".into()));
             }
             conn(Conn::Wait { replicas, timeout_ms })
+        }
+        b"MULTI" | b"EXEC" | b"DISCARD" => {
+            a.finish().map_err(|_| a.arity())?;
+            conn(match name {
+                b"MULTI" => Conn::Multi,
+                b"EXEC" => Conn::Exec,
+                _ => Conn::Discard,
+            })
         }
         b"READONLY" | b"READWRITE" => {
             a.finish().map_err(|_| a.arity())?;

@@ -124,7 +124,7 @@ pub fn parse(name: &[u8], a: &mut Args, wall_ms: Option<u64>) -> Result<Option<R
         b"HGETALL" => {
             let key = a.bytes()?;
             a.finish().map_err(|_| a.arity())?;
-            core(Command::HGetAll { key })
+            Ok(Some(Request::Core(Command::HGetAll { key }, Shape::Map)))
         }
         b"LPUSH" | b"RPUSH" => {
             let key = a.bytes()?;

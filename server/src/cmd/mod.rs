@@ -31,6 +31,8 @@ pub enum Shape {
     BlockingPop,
     /// Any success is `+OK` (HMSET).
     Ok,
+    /// A flat `[field, value, ...]` array as a RESP3 map (HGETALL), flat in RESP2.
+    Map,
     /// A grant as a map: fence, holds, ttl (RENEW, with the TTL it asked for).
     Grant(u64),
     /// SESSION.INFO's `[ttl, remaining, owned]` as a map.

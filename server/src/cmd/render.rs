@@ -13,6 +13,14 @@ pub fn render(reply: Reply, shape: Shape) -> Wire {
         (Reply::Bulk(name), Shape::Status) => Wire::StatusOwned(String::from_utf8_lossy(&name).into_owned()),
         (Reply::Nil, Shape::BlockingPop) => Wire::NullArray,
         (_, Shape::Ok) => Wire::Status("OK"),
+        (Reply::Array(flat), Shape::Map) => {
+            let mut items = flat.into_iter().map(plain);
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                pairs.push((k, v));
+            }
+            Wire::Map(pairs)
+        }
         (Reply::Grant(g), Shape::Grant(ttl_ms)) => grant(g, None, Some(ttl_ms)),
         (Reply::Array(items), Shape::SessionInfo) if items.len() == 3 => {
             let mut items = items.into_iter().map(plain);

@@ -56,6 +56,9 @@ pub enum Op {
         /// ARGV.
         args: Vec<Bytes>,
     },
+    /// MULTI ... EXEC: every command applied in this one entry, each answering on its
+    /// own (a failing command does not undo the others, as in Redis).
+    Multi(Vec<Command>),
 }
 
 impl fmt::Display for Proposal {
@@ -74,6 +77,8 @@ pub enum Applied {
     Core(Result<Reply, fencelock_core::Error>),
     /// A script's reply, or its error text (it was rolled back).
     Script(Result<crate::lua::ScriptReply, String>),
+    /// Each queued command's reply, in order.
+    Multi(Vec<Result<Reply, fencelock_core::Error>>),
 }
 
 openraft::declare_raft_types!(

@@ -238,6 +238,17 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                                 self.dispatch(out.events);
                                 Applied::Core(out.reply)
                             }
+                            Op::Multi(commands) => {
+                                let out = inner.core.apply_script(index, proposal.stamp_ms, |s| {
+                                    Ok::<_, std::convert::Infallible>(
+                                        commands.into_iter().map(|c| s.call(c)).collect::<Vec<_>>(),
+                                    )
+                                });
+                                drop(inner);
+                                self.dispatch(out.events);
+                                let Ok(replies) = out.result;
+                                Applied::Multi(replies)
+                            }
                             Op::Eval { script, keys, args } => {
                                 let Inner { core, lua, .. } = &mut *inner;
                                 let out =
