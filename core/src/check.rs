@@ -164,6 +164,7 @@ impl StateMachine {
                 ensure!(owned.remove(&(*id, item.clone())), "session {id} owns {item:?} which does not point back");
             }
         }
+        self.check_identities_and_slots()?;
         ensure!(owned.is_empty(), "resources owned by missing sessions: {owned:?}");
         timers.extend(shared_timers);
         ensure!(
@@ -172,6 +173,71 @@ impl StateMachine {
             timers.len(),
             st.deadlines.len()
         );
+        Ok(())
+    }
+
+    /// Identities fit their packed bytes, every queue slot is its waiter's own slot,
+    /// and barrier members are their waiters' participants: a snapshot that breaks any
+    /// of these would panic later, so `restore` refuses it. (The waiters named here were
+    /// already found to exist.)
+    fn check_identities_and_slots(&self) -> Result<(), String> {
+        let st = &self.st;
+        let fits = |blob: &[u8], owner: u16, token: u16| usize::from(owner) + usize::from(token) <= blob.len();
+        for (name, entry) in &st.locks {
+            for h in entry.holders() {
+                ensure!(fits(&h.blob, h.owner_len, h.token_len), "holder identity of {name:?} overruns its bytes");
+            }
+            for &queued in entry.queue().into_iter().flatten() {
+                let ok = matches!(&st.waiters[&queued.1].kind, WaiterKind::Lock { slot, .. } if *slot == queued);
+                ensure!(ok, "lock waiter {} of {name:?} is not at its own slot", queued.1);
+            }
+        }
+        for (name, sem) in &st.semaphores {
+            for h in &sem.holders {
+                ensure!(
+                    fits(&h.ident.blob, h.ident.owner_len, h.ident.token_len),
+                    "permit identity of {name:?} overruns"
+                );
+            }
+            for &queued in &sem.queue {
+                let ok = matches!(&st.waiters[&queued.1].kind, WaiterKind::Permit { slot, .. } if *slot == queued);
+                ensure!(ok, "permit waiter {} of {name:?} is not at its own slot", queued.1);
+            }
+        }
+        for (name, queue) in &st.queues {
+            for &queued in &queue.poppers {
+                let ok = matches!(&st.waiters[&queued.1].kind, WaiterKind::QueuePop { slot, .. } if *slot == queued);
+                ensure!(ok, "queue waiter {} of {name:?} is not at its own slot", queued.1);
+            }
+        }
+        for (name, barrier) in &st.barriers {
+            for (member, id) in &barrier.members {
+                if *id != 0 {
+                    let ok = matches!(&st.waiters[id].kind, WaiterKind::BarrierArrive { participant, .. } if participant == member);
+                    ensure!(ok, "barrier waiter {id} of {name:?} is not its member");
+                }
+            }
+        }
+        for (name, election) in &st.elections {
+            if let Some(l) = &election.leader {
+                ensure!(
+                    fits(&l.ident.blob, l.ident.owner_len, l.ident.token_len),
+                    "leader identity of {name:?} overruns"
+                );
+            }
+            for &queued in &election.queue {
+                let ok = matches!(&st.waiters[&queued.1].kind, WaiterKind::Campaign { slot, .. } if *slot == queued);
+                ensure!(ok, "campaign waiter {} of {name:?} is not at its own slot", queued.1);
+            }
+        }
+        for (id, waiter) in &st.waiters {
+            if let WaiterKind::Lock { ident, .. }
+            | WaiterKind::Permit { ident, .. }
+            | WaiterKind::Campaign { ident, .. } = &waiter.kind
+            {
+                ensure!(fits(&ident.blob, ident.owner_len, ident.token_len), "waiter {id} identity overruns its bytes");
+            }
+        }
         Ok(())
     }
 }

@@ -357,6 +357,14 @@ pub enum Command {
         /// Head or tail.
         left: bool,
     },
+    /// PUBLISH: stateless; it becomes an `Event::Published` that every node delivers to
+    /// its own subscribers. Replies 0: receivers are counted by the node, not the log.
+    Publish {
+        /// The channel.
+        channel: Bytes,
+        /// The message.
+        message: Bytes,
+    },
     /// BLPOP / BRPOP: pops now, or queues a waiter served in FIFO order by later pushes.
     BlockingPop {
         /// Keys tried in order.
@@ -684,6 +692,13 @@ pub enum Event {
         key: Bytes,
         /// How.
         change: KeyChange,
+    },
+    /// A PUBLISH was applied.
+    Published {
+        /// The channel.
+        channel: Bytes,
+        /// The message.
+        message: Bytes,
     },
     /// An election's leader changed (including to nobody).
     LeaderChanged {

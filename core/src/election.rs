@@ -95,6 +95,7 @@ impl StateMachine {
         }
         let queue_slot = slot(priority, self.index);
         self.st.elections.get_mut(&name).expect("exists").queue.insert(queue_slot);
+        self.mark(Dirty::Election(name.clone()));
         let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
         let kind = WaiterKind::Campaign { name, ident, ttl_ms: request.ttl_ms, slot: queue_slot };
         Ok(Reply::Queued(self.waiter_insert(Waiter { deadline_ms, session, kind })))

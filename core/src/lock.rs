@@ -303,6 +303,11 @@ impl StateMachine {
             assert!(inserted);
         }
         let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
+        // A higher priority can put the new waiter at the head of a free lock's queue
+        // (the queue was non-empty, so the try failed): let the pump look at once.
+        for name in &names {
+            self.mark(Dirty::Lock(name.clone()));
+        }
         let kind = WaiterKind::Lock { names, ident, mode: request.mode, ttl_ms: request.ttl_ms, slot: queue_slot };
         let id = self.waiter_insert(Waiter { deadline_ms, session, kind });
         Ok(Reply::Queued(id))

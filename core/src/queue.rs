@@ -104,6 +104,7 @@ impl StateMachine {
         }
         let queue_slot = slot(priority, self.index);
         self.st.queues.entry(name.clone()).or_default().poppers.insert(queue_slot);
+        self.mark(Dirty::Queue(name.clone()));
         let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
         let id = self.waiter_insert(Waiter {
             deadline_ms,

@@ -52,7 +52,8 @@ fn keys_of(command: &Command) -> Result<Vec<&Bytes>> {
         | Command::Push { key, .. }
         | Command::Pop { key, .. } => vec![key],
         Command::Del { keys } | Command::Exists { keys } => keys.iter().collect(),
-        Command::Keys { .. }
+        Command::Publish { .. }
+        | Command::Keys { .. }
         | Command::Scan { .. }
         | Command::DbSize
         | Command::Fence { .. }

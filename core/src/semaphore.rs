@@ -74,6 +74,8 @@ impl StateMachine {
         }
         let queue_slot = slot(priority, self.index);
         self.semaphore_entry(&name, request.limit).queue.insert(queue_slot);
+        // A higher priority can put this request at the head while permits are free.
+        self.mark(Dirty::Semaphore(name.clone()));
         let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
         let kind = WaiterKind::Permit { name, ident, count: request.count, ttl_ms: request.ttl_ms, slot: queue_slot };
         Ok(Reply::Queued(self.waiter_insert(Waiter { deadline_ms, session, kind })))

@@ -431,6 +431,12 @@ impl StateMachine {
             Command::Push { key, values, left } => self.list_push(&key, values, left),
             Command::Pop { key, count, left } => self.list_pop(&key, count, left),
             Command::BlockingPop { keys, wait_ms, left } => self.list_blocking_pop(&keys, wait_ms, left),
+            Command::Publish { channel, message } => {
+                self.check_key(&channel)?;
+                self.check_value(&message)?;
+                self.emit(Event::Published { channel, message });
+                Ok(Reply::Int(0))
+            }
             Command::SemAcquire(request) => self.semaphore_acquire(request),
             Command::SemRelease { name, token } => self.semaphore_release(&name, &token),
             Command::SemRenew { name, token, ttl_ms } => self.semaphore_renew(&name, &token, ttl_ms),

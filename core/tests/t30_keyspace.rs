@@ -231,3 +231,22 @@ fn blocking_pop_serves_waiters_in_order_and_times_out() {
     d.ok(Command::Set(set("s", "v")));
     assert_eq!(d.err(Command::BlockingPop { keys: vec![b("s")], wait_ms: None, left: true }), Error::WrongType);
 }
+
+#[test]
+fn publish_is_an_event_and_inside_a_failed_script_it_is_not_sent() {
+    let mut d = Driver::default();
+    let out = d.run(Command::Publish { channel: b("ch"), message: b("hi") });
+    assert_eq!(out.reply, Ok(Reply::Int(0)));
+    assert_eq!(out.events, vec![Event::Published { channel: b("ch"), message: b("hi") }]);
+    d.index += 1;
+    let out = d.sm.apply_script(d.index, d.now_ms, |s| -> Result<(), Error> {
+        s.call(Command::Publish { channel: b("ch"), message: b("lost") })?;
+        Err(Error::invalid("fail after publishing"))
+    });
+    assert!(out.events.is_empty(), "a rolled-back script publishes nothing");
+    d.index += 1;
+    let out =
+        d.sm.apply_script(d.index, d.now_ms, |s| s.call(Command::Publish { channel: b("ch"), message: b("kept") }));
+    assert_eq!(out.result, Ok(Reply::Int(0)));
+    assert_eq!(out.events, vec![Event::Published { channel: b("ch"), message: b("kept") }]);
+}
