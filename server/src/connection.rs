@@ -43,6 +43,16 @@ struct Session {
     /// Commands queued since MULTI, and whether queuing one failed (EXEC then aborts).
     multi: Option<Vec<(Command, Shape)>>,
     multi_failed: bool,
+    /// Messages for this connection's subscriptions (None until it first subscribes).
+    messages: Option<tokio::sync::mpsc::Receiver<Wire>>,
+    channels: std::collections::BTreeSet<Bytes>,
+    patterns: std::collections::BTreeSet<Bytes>,
+}
+
+impl Session {
+    fn subscriptions(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
 }
 
 /// Most commands one MULTI may queue.
@@ -63,35 +73,59 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
         quit: false,
         multi: None,
         multi_failed: false,
+        messages: None,
+        channels: Default::default(),
+        patterns: Default::default(),
     };
+    serve_session(&server, &mut stream, &mut session, &mut parser, &mut input, &mut output).await;
+    server.node.sm.shared.pubsub.detach(id);
+}
+
+/// Waits for the next pub/sub message, or forever if not subscribed.
+async fn next_message(messages: &mut Option<tokio::sync::mpsc::Receiver<Wire>>) -> Option<Wire> {
+    match messages {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve_session(
+    server: &Arc<Server>,
+    stream: &mut TcpStream,
+    session: &mut Session,
+    parser: &mut RequestParser,
+    input: &mut BytesMut,
+    output: &mut BytesMut,
+) {
+    let id = session.id;
     loop {
         // Answer every complete request already buffered (pipelining), then write.
         loop {
-            match parser.parse(&mut input) {
+            match parser.parse(input) {
                 Ok(Some(Parsed::Command(args))) => {
-                    let reply = handle(&server, &mut session, args, &mut stream, &mut input).await;
+                    let reply = handle(server, session, args, stream, input).await;
                     match reply {
-                        Some(reply) => reply.encode(session.proto, &mut output),
+                        Some(reply) => reply.encode(session.proto, output),
                         None => return, // the client went away while blocked
                     }
                     server.stats.commands.fetch_add(1, Ordering::Relaxed);
                     if session.quit {
-                        let _ = stream.write_all(&output).await;
+                        let _ = stream.write_all(output).await;
                         return;
                     }
                 }
-                Ok(Some(Parsed::Refused(e))) => Wire::Error(format!("ERR {e}")).encode(session.proto, &mut output),
+                Ok(Some(Parsed::Refused(e))) => Wire::Error(format!("ERR {e}")).encode(session.proto, output),
                 Ok(None) => break,
                 Err(e) => {
                     // The stream cannot be resynchronized: answer, then close (as Redis does).
-                    Wire::Error(format!("ERR {e}")).encode(session.proto, &mut output);
-                    let _ = stream.write_all(&output).await;
+                    Wire::Error(format!("ERR {e}")).encode(session.proto, output);
+                    let _ = stream.write_all(output).await;
                     return;
                 }
             }
         }
         if !output.is_empty() {
-            if stream.write_all(&output).await.is_err() {
+            if stream.write_all(output).await.is_err() {
                 return;
             }
             output.clear();
@@ -101,15 +135,30 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
                 "ERR query buffer of {} bytes exceeds the query-buffer limit ({QUERY_BUFFER_BYTES_MAX}); closing",
                 input.len()
             );
-            Wire::Error(text).encode(session.proto, &mut output);
-            let _ = stream.write_all(&output).await;
+            Wire::Error(text).encode(session.proto, output);
+            let _ = stream.write_all(output).await;
             return;
         }
         input.reserve(READ_CHUNK);
-        match stream.read_buf(&mut input).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        tokio::select! {
+            read = stream.read_buf(input) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            message = next_message(&mut session.messages) => match message {
+                Some(message) => message.encode(session.proto, output),
+                None => {
+                    let text = format!(
+                        "ERR pub/sub queue limit ({} messages) reached: the subscriber is too slow; closing",
+                        crate::pubsub::SUBSCRIBER_QUEUE_MAX
+                    );
+                    Wire::Error(text).encode(session.proto, output);
+                    let _ = stream.write_all(output).await;
+                    return;
+                }
+            },
         }
+        let _ = id;
     }
 }
 
@@ -124,6 +173,7 @@ async fn handle(
     if let Some(client) = server.clients.lock().expect("not poisoned").get_mut(&session.id) {
         client.last_command = String::from_utf8_lossy(&args[0]).to_lowercase();
     }
+    let command_name = String::from_utf8_lossy(&args[0]).to_lowercase();
     let request = match cmd::parse(args) {
         Ok(request) => request,
         Err(e) => {
@@ -133,6 +183,21 @@ async fn handle(
             return Some(e.to_wire());
         }
     };
+    // RESP2 subscribers may only manage subscriptions (RESP3 pushes need no such mode).
+    if session.proto == Proto::Resp2 && session.subscriptions() > 0 {
+        let allowed = matches!(
+            request,
+            Request::Conn(Conn::Subscribe(..) | Conn::Unsubscribe(..) | Conn::Ping(_) | Conn::Quit | Conn::Reset)
+        );
+        if !allowed {
+            return Some(Wire::Error(format!(
+                "ERR Can't execute '{command_name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            )));
+        }
+        if let Request::Conn(Conn::Ping(message)) = &request {
+            return Some(Wire::Array(vec![Wire::text("pong"), Wire::Bulk(message.clone().unwrap_or_default())]));
+        }
+    }
     if session.multi.is_some()
         && !matches!(request, Request::Conn(Conn::Exec | Conn::Discard | Conn::Multi | Conn::Quit | Conn::Reset))
     {
@@ -196,46 +261,85 @@ async fn core_command(
     stream: &mut TcpStream,
     input: &mut BytesMut,
 ) -> Option<Wire> {
+    let pop_left = match &command {
+        Command::BlockingPop { left, .. } => *left,
+        _ => true,
+    };
     match run(server, command).await {
         Err(e) => Some(node_error(e)),
         Ok(Err(e)) => Some(core_error(&e)),
-        Ok(Ok(Reply::Queued(waiter))) => {
-            let event = wait_for(server, waiter, stream, input).await?;
-            Some(match event {
-                Event::Popped { key, value, .. } => Wire::Array(vec![Wire::Bulk(key), Wire::Bulk(value)]),
-                Event::WaitEnded { .. } => render::render(Reply::Nil, shape),
-                other => Wire::Error(format!("ERR unexpected event {other:?}")),
-            })
-        }
+        Ok(Ok(Reply::Queued(waiter))) => match wait_for(server, waiter, stream, input).await {
+            Waited::Event(Event::Popped { key, value, .. }) => {
+                Some(Wire::Array(vec![Wire::Bulk(key), Wire::Bulk(value)]))
+            }
+            Waited::Event(Event::WaitEnded { .. }) => Some(render::render(Reply::Nil, shape)),
+            Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),
+            Waited::Gone(Some(Event::Popped { key, value, .. })) => {
+                // Popped for a client that is gone: put the element back where it came
+                // from, so an acknowledged push is never lost.
+                let _ = server.node.write(Command::Push { key, values: vec![value], left: pop_left }).await;
+                None
+            }
+            Waited::Gone(_) => None,
+        },
         Ok(Ok(reply)) => Some(render::render(reply, shape)),
     }
 }
 
+/// True if the peer has closed its side (EOF is readable now). Bytes that arrived are
+/// kept in `input`.
+fn peer_gone(stream: &TcpStream, input: &mut BytesMut) -> bool {
+    input.reserve(READ_CHUNK);
+    matches!(stream.try_read_buf(input), Ok(0))
+}
+
+/// How a wait ended.
+enum Waited {
+    /// The event arrived while the client was there.
+    Event(Event),
+    /// The client went away. The wait was cancelled through the log; an event that was
+    /// applied before the cancel (a grant, a pop) came with it and must be undone.
+    Gone(Option<Event>),
+}
+
 /// Waits for a queued request's event. While waiting, bytes the client sends are
-/// buffered (it is blocked, as in Redis); if it disconnects, the wait is cancelled
-/// through the log and `None` is returned.
-async fn wait_for(server: &Arc<Server>, waiter: u64, stream: &mut TcpStream, input: &mut BytesMut) -> Option<Event> {
+/// buffered (it is blocked, as in Redis). If it disconnects, the wait is cancelled
+/// through the log; once the cancel is applied, every event for the waiter that was
+/// applied before it is in the channel, so nothing granted to the dead client is missed.
+async fn wait_for(server: &Arc<Server>, waiter: u64, stream: &mut TcpStream, input: &mut BytesMut) -> Waited {
     let Some(mut events) = server.node.sm.shared.waiters.take(waiter) else {
-        return Some(Event::WaitEnded { waiter, reason: WaitEnd::Cancelled });
+        return Waited::Event(Event::WaitEnded { waiter, reason: WaitEnd::Cancelled });
     };
     server.stats.blocked.fetch_add(1, Ordering::Relaxed);
     let outcome = loop {
         tokio::select! {
-            event = &mut events => break event.ok(),
+            // The socket first: a client that left must not be handed a grant.
+            biased;
             read = stream.read_buf(input) => match read {
                 Ok(0) | Err(_) => break None,
                 Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => break None,
                 Ok(_) => {}
             },
+            event = &mut events => match event {
+                // The peer's FIN may have arrived in the same instant as the event.
+                Ok(event) if peer_gone(stream, input) => {
+                    server.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+                    let _ = server.node.write(Command::CancelWait { waiter }).await;
+                    return Waited::Gone(Some(event));
+                }
+                Ok(event) => break Some(event),
+                Err(_) => break None,
+            },
         }
     };
     server.stats.blocked.fetch_sub(1, Ordering::Relaxed);
-    if outcome.is_none() {
-        // Gone: make sure nothing is granted to this connection any more. If the grant
-        // already happened, the lock simply expires with its TTL.
-        let _ = server.node.write(Command::CancelWait { waiter }).await;
+    match outcome {
+        Some(event) => Waited::Event(event),
+        None => {
+            let _ = server.node.write(Command::CancelWait { waiter }).await;
+            Waited::Gone(events.try_recv().ok())
+        }
     }
-    outcome
 }
 
 async fn lock_command(
@@ -245,23 +349,28 @@ async fn lock_command(
     input: &mut BytesMut,
 ) -> Option<Wire> {
     let token = request.token.clone();
+    let names = request.names.clone();
     let ttl_ms = request.ttl_ms;
     match server.node.write(Command::Lock(request)).await {
         Err(e) => Some(node_error(e)),
         Ok(Err(Error::Locked)) => Some(Wire::Null),
         Ok(Err(e)) => Some(core_error(&e)),
         Ok(Ok(Reply::Grant(grant))) => Some(render::grant(grant, Some(token), Some(ttl_ms))),
-        Ok(Ok(Reply::Queued(waiter))) => {
-            let event = wait_for(server, waiter, stream, input).await?;
-            Some(match event {
-                Event::Granted { grant, .. } => render::grant(grant, Some(token), Some(ttl_ms)),
-                Event::WaitEnded { reason: WaitEnd::SessionEnded, .. } => {
-                    Wire::error("NOSESSION the session ended while waiting for the lock")
-                }
-                Event::WaitEnded { .. } => Wire::Null,
-                other => Wire::Error(format!("ERR unexpected event {other:?}")),
-            })
-        }
+        Ok(Ok(Reply::Queued(waiter))) => match wait_for(server, waiter, stream, input).await {
+            Waited::Event(Event::Granted { grant, .. }) => Some(render::grant(grant, Some(token), Some(ttl_ms))),
+            Waited::Event(Event::WaitEnded { reason: WaitEnd::SessionEnded, .. }) => {
+                Some(Wire::error("NOSESSION the session ended while waiting for the lock"))
+            }
+            Waited::Event(Event::WaitEnded { .. }) => Some(Wire::Null),
+            Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),
+            Waited::Gone(Some(Event::Granted { .. })) => {
+                // Granted to a client that is gone: give it back at once rather than
+                // leaving the lock held for its whole TTL.
+                let _ = server.node.write(Command::Unlock { names, token }).await;
+                None
+            }
+            Waited::Gone(_) => None,
+        },
         Ok(Ok(other)) => Some(render::plain(other)),
     }
 }
@@ -357,6 +466,11 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             Wire::Status("OK")
         }
         Conn::Reset => {
+            server.node.sm.shared.pubsub.detach(session.id);
+            session.messages = None;
+            session.channels.clear();
+            session.patterns.clear();
+            session.multi = None;
             session.proto = Proto::Resp2;
             session.authenticated = server.config.requirepass.is_none();
             session.cursors.clear();
@@ -409,7 +523,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             Wire::Bulk(Bytes::from(info::client_list(server, only_self.then_some(session.id))))
         }
         Conn::Info(sections) => Wire::Bulk(Bytes::from(info::info(server, &sections))),
-        Conn::Command(sub) => info::command(&sub),
+        Conn::Command(sub, names) => info::command(&sub, &names),
         Conn::Time => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             Wire::Array(vec![
@@ -421,6 +535,59 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         // replicas, so WAIT reports 0 acknowledging replicas at once.
         Conn::Wait { .. } => Wire::Int(0),
         Conn::ReadOnly(_) => Wire::Status("OK"),
+        Conn::Subscribe(names, pattern) => {
+            let hub = &server.node.sm.shared.pubsub;
+            if session.messages.is_none() {
+                session.messages = Some(hub.attach(session.id));
+            }
+            let mut replies = Vec::with_capacity(names.len());
+            for name in names {
+                hub.subscribe(session.id, name.clone(), pattern);
+                if pattern {
+                    session.patterns.insert(name.clone());
+                } else {
+                    session.channels.insert(name.clone());
+                }
+                let kind = if pattern { "psubscribe" } else { "subscribe" };
+                replies.push(Wire::Push(vec![
+                    Wire::text(kind),
+                    Wire::Bulk(name),
+                    Wire::Int(session.subscriptions() as i64),
+                ]));
+            }
+            Wire::Sequence(replies)
+        }
+        Conn::Unsubscribe(names, pattern) => {
+            let hub = &server.node.sm.shared.pubsub;
+            let names: Vec<Bytes> = if names.is_empty() {
+                if pattern {
+                    session.patterns.iter().cloned().collect()
+                } else {
+                    session.channels.iter().cloned().collect()
+                }
+            } else {
+                names
+            };
+            let kind = if pattern { "punsubscribe" } else { "unsubscribe" };
+            if names.is_empty() {
+                return Wire::Push(vec![Wire::text(kind), Wire::Null, Wire::Int(session.subscriptions() as i64)]);
+            }
+            let mut replies = Vec::with_capacity(names.len());
+            for name in names {
+                hub.unsubscribe(session.id, &name, pattern);
+                if pattern {
+                    session.patterns.remove(&name);
+                } else {
+                    session.channels.remove(&name);
+                }
+                replies.push(Wire::Push(vec![
+                    Wire::text(kind),
+                    Wire::Bulk(name),
+                    Wire::Int(session.subscriptions() as i64),
+                ]));
+            }
+            Wire::Sequence(replies)
+        }
         Conn::Multi if session.multi.is_some() => Wire::error("ERR MULTI calls can not be nested"),
         Conn::Multi => {
             session.multi = Some(Vec::new());
@@ -456,6 +623,12 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
 
 fn authenticate(server: &Server, session: &mut Session, user: Option<&Bytes>, password: &[u8]) -> Wire {
     let Some(expected) = &server.config.requirepass else {
+        // Like Redis's default user with nopass: a user+password AUTH (and HELLO AUTH)
+        // succeeds; a password-only AUTH is a configuration mistake worth reporting.
+        if user.is_some() {
+            session.authenticated = true;
+            return Wire::Status("OK");
+        }
         return Wire::error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         );

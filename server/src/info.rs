@@ -170,7 +170,7 @@ const COMMANDS: &[(&str, i64, i64, i64)] = &[
 ];
 
 /// COMMAND, COMMAND COUNT, COMMAND DOCS, COMMAND INFO.
-pub fn command(sub: &[u8]) -> Wire {
+pub fn command(sub: &[u8], names: &[Bytes]) -> Wire {
     if sub.eq_ignore_ascii_case(b"COUNT") {
         return Wire::Int(COMMANDS.len() as i64);
     }
@@ -178,23 +178,32 @@ pub fn command(sub: &[u8]) -> Wire {
         // redis-cli falls back to its built-in hints when docs are empty.
         return Wire::Map(Vec::new());
     }
-    if !sub.is_empty() && !sub.eq_ignore_ascii_case(b"INFO") {
+    if sub.eq_ignore_ascii_case(b"INFO") {
+        // COMMAND INFO name ...: only the names asked for (unknown ones are nil).
+        return Wire::Array(
+            names
+                .iter()
+                .map(|n| {
+                    let n = String::from_utf8_lossy(n).to_lowercase();
+                    COMMANDS.iter().find(|c| c.0 == n).map_or(Wire::Null, command_entry)
+                })
+                .collect(),
+        );
+    }
+    if !sub.is_empty() {
         let sub = String::from_utf8_lossy(sub).to_lowercase();
         return Wire::Error(format!("ERR unknown subcommand '{sub}'. Try COMMAND HELP."));
     }
-    Wire::Array(
-        COMMANDS
-            .iter()
-            .map(|(name, arity, first, last)| {
-                Wire::Array(vec![
-                    Wire::text(name),
-                    Wire::Int(*arity),
-                    Wire::Array(Vec::new()),
-                    Wire::Int(*first),
-                    Wire::Int(*last),
-                    Wire::Int(i64::from(*first != 0)),
-                ])
-            })
-            .collect(),
-    )
+    Wire::Array(COMMANDS.iter().map(command_entry).collect())
+}
+
+fn command_entry(&(name, arity, first, last): &(&'static str, i64, i64, i64)) -> Wire {
+    Wire::Array(vec![
+        Wire::text(name),
+        Wire::Int(arity),
+        Wire::Array(Vec::new()),
+        Wire::Int(first),
+        Wire::Int(last),
+        Wire::Int(i64::from(first != 0)),
+    ])
 }

@@ -17,6 +17,7 @@ pub mod errors;
 pub mod info;
 pub mod lua;
 pub mod node;
+pub mod pubsub;
 pub mod raft;
 pub mod resp;
 pub mod server;

@@ -423,7 +423,7 @@ fn to_lua(lua: &Lua, wire: &Wire) -> mlua::Result<Value> {
         Wire::Null | Wire::NullArray => Value::Boolean(false),
         Wire::Bool(b) => Value::Integer(i64::from(*b)),
         Wire::Double(d) => Value::String(lua.create_string(d.to_string())?),
-        Wire::Array(items) | Wire::Push(items) => {
+        Wire::Array(items) | Wire::Push(items) | Wire::Sequence(items) => {
             let t = lua.create_table()?;
             for (i, item) in items.iter().enumerate() {
                 t.raw_set(i + 1, to_lua(lua, item)?)?;

@@ -55,8 +55,8 @@ pub enum Conn {
     },
     /// INFO [section ...].
     Info(Vec<Bytes>),
-    /// COMMAND, COMMAND COUNT, COMMAND DOCS, COMMAND INFO.
-    Command(Bytes),
+    /// COMMAND, COMMAND COUNT, COMMAND DOCS, COMMAND INFO (with its names).
+    Command(Bytes, Vec<Bytes>),
     /// TIME.
     Time,
     /// WAIT numreplicas timeout.
@@ -68,6 +68,10 @@ pub enum Conn {
     },
     /// READONLY / READWRITE (Redis Cluster's opt-in to stale replica reads).
     ReadOnly(bool),
+    /// SUBSCRIBE / PSUBSCRIBE (`true`: patterns).
+    Subscribe(Vec<Bytes>, bool),
+    /// UNSUBSCRIBE / PUNSUBSCRIBE; empty means all.
+    Unsubscribe(Vec<Bytes>, bool),
     /// MULTI.
     Multi,
     /// EXEC.
@@ -115,7 +119,14 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
         }
         b"CLIENT" => parse_client(a),
         b"INFO" => conn(Conn::Info(a.rest())),
-        b"COMMAND" => conn(Conn::Command(a.optional().unwrap_or_default())),
+        b"COMMAND" => {
+            let sub = a.optional().unwrap_or_default();
+            let names = a.rest();
+            if sub.eq_ignore_ascii_case(b"COUNT") && !names.is_empty() {
+                return Err(CmdError::Other("ERR wrong number of arguments for 'command|count' command".into()));
+            }
+            conn(Conn::Command(sub, names))
+        }
         b"TIME" => {
             a.finish().map_err(|_| a.arity())?;
             conn(Conn::Time)
@@ -129,6 +140,11 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             }
             conn(Conn::Wait { replicas, timeout_ms })
         }
+        b"SUBSCRIBE" | b"PSUBSCRIBE" => {
+            a.arity_min(1)?;
+            conn(Conn::Subscribe(a.rest(), name == b"PSUBSCRIBE"))
+        }
+        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" => conn(Conn::Unsubscribe(a.rest(), name == b"PUNSUBSCRIBE")),
         b"MULTI" | b"EXEC" | b"DISCARD" => {
             a.finish().map_err(|_| a.arity())?;
             conn(match name {

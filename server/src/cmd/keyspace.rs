@@ -141,7 +141,14 @@ pub fn parse(name: &[u8], a: &mut Args, wall_ms: Option<u64>) -> Result<Option<R
                 }
             };
             a.finish().map_err(|_| a.arity())?;
-            core(Command::Pop { key, count, left: name == b"LPOP" })
+            let shape = if count.is_some() { Shape::NullArray } else { Shape::Plain };
+            Ok(Some(Request::Core(Command::Pop { key, count, left: name == b"LPOP" }, shape)))
+        }
+        b"PUBLISH" => {
+            let channel = a.bytes()?;
+            let message = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            core(Command::Publish { channel, message })
         }
         b"BLPOP" | b"BRPOP" => {
             a.arity_min(2)?;

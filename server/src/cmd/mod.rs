@@ -33,6 +33,8 @@ pub enum Shape {
     Ok,
     /// A flat `[field, value, ...]` array as a RESP3 map (HGETALL), flat in RESP2.
     Map,
+    /// Nil is a null array (LPOP / RPOP with a count, as Redis 7 answers).
+    NullArray,
     /// A grant as a map: fence, holds, ttl (RENEW, with the TTL it asked for).
     Grant(u64),
     /// SESSION.INFO's `[ttl, remaining, owned]` as a map.

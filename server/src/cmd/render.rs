@@ -11,7 +11,7 @@ pub fn render(reply: Reply, shape: Shape) -> Wire {
     match (reply, shape) {
         (Reply::Int(ms), Shape::Seconds) if ms >= 0 => Wire::Int((ms + 500) / 1000),
         (Reply::Bulk(name), Shape::Status) => Wire::StatusOwned(String::from_utf8_lossy(&name).into_owned()),
-        (Reply::Nil, Shape::BlockingPop) => Wire::NullArray,
+        (Reply::Nil, Shape::BlockingPop | Shape::NullArray) => Wire::NullArray,
         (_, Shape::Ok) => Wire::Status("OK"),
         (Reply::Array(flat), Shape::Map) => {
             let mut items = flat.into_iter().map(plain);

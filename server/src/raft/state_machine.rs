@@ -95,8 +95,10 @@ pub struct Shared {
     pub inner: Mutex<Inner>,
     /// Waiting connections.
     pub waiters: Waiters,
-    /// Every event, for watchers and pub/sub (lagging receivers drop old events).
+    /// Every event, for watchers (lagging receivers drop old events).
     pub events: broadcast::Sender<Arc<Event>>,
+    /// This node's pub/sub subscribers.
+    pub pubsub: crate::pubsub::Hub,
     dir: PathBuf,
     limits: Limits,
 }
@@ -130,8 +132,14 @@ impl SmStore {
             inner.current = Some(file);
         }
         let (events, _) = broadcast::channel(4096);
-        let shared =
-            Shared { inner: Mutex::new(inner), waiters: Waiters::default(), events, dir: dir.to_path_buf(), limits };
+        let shared = Shared {
+            inner: Mutex::new(inner),
+            waiters: Waiters::default(),
+            events,
+            pubsub: crate::pubsub::Hub::default(),
+            dir: dir.to_path_buf(),
+            limits,
+        };
         Ok(SmStore { shared: Arc::new(shared) })
     }
 
@@ -157,9 +165,15 @@ impl Inner {
 }
 
 impl SmStore {
-    /// Hands each event to the waiter it names, or to the broadcast for watchers.
-    fn dispatch(&self, events: Vec<Event>) {
+    /// Hands each event to the waiter it names, pub/sub messages to subscribers, the
+    /// rest to the broadcast for watchers. Returns how many subscribers got messages.
+    fn dispatch(&self, events: Vec<Event>) -> usize {
+        let mut delivered = 0;
         for event in events {
+            if let Event::Published { channel, message } = &event {
+                delivered += self.shared.pubsub.publish(channel, message);
+                continue;
+            }
             let waiter = match &event {
                 Event::Granted { waiter, .. }
                 | Event::Popped { waiter, .. }
@@ -175,6 +189,7 @@ impl SmStore {
                 }
             }
         }
+        delivered
     }
 }
 
@@ -228,6 +243,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                         let index = entry.log_id.index;
                         match proposal.op {
                             Op::Core(command) => {
+                                let publish = matches!(command, fencelock_core::Command::Publish { .. });
                                 let out = inner.core.apply(index, proposal.stamp_ms, command);
                                 drop(inner);
                                 if responder.is_some() {
@@ -235,8 +251,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                                         self.shared.waiters.register(*waiter);
                                     }
                                 }
-                                self.dispatch(out.events);
-                                Applied::Core(out.reply)
+                                let delivered = self.dispatch(out.events);
+                                match out.reply {
+                                    // PUBLISH answers how many of this node's subscribers got it.
+                                    Ok(Reply::Int(0)) if publish => Applied::Core(Ok(Reply::Int(delivered as i64))),
+                                    reply => Applied::Core(reply),
+                                }
                             }
                             Op::Multi(commands) => {
                                 let out = inner.core.apply_script(index, proposal.stamp_ms, |s| {

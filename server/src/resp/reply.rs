@@ -43,6 +43,8 @@ pub enum Wire {
     Bool(bool),
     /// RESP3 double; a bulk string in RESP2.
     Double(f64),
+    /// Several replies to one command, one after another (SUBSCRIBE a b answers twice).
+    Sequence(Vec<Wire>),
 }
 
 impl Wire {
@@ -75,6 +77,7 @@ impl Wire {
                     line(out, b'*', itoa(items.len() as i64).as_bytes());
                     stack.extend(items.iter().rev());
                 }
+                Wire::Sequence(items) => stack.extend(items.iter().rev()),
                 Wire::Push(items) => {
                     let kind = if proto == Proto::Resp3 { b'>' } else { b'*' };
                     line(out, kind, itoa(items.len() as i64).as_bytes());

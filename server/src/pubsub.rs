@@ -1,0 +1,125 @@
+//! Pub/sub delivery to this node's subscribers.
+//!
+//! PUBLISH goes through the log (so scripts can publish, and in a cluster every node
+//! delivers to its own subscribers); applying it hands the message to this hub. Each
+//! subscribed connection has a bounded queue: a subscriber that falls
+//! `SUBSCRIBER_QUEUE_MAX` messages behind is dropped (its connection is closed with a
+//! reason), as Redis's pubsub output-buffer limit does, so a slow reader cannot grow
+//! the server's memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::resp::Wire;
+
+/// Messages queued per subscribed connection before it is dropped.
+pub const SUBSCRIBER_QUEUE_MAX: usize = 4_096;
+
+#[derive(Default)]
+struct Inner {
+    channels: HashMap<Bytes, BTreeSet<u64>>,
+    patterns: BTreeMap<Bytes, BTreeSet<u64>>,
+    senders: HashMap<u64, mpsc::Sender<Wire>>,
+}
+
+/// Subscriptions of this node's connections.
+#[derive(Default)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+}
+
+impl Hub {
+    /// Registers a connection's queue (once, at its first subscription).
+    pub fn attach(&self, conn: u64) -> mpsc::Receiver<Wire> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
+        self.inner.lock().expect("not poisoned").senders.insert(conn, tx);
+        rx
+    }
+
+    /// Subscribes `conn` to a channel (`pattern`: a glob).
+    pub fn subscribe(&self, conn: u64, name: Bytes, pattern: bool) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        let map =
+            if pattern { inner.patterns.entry(name).or_default() } else { inner.channels.entry(name).or_default() };
+        map.insert(conn);
+    }
+
+    /// Unsubscribes `conn` from one channel or pattern.
+    pub fn unsubscribe(&self, conn: u64, name: &Bytes, pattern: bool) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        if pattern {
+            if let Some(set) = inner.patterns.get_mut(name) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    inner.patterns.remove(name);
+                }
+            }
+        } else if let Some(set) = inner.channels.get_mut(name) {
+            set.remove(&conn);
+            if set.is_empty() {
+                inner.channels.remove(name);
+            }
+        }
+    }
+
+    /// Forgets a connection entirely (it closed, or overflowed).
+    pub fn detach(&self, conn: u64) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        Self::drop_conn(&mut inner, conn);
+    }
+
+    fn drop_conn(inner: &mut Inner, conn: u64) {
+        inner.senders.remove(&conn);
+        inner.channels.retain(|_, set| {
+            set.remove(&conn);
+            !set.is_empty()
+        });
+        inner.patterns.retain(|_, set| {
+            set.remove(&conn);
+            !set.is_empty()
+        });
+    }
+
+    /// Delivers a message; returns how many subscriptions received it (Redis's count).
+    pub fn publish(&self, channel: &Bytes, message: &Bytes) -> usize {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        let mut deliveries: Vec<(u64, Wire)> = Vec::new();
+        if let Some(set) = inner.channels.get(channel) {
+            for &conn in set {
+                let push = vec![Wire::text("message"), Wire::Bulk(channel.clone()), Wire::Bulk(message.clone())];
+                deliveries.push((conn, Wire::Push(push)));
+            }
+        }
+        for (pattern, set) in &inner.patterns {
+            if fencelock_core::glob::matches(pattern, channel) {
+                for &conn in set {
+                    let push = vec![
+                        Wire::text("pmessage"),
+                        Wire::Bulk(pattern.clone()),
+                        Wire::Bulk(channel.clone()),
+                        Wire::Bulk(message.clone()),
+                    ];
+                    deliveries.push((conn, Wire::Push(push)));
+                }
+            }
+        }
+        let mut delivered = 0;
+        let mut overflowed = Vec::new();
+        for (conn, push) in deliveries {
+            match inner.senders.get(&conn).map(|tx| tx.try_send(push)) {
+                Some(Ok(())) => delivered += 1,
+                Some(Err(mpsc::error::TrySendError::Full(_))) => overflowed.push(conn),
+                _ => {}
+            }
+        }
+        for conn in overflowed {
+            // Dropping the sender ends the connection's stream of messages: it then
+            // closes with the reason.
+            Self::drop_conn(&mut inner, conn);
+        }
+        delivered
+    }
+}

@@ -1,0 +1,133 @@
+//! openraft's storage conformance suite (`openraft::testing::log::Suite`) against the
+//! real log store (the segmented WAL) and the state-machine adapter, each store in its
+//! own temporary directory, plus reopen checks the suite does not make: what a store
+//! reports after it is dropped and opened again on the same directory.
+
+use std::io;
+
+use fencelock_core::Limits;
+use fencelock_server::raft::log_store::LogStore;
+use fencelock_server::raft::state_machine::SmStore;
+use fencelock_server::raft::{Entry, LogId, TypeConfig, Vote};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{ErrorSubject, ErrorVerb, StorageError};
+use tempfile::TempDir;
+
+struct Builder;
+
+fn store_error(e: io::Error) -> StorageError<TypeConfig> {
+    StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Read, e)
+}
+
+impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, SmStore), StorageError<TypeConfig>> {
+        let dir = tempfile::Builder::new().prefix("fencelock-suite-").tempdir().map_err(store_error)?;
+        let log = LogStore::open(&dir.path().join("raft")).map_err(store_error)?;
+        let sm = SmStore::open(&dir.path().join("state"), Limits::default()).map_err(store_error)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() {
+    Suite::test_all(Builder).await.expect("openraft's storage suite passes");
+}
+
+// --- Reopen: durability the suite does not check. ---
+
+fn log_id(term: u64, index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(term, 1, index)
+}
+
+fn blank(term: u64, index: u64) -> Entry {
+    Entry::new_blank(log_id(term, index))
+}
+
+async fn append(store: &mut LogStore, entries: Vec<Entry>) {
+    // Our append is durable when it returns; the callback is for openraft.
+    store.append(entries, IOFlushed::<TypeConfig>::noop()).await.expect("append");
+}
+
+async fn log_ids(store: &mut LogStore) -> Vec<LogId> {
+    let entries = store.try_get_log_entries(0..u64::MAX).await.expect("read");
+    entries.iter().map(|e| e.log_id()).collect()
+}
+
+#[tokio::test]
+async fn log_store_state_survives_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("raft");
+    {
+        let mut store = LogStore::open(&path).expect("open");
+        let vote = Vote::new(3, 1);
+        store.save_vote(&vote).await.expect("save vote");
+        append(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
+        // A new leader overwrites 8.. with entries of term 2.
+        store.truncate_after(Some(log_id(1, 7))).await.expect("truncate");
+        append(&mut store, (8..=12).map(|i| blank(2, i)).collect()).await;
+        store.purge(log_id(1, 4)).await.expect("purge");
+    }
+    let mut store = LogStore::open(&path).expect("reopen");
+    assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new(3, 1)));
+    let state = store.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 12)));
+    let expected: Vec<LogId> = (5..=7).map(|i| log_id(1, i)).chain((8..=12).map(|i| log_id(2, i))).collect();
+    assert_eq!(log_ids(&mut store).await, expected);
+    // Appending after the reopen continues the log.
+    append(&mut store, vec![blank(2, 13)]).await;
+    drop(store);
+    let mut store = LogStore::open(&path).expect("reopen again");
+    assert_eq!(store.get_log_state().await.expect("log state").last_log_id, Some(log_id(2, 13)));
+}
+
+#[tokio::test]
+async fn log_store_purged_to_the_end_survives_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("raft");
+    {
+        let mut store = LogStore::open(&path).expect("open");
+        append(&mut store, (1..=5).map(|i| blank(1, i)).collect()).await;
+        store.purge(log_id(1, 5)).await.expect("purge all");
+    }
+    let mut store = LogStore::open(&path).expect("reopen");
+    let state = store.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 5)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+    assert_eq!(log_ids(&mut store).await, vec![]);
+    append(&mut store, vec![blank(1, 6), blank(1, 7)]).await;
+    drop(store);
+    let mut store = LogStore::open(&path).expect("reopen again");
+    assert_eq!(log_ids(&mut store).await, vec![log_id(1, 6), log_id(1, 7)]);
+}
+
+#[tokio::test]
+async fn state_machine_snapshot_survives_reopen() {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use std::collections::BTreeSet;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("state");
+    let members: BTreeSet<u64> = [1, 2, 3].into();
+    let entries = vec![
+        openraft::testing::blank_ent::<TypeConfig>(1, 1, 1),
+        openraft::testing::membership_ent::<TypeConfig>(1, 1, 2, vec![members]),
+        openraft::testing::blank_ent::<TypeConfig>(2, 1, 3),
+    ];
+    let (applied, membership, meta) = {
+        let mut sm = SmStore::open(&path, Limits::default()).expect("open");
+        let stream = futures_util::stream::iter(entries.into_iter().map(|entry| Ok((entry, None))));
+        sm.apply(stream).await.expect("apply");
+        let (applied, membership) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied, Some(log_id(2, 3)));
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 3)));
+        (applied, membership, snapshot.meta)
+    };
+    let mut sm = SmStore::open(&path, Limits::default()).expect("reopen");
+    assert_eq!(sm.applied_state().await.expect("applied state"), (applied, membership));
+    let current = sm.get_current_snapshot().await.expect("current snapshot").expect("a snapshot");
+    assert_eq!(current.meta, meta);
+}
