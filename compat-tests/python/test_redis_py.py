@@ -171,3 +171,52 @@ def test_auth_required(auth_server):
     assert redis.Redis(port=auth_server.port, password="s3cret", protocol=2).ping()
     with pytest.raises((redis.exceptions.AuthenticationError, ResponseError)):
         redis.Redis(port=auth_server.port).get("k")
+
+
+def wait_message(pubsub, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message:
+            return message
+    return None
+
+
+def test_pubsub_channels_patterns_and_script_publish(r, server):
+    sub = redis.Redis(port=server.port, protocol=r.get_connection_kwargs().get("protocol", 2)).pubsub()
+    sub.subscribe(f"{r.p}:events")
+    sub.psubscribe(f"{r.p}:lock:*")
+    # Wait until both subscriptions are confirmed.
+    confirmations = 0
+    deadline = time.time() + 5
+    while confirmations < 2 and time.time() < deadline:
+        m = sub.get_message(timeout=0.1)
+        if m and m["type"] in ("subscribe", "psubscribe"):
+            confirmations += 1
+    assert confirmations == 2
+    assert r.publish(f"{r.p}:events", "hello") == 1
+    m = wait_message(sub)
+    assert m["type"] == "message" and m["data"] == b"hello"
+    # Redisson's unlock publishes from inside its script: redis.call(ARGV[n], channel, msg).
+    r.eval("return redis.call(ARGV[1], KEYS[1], ARGV[2])", 1, f"{r.p}:lock:orders", "PUBLISH", "released")
+    m = wait_message(sub)
+    assert m["type"] == "pmessage" and m["channel"] == f"{r.p}:lock:orders".encode() and m["data"] == b"released"
+    sub.unsubscribe()
+    sub.punsubscribe()
+    sub.close()
+
+
+def test_resp2_subscribed_connection_may_only_manage_subscriptions(server):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    s.sendall(b"SUBSCRIBE ch\r\n")
+    time.sleep(0.2)
+    assert s.recv(4096) == b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    s.sendall(b"GET k\r\n")
+    time.sleep(0.2)
+    assert s.recv(4096).startswith(b"-ERR Can't execute 'get'")
+    s.sendall(b"PING\r\n")
+    time.sleep(0.2)
+    assert s.recv(4096) == b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+    s.close()
