@@ -9,7 +9,7 @@ use super::Request;
 /// Connection-level commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conn {
-    /// PING [message].
+    /// PING `[message]`.
     Ping(Option<Bytes>),
     /// ECHO message.
     Echo(Bytes),
@@ -26,7 +26,7 @@ pub enum Conn {
         /// SETNAME.
         name: Option<Bytes>,
     },
-    /// AUTH [user] pass.
+    /// `AUTH [user] pass`.
     Auth {
         /// The user (`default` when omitted).
         user: Option<Bytes>,
