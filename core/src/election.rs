@@ -181,8 +181,7 @@ impl StateMachine {
         let Some(id) = self.election_find(&name, |i| i.owner() == to) else {
             return Err(Error::invalid("no such candidate is waiting"));
         };
-        let session = self.st.waiters[&id].session;
-        if session != 0 && !self.session_live(session) {
+        if !self.waiter_alive(id) {
             return Err(Error::invalid("no such candidate is waiting"));
         }
         let leader = self.election_remove_leader(&name);
@@ -247,8 +246,7 @@ impl StateMachine {
                 return;
             }
             let Some(&(_, id)) = election.queue.first() else { break };
-            let session = self.st.waiters[&id].session;
-            if session != 0 && !self.session_live(session) {
+            if !self.waiter_alive(id) {
                 continue;
             }
             self.election_grant_waiter(name, id);

@@ -529,17 +529,13 @@ impl StateMachine {
     }
 
     fn lock_waiter_ready(&mut self, id: u64) -> Ready {
-        let waiter = &self.st.waiters[&id];
-        let session = waiter.session;
-        let WaiterKind::Lock { names, mode, slot: queue_slot, .. } = &waiter.kind else {
+        if !self.waiter_alive(id) {
+            return Ready::Gone;
+        }
+        let WaiterKind::Lock { names, mode, slot: queue_slot, .. } = &self.st.waiters[&id].kind else {
             panic!("lock queues hold lock waiters")
         };
         let (names, mode, queue_slot) = (names.clone(), *mode, *queue_slot);
-        // etcd #11456: a waiter whose session has ended must never be granted.
-        if session != 0 && !self.session_live(session) {
-            assert!(!self.st.waiters.contains_key(&id), "ending a session ends its waits");
-            return Ready::Gone;
-        }
         for name in &names {
             self.lock_expire_due(name);
         }

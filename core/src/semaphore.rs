@@ -184,12 +184,12 @@ impl StateMachine {
             let Some(sem) = self.st.semaphores.get(name) else { return };
             let Some(&(_, id)) = sem.queue.first() else { break };
             let (limit, used) = (sem.limit, sem.used);
+            if !self.waiter_alive(id) {
+                continue;
+            }
             let waiter = &self.st.waiters[&id];
             let session = waiter.session;
             let WaiterKind::Permit { count, .. } = waiter.kind else { panic!("permit waiter") };
-            if session != 0 && !self.session_live(session) {
-                continue;
-            }
             if used + count > limit {
                 break;
             }

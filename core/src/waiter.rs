@@ -98,6 +98,19 @@ impl StateMachine {
         waiter
     }
 
+    /// Whether a waiter may still be granted. etcd #11456 (Lock returned after the
+    /// waiter's lease had expired) is exactly this check missing: a waiter whose
+    /// session has ended, even if not yet swept, is never granted. Checking ends such a
+    /// session, which ends its waits, so a `false` waiter is gone from every queue.
+    pub(crate) fn waiter_alive(&mut self, id: WaiterId) -> bool {
+        let session = self.st.waiters[&id].session;
+        if session == 0 || self.session_live(session) {
+            return true;
+        }
+        assert!(!self.st.waiters.contains_key(&id), "ending a session ends its waits");
+        false
+    }
+
     /// Ends a wait without a grant: removes the waiter from every queue it is in and
     /// marks those names dirty, since the head of a queue may have changed.
     pub(crate) fn wait_end(&mut self, id: WaiterId, reason: WaitEnd) {
