@@ -46,8 +46,12 @@ fn blank(term: u64, index: u64) -> Entry {
 }
 
 async fn append(store: &mut LogStore, entries: Vec<Entry>) {
-    // Our append is durable when it returns; the callback is for openraft.
-    store.append(entries, IOFlushed::<TypeConfig>::noop()).await.expect("append");
+    // Entries are durable when the callback fires (after the WAL thread's sync), as
+    // openraft's contract says; only then may a test drop the store and reopen.
+    use openraft::type_config::TypeConfigExt;
+    let (tx, rx) = TypeConfig::oneshot();
+    store.append(entries, IOFlushed::<TypeConfig>::signal(tx)).await.expect("append");
+    rx.await.expect("the WAL thread answers").expect("the append is durable");
 }
 
 async fn log_ids(store: &mut LogStore) -> Vec<LogId> {

@@ -1,16 +1,30 @@
-//! openraft's `RaftLogStorage` over the WAL. Entries are postcard-encoded; the vote and
-//! the purge marker are small files written atomically.
+//! openraft's `RaftLogStorage` over the WAL.
+//!
+//! ```text
+//!   append() --> entries cache (readable at once) --> job queue --> WAL thread:
+//!                                                    write every queued batch,
+//!                                                    one fdatasync, then each
+//!                                                    batch's IOFlushed callback
+//! ```
+//!
+//! The disk work runs on its own thread so a sync never blocks the async runtime, and
+//! whatever queued up while one sync ran is committed by the next single sync (group
+//! commit). Truncate and purge go through the same queue, so the log on disk changes in
+//! exactly the order openraft asked. Entries stay decoded in memory between purges
+//! (the log is bounded by snapshots), so apply and replication never decode them.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
+use tokio::sync::oneshot;
 
 use super::wal::{read_small, write_atomic, Wal};
 use super::{Entry, LogId, TypeConfig, Vote};
@@ -19,11 +33,20 @@ use super::{Entry, LogId, TypeConfig, Vote};
 /// blocks instead of growing the file.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+enum Job {
+    Append { first: u64, payloads: Vec<Bytes>, done: IOFlushed<TypeConfig> },
+    Truncate { from: u64, done: oneshot::Sender<io::Result<()>> },
+    Purge { through: u64, done: oneshot::Sender<io::Result<()>> },
+}
+
 struct Inner {
-    wal: Wal,
+    /// Decoded entries from `first_index` on.
+    entries: VecDeque<Entry>,
+    first_index: u64,
     dir: PathBuf,
     vote: Option<Vote>,
     last_purged: Option<LogId>,
+    jobs: mpsc::Sender<Job>,
 }
 
 /// The durable Raft log.
@@ -40,24 +63,91 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+fn copy_err(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// The WAL thread: runs jobs in order, coalescing consecutive appends into one sync.
+fn wal_thread(mut wal: Wal, jobs: mpsc::Receiver<Job>) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match jobs.recv() {
+                Ok(job) => pending.push_back(job),
+                Err(_) => return, // every LogStore handle is gone
+            }
+        }
+        // Take everything already queued: that is the group this sync commits.
+        while let Ok(job) = jobs.try_recv() {
+            pending.push_back(job);
+        }
+        let mut flushed: Vec<IOFlushed<TypeConfig>> = Vec::new();
+        let mut result: io::Result<()> = Ok(());
+        while let Some(Job::Append { .. }) = pending.front() {
+            let Some(Job::Append { first, payloads, done }) = pending.pop_front() else { unreachable!() };
+            if result.is_ok() {
+                result = wal.append_unsynced(first, &payloads);
+            }
+            flushed.push(done);
+        }
+        if !flushed.is_empty() {
+            if result.is_ok() {
+                result = wal.sync();
+            }
+            for done in flushed {
+                done.io_completed(result.as_ref().map(|_| ()).map_err(copy_err));
+            }
+            continue;
+        }
+        match pending.pop_front() {
+            Some(Job::Truncate { from, done }) => {
+                let _ = done.send(wal.truncate_from(from));
+            }
+            Some(Job::Purge { through, done }) => {
+                let _ = done.send(wal.purge_through(through));
+            }
+            Some(Job::Append { .. }) | None => {}
+        }
+    }
+}
+
 impl LogStore {
-    /// Opens the log under `dir` (creating it), recovering a torn tail.
+    /// Opens the log under `dir` (creating it), recovering a torn tail, and starts the
+    /// WAL thread.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
         let wal = Wal::open(&dir.join("log"), SEGMENT_BYTES)?;
         let vote = read_small(dir, "vote")?.map(|b| decode(&b)).transpose()?;
-        let last_purged = read_small(dir, "purged")?.map(|b| decode(&b)).transpose()?;
-        let inner = Inner { wal, dir: dir.to_path_buf(), vote, last_purged };
+        let last_purged: Option<LogId> = read_small(dir, "purged")?.map(|b| decode(&b)).transpose()?;
+        // Entries at or below the purge marker are covered by a snapshot: skip them.
+        let floor = last_purged.map_or(0, |l| l.index + 1).max(wal.first_index());
+        let mut entries = VecDeque::new();
+        if let Some(last) = wal.last_index() {
+            for index in floor..=last {
+                let payload = wal.get(index).expect("the WAL holds its range");
+                entries.push_back(decode::<Entry>(payload)?);
+            }
+        }
+        let first_index = if entries.is_empty() { wal.next_index().max(floor) } else { floor };
+        let (jobs, receiver) = mpsc::channel();
+        std::thread::Builder::new().name("fencelock-wal".into()).spawn(move || wal_thread(wal, receiver))?;
+        let inner = Inner { entries, first_index, dir: dir.to_path_buf(), vote, last_purged, jobs };
         Ok(LogStore { inner: Arc::new(Mutex::new(inner)) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("log store lock is never poisoned: no panics while held")
     }
+
+    async fn run(&self, make: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job) -> io::Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.lock().jobs.send(make(done)).map_err(|_| io::Error::other("the WAL thread has stopped"))?;
+        wait.await.map_err(|_| io::Error::other("the WAL thread has stopped"))?
+    }
 }
 
 impl Inner {
-    fn entry(&self, index: u64) -> io::Result<Option<Entry>> {
-        self.wal.get(index).map(|b| decode(b)).transpose()
+    fn next_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64
     }
 }
 
@@ -71,22 +161,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
-        };
-        let floor = inner.last_purged.map_or(0, |l| l.index + 1).max(inner.wal.first_index());
+        }
+        .max(inner.first_index);
         let end = match range.end_bound() {
             Bound::Included(i) => i + 1,
             Bound::Excluded(i) => *i,
-            Bound::Unbounded => inner.wal.next_index(),
+            Bound::Unbounded => inner.next_index(),
         }
-        .min(inner.wal.next_index());
-        let mut entries = Vec::new();
-        for index in first.max(floor)..end {
-            match inner.entry(index)? {
-                Some(entry) => entries.push(entry),
-                None => break,
-            }
+        .min(inner.next_index());
+        if first >= end {
+            return Ok(Vec::new());
         }
-        Ok(entries)
+        let from = (first - inner.first_index) as usize;
+        let to = (end - inner.first_index) as usize;
+        Ok(inner.entries.range(from..to).cloned().collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -99,10 +187,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let inner = self.lock();
-        let last = match inner.wal.last_index() {
-            Some(index) if inner.last_purged.is_none_or(|p| index > p.index) => inner.entry(index)?.map(|e| e.log_id()),
-            _ => None,
-        };
+        let last = inner.entries.back().map(|e| e.log_id());
         Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last.or(inner.last_purged) })
     }
 
@@ -122,44 +207,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut inner = self.lock();
         let mut first = None;
         let mut payloads = Vec::new();
         for entry in entries {
-            first.get_or_insert(entry.index());
+            let index = entry.index();
+            first.get_or_insert(index);
+            if inner.entries.is_empty() {
+                inner.first_index = index;
+            }
+            assert_eq!(index, inner.next_index(), "appends are contiguous");
             payloads.push(Bytes::from(encode(&entry)?));
+            inner.entries.push_back(entry);
         }
         let Some(first) = first else {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        let mut inner = self.lock();
-        // One fdatasync for the whole batch: the group commit. The callback tells
-        // openraft the entries are durable only after it.
-        let result = inner.wal.append(first, &payloads);
-        drop(inner);
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
-            }
-        }
+        // Readable now; durable when the WAL thread calls the callback after its sync.
+        inner
+            .jobs
+            .send(Job::Append { first, payloads, done: callback })
+            .map_err(|_| io::Error::other("the WAL thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        self.lock().wal.truncate_from(from)
+        {
+            let mut inner = self.lock();
+            // An emptied cache takes its first index from the next append.
+            let keep = from.saturating_sub(inner.first_index) as usize;
+            inner.entries.truncate(keep);
+        }
+        self.run(|done| Job::Truncate { from, done }).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let mut inner = self.lock();
-        // The marker goes first: if we crash between the two steps, the entries that
-        // remain are simply below the marker and ignored.
-        write_atomic(&inner.dir, "purged", &encode(&log_id)?)?;
-        inner.last_purged = Some(log_id);
-        inner.wal.purge_through(log_id.index)
+        {
+            let mut inner = self.lock();
+            // The marker goes first: if we crash between the two steps, the entries
+            // that remain are below the marker and skipped on open.
+            write_atomic(&inner.dir, "purged", &encode(&log_id)?)?;
+            inner.last_purged = Some(log_id);
+            while inner.first_index <= log_id.index && !inner.entries.is_empty() {
+                inner.entries.pop_front();
+                inner.first_index += 1;
+            }
+            if inner.entries.is_empty() {
+                inner.first_index = inner.first_index.max(log_id.index + 1);
+            }
+        }
+        self.run(|done| Job::Purge { through: log_id.index, done }).await
     }
 }

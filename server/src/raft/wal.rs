@@ -224,10 +224,17 @@ impl Wal {
         self.entries.get(usize::try_from(at).ok()?).map(|e| &e.payload)
     }
 
-    /// Appends entries with consecutive indexes starting at `first`, then syncs once.
+    /// Appends entries with consecutive indexes starting at `first` and syncs once.
     /// When the log is empty, `first` sets where it starts (after a purge or a
     /// snapshot install).
     pub fn append(&mut self, first: u64, payloads: &[Bytes]) -> io::Result<()> {
+        self.append_unsynced(first, payloads)?;
+        self.sync()
+    }
+
+    /// Appends without syncing; `sync` makes them durable. Several of these then one
+    /// `sync` is how the log store commits a group of batches with one fdatasync.
+    pub fn append_unsynced(&mut self, first: u64, payloads: &[Bytes]) -> io::Result<()> {
         if payloads.is_empty() {
             return Ok(());
         }
@@ -268,8 +275,16 @@ impl Wal {
             buffer.extend_from_slice(payload);
             self.entries.push_back(Located { payload: payload.clone(), segment, offset });
         }
-        self.flush_buffer(&mut buffer)?;
-        self.active.as_ref().expect("a segment is open").sync_data()
+        self.flush_buffer(&mut buffer)
+    }
+
+    /// Makes every appended record durable (one fdatasync for everything written since
+    /// the last sync: the group commit).
+    pub fn sync(&mut self) -> io::Result<()> {
+        match &self.active {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
     }
 
     /// Writes buffered records at the active segment's end (no sync).
