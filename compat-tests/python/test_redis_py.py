@@ -121,6 +121,8 @@ def test_scripts(r):
 
 def test_keyspace_commands(r):
     assert r.set(f"{r.p}:k", "v", nx=True, px=60_000)
+    db0 = r.info("keyspace")["db0"]
+    assert db0["keys"] >= 1 and db0["expires"] >= 1 and 0 < db0["avg_ttl"] <= 60_000
     assert r.set(f"{r.p}:k", "w", nx=True) is None
     assert r.get(f"{r.p}:k") == b"v"
     assert r.set(f"{r.p}:k", "w", xx=True, get=True) == b"v"

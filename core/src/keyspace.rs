@@ -335,6 +335,22 @@ impl StateMachine {
         self.st.keys.len()
     }
 
+    /// Live keys, and how many of them have a TTL, with their mean remaining time in
+    /// ms (INFO's `db0:keys=..,expires=..,avg_ttl=..`). Walks the keyspace: for INFO,
+    /// not for hot paths.
+    pub fn keyspace_stats(&self) -> (u64, u64, u64) {
+        let (mut keys, mut expires, mut ttl_sum) = (0u64, 0u64, 0u128);
+        for entry in self.st.keys.values().filter(|e| !self.is_due(e.deadline_ms)) {
+            keys += 1;
+            if let Some(ms) = self.remaining(entry.deadline_ms) {
+                expires += 1;
+                ttl_sum += u128::from(ms);
+            }
+        }
+        let avg_ttl = if expires == 0 { 0 } else { (ttl_sum / u128::from(expires)) as u64 };
+        (keys, expires, avg_ttl)
+    }
+
     fn hash_mut(&mut self, key: &[u8]) -> &mut BTreeMap<Bytes, Bytes> {
         match &mut self.st.keys.get_mut(key).expect("hash exists").value {
             Value::Hash(h) => h,

@@ -250,3 +250,14 @@ fn publish_is_an_event_and_inside_a_failed_script_it_is_not_sent() {
     assert_eq!(out.result, Ok(Reply::Int(0)));
     assert_eq!(out.events, vec![Event::Published { channel: b("ch"), message: b("kept") }]);
 }
+
+#[test]
+fn keyspace_stats_count_live_keys_and_ttls() {
+    let mut d = Driver::default();
+    d.ok(Command::Set(set("a", "1")));
+    d.ok(set_nx_px("b", "2", 1_000));
+    d.ok(set_nx_px("c", "3", 3_000));
+    assert_eq!(d.sm.keyspace_stats(), (3, 2, 2_000));
+    d.advance(1_000);
+    assert_eq!(d.sm.keyspace_stats(), (2, 1, 2_000));
+}

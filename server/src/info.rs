@@ -77,15 +77,12 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
         );
     }
     if wanted("keyspace") {
-        let keys =
-            server.node.sm.shared.inner.lock().expect("not poisoned").core.read(&fencelock_core::Command::DbSize);
-        if let Ok(fencelock_core::Reply::Int(keys)) = keys {
-            out += "# Keyspace\r\n";
-            if keys > 0 {
-                out += &format!("db0:keys={keys},expires=0,avg_ttl=0\r\n");
-            }
-            out += "\r\n";
+        let (keys, expires, avg_ttl) = server.node.sm.shared.inner.lock().expect("not poisoned").core.keyspace_stats();
+        out += "# Keyspace\r\n";
+        if keys > 0 {
+            out += &format!("db0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n");
         }
+        out += "\r\n";
     }
     out
 }
