@@ -40,9 +40,10 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
     let mut out = String::new();
     if wanted("server") {
         out += &format!(
-            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nfencelock_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nfencelock_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:{}\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
             env!("CARGO_PKG_VERSION"),
             std::env::consts::OS,
+            usize::BITS,
             std::process::id(),
             server.run_id,
             server.port,
