@@ -28,6 +28,9 @@ use crate::server::{ClientInfo, Server};
 const SCAN_CURSORS_MAX: usize = 64;
 /// Bytes read per read call.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies buffered before they are written, even if more pipelined requests wait:
+/// bounds a connection's output memory whatever the client pipelines.
+const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 /// Most bytes of unanswered requests a connection may buffer (Redis's
 /// client-query-buffer-limit, which is 1 GiB there). Every single limit of the parser
 /// can hold while one request of many elements grows without bound; this caps it.
@@ -97,7 +100,6 @@ async fn serve_session(
     input: &mut BytesMut,
     output: &mut BytesMut,
 ) {
-    let id = session.id;
     loop {
         // Answer every complete request already buffered (pipelining), then write.
         loop {
@@ -109,6 +111,12 @@ async fn serve_session(
                         None => return, // the client went away while blocked
                     }
                     server.stats.commands.fetch_add(1, Ordering::Relaxed);
+                    if output.len() >= OUTPUT_FLUSH_BYTES {
+                        if stream.write_all(output).await.is_err() {
+                            return;
+                        }
+                        output.clear();
+                    }
                     if session.quit {
                         let _ = stream.write_all(output).await;
                         return;
@@ -158,7 +166,6 @@ async fn serve_session(
                 }
             },
         }
-        let _ = id;
     }
 }
 

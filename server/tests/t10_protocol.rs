@@ -1129,3 +1129,24 @@ fn regression_blpop_of_a_client_that_just_disconnected_never_swallows_a_push() {
         }
     }
 }
+
+#[test]
+fn a_pipeline_with_megabytes_of_replies_streams_back_complete_and_in_order() {
+    // The server writes replies out as it goes instead of buffering them all, so memory
+    // per connection stays bounded; the client still sees every reply in order.
+    let server = Server::start();
+    let mut c = server.connect();
+    let value = "v".repeat(64 * 1024);
+    assert_eq!(c.raw(&["SET", "big", value.as_str()]), "+OK\r\n");
+    let mut request = Vec::new();
+    for i in 0..300 {
+        request.extend(encode(&["GET", "big"]));
+        request.extend(encode(&["ECHO", &format!("marker-{i}")]));
+    }
+    c.send(&request);
+    for i in 0..300 {
+        assert_eq!(c.read(), Reply::Bulk(value.clone().into_bytes()), "reply {i}");
+        assert_eq!(c.read(), Reply::Bulk(format!("marker-{i}").into_bytes()), "marker {i}");
+    }
+    assert_eq!(c.raw(&["PING"]), "+PONG\r\n");
+}
