@@ -35,6 +35,10 @@ pub struct Flags {
     /// Log entries between snapshots [default: 100000].
     #[arg(long, env = "FENCELOCK_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// Every voter of a static cluster, this node included: `1=host:peer-port,2=...`.
+    /// Without it the node runs alone.
+    #[arg(long, env = "FENCELOCK_PEERS")]
+    pub peers: Option<String>,
     /// A TOML file with any of the settings above (snake_case keys).
     #[arg(long, env = "FENCELOCK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -52,6 +56,7 @@ pub struct FileSettings {
     peer_port: Option<u16>,
     maxclients: Option<usize>,
     snapshot_every: Option<u64>,
+    peers: Option<String>,
 }
 
 /// Resolved settings.
@@ -73,6 +78,24 @@ pub struct Settings {
     pub maxclients: usize,
     /// Snapshot interval in entries.
     pub snapshot_every: u64,
+    /// Static cluster members: node id → peer address (empty: a single node).
+    pub peers: std::collections::BTreeMap<u64, String>,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut peers = std::collections::BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("bad peer '{item}': expected id=host:port"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("bad peer id in '{item}'"))?;
+        if addr.trim().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("bad peer address in '{item}': expected host:port"));
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("peer id {id} given twice"));
+        }
+    }
+    Ok(peers)
 }
 
 impl Settings {
@@ -99,7 +122,11 @@ impl Settings {
             peer_port,
             maxclients: flags.maxclients.or(file.maxclients).unwrap_or(10_000),
             snapshot_every: flags.snapshot_every.or(file.snapshot_every).unwrap_or(100_000),
+            peers: parse_peers(flags.peers.as_deref().or(file.peers.as_deref()).unwrap_or(""))?,
         };
+        if !settings.peers.is_empty() && !settings.peers.contains_key(&settings.node_id) {
+            return Err(format!("--peers must include this node's id ({})", settings.node_id));
+        }
         if settings.maxclients == 0 {
             return Err("maxclients must be at least 1".into());
         }
@@ -127,6 +154,17 @@ mod tests {
             (s.port, s.bind.as_str(), s.data_dir, s.maxclients),
             (6379, "127.0.0.1", PathBuf::from("fencelock-data"), 10_000)
         );
+    }
+
+    #[test]
+    fn peers_parse_and_must_include_this_node() {
+        let peers = parse_peers("1=127.0.0.1:17001, 2=127.0.0.1:17002,3=host:17003").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert!(parse_peers("1=nohost").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        let flags = Flags::parse_from(["fencelock", "--node-id", "4", "--peers", "1=a:1,2=b:2"]);
+        assert!(Settings::resolve(flags).unwrap_err().contains("must include"));
     }
 
     #[test]

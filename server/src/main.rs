@@ -42,6 +42,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         peer_addr: format!("{}:{}", settings.bind, settings.peer_port),
         limits: Limits::default(),
         snapshot_every_entries: settings.snapshot_every,
+        peers: settings.peers.clone(),
     };
     let node = Node::start(node_config).await.map_err(|e| e.to_string())?;
     let config = ServerConfig {

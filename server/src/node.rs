@@ -24,6 +24,10 @@ pub enum NodeError {
     /// No leader right now (election in progress), or this node is not it.
     #[error("TRYAGAIN no leader available right now, retry shortly")]
     TryAgain,
+    /// This node follows `0`; writes and linearizable reads go to the leader (until
+    /// followers forward them, which is the cluster milestone's work).
+    #[error("TRYAGAIN this node is a follower; the leader is node {0}")]
+    NotLeader(NodeId),
     /// The node failed (storage error, shutting down).
     #[error("ERR node failure: {0}")]
     Fatal(String),
@@ -42,6 +46,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Entries between snapshots.
     pub snapshot_every_entries: u64,
+    /// Static cluster members (node id → peer address); empty for a single node.
+    pub peers: BTreeMap<NodeId, String>,
 }
 
 /// A running node.
@@ -82,14 +88,31 @@ impl Node {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);
         let raft = Raft::new(config.id, raft_config, Network, log, sm.clone()).await.map_err(|e| fatal(&e))?;
-        if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
-            let members = BTreeMap::from([(config.id, BasicNode::new(config.peer_addr.clone()))]);
-            raft.initialize(members).await.map_err(|e| fatal(&e))?;
+        if !config.peers.is_empty() {
+            let addr = &config.peers[&config.id];
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| NodeError::Fatal(format!("cannot listen for peers on {addr}: {e}")))?;
+            tokio::spawn(crate::raft::network::serve_peers(listener, Arc::new(raft.clone())));
         }
-        raft.wait(Some(Duration::from_secs(30)))
-            .state(ServerState::Leader, "single node becomes leader")
-            .await
-            .map_err(|e| fatal(&e))?;
+        if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
+            let members: BTreeMap<NodeId, BasicNode> = if config.peers.is_empty() {
+                BTreeMap::from([(config.id, BasicNode::new(config.peer_addr.clone()))])
+            } else {
+                config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect()
+            };
+            // In a static cluster the lowest id forms it, once; the others learn the
+            // membership from its log.
+            if config.peers.is_empty() || config.peers.keys().next() == Some(&config.id) {
+                raft.initialize(members).await.map_err(|e| fatal(&e))?;
+            }
+        }
+        let wait = raft.wait(Some(Duration::from_secs(30)));
+        if config.peers.is_empty() {
+            wait.state(ServerState::Leader, "single node becomes leader").await.map_err(|e| fatal(&e))?;
+        } else {
+            wait.metrics(|m| m.current_leader.is_some(), "the cluster has a leader").await.map_err(|e| fatal(&e))?;
+        }
         let node = Arc::new(Node { raft, sm, id: config.id, epoch: random_u64(), started: Instant::now() });
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
         Ok(node)
@@ -105,7 +128,9 @@ impl Node {
         let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), op };
         match self.raft.client_write(proposal).await {
             Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NodeError::TryAgain),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader))
+            }
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(NodeError::TryAgain),
             Err(e) => Err(NodeError::Fatal(e.to_string())),
         }
@@ -145,7 +170,10 @@ impl Node {
     pub async fn read(&self, command: &Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => {}
-            Err(e) if e.forward_to_leader().is_some() => return Err(NodeError::TryAgain),
+            Err(e) if e.forward_to_leader().is_some() => {
+                let leader = e.forward_to_leader().and_then(|f| f.leader_id);
+                return Err(leader.map_or(NodeError::TryAgain, NodeError::NotLeader));
+            }
             Err(e) => return Err(NodeError::Fatal(e.to_string())),
         }
         let inner = self.sm.shared.inner.lock().expect("not poisoned");
