@@ -50,6 +50,13 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, String>,
 }
 
+/// How long a write waits for a leader to be known before answering TRYAGAIN.
+const LEADER_WAIT: Duration = Duration::from_millis(1_000);
+/// How long a follower waits for the leader to answer a forwarded write.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per leader address for forwarding.
+const FORWARD_POOL_MAX: usize = 64;
+
 /// A running node.
 pub struct Node {
     /// The Raft handle.
@@ -61,6 +68,8 @@ pub struct Node {
     /// Random per process start: names the monotonic clock our stamps come from.
     epoch: u64,
     started: Instant,
+    /// Idle peer connections for forwarding writes to the leader.
+    forward_pool: std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::net::TcpStream>>>,
 }
 
 fn random_u64() -> u64 {
@@ -87,13 +96,15 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);
+        sm.set_local_node(config.id);
         let raft = Raft::new(config.id, raft_config, Network, log, sm.clone()).await.map_err(|e| fatal(&e))?;
+        let slot: crate::raft::network::NodeSlot = Default::default();
         if !config.peers.is_empty() {
             let addr = &config.peers[&config.id];
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| NodeError::Fatal(format!("cannot listen for peers on {addr}: {e}")))?;
-            tokio::spawn(crate::raft::network::serve_peers(listener, Arc::new(raft.clone())));
+            tokio::spawn(crate::raft::network::serve_peers(listener, Arc::new(raft.clone()), Arc::clone(&slot)));
         }
         if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
             let members: BTreeMap<NodeId, BasicNode> = if config.peers.is_empty() {
@@ -113,7 +124,15 @@ impl Node {
         } else {
             wait.metrics(|m| m.current_leader.is_some(), "the cluster has a leader").await.map_err(|e| fatal(&e))?;
         }
-        let node = Arc::new(Node { raft, sm, id: config.id, epoch: random_u64(), started: Instant::now() });
+        let node = Arc::new(Node {
+            raft,
+            sm,
+            id: config.id,
+            epoch: random_u64(),
+            started: Instant::now(),
+            forward_pool: Default::default(),
+        });
+        let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
         Ok(node)
     }
@@ -123,17 +142,90 @@ impl Node {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Commits an operation through the log and returns what applying it answered.
+    /// Commits an operation through the log and returns what applying it answered. A
+    /// follower forwards it to the leader, which stamps it with its own clock (one clock
+    /// per term keeps lease time flowing) and proposes it on this node's behalf.
     pub async fn propose(&self, op: Op) -> Result<Applied, NodeError> {
-        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), op };
+        let mut result = self.propose_local(op.clone(), self.id).await;
+        if matches!(result, Err(NodeError::TryAgain)) {
+            // No leader known yet (an election is settling): wait up to one election
+            // for one rather than bounce the client at once.
+            let _ =
+                self.raft.wait(Some(LEADER_WAIT)).metrics(|m| m.current_leader.is_some(), "a leader is known").await;
+            result = self.propose_local(op.clone(), self.id).await;
+        }
+        match result {
+            Err(NodeError::NotLeader(leader)) => self.forward(leader, op).await,
+            other => other.map(|(applied, _)| applied),
+        }
+    }
+
+    /// Proposes on this node (it must lead), stamped with this node's clock, on behalf
+    /// of `origin`. Returns the reply and the entry's log index.
+    pub async fn propose_local(&self, op: Op, origin: NodeId) -> Result<(Applied, u64), NodeError> {
+        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
         match self.raft.client_write(proposal).await {
-            Ok(response) => Ok(response.data),
+            Ok(response) => Ok((response.data, response.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader))
             }
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(NodeError::TryAgain),
             Err(e) => Err(NodeError::Fatal(e.to_string())),
         }
+    }
+
+    /// Sends `op` to the leader over the peer network and waits until this node has
+    /// applied the entry too, so its waiter channels exist and reads here see it.
+    async fn forward(&self, leader: NodeId, op: Op) -> Result<Applied, NodeError> {
+        let addr = {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else { return Err(NodeError::TryAgain) };
+        let request = crate::raft::network::PeerRequest::Forward { origin: self.id, op };
+        let response = tokio::time::timeout(FORWARD_TIMEOUT, self.exchange(&addr, &request))
+            .await
+            .map_err(|_| NodeError::TryAgain)?
+            .map_err(|_| NodeError::TryAgain)?;
+        let (applied, index) = match response {
+            crate::raft::network::PeerResponse::Forward(Ok(done)) => done,
+            crate::raft::network::PeerResponse::Forward(Err(text)) if text.starts_with("TRYAGAIN") => {
+                return Err(NodeError::TryAgain)
+            }
+            crate::raft::network::PeerResponse::Forward(Err(text)) => return Err(NodeError::Fatal(text)),
+            _ => return Err(NodeError::Fatal("the leader answered another request".into())),
+        };
+        self.raft
+            .wait(Some(FORWARD_TIMEOUT))
+            .applied_index_at_least(Some(index), "the forwarded entry is applied here")
+            .await
+            .map_err(|_| NodeError::TryAgain)?;
+        Ok(applied)
+    }
+
+    /// One request/response to a peer over a pooled connection.
+    async fn exchange(
+        &self,
+        addr: &str,
+        request: &crate::raft::network::PeerRequest,
+    ) -> std::io::Result<crate::raft::network::PeerResponse> {
+        let pooled = self.forward_pool.lock().expect("not poisoned").get_mut(addr).and_then(Vec::pop);
+        let mut stream = match pooled {
+            Some(stream) => stream,
+            None => {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                stream
+            }
+        };
+        crate::raft::network::write_frame(&mut stream, request).await?;
+        let response = crate::raft::network::read_frame(&mut stream).await?;
+        let mut pool = self.forward_pool.lock().expect("not poisoned");
+        let idle = pool.entry(addr.to_string()).or_default();
+        if idle.len() < FORWARD_POOL_MAX {
+            idle.push(stream);
+        }
+        Ok(response)
     }
 
     /// Commits a command through the log and returns the core's answer.

@@ -37,6 +37,10 @@ pub struct Proposal {
     pub epoch: u64,
     /// Milliseconds on the proposing node's monotonic clock.
     pub stamp_ms: u64,
+    /// The node whose client asked (a follower forwarding to the leader names itself):
+    /// that node registers the channels of any waiter the entry queues, because the
+    /// waiting connection is there.
+    pub origin: NodeId,
     /// What to apply.
     pub op: Op,
 }

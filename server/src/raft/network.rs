@@ -30,23 +30,34 @@ pub const FRAME_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
 /// What one node asks another.
 #[derive(Serialize, Deserialize)]
-enum PeerRequest {
+pub(crate) enum PeerRequest {
+    /// A follower's client write, for the leader to stamp, propose and answer.
+    Forward {
+        origin: NodeId,
+        op: super::Op,
+    },
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
-    Snapshot { vote: Vote, meta: SnapshotMeta, data: Vec<u8> },
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 /// The answer; errors travel as text (the receiver reports them as network errors).
 #[derive(Serialize, Deserialize)]
-enum PeerResponse {
+pub(crate) enum PeerResponse {
+    /// What applying the forwarded op answered, and the entry's log index.
+    Forward(Result<(super::Applied, u64), String>),
     AppendEntries(Result<AppendEntriesResponse<TypeConfig>, String>),
     Vote(Result<VoteResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
 }
 
-async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
     let body = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
     if body.len() > FRAME_BYTES_MAX {
         return Err(std::io::Error::other(format!("frame of {} bytes exceeds {FRAME_BYTES_MAX}", body.len())));
@@ -57,7 +68,7 @@ async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io
     stream.write_all(&frame).await
 }
 
-async fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<T> {
+pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<T> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -188,15 +199,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
+/// The node, once started, for forwarded writes.
+pub type NodeSlot = Arc<std::sync::OnceLock<Arc<crate::node::Node>>>;
+
 /// Serves peers' RPCs on `listener` until it fails.
-pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>) {
+pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         let raft = Arc::clone(&raft);
+        let node = Arc::clone(&node);
         tokio::spawn(async move {
             while let Ok(request) = read_frame::<PeerRequest>(&mut stream).await {
                 let response = match request {
+                    PeerRequest::Forward { origin, op } => PeerResponse::Forward(match node.get() {
+                        Some(node) => node.propose_local(op, origin).await.map_err(|e| e.to_string()),
+                        None => Err("TRYAGAIN the leader is still starting".to_string()),
+                    }),
                     PeerRequest::AppendEntries(rpc) => {
                         PeerResponse::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
                     }

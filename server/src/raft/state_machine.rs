@@ -99,6 +99,8 @@ pub struct Shared {
     pub events: broadcast::Sender<Arc<Event>>,
     /// This node's pub/sub subscribers.
     pub pubsub: crate::pubsub::Hub,
+    /// This node's id: waiter channels are registered for entries it originated.
+    local_node: std::sync::atomic::AtomicU64,
     dir: PathBuf,
     limits: Limits,
 }
@@ -137,6 +139,7 @@ impl SmStore {
             waiters: Waiters::default(),
             events,
             pubsub: crate::pubsub::Hub::default(),
+            local_node: Default::default(),
             dir: dir.to_path_buf(),
             limits,
         };
@@ -145,6 +148,11 @@ impl SmStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.shared.inner.lock().expect("state lock is never poisoned: apply does not panic while holding it")
+    }
+
+    /// Tells the adapter which node it runs on (before any entry is applied).
+    pub fn set_local_node(&self, id: u64) {
+        self.shared.local_node.store(id, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -246,7 +254,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                                 let publish = matches!(command, fencelock_core::Command::Publish { .. });
                                 let out = inner.core.apply(index, proposal.stamp_ms, command);
                                 drop(inner);
-                                if responder.is_some() {
+                                if proposal.origin == self.shared.local_node.load(std::sync::atomic::Ordering::Relaxed)
+                                {
                                     if let Ok(Reply::Queued(waiter)) = &out.reply {
                                         self.shared.waiters.register(*waiter);
                                     }
