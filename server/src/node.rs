@@ -203,6 +203,31 @@ impl Node {
         Ok(applied)
     }
 
+    /// Asks the leader for a read index and waits until this replica has applied it.
+    async fn follower_read_index(&self, leader: NodeId) -> Result<(), NodeError> {
+        let addr = {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else { return Err(NodeError::TryAgain) };
+        let request = crate::raft::network::PeerRequest::ReadIndex;
+        let response = tokio::time::timeout(FORWARD_TIMEOUT, self.exchange(&addr, &request))
+            .await
+            .map_err(|_| NodeError::TryAgain)?
+            .map_err(|_| NodeError::TryAgain)?;
+        let index = match response {
+            crate::raft::network::PeerResponse::ReadIndex(Ok(index)) => index,
+            crate::raft::network::PeerResponse::ReadIndex(Err(_)) => return Err(NodeError::TryAgain),
+            _ => return Err(NodeError::Fatal("the leader answered another request".into())),
+        };
+        self.raft
+            .wait(Some(FORWARD_TIMEOUT))
+            .applied_index_at_least(Some(index), "this replica has applied the read index")
+            .await
+            .map_err(|_| NodeError::TryAgain)?;
+        Ok(())
+    }
+
     /// One request/response to a peer over a pooled connection.
     async fn exchange(
         &self,
@@ -263,8 +288,12 @@ impl Node {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => {}
             Err(e) if e.forward_to_leader().is_some() => {
-                let leader = e.forward_to_leader().and_then(|f| f.leader_id);
-                return Err(leader.map_or(NodeError::TryAgain, NodeError::NotLeader));
+                match e.forward_to_leader().and_then(|f| f.leader_id) {
+                    // A follower reads linearizably too: the leader's read index, then
+                    // this replica's state once it has applied that far.
+                    Some(leader) => self.follower_read_index(leader).await?,
+                    None => return Err(NodeError::TryAgain),
+                }
             }
             Err(e) => return Err(NodeError::Fatal(e.to_string())),
         }

@@ -66,6 +66,13 @@ fn three_nodes_form_replicate_forward_and_fail_over_with_locks_intact() {
         let key = format!("via-follower-{i}");
         assert_eq!(until_accepted(&mut f, &["SET", &key, "forwarded"]), Reply::Simple("OK".into()));
         assert_eq!(l.raw(&["GET", &key]), "$9\r\nforwarded\r\n");
+        // Reads on a follower are linearizable: a write acknowledged by the leader is
+        // visible on the follower at once (read index through the leader).
+        for n in 0..20 {
+            let fresh = format!("fresh-{i}-{n}");
+            assert_eq!(l.raw(&["SET", &fresh, "x"]), "+OK\r\n");
+            assert_eq!(f.raw(&["GET", &fresh]), "$1\r\nx\r\n", "a follower missed an acknowledged write");
+        }
     }
 
     // SIGKILL the leader and time the next successful write on a survivor.

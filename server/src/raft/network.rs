@@ -31,6 +31,9 @@ pub const FRAME_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// What one node asks another.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum PeerRequest {
+    /// A follower's linearizable read: the leader confirms it still leads (a quorum
+    /// round) and answers the index the follower must have applied before reading.
+    ReadIndex,
     /// A follower's client write, for the leader to stamp, propose and answer.
     Forward {
         origin: NodeId,
@@ -51,6 +54,8 @@ pub(crate) enum PeerRequest {
 pub(crate) enum PeerResponse {
     /// What applying the forwarded op answered, and the entry's log index.
     Forward(Result<(super::Applied, u64), String>),
+    /// The read index, or why the node cannot give one.
+    ReadIndex(Result<u64, String>),
     AppendEntries(Result<AppendEntriesResponse<TypeConfig>, String>),
     Vote(Result<VoteResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
@@ -216,6 +221,12 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
                         Some(node) => node.propose_local(op, origin).await.map_err(|e| e.to_string()),
                         None => Err("TRYAGAIN the leader is still starting".to_string()),
                     }),
+                    PeerRequest::ReadIndex => PeerResponse::ReadIndex(
+                        raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                            .await
+                            .map(|read| read.index())
+                            .map_err(|e| format!("TRYAGAIN {e}")),
+                    ),
                     PeerRequest::AppendEntries(rpc) => {
                         PeerResponse::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
                     }
