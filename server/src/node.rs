@@ -177,16 +177,8 @@ impl Node {
     /// Sends `op` to the leader over the peer network and waits until this node has
     /// applied the entry too, so its waiter channels exist and reads here see it.
     async fn forward(&self, leader: NodeId, op: Op) -> Result<Applied, NodeError> {
-        let addr = {
-            let metrics = self.raft.metrics().borrow_watched().clone();
-            metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
-        };
-        let Some(addr) = addr else { return Err(NodeError::TryAgain) };
-        let request = crate::raft::network::PeerRequest::Forward { origin: self.id, op };
-        let response = tokio::time::timeout(FORWARD_TIMEOUT, self.exchange(&addr, &request))
-            .await
-            .map_err(|_| NodeError::TryAgain)?
-            .map_err(|_| NodeError::TryAgain)?;
+        let response =
+            self.ask_leader(leader, crate::raft::network::PeerRequest::Forward { origin: self.id, op }).await?;
         let (applied, index) = match response {
             crate::raft::network::PeerResponse::Forward(Ok(done)) => done,
             crate::raft::network::PeerResponse::Forward(Err(text)) if text.starts_with("TRYAGAIN") => {
@@ -205,16 +197,7 @@ impl Node {
 
     /// Asks the leader for a read index and waits until this replica has applied it.
     async fn follower_read_index(&self, leader: NodeId) -> Result<(), NodeError> {
-        let addr = {
-            let metrics = self.raft.metrics().borrow_watched().clone();
-            metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
-        };
-        let Some(addr) = addr else { return Err(NodeError::TryAgain) };
-        let request = crate::raft::network::PeerRequest::ReadIndex;
-        let response = tokio::time::timeout(FORWARD_TIMEOUT, self.exchange(&addr, &request))
-            .await
-            .map_err(|_| NodeError::TryAgain)?
-            .map_err(|_| NodeError::TryAgain)?;
+        let response = self.ask_leader(leader, crate::raft::network::PeerRequest::ReadIndex).await?;
         let index = match response {
             crate::raft::network::PeerResponse::ReadIndex(Ok(index)) => index,
             crate::raft::network::PeerResponse::ReadIndex(Err(_)) => return Err(NodeError::TryAgain),
@@ -226,6 +209,24 @@ impl Node {
             .await
             .map_err(|_| NodeError::TryAgain)?;
         Ok(())
+    }
+
+    /// One request to the leader over the peer network. A leader that is gone, slow or
+    /// unknown is TRYAGAIN for the client.
+    async fn ask_leader(
+        &self,
+        leader: NodeId,
+        request: crate::raft::network::PeerRequest,
+    ) -> Result<crate::raft::network::PeerResponse, NodeError> {
+        let addr = {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else { return Err(NodeError::TryAgain) };
+        match tokio::time::timeout(FORWARD_TIMEOUT, self.exchange(&addr, &request)).await {
+            Ok(Ok(response)) => Ok(response),
+            _ => Err(NodeError::TryAgain),
+        }
     }
 
     /// One request/response to a peer over a pooled connection.
