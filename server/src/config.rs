@@ -39,6 +39,11 @@ pub struct Flags {
     /// Without it the node runs alone.
     #[arg(long, env = "FENCELOCK_PEERS")]
     pub peers: Option<String>,
+    /// Join an existing cluster through any member's client address (`host:port`): this
+    /// node asks it to add this node as a learner, catch it up and promote it to voter.
+    /// Ignored once the node has joined (its data directory holds the membership).
+    #[arg(long, env = "FENCELOCK_JOIN")]
+    pub join: Option<String>,
     /// A TOML file with any of the settings above (snake_case keys).
     #[arg(long, env = "FENCELOCK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -57,6 +62,7 @@ pub struct FileSettings {
     maxclients: Option<usize>,
     snapshot_every: Option<u64>,
     peers: Option<String>,
+    join: Option<String>,
 }
 
 /// Resolved settings.
@@ -80,6 +86,8 @@ pub struct Settings {
     pub snapshot_every: u64,
     /// Static cluster members: node id → peer address (empty: a single node).
     pub peers: std::collections::BTreeMap<u64, String>,
+    /// A member's client address to join through (`--join`).
+    pub join: Option<String>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -111,6 +119,8 @@ impl Settings {
         let port = flags.port.or(file.port).unwrap_or(6379);
         let peer_port = match flags.peer_port.or(file.peer_port) {
             Some(p) => p,
+            // An ephemeral client port gets an ephemeral peer port.
+            None if port == 0 => 0,
             None => port.checked_add(10_000).ok_or("--peer-port is required when --port is above 55535")?,
         };
         let settings = Settings {
@@ -123,7 +133,11 @@ impl Settings {
             maxclients: flags.maxclients.or(file.maxclients).unwrap_or(10_000),
             snapshot_every: flags.snapshot_every.or(file.snapshot_every).unwrap_or(100_000),
             peers: parse_peers(flags.peers.as_deref().or(file.peers.as_deref()).unwrap_or(""))?,
+            join: flags.join.or(file.join).filter(|j| !j.is_empty()),
         };
+        if settings.join.is_some() && !settings.peers.is_empty() {
+            return Err("give either --join (grow a running cluster) or --peers (form a new one), not both".into());
+        }
         if !settings.peers.is_empty() && !settings.peers.contains_key(&settings.node_id) {
             return Err(format!("--peers must include this node's id ({})", settings.node_id));
         }

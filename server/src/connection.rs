@@ -50,6 +50,8 @@ struct Session {
     messages: Option<tokio::sync::mpsc::Receiver<Wire>>,
     channels: std::collections::BTreeSet<Bytes>,
     patterns: std::collections::BTreeSet<Bytes>,
+    /// READONLY: reads answer from this replica without a read index (may be stale).
+    stale_reads: bool,
 }
 
 impl Session {
@@ -79,6 +81,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
         messages: None,
         channels: Default::default(),
         patterns: Default::default(),
+        stale_reads: false,
     };
     serve_session(&server, &mut stream, &mut session, &mut parser, &mut input, &mut output).await;
     server.node.sm.shared.pubsub.detach(id);
@@ -218,11 +221,21 @@ async fn handle(
     let reply = match request {
         Request::Conn(c) => conn_command(server, session, c).await,
         Request::Immediate(wire) => wire,
-        Request::Core(command, shape) => return core_command(server, command, shape, stream, input).await,
+        Request::Core(command, shape) => {
+            return core_command(server, command, shape, session.stale_reads, stream, input).await
+        }
         Request::Lock(request) => return lock_command(server, request, stream, input).await,
         Request::Scan { cursor, pattern, count, kind } => scan(server, session, cursor, pattern, count, kind).await,
         Request::Eval { source, keys, args } => eval(server, source, keys, args).await,
         Request::Script(admin) => script_admin(server, admin),
+        Request::Admin(op) => match server.node.admin(op).await {
+            Ok(done) => {
+                tracing::info!("{done}");
+                Wire::Status("OK")
+            }
+            Err(e) => node_error(e),
+        },
+        Request::ClusterStatus => Wire::Bulk(Bytes::from(server.node.cluster_status().await)),
     };
     Some(reply)
 }
@@ -253,8 +266,12 @@ fn node_error(e: NodeError) -> Wire {
     Wire::Error(e.to_string())
 }
 
-async fn run(server: &Server, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
-    if command.is_read_only() {
+/// Runs a command: a read through a read index (or from this replica as it is, with
+/// `stale` reads), a write through the log.
+async fn run(server: &Server, command: Command, stale: bool) -> Result<fencelock_core::Result<Reply>, NodeError> {
+    if command.is_read_only() && stale {
+        Ok(server.node.read_local(&command))
+    } else if command.is_read_only() {
         server.node.read(&command).await
     } else {
         server.node.write(command).await
@@ -265,6 +282,7 @@ async fn core_command(
     server: &Arc<Server>,
     command: Command,
     shape: Shape,
+    stale: bool,
     stream: &mut TcpStream,
     input: &mut BytesMut,
 ) -> Option<Wire> {
@@ -272,7 +290,7 @@ async fn core_command(
         Command::BlockingPop { left, .. } => *left,
         _ => true,
     };
-    match run(server, command).await {
+    match run(server, command, stale).await {
         Err(e) => Some(node_error(e)),
         Ok(Err(e)) => Some(core_error(&e)),
         Ok(Ok(Reply::Queued(waiter))) => match wait_for(server, waiter, stream, input).await {
@@ -442,7 +460,7 @@ async fn scan(
         }
     };
     let command = Command::Scan { after, pattern, count, kind };
-    let reply = match run(server, command).await {
+    let reply = match run(server, command, session.stale_reads).await {
         Err(e) => return node_error(e),
         Ok(Err(e)) => return core_error(&e),
         Ok(Ok(reply)) => reply,
@@ -481,6 +499,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             session.proto = Proto::Resp2;
             session.authenticated = server.config.requirepass.is_none();
             session.cursors.clear();
+            session.stale_reads = false;
             server.update_client(session.id, |c| c.name = None);
             Wire::Status("RESET")
         }
@@ -538,10 +557,16 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
                 Wire::Bulk(Bytes::from(now.subsec_micros().to_string())),
             ])
         }
-        // Every acknowledged write is already on a quorum; a single node has no
-        // replicas, so WAIT reports 0 acknowledging replicas at once.
-        Conn::Wait { .. } => Wire::Int(0),
-        Conn::ReadOnly(_) => Wire::Status("OK"),
+        // Every acknowledged write is already on a quorum; WAIT counts the replicas
+        // (followers and learners) that hold everything this node has applied.
+        Conn::Wait { replicas, timeout_ms } => {
+            let timeout = (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
+            Wire::Int(server.node.wait_replicas(replicas.max(0) as u64, timeout).await as i64)
+        }
+        Conn::ReadOnly(stale) => {
+            session.stale_reads = stale;
+            Wire::Status("OK")
+        }
         Conn::Subscribe(names, pattern) => {
             let hub = &server.node.sm.shared.pubsub;
             if session.messages.is_none() {

@@ -1,5 +1,6 @@
 //! INFO, HELLO, CLIENT LIST and COMMAND replies.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -23,6 +24,37 @@ pub fn hello(server: &Server, client_id: u64, proto: Proto) -> Wire {
         (Wire::text("modules"), Wire::Array(Vec::new())),
         (Wire::text("fencelock_version"), Wire::text(env!("CARGO_PKG_VERSION"))),
     ])
+}
+
+/// INFO's replication section, worded as Redis words it (monitoring tools parse
+/// `role:` and the `slaveN:` lines), then the Raft figures.
+fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
+    let mut out = String::from("# Replication\r\n");
+    if status.leader {
+        let view = server.node.local_view();
+        let metrics = server.node.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        out += &format!("role:master\r\nconnected_slaves:{}\r\n", view.matched.len());
+        for (n, (id, matched)) in view.matched.iter().enumerate() {
+            let addr = membership.get_node(id).map(|m| m.addr.clone()).unwrap_or_default();
+            let (ip, port) = addr.rsplit_once(':').unwrap_or((&addr, "0"));
+            out += &format!("slave{n}:ip={ip},port={port},state=online,offset={matched},raft_node_id={id}\r\n");
+        }
+    } else {
+        let link = if status.leader_id.is_some() { "up" } else { "down" };
+        out += &format!("role:slave\r\nmaster_link_status:{link}\r\nconnected_slaves:0\r\n");
+    }
+    out += &format!(
+        "raft_node_id:{}\r\nraft_leader_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\n\r\n",
+        server.node.id,
+        status.leader_id.map_or(0, |l| l),
+        status.term,
+        status.last_log_index,
+        status.commit_index,
+        status.applied_index,
+        status.snapshot_index
+    );
+    out
 }
 
 /// INFO [section ...]: server, clients, persistence, stats, replication, keyspace.
@@ -71,11 +103,7 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
         );
     }
     if wanted("replication") {
-        let role = if status.leader { "master" } else { "slave" };
-        out += &format!(
-            "# Replication\r\nrole:{role}\r\nconnected_slaves:0\r\nraft_node_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_applied_index:{}\r\n\r\n",
-            server.node.id, status.term, status.last_log_index, status.applied_index
-        );
+        out += &replication(server, &status);
     }
     if wanted("keyspace") {
         let (keys, expires, avg_ttl) = server.node.sm.shared.inner.lock().expect("not poisoned").core.keyspace_stats();

@@ -4,12 +4,14 @@
 //! - `resp`: the bounded request parser and reply encoding;
 //! - `cmd`: one parser per command family, RESP arguments → core commands;
 //! - `raft`: openraft's log store (a segmented WAL), state-machine adapter and network;
+//! - `cluster`: membership changes, CLUSTER.STATUS, WAIT, `--join`, hand-off on SIGTERM;
 //! - `node`: Raft startup, proposal stamping, reads, the leader's expiry ticker;
 //! - `server` / `connection`: the listener and one task per client;
 //! - `errors`: the one table from internal errors to RESP errors.
 
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod connection;

@@ -43,6 +43,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         limits: Limits::default(),
         snapshot_every_entries: settings.snapshot_every,
         peers: settings.peers.clone(),
+        join: settings.join.clone(),
     };
     let node = Node::start(node_config).await.map_err(|e| e.to_string())?;
     let config = ServerConfig {
@@ -50,7 +51,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         request_limits: RequestLimits::default(),
         connections_max: settings.maxclients,
     };
-    let server = Server::new(node, config, port);
+    let server = Server::new(std::sync::Arc::clone(&node), config, port);
     // Tests and scripts wait for this line to learn the port (with --port 0).
     println!(
         "fencelock ready on {}:{port} (node {}, data in {})",
@@ -59,5 +60,19 @@ async fn run(settings: Settings) -> Result<(), String> {
         settings.data_dir.display()
     );
     tracing::info!(port, "ready");
-    server.run(listener).await.map_err(|e| e.to_string())
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    tokio::select! {
+        served = server.run(listener) => served.map_err(|e| e.to_string()),
+        _ = terminate.recv() => {
+            tracing::info!("SIGTERM: shutting down");
+            node.shut_down().await;
+            Ok(())
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: shutting down");
+            node.shut_down().await;
+            Ok(())
+        }
+    }
 }

@@ -28,6 +28,13 @@ pub enum NodeError {
     /// followers forward them, which is the cluster milestone's work).
     #[error("TRYAGAIN this node is a follower; the leader is node {0}")]
     NotLeader(NodeId),
+    /// This node leads but no quorum confirmed the request in time: it may be cut off
+    /// in a minority (a write may still commit later if the partition heals first).
+    #[error("TRYAGAIN no quorum confirmed the request within {0} ms (this node may be partitioned from the majority)")]
+    NoQuorum(u64),
+    /// An admin request the cluster refused; the text is the whole wire error.
+    #[error("{0}")]
+    Refused(String),
     /// The node failed (storage error, shutting down).
     #[error("ERR node failure: {0}")]
     Fatal(String),
@@ -48,12 +55,20 @@ pub struct NodeConfig {
     pub snapshot_every_entries: u64,
     /// Static cluster members (node id → peer address); empty for a single node.
     pub peers: BTreeMap<NodeId, String>,
+    /// A member's client address to join the cluster through (`--join`).
+    pub join: Option<String>,
 }
 
 /// How long a write waits for a leader to be known before answering TRYAGAIN.
 const LEADER_WAIT: Duration = Duration::from_millis(1_000);
 /// How long a follower waits for the leader to answer a forwarded write.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the leader waits for a quorum to confirm a write or a read index before
+/// telling the client to retry: a leader cut off in a minority must not hang clients.
+const QUORUM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long startup waits for a leader before serving anyway (requests answer TRYAGAIN
+/// until one is elected).
+const STARTUP_LEADER_WAIT: Duration = Duration::from_secs(30);
 /// Idle connections kept per leader address for forwarding.
 const FORWARD_POOL_MAX: usize = 64;
 
@@ -99,30 +114,42 @@ impl Node {
         sm.set_local_node(config.id);
         let raft = Raft::new(config.id, raft_config, Network, log, sm.clone()).await.map_err(|e| fatal(&e))?;
         let slot: crate::raft::network::NodeSlot = Default::default();
-        if !config.peers.is_empty() {
-            let addr = &config.peers[&config.id];
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| NodeError::Fatal(format!("cannot listen for peers on {addr}: {e}")))?;
-            tokio::spawn(crate::raft::network::serve_peers(listener, Arc::new(raft.clone()), Arc::clone(&slot)));
-        }
+        // Every node listens for peers, a single node too: others may join it.
+        let listen_addr = config.peers.get(&config.id).unwrap_or(&config.peer_addr).clone();
+        let listener = tokio::net::TcpListener::bind(&listen_addr)
+            .await
+            .map_err(|e| NodeError::Fatal(format!("cannot listen for peers on {listen_addr}: {e}")))?;
+        // With an ephemeral peer port, members must be told the port we got.
+        let peer_addr = match (listen_addr.rsplit_once(':'), listener.local_addr()) {
+            (Some((host, _)), Ok(bound)) => format!("{host}:{}", bound.port()),
+            _ => listen_addr.clone(),
+        };
+        tokio::spawn(crate::raft::network::serve_peers(listener, Arc::new(raft.clone()), Arc::clone(&slot)));
         if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
-            let members: BTreeMap<NodeId, BasicNode> = if config.peers.is_empty() {
-                BTreeMap::from([(config.id, BasicNode::new(config.peer_addr.clone()))])
-            } else {
-                config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect()
-            };
-            // In a static cluster the lowest id forms it, once; the others learn the
-            // membership from its log.
-            if config.peers.is_empty() || config.peers.keys().next() == Some(&config.id) {
-                raft.initialize(members).await.map_err(|e| fatal(&e))?;
+            match &config.join {
+                // A joining node waits to be added: the leader's log brings the membership.
+                Some(member) => crate::cluster::join_through(member, config.id, &peer_addr).await?,
+                None if config.peers.is_empty() => {
+                    raft.initialize(BTreeMap::from([(config.id, BasicNode::new(peer_addr.clone()))]))
+                        .await
+                        .map_err(|e| fatal(&e))?;
+                }
+                // In a static cluster the lowest id forms it, once; the others learn the
+                // membership from its log.
+                None if config.peers.keys().next() == Some(&config.id) => {
+                    let members = config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone())));
+                    raft.initialize(members.collect::<BTreeMap<_, _>>()).await.map_err(|e| fatal(&e))?;
+                }
+                None => {}
             }
         }
-        let wait = raft.wait(Some(Duration::from_secs(30)));
-        if config.peers.is_empty() {
-            wait.state(ServerState::Leader, "single node becomes leader").await.map_err(|e| fatal(&e))?;
-        } else {
-            wait.metrics(|m| m.current_leader.is_some(), "the cluster has a leader").await.map_err(|e| fatal(&e))?;
+        let wait = raft.wait(Some(STARTUP_LEADER_WAIT));
+        if wait.metrics(|m| m.current_leader.is_some(), "a leader is known").await.is_err() {
+            // Serve anyway: clients get TRYAGAIN until a quorum is back.
+            tracing::warn!(
+                "no leader after {} s; serving, requests answer TRYAGAIN until one is elected",
+                STARTUP_LEADER_WAIT.as_secs()
+            );
         }
         let node = Arc::new(Node {
             raft,
@@ -164,7 +191,10 @@ impl Node {
     /// of `origin`. Returns the reply and the entry's log index.
     pub async fn propose_local(&self, op: Op, origin: NodeId) -> Result<(Applied, u64), NodeError> {
         let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
-        match self.raft.client_write(proposal).await {
+        let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
+            return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
+        };
+        match written {
             Ok(response) => Ok((response.data, response.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader))
@@ -177,8 +207,8 @@ impl Node {
     /// Sends `op` to the leader over the peer network and waits until this node has
     /// applied the entry too, so its waiter channels exist and reads here see it.
     async fn forward(&self, leader: NodeId, op: Op) -> Result<Applied, NodeError> {
-        let response =
-            self.ask_leader(leader, crate::raft::network::PeerRequest::Forward { origin: self.id, op }).await?;
+        let request = crate::raft::network::PeerRequest::Forward { origin: self.id, op };
+        let response = self.ask_leader(leader, request, FORWARD_TIMEOUT).await?;
         let (applied, index) = match response {
             crate::raft::network::PeerResponse::Forward(Ok(done)) => done,
             crate::raft::network::PeerResponse::Forward(Err(text)) if text.starts_with("TRYAGAIN") => {
@@ -197,7 +227,7 @@ impl Node {
 
     /// Asks the leader for a read index and waits until this replica has applied it.
     async fn follower_read_index(&self, leader: NodeId) -> Result<(), NodeError> {
-        let response = self.ask_leader(leader, crate::raft::network::PeerRequest::ReadIndex).await?;
+        let response = self.ask_leader(leader, crate::raft::network::PeerRequest::ReadIndex, FORWARD_TIMEOUT).await?;
         let index = match response {
             crate::raft::network::PeerResponse::ReadIndex(Ok(index)) => index,
             crate::raft::network::PeerResponse::ReadIndex(Err(_)) => return Err(NodeError::TryAgain),
@@ -211,19 +241,20 @@ impl Node {
         Ok(())
     }
 
-    /// One request to the leader over the peer network. A leader that is gone, slow or
-    /// unknown is TRYAGAIN for the client.
-    async fn ask_leader(
+    /// One request to the leader over the peer network, answered within `ttl`. A
+    /// leader that is gone, slow or unknown is TRYAGAIN for the client.
+    pub(crate) async fn ask_leader(
         &self,
         leader: NodeId,
         request: crate::raft::network::PeerRequest,
+        ttl: Duration,
     ) -> Result<crate::raft::network::PeerResponse, NodeError> {
         let addr = {
             let metrics = self.raft.metrics().borrow_watched().clone();
             metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
         };
         let Some(addr) = addr else { return Err(NodeError::TryAgain) };
-        match tokio::time::timeout(FORWARD_TIMEOUT, self.exchange(&addr, &request)).await {
+        match tokio::time::timeout(ttl, self.exchange(&addr, &request)).await {
             Ok(Ok(response)) => Ok(response),
             _ => Err(NodeError::TryAgain),
         }
@@ -286,7 +317,12 @@ impl Node {
     /// A linearizable read: confirm leadership with a quorum (read index), wait until
     /// the state machine has applied up to it, then read.
     pub async fn read(&self, command: &Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        let Ok(confirmed) =
+            tokio::time::timeout(QUORUM_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await
+        else {
+            return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
+        };
+        match confirmed {
             Ok(_) => {}
             Err(e) if e.forward_to_leader().is_some() => {
                 match e.forward_to_leader().and_then(|f| f.leader_id) {
@@ -298,14 +334,30 @@ impl Node {
             }
             Err(e) => return Err(NodeError::Fatal(e.to_string())),
         }
+        Ok(self.read_local(command))
+    }
+
+    /// The leader's side of a follower's read: confirm leadership with a quorum and
+    /// answer the index the follower must apply before reading.
+    pub(crate) async fn leader_read_index(&self) -> Result<u64, NodeError> {
+        match tokio::time::timeout(QUORUM_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Err(_) => Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64)),
+            Ok(Ok(read)) => Ok(read.index()),
+            Ok(Err(_)) => Err(NodeError::TryAgain),
+        }
+    }
+
+    /// Reads this replica's state as it is, without confirming it is current: what a
+    /// connection that sent READONLY gets (Redis Cluster's stale replica reads).
+    pub fn read_local(&self, command: &Command) -> fencelock_core::Result<Reply> {
         let inner = self.sm.shared.inner.lock().expect("not poisoned");
         // Evaluate at our clock on the replicated time base, so TTLs count down between
         // writes; only once our epoch is in the log does our clock map onto it.
         if inner.epoch() == Some(self.epoch) {
             let now = i128::from(self.stamp_ms()) + inner.core.time_offset_ms();
-            return Ok(inner.core.read_at(command, now.clamp(0, i128::from(u64::MAX)) as u64));
+            return inner.core.read_at(command, now.clamp(0, i128::from(u64::MAX)) as u64);
         }
-        Ok(inner.core.read(command))
+        inner.core.read(command)
     }
 
     /// Role, term and indexes for INFO.
@@ -316,6 +368,9 @@ impl Node {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            leader_id: m.current_leader,
+            commit_index: m.local_committed.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
         }
     }
 }
@@ -331,6 +386,12 @@ pub struct NodeStatus {
     pub last_log_index: u64,
     /// Last applied index.
     pub applied_index: u64,
+    /// The leader this node knows of.
+    pub leader_id: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Index the last snapshot covers (0: none).
+    pub snapshot_index: u64,
 }
 
 /// How often the leader checks for due deadlines. Expiry is at most this late.

@@ -8,6 +8,12 @@ use proptest::prelude::*;
 
 const NAMES: &[&str] = &[
     "SET",
+    "CLUSTER.JOIN",
+    "CLUSTER.ADDLEARNER",
+    "CLUSTER.PROMOTE",
+    "CLUSTER.REMOVE",
+    "CLUSTER.TRANSFER",
+    "CLUSTER.STATUS",
     "GET",
     "DEL",
     "EXISTS",
@@ -145,7 +151,8 @@ proptest! {
         args.extend(rest);
         match cmd::parse(args) {
             Ok(Request::Core(..) | Request::Conn(_) | Request::Lock(_) | Request::Scan { .. }
-                | Request::Eval { .. } | Request::Script(_) | Request::Immediate(_)) => {}
+                | Request::Eval { .. } | Request::Script(_) | Request::Immediate(_)
+                | Request::Admin(_) | Request::ClusterStatus) => {}
             Err(e) => {
                 let text = e.to_string();
                 prop_assert!(!text.is_empty());

@@ -9,6 +9,7 @@ use fencelock_core::Command;
 use crate::resp::Wire;
 
 pub mod args;
+pub mod cluster;
 pub mod conn;
 pub mod keyspace;
 pub mod lock;
@@ -74,6 +75,10 @@ pub enum Request {
     },
     /// SCRIPT LOAD / EXISTS / FLUSH.
     Script(script::ScriptAdmin),
+    /// CLUSTER.JOIN / ADDLEARNER / PROMOTE / REMOVE / TRANSFER.
+    Admin(crate::cluster::AdminOp),
+    /// CLUSTER.STATUS.
+    ClusterStatus,
     /// The reply is already known while parsing.
     Immediate(Wire),
 }
@@ -110,6 +115,9 @@ fn parse_with(args: Vec<Bytes>, wall_ms: Option<u64>) -> Result<Request, CmdErro
         return Ok(request);
     }
     if let Some(request) = script::parse(&name, &mut a)? {
+        return Ok(request);
+    }
+    if let Some(request) = cluster::parse(&name, &mut a)? {
         return Ok(request);
     }
     Err(CmdError::unknown(a.all()))

@@ -39,6 +39,10 @@ pub(crate) enum PeerRequest {
         origin: NodeId,
         op: super::Op,
     },
+    /// A membership or leadership change for the leader to run.
+    Admin(crate::cluster::AdminOp),
+    /// The leader's replication view (CLUSTER.STATUS and WAIT on a follower).
+    Replication,
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
     Snapshot {
@@ -56,6 +60,10 @@ pub(crate) enum PeerResponse {
     Forward(Result<(super::Applied, u64), String>),
     /// The read index, or why the node cannot give one.
     ReadIndex(Result<u64, String>),
+    /// What the admin change answered, or the whole wire error.
+    Admin(Result<String, String>),
+    /// The view, or None if the asked node does not lead.
+    Replication(Option<crate::cluster::ReplicationView>),
     AppendEntries(Result<AppendEntriesResponse<TypeConfig>, String>),
     Vote(Result<VoteResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
@@ -221,12 +229,17 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
                         Some(node) => node.propose_local(op, origin).await.map_err(|e| e.to_string()),
                         None => Err("TRYAGAIN the leader is still starting".to_string()),
                     }),
-                    PeerRequest::ReadIndex => PeerResponse::ReadIndex(
-                        raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-                            .await
-                            .map(|read| read.index())
-                            .map_err(|e| format!("TRYAGAIN {e}")),
-                    ),
+                    PeerRequest::ReadIndex => PeerResponse::ReadIndex(match node.get() {
+                        Some(node) => node.leader_read_index().await.map_err(|e| e.to_string()),
+                        None => Err("TRYAGAIN the leader is still starting".to_string()),
+                    }),
+                    PeerRequest::Admin(op) => PeerResponse::Admin(match node.get() {
+                        Some(node) => node.admin_local(op).await.map_err(|e| e.to_string()),
+                        None => Err("TRYAGAIN the leader is still starting".to_string()),
+                    }),
+                    PeerRequest::Replication => {
+                        PeerResponse::Replication(node.get().filter(|n| n.raft.is_leader()).map(|n| n.local_view()))
+                    }
                     PeerRequest::AppendEntries(rpc) => {
                         PeerResponse::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
                     }

@@ -68,6 +68,7 @@ impl Waiters {
 struct Image {
     epoch: Option<u64>,
     core: Vec<u8>,
+    retired: std::collections::BTreeSet<u64>,
 }
 
 /// The on-disk snapshot file.
@@ -84,6 +85,11 @@ pub struct Inner {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     epoch: Option<u64>,
+    /// Node ids that were members and were removed: never admitted again, because a
+    /// node replaying the log from empty under an old id would pass through historical
+    /// memberships that name it, and could form a second quorum (openraft's "node ids
+    /// must not be reused").
+    pub retired: std::collections::BTreeSet<u64>,
     current: Option<SnapshotFile>,
     /// The node's Lua VM; scripts run inside apply, under this lock.
     lua: LuaEngine,
@@ -125,6 +131,7 @@ impl SmStore {
             last_applied: None,
             membership: StoredMembership::default(),
             epoch: None,
+            retired: Default::default(),
             current: None,
             lua: LuaEngine::new().map_err(io::Error::other)?,
         };
@@ -166,6 +173,7 @@ impl Inner {
         let image: Image = postcard::from_bytes(&file.data).map_err(io_err)?;
         self.core = StateMachine::restore(limits.clone(), &image.core).map_err(io_err)?;
         self.epoch = image.epoch;
+        self.retired = image.retired;
         self.last_applied = file.meta.last_log_id;
         self.membership = file.meta.last_membership.clone();
         Ok(())
@@ -208,7 +216,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         // Serialize under the lock (consistent), write outside it.
         let file = {
             let inner = self.lock();
-            let image = Image { epoch: inner.epoch, core: inner.core.snapshot() };
+            let image = Image { epoch: inner.epoch, core: inner.core.snapshot(), retired: inner.retired.clone() };
             let meta = SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
             SnapshotFile { meta, data: postcard::to_stdvec(&image).map_err(io_err)? }
         };
@@ -240,6 +248,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 match entry.payload {
                     EntryPayload::Blank => Applied::Nothing,
                     EntryPayload::Membership(m) => {
+                        let before: Vec<u64> = inner.membership.membership().nodes().map(|(id, _)| *id).collect();
+                        for id in before {
+                            if m.get_node(&id).is_none() {
+                                inner.retired.insert(id);
+                            }
+                        }
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
                         Applied::Nothing
                     }
