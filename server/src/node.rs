@@ -254,9 +254,20 @@ impl Node {
             metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
         };
         let Some(addr) = addr else { return Err(NodeError::TryAgain) };
-        match tokio::time::timeout(ttl, self.exchange(&addr, &request)).await {
-            Ok(Ok(response)) => Ok(response),
-            _ => Err(NodeError::TryAgain),
+        // A leader that froze or died leaves the request unanswered; once this node
+        // sees an election (the leader it knows changes), the client is told to retry
+        // rather than wait out `ttl`.
+        let wait = self.raft.wait(Some(ttl));
+        // (Except for leadership transfers and other admin work: there the leader
+        // changing is expected, and the old leader still answers.)
+        let expect_change = matches!(request, crate::raft::network::PeerRequest::Admin(_));
+        let superseded = wait.metrics(|m| !expect_change && m.current_leader != Some(leader), "the leader changed");
+        tokio::select! {
+            answered = tokio::time::timeout(ttl, self.exchange(&addr, &request)) => match answered {
+                Ok(Ok(response)) => Ok(response),
+                _ => Err(NodeError::TryAgain),
+            },
+            _ = superseded => Err(NodeError::TryAgain),
         }
     }
 
@@ -332,6 +343,8 @@ impl Node {
                     None => return Err(NodeError::TryAgain),
                 }
             }
+            // The leader could not hear from a quorum: it may be cut off.
+            Err(RaftError::APIError(_)) => return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64)),
             Err(e) => return Err(NodeError::Fatal(e.to_string())),
         }
         Ok(self.read_local(command))

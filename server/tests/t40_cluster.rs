@@ -4,54 +4,17 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Client, Reply, Server};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn start_cluster(n: u64) -> Vec<Server> {
-    let peers: Vec<String> = (1..=n).map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
-    let peers = peers.join(",");
-    // Every node waits for a leader before it reports ready, so start them together.
-    let handles: Vec<_> = (1..=n)
-        .map(|id| {
-            let peers = peers.clone();
-            std::thread::spawn(move || Server::start_with(&["--node-id", &id.to_string(), "--peers", &peers]))
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("a node started")).collect()
-}
-
-fn info_field(c: &mut Client, field: &str) -> String {
-    let info = c.cmd(&["INFO", "replication"]).text();
-    info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or_default().trim().to_string()
-}
-
-fn leader_of(servers: &mut [Server]) -> Option<usize> {
-    servers.iter_mut().position(|s| {
-        s.is_running()
-            && Client::try_connect(s.port())
-                .is_ok_and(|mut c| c.try_cmd(&["INFO", "replication"]).is_ok_and(|r| r.text().contains("role:master")))
-    })
-}
-
-/// Sends a command until it is not refused with TRYAGAIN (a new leader refuses writes
-/// until a quorum has acknowledged it; clients retry TRYAGAIN).
-fn until_accepted(c: &mut Client, args: &[&str]) -> Reply {
-    wait_until(Duration::from_secs(10), "the command to be accepted", || match c.cmd(args) {
-        Reply::Error(e) if e.starts_with("TRYAGAIN") => None,
-        reply => Some(reply),
-    })
-}
+use common::cluster::{info_field, leader_of, start_cluster, until_accepted, wait_applied, wait_for_leader};
+use common::{wait_until, Client, Reply};
 
 #[test]
 fn three_nodes_form_replicate_forward_and_fail_over_with_locks_intact() {
     let mut servers = start_cluster(3);
-    let leader = wait_until(Duration::from_secs(10), "a leader", || leader_of(&mut servers));
+    let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
     assert_eq!(until_accepted(&mut l, &["SET", "k", "v"]), Reply::Simple("OK".into()));
     let fence = until_accepted(&mut l, &["LOCK", "orders:1", "60000", "TOKEN", "holder"]).field("fence").int();
@@ -75,7 +38,39 @@ fn three_nodes_form_replicate_forward_and_fail_over_with_locks_intact() {
         }
     }
 
-    // SIGKILL the leader and time the next successful write on a survivor.
+    // A lock workload runs through a follower that survives; then SIGKILL the leader
+    // and time the gap until the workload's next successful grant.
+    let survivor = (0..servers.len()).find(|i| *i != leader).expect("a follower");
+    let stop = Arc::new(AtomicBool::new(false));
+    let grants: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let workload = {
+        let (port, stop, grants, errors) = (servers[survivor].port(), stop.clone(), grants.clone(), errors.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let name = format!("workload:{}", n % 8);
+                // A fresh token per attempt: a LOCK whose reply was lost in the
+                // failover stays held until its lease ends (then LOCK answers null).
+                let token = format!("w{n}");
+                match c.cmd(&["LOCK", &name, "10000", "TOKEN", &token]) {
+                    Reply::Error(e) => errors.lock().unwrap().push(e),
+                    grant if grant.is_null() => {}
+                    grant => {
+                        grants.lock().unwrap().push((Instant::now(), grant.field("fence").int()));
+                        if let Reply::Error(e) = c.cmd(&["UNLOCK", &name, &token]) {
+                            errors.lock().unwrap().push(e);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    wait_until(Duration::from_secs(5), "the workload to get grants", || {
+        (grants.lock().unwrap().len() >= 20).then_some(())
+    });
     servers[leader].kill();
     let killed = Instant::now();
     let new_leader = wait_until(Duration::from_secs(10), "a new leader that accepts writes", || {
@@ -84,8 +79,23 @@ fn three_nodes_form_replicate_forward_and_fail_over_with_locks_intact() {
         let reply = c.try_cmd(&["SET", "after", "failover"]).ok()?;
         matches!(&reply, Reply::Simple(ok) if ok == "OK").then_some(candidate)
     });
-    let failover = killed.elapsed();
-    println!("failover: first successful write {} ms after SIGKILL of the leader", failover.as_millis());
+    wait_until(Duration::from_secs(10), "a grant after the kill", || {
+        grants.lock().unwrap().iter().any(|(at, _)| *at > killed).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    workload.join().expect("the workload thread");
+    let grants = grants.lock().unwrap().clone();
+    let first_after = grants.iter().find(|(at, _)| *at > killed).expect("a grant after the kill").0;
+    println!(
+        "failover: the lock workload's first grant came {} ms after SIGKILL of the leader ({} grants in all)",
+        (first_after - killed).as_millis(),
+        grants.len()
+    );
+    // Clients saw only errors they retry, and the fences of successive grants rose.
+    for e in errors.lock().unwrap().iter() {
+        assert!(e.starts_with("TRYAGAIN") || e.starts_with("NOTHOLDER"), "a non-retryable error in failover: {e}");
+    }
+    assert!(grants.windows(2).all(|w| w[1].1 > w[0].1), "fences rose across the failover");
     assert_ne!(new_leader, leader);
 
     let mut n = servers[new_leader].connect();
@@ -95,12 +105,21 @@ fn three_nodes_form_replicate_forward_and_fail_over_with_locks_intact() {
     assert!(n.cmd(&["LOCK", "orders:1", "60000", "TOKEN", "other"]).is_null());
     let newer = n.cmd(&["LOCK", "orders:2", "60000", "TOKEN", "t"]).field("fence").int();
     assert!(newer > fence, "fences keep increasing across the failover ({newer} > {fence})");
+
+    // The killed node restarts on its data and catches up with what it missed.
+    servers[leader].restart();
+    let target = info_field(&mut n, "raft_applied_index").parse::<u64>().expect("applied index");
+    let mut back = servers[leader].connect();
+    wait_applied(&mut back, target);
+    assert_eq!(info_field(&mut back, "role"), "slave");
+    assert_eq!(back.raw(&["GET", "after"]), "$8\r\nfailover\r\n");
+    assert_eq!(back.cmd(&["FENCE", "orders:2"]).int(), newer);
 }
 
 #[test]
 fn a_blocking_lock_through_a_follower_is_granted_when_the_leader_side_unlocks() {
     let mut servers = start_cluster(3);
-    let leader = wait_until(Duration::from_secs(10), "a leader", || leader_of(&mut servers));
+    let leader = wait_for_leader(&mut servers);
     let follower = (0..servers.len()).find(|i| *i != leader).expect("a follower");
     let mut l = servers[leader].connect();
     let holder = until_accepted(&mut l, &["LOCK", "shared-resource", "60000", "TOKEN", "h"]).field("fence").int();

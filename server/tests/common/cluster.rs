@@ -1,0 +1,90 @@
+//! Helpers for the multi-process cluster tests: start N nodes on 127.0.0.1, find the
+//! leader, retry what a client retries, and read INFO / CLUSTER.STATUS fields.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use super::{wait_until, Client, Reply, Server};
+
+/// A port nobody listens on right now (for peer ports given on the command line).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Starts `n` nodes of a static cluster (ids 1..=n) with `extra` flags each. Every
+/// node waits for a leader before it reports ready, so they start together.
+pub fn start_cluster_with(n: u64, extra: &[&str]) -> Vec<Server> {
+    let peers: Vec<String> = (1..=n).map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
+    let peers = peers.join(",");
+    let handles: Vec<_> = (1..=n)
+        .map(|id| {
+            let mut args: Vec<String> = vec!["--node-id".into(), id.to_string(), "--peers".into(), peers.clone()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("a node started")).collect()
+}
+
+/// Starts `n` nodes of a static cluster with default flags.
+pub fn start_cluster(n: u64) -> Vec<Server> {
+    start_cluster_with(n, &[])
+}
+
+/// A field of `INFO replication`.
+pub fn info_field(c: &mut Client, field: &str) -> String {
+    let info = c.cmd(&["INFO", "replication"]).text();
+    info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or_default().trim().to_string()
+}
+
+/// A `key:value` field of CLUSTER.STATUS.
+pub fn status_field(c: &mut Client, field: &str) -> String {
+    let status = c.cmd(&["CLUSTER.STATUS"]).text();
+    status.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or_default().trim().to_string()
+}
+
+/// The index (into `servers`) of the running node that says it leads.
+pub fn leader_of(servers: &mut [Server]) -> Option<usize> {
+    servers.iter_mut().position(|s| {
+        s.is_running()
+            && Client::try_connect(s.port()).is_ok_and(|mut c| {
+                c.set_read_timeout(Duration::from_secs(2));
+                c.try_cmd(&["INFO", "replication"]).is_ok_and(|r| r.text().contains("role:master"))
+            })
+    })
+}
+
+/// Waits (10 s at most) for a leader.
+pub fn wait_for_leader(servers: &mut [Server]) -> usize {
+    wait_until(Duration::from_secs(10), "a leader", || leader_of(servers))
+}
+
+/// Sends a command until it is not refused with TRYAGAIN (a new leader refuses writes
+/// until a quorum has acknowledged it; clients retry TRYAGAIN).
+pub fn until_accepted(c: &mut Client, args: &[&str]) -> Reply {
+    wait_until(Duration::from_secs(10), "the command to be accepted", || match c.cmd(args) {
+        Reply::Error(e) if e.starts_with("TRYAGAIN") => None,
+        reply => Some(reply),
+    })
+}
+
+/// Waits until the node behind `c` has applied at least `index`.
+pub fn wait_applied(c: &mut Client, index: u64) {
+    wait_until(Duration::from_secs(15), "the node to apply the index", || {
+        (info_field(c, "raft_applied_index").parse::<u64>().unwrap_or(0) >= index).then_some(())
+    });
+}
+
+/// Runs the binary with `args` (plus an ephemeral port and `data_dir`) and expects it
+/// to exit by itself: its exit code and stderr.
+pub fn run_to_exit(args: &[&str], data_dir: &std::path::Path) -> (i32, String) {
+    let output = std::process::Command::new(super::binary())
+        .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run fencelock");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}

@@ -1,0 +1,196 @@
+//! Growing, shrinking and steering a cluster of real processes on 127.0.0.1: five-node
+//! formation, a node joining from empty through a snapshot, removal (and the removed id
+//! refused forever), leadership transfer on request and on SIGTERM, WAIT, READONLY, and
+//! pub/sub across nodes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{
+    free_port, info_field, run_to_exit, start_cluster, start_cluster_with, status_field, until_accepted, wait_applied,
+    wait_for_leader,
+};
+use common::{encode, wait_until, Reply, Server};
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+#[test]
+fn five_nodes_form_and_a_write_on_one_follower_is_read_on_another() {
+    let mut servers = start_cluster(5);
+    let leader = wait_for_leader(&mut servers);
+    let followers: Vec<usize> = (0..5).filter(|i| *i != leader).collect();
+    let mut a = servers[followers[0]].connect();
+    let mut b = servers[followers[3]].connect();
+    assert_eq!(until_accepted(&mut a, &["SET", "written-on-a", "1"]), ok());
+    assert_eq!(b.raw(&["GET", "written-on-a"]), "$1\r\n1\r\n");
+    let fence = until_accepted(&mut b, &["LOCK", "five", "30000", "TOKEN", "b"]).field("fence").int();
+    assert_eq!(a.cmd(&["FENCE", "five"]).int(), fence);
+    // Every node reports the same five voters and the same leader.
+    let leader_id = status_field(&mut servers[leader].connect(), "node_id");
+    for s in &servers {
+        let mut c = s.connect();
+        assert_eq!(status_field(&mut c, "voters"), "1,2,3,4,5");
+        assert_eq!(status_field(&mut c, "leader_id"), leader_id);
+    }
+    let status = servers[leader].connect().cmd(&["CLUSTER.STATUS"]).text();
+    assert_eq!(status.lines().filter(|l| l.starts_with("member:")).count(), 5, "{status}");
+    assert_eq!(status.lines().filter(|l| l.contains("role=follower")).count(), 4, "{status}");
+    // WAIT counts the followers holding everything: all four, soon.
+    assert_eq!(servers[leader].connect().cmd(&["WAIT", "4", "5000"]).int(), 4);
+}
+
+#[test]
+fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
+    // Small snapshot interval: the leader purges its log, so newcomers need a snapshot.
+    let mut servers = start_cluster_with(3, &["--snapshot-every", "200"]);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    until_accepted(&mut l, &["SET", "warm", "up"]);
+    let mut batch = Vec::new();
+    for i in 0..3_000 {
+        batch.extend(encode(&["SET", &format!("key:{i}"), &format!("value-{i}")]));
+    }
+    l.send(&batch);
+    for _ in 0..3_000 {
+        assert_eq!(l.read(), ok());
+    }
+    wait_until(Duration::from_secs(20), "the leader to purge its log", || {
+        (status_field(&mut l, "purged_index").parse::<u64>().unwrap_or(0) > 0).then_some(())
+    });
+
+    // Nodes 4 and 5 start empty and join through a follower's client port.
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let via = format!("127.0.0.1:{}", servers[follower].port());
+    for id in [4u64, 5] {
+        let peer_port = free_port().to_string();
+        let node = Server::start_with(&["--node-id", &id.to_string(), "--peer-port", &peer_port, "--join", &via]);
+        servers.push(node);
+    }
+    let target = info_field(&mut l, "raft_applied_index").parse::<u64>().expect("applied");
+    for s in &servers[3..] {
+        let mut c = s.connect();
+        wait_applied(&mut c, target);
+        assert!(
+            status_field(&mut c, "snapshot_index").parse::<u64>().unwrap_or(0) > 0,
+            "the newcomer caught up through a snapshot"
+        );
+        assert_eq!(c.raw(&["GET", "key:2999"]), "$10\r\nvalue-2999\r\n");
+        assert_eq!(c.raw(&["GET", "key:0"]), "$7\r\nvalue-0\r\n");
+    }
+    assert_eq!(status_field(&mut l, "voters"), "1,2,3,4,5");
+
+    // Remove a follower (not the leader): four voters remain and writes go on.
+    let removed = (0..3).find(|i| *i != leader).expect("a follower");
+    let removed_id = status_field(&mut servers[removed].connect(), "node_id");
+    assert_eq!(l.cmd(&["CLUSTER.REMOVE", &removed_id]), ok());
+    let voters = status_field(&mut l, "voters");
+    assert_eq!(voters.split(',').count(), 4, "{voters}");
+    assert!(!voters.split(',').any(|v| v == removed_id), "{voters}");
+    servers[removed].kill();
+    assert_eq!(until_accepted(&mut l, &["SET", "after-remove", "1"]), ok());
+    assert_eq!(servers[4].connect().raw(&["GET", "after-remove"]), "$1\r\n1\r\n");
+
+    // Its data directory wiped, the removed node may not come back under its old id:
+    // replaying from empty under an old id could form a second quorum.
+    let wiped = tempfile::tempdir().expect("tempdir");
+    let peer_port = free_port().to_string();
+    let (code, stderr) = run_to_exit(
+        &[
+            "--node-id",
+            &removed_id,
+            "--peer-port",
+            &peer_port,
+            "--join",
+            &format!("127.0.0.1:{}", servers[leader].port()),
+        ],
+        &wiped.path().join("data"),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("never reused"), "{stderr}");
+    // Under a new id it joins.
+    let node = Server::start_with(&[
+        "--node-id",
+        "6",
+        "--peer-port",
+        &free_port().to_string(),
+        "--join",
+        &format!("127.0.0.1:{}", servers[leader].port()),
+    ]);
+    let mut c = node.connect();
+    assert_eq!(c.raw(&["GET", "after-remove"]), "$1\r\n1\r\n");
+    assert_eq!(status_field(&mut c, "voters").split(',').count(), 5);
+    // Membership commands refuse what makes no sense, with the reason.
+    assert!(l.raw(&["CLUSTER.PROMOTE", "42"]).contains("not a learner"));
+    assert!(l.raw(&["CLUSTER.REMOVE", "42"]).contains("not a member"));
+    assert!(l.raw(&["CLUSTER.ADDLEARNER", "6", "127.0.0.1:1"]).contains("already a voter"));
+}
+
+#[test]
+fn leadership_moves_on_request_and_on_sigterm_without_waiting_for_an_election() {
+    let mut servers = start_cluster(3);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    until_accepted(&mut l, &["SET", "k", "v"]);
+    // CLUSTER.TRANSFER sent to a follower, naming the other follower.
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let mut f = servers[followers[0]].connect();
+    let target_id = status_field(&mut servers[followers[1]].connect(), "node_id");
+    let term = status_field(&mut f, "term").parse::<u64>().expect("term");
+    assert_eq!(f.cmd(&["CLUSTER.TRANSFER", &target_id]), ok());
+    let now_leader = wait_for_leader(&mut servers);
+    assert_eq!(now_leader, followers[1]);
+    assert!(status_field(&mut f, "term").parse::<u64>().expect("term") > term);
+
+    // SIGTERM on the leader: it hands over, then exits 0; the next write comes at once.
+    let mut c = servers[followers[0]].connect();
+    let fence = until_accepted(&mut c, &["LOCK", "graceful", "30000", "TOKEN", "a"]).field("fence").int();
+    servers[now_leader].signal("TERM");
+    let stopped = Instant::now();
+    assert_eq!(servers[now_leader].wait_exit(Duration::from_secs(10)), Some(0), "a clean exit on SIGTERM");
+    let newest = until_accepted(&mut c, &["LOCK", "graceful-2", "30000", "TOKEN", "b"]).field("fence").int();
+    println!("sigterm: next grant {} ms after SIGTERM of the leader", stopped.elapsed().as_millis());
+    assert!(newest > fence);
+    assert!(c.cmd(&["LOCK", "graceful", "30000", "TOKEN", "other"]).is_null(), "the lock survived the hand-off");
+    // A hand-off, not a removal: the stopped node is still a voter.
+    assert_eq!(status_field(&mut c, "voters"), "1,2,3");
+}
+
+#[test]
+fn pubsub_readonly_and_wait_work_across_nodes() {
+    let mut servers = start_cluster(3);
+    let leader = wait_for_leader(&mut servers);
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let mut l = servers[leader].connect();
+    until_accepted(&mut l, &["SET", "k", "v"]);
+
+    // A subscriber on one follower hears a message published on the other.
+    let mut sub = servers[followers[0]].connect();
+    sub.send_cmd(&["SUBSCRIBE", "news"]);
+    assert_eq!(sub.read().items()[0].text(), "subscribe");
+    let mut publisher = servers[followers[1]].connect();
+    until_accepted(&mut publisher, &["PUBLISH", "news", "hello"]);
+    let message = sub.read();
+    assert_eq!(message.items().iter().map(Reply::text).collect::<Vec<_>>(), ["message", "news", "hello"]);
+
+    // READONLY reads this replica as it is (no read index); READWRITE restores
+    // linearizable reads. Either way a value written long enough ago is there.
+    let mut r = servers[followers[1]].connect();
+    assert_eq!(r.cmd(&["READONLY"]), ok());
+    wait_until(Duration::from_secs(5), "the replica to have k", || {
+        (r.raw(&["GET", "k"]) == "$1\r\nv\r\n").then_some(())
+    });
+    assert_eq!(r.cmd(&["READWRITE"]), ok());
+    assert_eq!(l.raw(&["SET", "fresh", "1"]), "+OK\r\n");
+    assert_eq!(r.raw(&["GET", "fresh"]), "$1\r\n1\r\n");
+
+    // WAIT: both followers hold the write; asking for more than exist times out with 2.
+    assert_eq!(l.cmd(&["WAIT", "2", "5000"]).int(), 2);
+    let started = Instant::now();
+    assert_eq!(l.cmd(&["WAIT", "3", "300"]).int(), 2);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // On a follower WAIT asks the leader.
+    assert_eq!(r.cmd(&["WAIT", "2", "5000"]).int(), 2);
+}

@@ -1,0 +1,133 @@
+//! Pauses and partitions with real processes: a leader frozen with SIGSTOP past the
+//! election timeout is replaced, and once resumed it can neither grant nor confirm
+//! anything; a node cut off in a minority refuses writes and linearizable reads instead
+//! of answering from stale state.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{info_field, start_cluster, until_accepted, wait_for_leader};
+use common::{encode, wait_until, Client, Reply};
+
+/// Sends `args` until it is granted (not null, not TRYAGAIN); the grant.
+fn lock_until_granted(c: &mut Client, args: &[&str]) -> Reply {
+    wait_until(Duration::from_secs(20), "the lock to be granted", || match c.cmd(args) {
+        Reply::Error(e) if e.starts_with("TRYAGAIN") => None,
+        reply if reply.is_null() => {
+            std::thread::sleep(Duration::from_millis(20));
+            None
+        }
+        reply => Some(reply),
+    })
+}
+
+#[test]
+fn a_paused_leader_is_replaced_and_after_resuming_grants_and_confirms_nothing() {
+    let mut servers = start_cluster(3);
+    let old = wait_for_leader(&mut servers);
+    let mut a = servers[old].connect();
+    let first = until_accepted(&mut a, &["LOCK", "res", "2000", "TOKEN", "a"]).field("fence").int();
+    let granted_a = Instant::now();
+    // A connection to the old leader made now, used while it is frozen.
+    let mut stale = servers[old].connect();
+    stale.set_read_timeout(Duration::from_secs(30));
+    servers[old].signal("STOP");
+
+    // The other two elect a leader; the lock passes to b only once a's lease has run
+    // out on the new leader's clock, which restarts the remaining time when it takes
+    // over (never early).
+    let survivor = (0..3).find(|i| *i != old).expect("a survivor");
+    let mut b = servers[survivor].connect();
+    let grant = lock_until_granted(&mut b, &["LOCK", "res", "30000", "TOKEN", "b"]);
+    let waited = granted_a.elapsed();
+    let second = grant.field("fence").int();
+    println!("sigstop: b was granted {} ms after a's 2000 ms lease began", waited.as_millis());
+    assert!(waited >= Duration::from_millis(2000), "a's lease ended early: b got the lock after {waited:?}");
+    assert!(second > first, "fences increase: {second} > {first}");
+
+    // Requests reach the frozen leader's socket first, then it resumes: it must not
+    // renew a's lease, must not grant, and must report b's fence (or ask to retry).
+    let mut requests = encode(&["RENEW", "res", "a", "30000"]);
+    requests.extend(encode(&["LOCK", "res", "30000", "TOKEN", "a"]));
+    requests.extend(encode(&["FENCE", "res"]));
+    stale.send(&requests);
+    servers[old].signal("CONT");
+    let renew = stale.read();
+    let lock = stale.read();
+    let fence = stale.read();
+    println!("sigstop: the resumed leader answered RENEW {renew:?}, LOCK {lock:?}, FENCE {fence:?}");
+    assert!(
+        matches!(&renew, Reply::Error(e) if e.starts_with("NOTHOLDER") || e.starts_with("TRYAGAIN")),
+        "the resumed old leader renewed a lease it no longer has: {renew:?}"
+    );
+    assert!(
+        lock.is_null() || matches!(&lock, Reply::Error(e) if e.starts_with("TRYAGAIN")),
+        "the resumed old leader granted a held lock: {lock:?}"
+    );
+    assert!(
+        matches!(&fence, Reply::Int(f) if *f == second)
+            || matches!(&fence, Reply::Error(e) if e.starts_with("TRYAGAIN")),
+        "the resumed old leader confirmed a stale fence: {fence:?}"
+    );
+    // It has stepped down; b still holds the lock; fences keep increasing through it.
+    wait_until(Duration::from_secs(5), "the old leader to step down", || {
+        (info_field(&mut stale, "role") == "slave").then_some(())
+    });
+    assert_eq!(stale.cmd(&["FENCE", "res"]).int(), second);
+    let third = until_accepted(&mut stale, &["LOCK", "res-2", "30000", "TOKEN", "c"]).field("fence").int();
+    assert!(third > second);
+    assert!(b.cmd(&["LOCK", "res", "30000", "TOKEN", "d"]).is_null(), "b still holds res");
+}
+
+#[test]
+fn a_node_cut_off_in_the_minority_refuses_writes_and_reads() {
+    let mut servers = start_cluster(3);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    until_accepted(&mut l, &["SET", "k", "before"]);
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+
+    // The leader alone: both followers frozen.
+    for f in &followers {
+        servers[*f].signal("STOP");
+    }
+    let started = Instant::now();
+    let write = l.cmd(&["SET", "k", "in-minority"]);
+    println!("minority: the isolated leader answered {write:?} after {} ms", started.elapsed().as_millis());
+    assert!(matches!(&write, Reply::Error(e) if e.starts_with("TRYAGAIN")), "{write:?}");
+    let read = l.cmd(&["GET", "k"]);
+    assert!(matches!(&read, Reply::Error(e) if e.starts_with("TRYAGAIN")), "a stale read: {read:?}");
+    for f in &followers {
+        servers[*f].signal("CONT");
+    }
+    // Healed: writes and reads work again. The refused write may or may not have
+    // committed (the client was told to retry), so only a fresh write is checked.
+    let mut c = servers[followers[0]].connect();
+    assert_eq!(until_accepted(&mut c, &["SET", "k", "healed"]), Reply::Simple("OK".into()));
+    assert_eq!(until_accepted(&mut c, &["GET", "k"]), Reply::Bulk(b"healed".to_vec()));
+
+    // A follower alone: the leader and the other follower frozen.
+    let leader = wait_for_leader(&mut servers);
+    let lone = (0..3).find(|i| *i != leader).expect("a follower");
+    let other = (0..3).find(|i| *i != leader && *i != lone).expect("another follower");
+    servers[leader].signal("STOP");
+    servers[other].signal("STOP");
+    let mut f = servers[lone].connect();
+    let started = Instant::now();
+    let write = f.cmd(&["SET", "k", "lonely"]);
+    let read = f.cmd(&["GET", "k"]);
+    println!(
+        "minority: the isolated follower answered {write:?} / {read:?} within {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(matches!(&write, Reply::Error(e) if e.starts_with("TRYAGAIN")), "{write:?}");
+    assert!(matches!(&read, Reply::Error(e) if e.starts_with("TRYAGAIN")), "a stale read: {read:?}");
+    // READONLY is the explicit opt-in to this replica's (possibly stale) state.
+    f.cmd(&["READONLY"]);
+    assert_eq!(f.raw(&["GET", "k"]), "$6\r\nhealed\r\n");
+    f.cmd(&["READWRITE"]);
+    servers[leader].signal("CONT");
+    servers[other].signal("CONT");
+    assert_eq!(until_accepted(&mut f, &["SET", "k", "after"]), Reply::Simple("OK".into()));
+}
