@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# fencelock (single durable node) vs Debian's redis-server (no persistence) in one run:
-# redis-benchmark, 50 clients, `SET key:<random> v NX PX 30000` on random keys.
-# Prints both throughputs, p50/p99 where redis-benchmark reports them, and the ratio.
+# fencelock (a single durable node, and a 3-node cluster on this machine, through its
+# leader and through a follower that forwards) vs Debian's redis-server (no
+# persistence) in one run: redis-benchmark, 50 clients, `SET key:<random> v NX PX 30000`
+# on random keys. Prints throughputs, p50/p99 where redis-benchmark reports them, and
+# the single node's ratio to Redis.
 #
 #   compat-tests/bench/redis-benchmark.sh [requests]   (default 200000)
 #
@@ -23,6 +25,7 @@ done
 work=$(mktemp -d)
 pids=()
 cleanup() {
+    scripts/cluster.sh down --dir "$work/cluster" >/dev/null 2>&1 || true
     for pid in "${pids[@]}"; do
         kill -9 "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
@@ -58,11 +61,38 @@ print(row[1], row[4] if len(row) > 4 else "-", row[6] if len(row) > 6 else "-")'
 
 read -r fl_rps fl_p50 fl_p99 < <(run fencelock "$fl_port")
 read -r rd_rps rd_p50 rd_p99 < <(run redis "$rd_port")
+kill -9 "${pids[0]}" 2>/dev/null || true
+
+# A 3-node cluster: client ports base..base+2, peer ports +10000; find a free block.
+base=""
+for _ in $(seq 1 50); do
+    candidate=$((20000 + RANDOM % 20000))
+    if python3 -c "
+import socket, sys
+for p in [$candidate, $candidate+1, $candidate+2, $candidate+10000, $candidate+10001, $candidate+10002]:
+    s = socket.socket(); s.bind(('127.0.0.1', p)); s.close()
+" 2>/dev/null; then base=$candidate; break; fi
+done
+[ -n "$base" ] || { echo "no free port block for the cluster" >&2; exit 1; }
+echo "starting a 3-node fencelock cluster on 127.0.0.1:$base-$((base + 2)) ..." >&2
+FENCELOCK_BIN="$FENCELOCK_BIN" scripts/cluster.sh up 3 --base-port "$base" --dir "$work/cluster" >&2
+leader_port=""; follower_port=""
+for port in $base $((base + 1)) $((base + 2)); do
+    if redis-cli -p "$port" INFO replication | tr -d '\r' | grep -qx 'role:master'; then leader_port=$port
+    elif [ -z "$follower_port" ]; then follower_port=$port; fi
+done
+[ -n "$leader_port" ] && [ -n "$follower_port" ] || { echo "the cluster has no leader" >&2; exit 1; }
+# The first write after an election waits for the new leader's first commit.
+for _ in $(seq 1 50); do [ "$(redis-cli -p "$leader_port" SET warm up)" = OK ] && break; sleep 0.1; done
+read -r cl_rps cl_p50 cl_p99 < <(run "fencelock 3 nodes, via the leader" "$leader_port")
+read -r cf_rps cf_p50 cf_p99 < <(run "fencelock 3 nodes, via a follower" "$follower_port")
 ratio=$(python3 -c "print(f'{100 * float($fl_rps) / float($rd_rps):.1f}')")
 echo
 echo "| server | durability | SET NX PX ops/s | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|"
 echo "| fencelock 1 node | fdatasync before every ack (group commit) | $fl_rps | $fl_p50 | $fl_p99 |"
+echo "| fencelock 3 nodes, clients on the leader | on 2 of 3 disks (fdatasync) before every ack | $cl_rps | $cl_p50 | $cl_p99 |"
+echo "| fencelock 3 nodes, clients on a follower | same, plus one forwarding hop | $cf_rps | $cf_p50 | $cf_p99 |"
 echo "| redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) | none (save \"\", appendonly no) | $rd_rps | $rd_p50 | $rd_p99 |"
 echo
 echo "fencelock / redis: ${ratio}% (goal >= 40%)"

@@ -44,6 +44,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         snapshot_every_entries: settings.snapshot_every,
         peers: settings.peers.clone(),
         join: settings.join.clone(),
+        peer_pipeline: settings.peer_pipeline,
     };
     let node = Node::start(node_config).await.map_err(|e| e.to_string())?;
     let config = ServerConfig {

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// A member's client address to join the cluster through (`--join`).
     pub join: Option<String>,
+    /// AppendEntries a peer connection may have unanswered.
+    pub peer_pipeline: usize,
 }
 
 /// How long a write waits for a leader to be known before answering TRYAGAIN.
@@ -112,7 +114,9 @@ impl Node {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);
         sm.set_local_node(config.id);
-        let raft = Raft::new(config.id, raft_config, Network, log, sm.clone()).await.map_err(|e| fatal(&e))?;
+        let raft = Raft::new(config.id, raft_config, Network { pipeline_depth: config.peer_pipeline }, log, sm.clone())
+            .await
+            .map_err(|e| fatal(&e))?;
         let slot: crate::raft::network::NodeSlot = Default::default();
         // Every node listens for peers, a single node too: others may join it.
         let listen_addr = config.peers.get(&config.id).unwrap_or(&config.peer_addr).clone();

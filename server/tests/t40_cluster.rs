@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{info_field, leader_of, start_cluster, until_accepted, wait_applied, wait_for_leader};
+use common::cluster::{
+    info_field, leader_of, start_cluster, start_cluster_with, until_accepted, wait_applied, wait_for_leader,
+};
 use common::{wait_until, Client, Reply};
 
 #[test]
@@ -118,7 +120,9 @@ fn three_nodes_form_replicate_forward_and_fail_over_with_locks_intact() {
 
 #[test]
 fn a_blocking_lock_through_a_follower_is_granted_when_the_leader_side_unlocks() {
-    let mut servers = start_cluster(3);
+    // This cluster pipelines AppendEntries (16 in flight per peer), so that path is
+    // exercised too; the other tests run the default of one at a time.
+    let mut servers = start_cluster_with(3, &["--peer-pipeline", "16"]);
     let leader = wait_for_leader(&mut servers);
     let follower = (0..servers.len()).find(|i| *i != leader).expect("a follower");
     let mut l = servers[leader].connect();

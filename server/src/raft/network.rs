@@ -4,16 +4,21 @@
 //!   frame = len:u32 (LE) | postcard(PeerRequest or PeerResponse)
 //! ```
 //!
-//! Each openraft replication stream owns one `PeerClient`, which keeps one connection
-//! and sends one request at a time; a failed exchange drops the connection and the
-//! next call reconnects. Frames are bounded (`FRAME_BYTES_MAX`), so a peer cannot make
-//! this node allocate without limit.
+//! Each openraft replication stream owns one `PeerClient`, which keeps one connection.
+//! AppendEntries can be pipelined on it (`stream_append`): requests go out as openraft
+//! produces them, up to `--peer-pipeline` unanswered, and the peer answers them in
+//! order on the same connection. Other RPCs are one request, one response. A failure
+//! drops the connection and the next call reconnects. Frames are bounded
+//! (`FRAME_BYTES_MAX`), so a peer cannot make this node allocate without limit.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
@@ -27,6 +32,9 @@ use super::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest frame accepted: a snapshot of millions of locks is a few hundred MB.
 pub const FRAME_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// The most AppendEntries requests `--peer-pipeline` lets one peer connection have
+/// unanswered.
+pub const PIPELINE_DEPTH_MAX: usize = 64;
 
 /// What one node asks another.
 #[derive(Serialize, Deserialize)]
@@ -70,7 +78,10 @@ pub(crate) enum PeerResponse {
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
 }
 
-pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+pub(crate) async fn write_frame<T: Serialize>(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    value: &T,
+) -> std::io::Result<()> {
     let body = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
     if body.len() > FRAME_BYTES_MAX {
         return Err(std::io::Error::other(format!("frame of {} bytes exceeds {FRAME_BYTES_MAX}", body.len())));
@@ -81,7 +92,9 @@ pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T)
     stream.write_all(&frame).await
 }
 
-pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<T> {
+pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<T> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -97,20 +110,24 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpS
 }
 
 /// Creates clients for peers.
-pub struct Network;
+pub struct Network {
+    /// AppendEntries a peer connection may have unanswered (1: one at a time).
+    pub pipeline_depth: usize,
+}
 
 /// A client for one peer.
 pub struct PeerClient {
     target: NodeId,
     addr: String,
     stream: Option<TcpStream>,
+    pipeline_depth: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { target, addr: node.addr.clone(), stream: None }
+        PeerClient { target, addr: node.addr.clone(), stream: None, pipeline_depth: self.pipeline_depth }
     }
 }
 
@@ -120,15 +137,19 @@ enum Failure {
 }
 
 impl PeerClient {
+    async fn connect(&mut self) -> Result<TcpStream, Failure> {
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| Failure::Unreachable(format!("node {} at {}: {e}", self.target, self.addr)))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
     /// One request and its response, within `ttl`. Any failure drops the connection.
     async fn call(&mut self, request: PeerRequest, ttl: std::time::Duration) -> Result<PeerResponse, Failure> {
         let exchange = async {
             if self.stream.is_none() {
-                let stream = TcpStream::connect(&self.addr)
-                    .await
-                    .map_err(|e| Failure::Unreachable(format!("node {} at {}: {e}", self.target, self.addr)))?;
-                let _ = stream.set_nodelay(true);
-                self.stream = Some(stream);
+                self.stream = Some(self.connect().await?);
             }
             let stream = self.stream.as_mut().expect("connected above");
             write_frame(stream, &request).await.map_err(|e| Failure::Network(e.to_string()))?;
@@ -174,6 +195,47 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
     }
 
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let stream = match self.stream.take() {
+                Some(stream) => stream,
+                None => self.connect().await.map_err(rpc_error)?,
+            };
+            let ttl = option.hard_ttl();
+            let pipeline = Pipeline {
+                client: self,
+                stream: Some(stream),
+                input,
+                input_done: false,
+                unanswered: std::collections::VecDeque::new(),
+                received: bytes::BytesMut::new(),
+            };
+            let responses = futures_util::stream::unfold(Some(pipeline), move |pipeline| async move {
+                let mut pipeline = pipeline?;
+                match pipeline.next(ttl).await {
+                    None => {
+                        // Every request answered: the connection is clean, keep it.
+                        pipeline.client.stream = pipeline.stream.take();
+                        None
+                    }
+                    Some(Ok((result, go_on))) => Some((Ok(result), go_on.then_some(pipeline))),
+                    Some(Err(failure)) => Some((Err(rpc_error(failure)), None)),
+                }
+            });
+            Ok(Box::pin(responses) as BoxStream<'s, _>)
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -212,18 +274,177 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
+/// One pipelined AppendEntries session on a peer connection.
+struct Pipeline<'s, S> {
+    client: &'s mut PeerClient,
+    stream: Option<TcpStream>,
+    input: S,
+    input_done: bool,
+    /// `(prev, last)` log ids of each request sent and not yet answered, in order.
+    unanswered: std::collections::VecDeque<(Option<super::LogId>, Option<super::LogId>)>,
+    /// Bytes read from the peer and not yet parsed into a frame.
+    received: bytes::BytesMut,
+}
+
+type Answer = (StreamAppendResult<TypeConfig>, bool);
+
+impl<S> Pipeline<'_, S>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    /// Sends requests while there are some and room in the pipeline, until the oldest
+    /// unanswered one is answered: its result and whether to go on. None when the
+    /// input has ended and everything is answered. A peer silent for `ttl` while
+    /// requests are unanswered is a failure.
+    async fn next(&mut self, ttl: std::time::Duration) -> Option<Result<Answer, Failure>> {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Some(frame.and_then(|response| self.answer(response)));
+            }
+            if self.input_done && self.unanswered.is_empty() {
+                return None;
+            }
+            let can_send = !self.input_done && self.unanswered.len() < self.client.pipeline_depth;
+            let waiting = !self.unanswered.is_empty();
+            let stream = self.stream.as_mut().expect("present until the session ends");
+            tokio::select! {
+                request = self.input.next(), if can_send => match request {
+                    None => self.input_done = true,
+                    Some(request) => {
+                        let prev = request.prev_log_id;
+                        let last = request.entries.last().map(|e| e.log_id).or(prev);
+                        if let Err(e) = write_frame(stream, &PeerRequest::AppendEntries(request)).await {
+                            return Some(Err(Failure::Network(e.to_string())));
+                        }
+                        self.unanswered.push_back((prev, last));
+                    }
+                },
+                // read_buf is cancel-safe: bytes read are in `received` either way.
+                read = stream.read_buf(&mut self.received), if waiting => match read {
+                    Ok(0) => return Some(Err(Failure::Network(format!("node {} closed the connection", self.client.target)))),
+                    Ok(_) => {}
+                    Err(e) => return Some(Err(Failure::Network(e.to_string()))),
+                },
+                _ = tokio::time::sleep(ttl), if waiting => {
+                    return Some(Err(Failure::Network(format!("node {} did not answer within {ttl:?}", self.client.target))));
+                }
+            }
+        }
+    }
+
+    /// A whole response frame from `received`, if one has arrived.
+    fn take_frame(&mut self) -> Option<Result<PeerResponse, Failure>> {
+        if self.received.len() < 4 {
+            return None;
+        }
+        let len = u32::from_le_bytes(self.received[..4].try_into().expect("4 bytes")) as usize;
+        if len > FRAME_BYTES_MAX {
+            return Some(Err(Failure::Network(format!("frame of {len} bytes is over the limit"))));
+        }
+        if self.received.len() < 4 + len {
+            self.received.reserve(4 + len - self.received.len());
+            return None;
+        }
+        let frame = self.received.split_to(4 + len);
+        Some(postcard::from_bytes(&frame[4..]).map_err(|e| Failure::Network(e.to_string())))
+    }
+
+    /// Pairs a response with the oldest unanswered request.
+    fn answer(&mut self, response: PeerResponse) -> Result<Answer, Failure> {
+        let Some((prev, last)) = self.unanswered.pop_front() else {
+            return Err(Failure::Network("an answer to no request".into()));
+        };
+        match response {
+            PeerResponse::AppendEntries(Ok(response)) => {
+                // A partial success ends the session: openraft resends the rest.
+                let partial = matches!(&response, AppendEntriesResponse::PartialSuccess(done) if *done != last);
+                let result = response.into_stream_result(prev, last);
+                let go_on = result.is_ok() && !partial;
+                Ok((result, go_on))
+            }
+            PeerResponse::AppendEntries(Err(text)) => Err(Failure::Network(format!("peer error: {text}"))),
+            _ => Err(Failure::Network("peer answered another request".into())),
+        }
+    }
+}
+
 /// The node, once started, for forwarded writes.
 pub type NodeSlot = Arc<std::sync::OnceLock<Arc<crate::node::Node>>>;
+
+/// A peer's pipelined AppendEntries: requests go into openraft's `stream_append`; a
+/// task writes its answers back, in order, on the connection's write half.
+struct AppendSession {
+    requests: tokio::sync::mpsc::Sender<AppendEntriesRequest<TypeConfig>>,
+    writer: tokio::task::JoinHandle<Option<tokio::net::tcp::OwnedWriteHalf>>,
+}
+
+impl AppendSession {
+    fn start(raft: &Raft, mut out: tokio::net::tcp::OwnedWriteHalf) -> AppendSession {
+        use futures_util::StreamExt;
+        let (requests, rx) = tokio::sync::mpsc::channel(PIPELINE_DEPTH_MAX);
+        let input = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let answers = raft.stream_append(input);
+        let writer = tokio::spawn(async move {
+            let mut answers = std::pin::pin!(answers);
+            while let Some(answer) = answers.next().await {
+                let response = PeerResponse::AppendEntries(match answer {
+                    Ok(result) => Ok(AppendEntriesResponse::from(result)),
+                    Err(fatal) => Err(fatal.to_string()),
+                });
+                write_frame(&mut out, &response).await.ok()?;
+            }
+            Some(out)
+        });
+        AppendSession { requests, writer }
+    }
+
+    /// Ends the input and waits for every answer to be written; the write half back,
+    /// or None if writing failed.
+    async fn finish(self) -> Option<tokio::net::tcp::OwnedWriteHalf> {
+        drop(self.requests);
+        self.writer.await.ok().flatten()
+    }
+}
 
 /// Serves peers' RPCs on `listener` until it fails.
 pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         let raft = Arc::clone(&raft);
         let node = Arc::clone(&node);
         tokio::spawn(async move {
-            while let Ok(request) = read_frame::<PeerRequest>(&mut stream).await {
+            let (mut reader, writer) = stream.into_split();
+            // The write half is ours unless an append session's task holds it.
+            let mut writer = Some(writer);
+            let mut appends: Option<AppendSession> = None;
+            while let Ok(request) = read_frame::<PeerRequest>(&mut reader).await {
+                let request = match request {
+                    // AppendEntries go to openraft's pipelined stream_append, so the next
+                    // ones reach the log store before the previous flush completes and
+                    // share its fdatasync (group commit).
+                    PeerRequest::AppendEntries(rpc) => {
+                        let session = match appends.as_mut() {
+                            Some(session) => session,
+                            None => appends.insert(AppendSession::start(&raft, writer.take().expect("held here"))),
+                        };
+                        if session.requests.send(rpc).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    other => other,
+                };
+                // Any other request: end the append session first, so answers stay in
+                // the order of the requests.
+                if let Some(session) = appends.take() {
+                    match session.finish().await {
+                        Some(returned) => writer = Some(returned),
+                        None => return,
+                    }
+                }
+                let stream = writer.as_mut().expect("held here");
                 let response = match request {
                     PeerRequest::Forward { origin, op } => PeerResponse::Forward(match node.get() {
                         Some(node) => node.propose_local(op, origin).await.map_err(|e| e.to_string()),
@@ -240,9 +461,7 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
                     PeerRequest::Replication => {
                         PeerResponse::Replication(node.get().filter(|n| n.raft.is_leader()).map(|n| n.local_view()))
                     }
-                    PeerRequest::AppendEntries(rpc) => {
-                        PeerResponse::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
-                    }
+                    PeerRequest::AppendEntries(_) => unreachable!("handled above"),
                     PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
                     PeerRequest::Snapshot { vote, meta, data } => PeerResponse::Snapshot(
                         raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data })
@@ -253,7 +472,7 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
                         PeerResponse::TransferLeader(raft.handle_transfer_leader(req).await.map_err(|e| e.to_string()))
                     }
                 };
-                if write_frame(&mut stream, &response).await.is_err() {
+                if write_frame(stream, &response).await.is_err() {
                     return;
                 }
             }
