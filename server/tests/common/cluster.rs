@@ -7,13 +7,43 @@ use std::time::Duration;
 use super::{wait_until, Client, Reply, Server};
 
 /// A port nobody listens on right now (for peer ports given on the command line).
+/// Drawn below Linux's ephemeral range (32768+), where servers started with `--port 0`
+/// and client sockets get theirs, and never handed out twice by this test binary; a
+/// port taken between this check and the node's bind is retried by the caller.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+    loop {
+        // xorshift: good enough to spread test processes over the range.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = 20_000 + (seed % 12_000) as u16;
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Starts `n` nodes of a static cluster (ids 1..=n) with `extra` flags each. Every
-/// node waits for a leader before it reports ready, so they start together.
+/// node waits for a leader before it reports ready, so they start together. If a node
+/// fails to start (its peer port was taken meanwhile), the cluster starts again on
+/// other ports.
 pub fn start_cluster_with(n: u64, extra: &[&str]) -> Vec<Server> {
+    for _ in 0..3 {
+        if let Some(servers) = try_start_cluster(n, extra) {
+            return servers;
+        }
+        eprintln!("a node failed to start; starting the cluster again on other ports");
+    }
+    panic!("the cluster did not start in 3 attempts");
+}
+
+fn try_start_cluster(n: u64, extra: &[&str]) -> Option<Vec<Server>> {
     let peers: Vec<String> = (1..=n).map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
     let peers = peers.join(",");
     let handles: Vec<_> = (1..=n)
@@ -23,7 +53,9 @@ pub fn start_cluster_with(n: u64, extra: &[&str]) -> Vec<Server> {
             std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("a node started")).collect()
+    let started: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+    // On failure the nodes that did start are dropped (killed) here.
+    started.into_iter().collect::<Result<Vec<_>, _>>().ok()
 }
 
 /// Starts `n` nodes of a static cluster with default flags.
