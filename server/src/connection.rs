@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use fencelock_core::{Command, Error, Event, LockRequest, Reply, WaitEnd};
+use fencelock_core::{Command, Error, Event, Reply, WaitEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -224,7 +224,9 @@ async fn handle(
         Request::Core(command, shape) => {
             return core_command(server, command, shape, session.stale_reads, stream, input).await
         }
-        Request::Lock(request) => return lock_command(server, request, stream, input).await,
+        Request::Acquire { command, token, ttl_ms, undo } => {
+            return acquire(server, command, token, ttl_ms, undo, stream, input).await
+        }
         Request::Scan { cursor, pattern, count, kind } => scan(server, session, cursor, pattern, count, kind).await,
         Request::Eval { source, keys, args } => eval(server, source, keys, args).await,
         Request::Script(admin) => script_admin(server, admin),
@@ -294,15 +296,23 @@ async fn core_command(
         Err(e) => Some(node_error(e)),
         Ok(Err(e)) => Some(core_error(&e)),
         Ok(Ok(Reply::Queued(waiter))) => match wait_for(server, waiter, stream, input).await {
+            Waited::Event(Event::Popped { value, .. }) if shape == Shape::QueuePop => Some(Wire::Bulk(value)),
             Waited::Event(Event::Popped { key, value, .. }) => {
                 Some(Wire::Array(vec![Wire::Bulk(key), Wire::Bulk(value)]))
             }
+            Waited::Event(Event::BarrierPassed { .. }) => Some(Wire::Status("OK")),
             Waited::Event(Event::WaitEnded { .. }) => Some(render::render(Reply::Nil, shape)),
             Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),
             Waited::Gone(Some(Event::Popped { key, value, .. })) => {
-                // Popped for a client that is gone: put the element back where it came
-                // from, so an acknowledged push is never lost.
-                let _ = server.node.write(Command::Push { key, values: vec![value], left: pop_left }).await;
+                // Popped for a client that is gone: put the element back, so an
+                // acknowledged push is never lost (a queue item goes to the back of
+                // priority 0: its own priority is not in the event).
+                let back = if shape == Shape::QueuePop {
+                    Command::QueuePush { name: key, values: vec![value], priority: 0, session: None }
+                } else {
+                    Command::Push { key, values: vec![value], left: pop_left }
+                };
+                let _ = server.node.write(back).await;
                 None
             }
             Waited::Gone(_) => None,
@@ -367,16 +377,18 @@ async fn wait_for(server: &Arc<Server>, waiter: u64, stream: &mut TcpStream, inp
     }
 }
 
-async fn lock_command(
+/// LOCK, SEM.ACQUIRE, ELECT.CAMPAIGN: a grant now, null when held (without WAIT) or
+/// when the wait bound passes, or a grant when the queued request's turn comes.
+async fn acquire(
     server: &Arc<Server>,
-    request: LockRequest,
+    command: Command,
+    token: Bytes,
+    ttl_ms: u64,
+    undo: Box<Command>,
     stream: &mut TcpStream,
     input: &mut BytesMut,
 ) -> Option<Wire> {
-    let token = request.token.clone();
-    let names = request.names.clone();
-    let ttl_ms = request.ttl_ms;
-    match server.node.write(Command::Lock(request)).await {
+    match server.node.write(command).await {
         Err(e) => Some(node_error(e)),
         Ok(Err(Error::Locked)) => Some(Wire::Null),
         Ok(Err(e)) => Some(core_error(&e)),
@@ -384,14 +396,14 @@ async fn lock_command(
         Ok(Ok(Reply::Queued(waiter))) => match wait_for(server, waiter, stream, input).await {
             Waited::Event(Event::Granted { grant, .. }) => Some(render::grant(grant, Some(token), Some(ttl_ms))),
             Waited::Event(Event::WaitEnded { reason: WaitEnd::SessionEnded, .. }) => {
-                Some(Wire::error("NOSESSION the session ended while waiting for the lock"))
+                Some(Wire::error("NOSESSION the session ended while waiting"))
             }
             Waited::Event(Event::WaitEnded { .. }) => Some(Wire::Null),
             Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),
             Waited::Gone(Some(Event::Granted { .. })) => {
                 // Granted to a client that is gone: give it back at once rather than
-                // leaving the lock held for its whole TTL.
-                let _ = server.node.write(Command::Unlock { names, token }).await;
+                // leaving it held for its whole TTL.
+                let _ = server.node.write(*undo).await;
                 None
             }
             Waited::Gone(_) => None,

@@ -8,6 +8,17 @@ use proptest::prelude::*;
 
 const NAMES: &[&str] = &[
     "SET",
+    "SEM.ACQUIRE",
+    "SEM.RELEASE",
+    "SEM.INFO",
+    "COUNTER.ADD",
+    "QUEUE.PUSH",
+    "QUEUE.POP",
+    "BARRIER.WAIT",
+    "BARRIER.LEAVE",
+    "ELECT.CAMPAIGN",
+    "ELECT.LEADER",
+    "ELECT.TRANSFER",
     "CLUSTER.JOIN",
     "CLUSTER.ADDLEARNER",
     "CLUSTER.PROMOTE",
@@ -150,7 +161,7 @@ proptest! {
         let mut args = vec![name];
         args.extend(rest);
         match cmd::parse(args) {
-            Ok(Request::Core(..) | Request::Conn(_) | Request::Lock(_) | Request::Scan { .. }
+            Ok(Request::Core(..) | Request::Conn(_) | Request::Acquire { .. } | Request::Scan { .. }
                 | Request::Eval { .. } | Request::Script(_) | Request::Immediate(_)
                 | Request::Admin(_) | Request::ClusterStatus) => {}
             Err(e) => {

@@ -95,7 +95,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
         b"SESSION.INFO" => {
             let session = non_negative(Some(a.bytes()?), "session id")?;
             a.finish().map_err(|_| a.arity())?;
-            Request::Core(Command::SessionInfo { session }, Shape::SessionInfo)
+            Request::Core(Command::SessionInfo { session }, Shape::Fields(&["ttl", "remaining", "owned"]))
         }
         _ => return Ok(None),
     };
@@ -158,8 +158,9 @@ fn parse_lock(a: &mut Args) -> Result<Request, CmdError> {
         None => Wait::Try,
         Some(wait_ms) => Wait::Queue { wait_ms, priority },
     };
+    let undo = Box::new(Command::Unlock { names: names.clone(), token: token.clone() });
     let request = LockRequest { names, owner, token: token.clone(), mode, ttl_ms, session, metadata, wait, condition };
-    Ok(Request::Lock(request))
+    Ok(Request::Acquire { command: Command::Lock(request), token, ttl_ms, undo })
 }
 
 #[cfg(test)]
@@ -170,7 +171,7 @@ mod tests {
 
     fn lock(line: &str) -> LockRequest {
         match parse_at(words(line), 0) {
-            Ok(Request::Lock(r)) => r,
+            Ok(Request::Acquire { command: Command::Lock(r), .. }) => r,
             other => panic!("{other:?}"),
         }
     }

@@ -11,6 +11,7 @@ use crate::resp::Wire;
 pub mod args;
 pub mod cluster;
 pub mod conn;
+pub mod coord;
 pub mod keyspace;
 pub mod lock;
 pub mod render;
@@ -38,8 +39,14 @@ pub enum Shape {
     NullArray,
     /// A grant as a map: fence, holds, ttl (RENEW, with the TTL it asked for).
     Grant(u64),
-    /// SESSION.INFO's `[ttl, remaining, owned]` as a map.
-    SessionInfo,
+    /// A fixed-length array as a map with these field names (SESSION.INFO, SEM.INFO).
+    Fields(&'static [&'static str]),
+    /// QUEUE.POP: the item, null when empty or timed out; a blocked pop waits.
+    QueuePop,
+    /// A barrier: `+OK` once through, null when the wait bound passed.
+    Barrier,
+    /// ELECT.LEADER: the leader as a map, null when nobody leads.
+    Leader,
 }
 
 /// A parsed request.
@@ -50,9 +57,19 @@ pub enum Request {
     Core(Command, Shape),
     /// Answered by the connection or node without touching the state machine.
     Conn(Conn),
-    /// LOCK: the connection keeps the token to put in the reply, and waits for the
-    /// grant event when the request queues.
-    Lock(fencelock_core::LockRequest),
+    /// LOCK, SEM.ACQUIRE, ELECT.CAMPAIGN: the connection keeps the token to put in
+    /// the reply and waits for the grant event when the request queues; if the client
+    /// is gone when the grant comes, `undo` gives it back at once.
+    Acquire {
+        /// The acquiring command.
+        command: Command,
+        /// The holder's token (in the reply).
+        token: Bytes,
+        /// The lease asked for (in the reply).
+        ttl_ms: u64,
+        /// What releases the grant.
+        undo: Box<Command>,
+    },
     /// SCAN with Redis's integer cursor; the connection maps cursors to resume keys.
     Scan {
         /// The client's cursor (0 starts).
@@ -115,6 +132,9 @@ fn parse_with(args: Vec<Bytes>, wall_ms: Option<u64>) -> Result<Request, CmdErro
         return Ok(request);
     }
     if let Some(request) = script::parse(&name, &mut a)? {
+        return Ok(request);
+    }
+    if let Some(request) = coord::parse(&name, &mut a)? {
         return Ok(request);
     }
     if let Some(request) = cluster::parse(&name, &mut a)? {

@@ -22,15 +22,24 @@ pub fn render(reply: Reply, shape: Shape) -> Wire {
             Wire::Map(pairs)
         }
         (Reply::Grant(g), Shape::Grant(ttl_ms)) => grant(g, None, Some(ttl_ms)),
-        (Reply::Array(items), Shape::SessionInfo) if items.len() == 3 => {
-            let mut items = items.into_iter().map(plain);
-            let mut next = || items.next().expect("three items");
-            Wire::Map(vec![
-                (Wire::text("ttl"), next()),
-                (Wire::text("remaining"), next()),
-                (Wire::text("owned"), next()),
-            ])
+        (Reply::Array(items), Shape::Fields(names)) if items.len() == names.len() => {
+            Wire::Map(names.iter().copied().map(Wire::text).zip(items.into_iter().map(plain)).collect())
         }
+        (Reply::Ok, Shape::Barrier) => Wire::Status("OK"),
+        (Reply::Info(info), Shape::Leader) => match info.holders.into_iter().next() {
+            None => Wire::Null,
+            Some(h) => {
+                let ttl = h.ttl_ms.map_or(-1, |t| t as i64);
+                let session = h.session.map_or(Wire::Null, |s| Wire::Int(s as i64));
+                Wire::Map(vec![
+                    (Wire::text("candidate"), Wire::Bulk(h.owner)),
+                    (Wire::text("fence"), Wire::Int(h.fence as i64)),
+                    (Wire::text("ttl"), Wire::Int(ttl)),
+                    (Wire::text("value"), Wire::Bulk(h.metadata)),
+                    (Wire::text("session"), session),
+                ])
+            }
+        },
         (reply, _) => plain(reply),
     }
 }

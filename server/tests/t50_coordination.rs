@@ -1,0 +1,159 @@
+//! Coordination primitives on the wire, against a real 3-node cluster with clients on
+//! different nodes: semaphores, counters, queues, barriers, elections, and sessions
+//! that release everything they owned when they expire.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{start_cluster, until_accepted, wait_for_leader};
+use common::{wait_until, Client, Reply, Server};
+
+/// One client on each node (leader first), once the cluster accepts writes.
+fn clients(servers: &mut [Server]) -> Vec<Client> {
+    let leader = wait_for_leader(servers);
+    let mut order: Vec<usize> = vec![leader];
+    order.extend((0..servers.len()).filter(|i| *i != leader));
+    let mut clients: Vec<Client> = order.iter().map(|i| servers[*i].connect()).collect();
+    for c in clients.iter_mut() {
+        until_accepted(c, &["COUNTER.ADD", "warm-up", "1"]);
+    }
+    clients
+}
+
+#[test]
+fn semaphores_grant_fenced_permits_fifo_and_a_dead_session_frees_them() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    let a = c[1].cmd(&["SEM.ACQUIRE", "pool", "2", "30000", "TOKEN", "a"]);
+    let b = c[2].cmd(&["SEM.ACQUIRE", "pool", "2", "30000", "TOKEN", "b"]);
+    assert!(b.field("fence").int() > a.field("fence").int());
+    assert_eq!(b.field("token").text(), "b");
+    // Full: without WAIT the answer is null at once.
+    assert!(c[0].cmd(&["SEM.ACQUIRE", "pool", "2", "30000", "TOKEN", "c"]).is_null());
+    let info = c[0].cmd(&["SEM.INFO", "pool"]);
+    assert_eq!((info.field("limit").int(), info.field("in_use").int()), (2, 2));
+
+    // A waiter on a follower gets the permit released on another node.
+    c[2].send_cmd(&["SEM.ACQUIRE", "pool", "2", "30000", "TOKEN", "w", "WAIT", "10000"]);
+    wait_until(Duration::from_secs(5), "the waiter to queue", || {
+        (c[0].cmd(&["SEM.INFO", "pool"]).field("waiters").int() == 1).then_some(())
+    });
+    assert_eq!(c[1].cmd(&["SEM.RELEASE", "pool", "a"]).int(), 1);
+    let w = c[2].read();
+    assert_eq!(w.field("token").text(), "w");
+    assert!(w.field("fence").int() > b.field("fence").int());
+    assert_eq!(c[0].cmd(&["SEM.RENEW", "pool", "w", "60000"]).field("ttl").int(), 60000);
+
+    // A session-owned permit goes when the session expires, and wakes the next waiter.
+    let session = c[1].cmd(&["SESSION.OPEN", "1000"]).int().to_string();
+    assert_eq!(c[1].cmd(&["SEM.RELEASE", "pool", "b"]).int(), 1);
+    c[1].cmd(&["SEM.ACQUIRE", "pool", "2", "0", "TOKEN", "s", "SESSION", &session]).field("fence").int();
+    c[2].send_cmd(&["SEM.ACQUIRE", "pool", "2", "30000", "TOKEN", "next", "WAIT", "10000"]);
+    let started = Instant::now();
+    let next = c[2].read();
+    assert_eq!(next.field("token").text(), "next");
+    assert!(started.elapsed() >= Duration::from_millis(900), "the session's permit was freed early");
+    // Bad input keeps the connection working.
+    assert!(c[0].raw(&["SEM.ACQUIRE", "pool", "3", "100"]).starts_with("-ERR"), "a changed limit is refused");
+    assert_eq!(c[0].cmd(&["SEM.INFO", "pool"]).field("limit").int(), 2);
+}
+
+#[test]
+fn counters_and_queues_across_nodes() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    assert_eq!(c[1].cmd(&["COUNTER.ADD", "hits", "5"]).int(), 5);
+    assert_eq!(c[2].cmd(&["COUNTER.ADD", "hits", "-2"]).int(), 3);
+    assert_eq!(c[0].cmd(&["COUNTER.GET", "hits"]).int(), 3);
+    assert!(c[0].raw(&["COUNTER.ADD", "hits", "9223372036854775807"]).starts_with("-ERR"), "overflow is refused");
+
+    // Priority first, FIFO within a priority.
+    assert_eq!(c[1].cmd(&["QUEUE.PUSH", "jobs", "low-1", "low-2"]).int(), 2);
+    assert_eq!(c[2].cmd(&["QUEUE.PUSH", "jobs", "PRIORITY", "9", "urgent"]).int(), 3);
+    assert_eq!(c[0].cmd(&["QUEUE.LEN", "jobs"]).int(), 3);
+    let popped: Vec<String> = (0..3).map(|_| c[1].cmd(&["QUEUE.POP", "jobs"]).text()).collect();
+    assert_eq!(popped, ["urgent", "low-1", "low-2"]);
+    assert!(c[1].cmd(&["QUEUE.POP", "jobs"]).is_null());
+    // A blocked pop on one follower gets an item pushed on the other.
+    c[1].send_cmd(&["QUEUE.POP", "jobs", "WAIT", "10000"]);
+    std::thread::sleep(Duration::from_millis(200));
+    c[2].cmd(&["QUEUE.PUSH", "jobs", "late"]);
+    assert_eq!(c[1].read().text(), "late");
+    // A bounded pop times out with null.
+    let started = Instant::now();
+    assert!(c[2].cmd(&["QUEUE.POP", "jobs", "WAIT", "200"]).is_null());
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[test]
+fn a_barrier_releases_all_waiters_exactly_once() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    // Three parties on three nodes; the first two block until the third arrives.
+    c[1].send_cmd(&["BARRIER.WAIT", "phase", "3", "p1", "WAIT", "10000"]);
+    c[2].send_cmd(&["BARRIER.WAIT", "phase", "3", "p2", "WAIT", "10000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c[0].cmd(&["BARRIER.WAIT", "phase", "3", "p3"]), Reply::Simple("OK".into()));
+    assert_eq!(c[1].read(), Reply::Simple("OK".into()));
+    assert_eq!(c[2].read(), Reply::Simple("OK".into()));
+    // Exactly once: nothing more arrives, and the barrier has reset for a next round.
+    for client in c.iter_mut().skip(1) {
+        client.set_read_timeout(Duration::from_millis(300));
+        assert!(client.try_read().is_err(), "a waiter was released twice");
+        client.set_read_timeout(Duration::from_secs(15));
+    }
+    assert!(c[0].cmd(&["BARRIER.WAIT", "phase", "3", "p1", "WAIT", "100"]).is_null(), "a new round waits again");
+
+    // Double barrier: enter waits for 2, leave waits for both to leave.
+    c[1].send_cmd(&["BARRIER.ENTER", "dbl", "2", "x", "WAIT", "10000"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c[2].cmd(&["BARRIER.ENTER", "dbl", "2", "y"]), Reply::Simple("OK".into()));
+    assert_eq!(c[1].read(), Reply::Simple("OK".into()));
+    c[1].send_cmd(&["BARRIER.LEAVE", "dbl", "x", "WAIT", "10000"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c[2].cmd(&["BARRIER.LEAVE", "dbl", "y"]), Reply::Simple("OK".into()));
+    assert_eq!(c[1].read(), Reply::Simple("OK".into()));
+}
+
+#[test]
+fn leadership_is_fenced_fifo_transferable_and_moves_when_the_leaders_session_expires() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    let session = c[1].cmd(&["SESSION.OPEN", "1000"]).int().to_string();
+    let first =
+        c[1].cmd(&["ELECT.CAMPAIGN", "ctl", "node-a", "0", "VALUE", "10.0.0.1", "SESSION", &session, "TOKEN", "ta"]);
+    let leader = c[0].cmd(&["ELECT.LEADER", "ctl"]);
+    assert_eq!(leader.field("candidate").text(), "node-a");
+    assert_eq!(leader.field("value").text(), "10.0.0.1");
+    assert_eq!(leader.field("fence").int(), first.field("fence").int());
+    assert_eq!(c[1].cmd(&["ELECT.PROCLAIM", "ctl", "ta", "10.0.0.9"]), Reply::Simple("OK".into()));
+    assert_eq!(c[2].cmd(&["ELECT.LEADER", "ctl"]).field("value").text(), "10.0.0.9");
+    // Only the leader's token proclaims.
+    assert!(c[2].raw(&["ELECT.PROCLAIM", "ctl", "wrong", "x"]).starts_with("-NOTHOLDER"));
+
+    // Two candidates queue (FIFO); the leader's session stops being kept alive, so it
+    // expires: leadership passes to the first candidate in line, with a higher fence.
+    c[2].send_cmd(&["ELECT.CAMPAIGN", "ctl", "node-b", "30000", "TOKEN", "tb", "WAIT", "20000"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = servers[0].connect();
+    third.send_cmd(&["ELECT.CAMPAIGN", "ctl", "node-c", "30000", "TOKEN", "tc", "WAIT", "20000"]);
+    let started = Instant::now();
+    let b = c[2].read();
+    let moved_after = started.elapsed();
+    println!(
+        "election: leadership moved {} ms after the leader stopped keeping its 1000 ms session alive",
+        moved_after.as_millis()
+    );
+    assert!(moved_after < Duration::from_millis(2000), "within the session TTL plus one second");
+    assert!(b.field("fence").int() > first.field("fence").int());
+    assert_eq!(c[0].cmd(&["ELECT.LEADER", "ctl"]).field("candidate").text(), "node-b");
+    // The leader hands over to node-c by name.
+    assert_eq!(c[2].cmd(&["ELECT.TRANSFER", "ctl", "tb", "node-c"]), Reply::Simple("OK".into()));
+    let grant_c = third.read();
+    assert!(grant_c.field("fence").int() > b.field("fence").int());
+    assert_eq!(c[1].cmd(&["ELECT.LEADER", "ctl"]).field("candidate").text(), "node-c");
+    // Resigning leaves nobody leading.
+    assert_eq!(third.cmd(&["ELECT.RESIGN", "ctl", "tc"]), Reply::Simple("OK".into()));
+    assert!(c[1].cmd(&["ELECT.LEADER", "ctl"]).is_null());
+}
