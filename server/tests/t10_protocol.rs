@@ -886,7 +886,7 @@ fn a_session_ending_ends_its_waiters() {
     assert_eq!(holder.raw(&["SESSION.CLOSE", &id]), "+OK\r\n");
     assert_eq!(
         String::from_utf8_lossy(&waiter.read_raw().1),
-        "-NOSESSION the session ended while waiting for the lock\r\n"
+        "-NOSESSION the session ended while waiting\r\n"
     );
     waiter.assert_alive();
     assert_eq!(waiters(&mut watcher, "sw"), 0);
