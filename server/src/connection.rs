@@ -52,6 +52,37 @@ struct Session {
     patterns: std::collections::BTreeSet<Bytes>,
     /// READONLY: reads answer from this replica without a read index (may be stale).
     stale_reads: bool,
+    /// SESSION.BIND: the default session, kept alive while this connection is open.
+    bound: Option<BoundSession>,
+}
+
+/// A session bound to a connection. Dropping it (unbind, RESET, the connection
+/// closing) stops the keep-alives, so the session expires one TTL later: a client that
+/// dies loses its ephemeral state, as a ZooKeeper client's does.
+struct BoundSession {
+    id: u64,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BoundSession {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+/// Keeps `session` alive every third of its TTL until it ends or the task is aborted.
+async fn keep_alive(server: Arc<Server>, session: u64, ttl_ms: u64) {
+    let period = std::time::Duration::from_millis((ttl_ms / 3).max(10));
+    loop {
+        tokio::time::sleep(period).await;
+        match server.node.write(Command::SessionKeepAlive { session, ttl_ms: None }).await {
+            Ok(Err(Error::NoSuchSession(_))) => return,
+            Ok(_) => {}
+            // No leader for a moment: try again next period (a third of the TTL is
+            // left for two more tries).
+            Err(e) => tracing::debug!(session, "keep-alive failed: {e}"),
+        }
+    }
 }
 
 impl Session {
@@ -82,6 +113,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
         channels: Default::default(),
         patterns: Default::default(),
         stale_reads: false,
+        bound: None,
     };
     serve_session(&server, &mut stream, &mut session, &mut parser, &mut input, &mut output).await;
     server.node.sm.shared.pubsub.detach(id);
@@ -217,6 +249,15 @@ async fn handle(
         && !matches!(request, Request::Conn(Conn::Auth { .. } | Conn::Hello { .. } | Conn::Quit | Conn::Reset))
     {
         return Some(Wire::error("NOAUTH Authentication required."));
+    }
+    let mut request = request;
+    if let (Some(bound), Request::Acquire { command, .. }) = (&session.bound, &mut request) {
+        match command {
+            Command::Lock(r) if r.session.is_none() => r.session = Some(bound.id),
+            Command::SemAcquire(r) if r.session.is_none() => r.session = Some(bound.id),
+            Command::Campaign(r) if r.session.is_none() => r.session = Some(bound.id),
+            _ => {}
+        }
     }
     let reply = match request {
         Request::Conn(c) => conn_command(server, session, c).await,
@@ -512,6 +553,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             session.authenticated = server.config.requirepass.is_none();
             session.cursors.clear();
             session.stale_reads = false;
+            session.bound = None;
             server.update_client(session.id, |c| c.name = None);
             Wire::Status("RESET")
         }
@@ -574,6 +616,25 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         Conn::Wait { replicas, timeout_ms } => {
             let timeout = (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
             Wire::Int(server.node.wait_replicas(replicas.max(0) as u64, timeout).await as i64)
+        }
+        Conn::SessionBind(None) => {
+            session.bound = None;
+            Wire::Status("OK")
+        }
+        Conn::SessionBind(Some(id)) => {
+            match server.node.write(Command::SessionKeepAlive { session: id, ttl_ms: None }).await {
+                Err(e) => node_error(e),
+                Ok(Err(e)) => core_error(&e),
+                Ok(Ok(reply)) => {
+                    let ttl_ms = match reply {
+                        Reply::Int(ttl) => ttl.max(0) as u64,
+                        _ => 0,
+                    };
+                    let keeper = tokio::spawn(keep_alive(Arc::clone(server), id, ttl_ms));
+                    session.bound = Some(BoundSession { id, keeper });
+                    Wire::Status("OK")
+                }
+            }
         }
         Conn::ReadOnly(stale) => {
             session.stale_reads = stale;

@@ -884,10 +884,7 @@ fn a_session_ending_ends_its_waiters() {
     waiter.send_cmd(&["LOCK", "sw", "0", "SESSION", &id, "TOKEN", "w", "WAIT", "10000"]);
     wait_until(Duration::from_secs(5), "the waiter to queue", || (waiters(&mut watcher, "sw") == 1).then_some(()));
     assert_eq!(holder.raw(&["SESSION.CLOSE", &id]), "+OK\r\n");
-    assert_eq!(
-        String::from_utf8_lossy(&waiter.read_raw().1),
-        "-NOSESSION the session ended while waiting\r\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&waiter.read_raw().1), "-NOSESSION the session ended while waiting\r\n");
     waiter.assert_alive();
     assert_eq!(waiters(&mut watcher, "sw"), 0);
     assert_eq!(holder.raw(&["UNLOCK", "sw", "h"]), ":0\r\n");

@@ -8,6 +8,8 @@ use proptest::prelude::*;
 
 const NAMES: &[&str] = &[
     "SET",
+    "SESSION.BIND",
+    "SESSION.UNBIND",
     "SEM.ACQUIRE",
     "SEM.RELEASE",
     "SEM.INFO",

@@ -157,3 +157,44 @@ fn leadership_is_fenced_fifo_transferable_and_moves_when_the_leaders_session_exp
     assert_eq!(third.cmd(&["ELECT.RESIGN", "ctl", "tc"]), Reply::Simple("OK".into()));
     assert!(c[1].cmd(&["ELECT.LEADER", "ctl"]).is_null());
 }
+
+#[test]
+fn a_bound_session_lives_with_its_connection_and_its_expiry_releases_everything() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    // The client on a follower opens a 1 s session and binds it: its LOCK, SEM.ACQUIRE
+    // and ELECT.CAMPAIGN default to it, and the node keeps it alive while connected.
+    let mut owner = servers[1].connect();
+    let session = owner.cmd(&["SESSION.OPEN", "1000"]).int();
+    let id = session.to_string();
+    assert_eq!(owner.cmd(&["SESSION.BIND", &id]), Reply::Simple("OK".into()));
+    owner.cmd(&["LOCK", "inventory:42", "0", "TOKEN", "o"]).field("fence").int();
+    owner.cmd(&["SEM.ACQUIRE", "slots", "1", "0", "TOKEN", "o"]).field("fence").int();
+    owner.cmd(&["ELECT.CAMPAIGN", "cron", "worker-1", "0", "TOKEN", "o"]).field("fence").int();
+    assert_eq!(owner.cmd(&["SET", "instances/worker-1", "10.0.0.1:80", "SESSION", &id]), Reply::Simple("OK".into()));
+    assert_eq!(c[0].cmd(&["ELECT.LEADER", "cron"]).field("session").int(), session);
+    // Alive well past its TTL, because the connection is open.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(c[0].cmd(&["SESSION.INFO", &id]).field("ttl").int(), 1000);
+    assert!(c[2].cmd(&["LOCK", "inventory:42", "30000", "TOKEN", "x"]).is_null(), "still held");
+
+    // Waiters on other nodes; then the owner's process dies (its connection closes).
+    c[2].send_cmd(&["LOCK", "inventory:42", "30000", "TOKEN", "next", "WAIT", "10000"]);
+    c[0].send_cmd(&["ELECT.CAMPAIGN", "cron", "worker-2", "30000", "TOKEN", "w2", "WAIT", "10000"]);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(owner);
+    let closed = Instant::now();
+    let lock = c[2].read();
+    let leader = c[0].read();
+    println!(
+        "session: everything was released {} ms after the owner's connection closed (TTL 1000 ms)",
+        closed.elapsed().as_millis()
+    );
+    assert!(closed.elapsed() < Duration::from_millis(2000), "within the TTL plus one second");
+    assert_eq!(lock.field("token").text(), "next");
+    assert_eq!(leader.field("token").text(), "w2");
+    assert!(c[1].cmd(&["GET", "instances/worker-1"]).is_null(), "the ephemeral key went with the session");
+    assert_eq!(c[1].cmd(&["SEM.INFO", "slots"]).field("in_use").int(), 0);
+    assert!(c[1].raw(&["SESSION.BIND", &id]).starts_with("-NOSESSION"));
+    assert!(c[1].raw(&["SESSION.BIND", "x"]).starts_with("-ERR"));
+}

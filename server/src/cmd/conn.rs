@@ -72,6 +72,9 @@ pub enum Conn {
     Subscribe(Vec<Bytes>, bool),
     /// UNSUBSCRIBE / PUNSUBSCRIBE; empty means all.
     Unsubscribe(Vec<Bytes>, bool),
+    /// SESSION.BIND id / SESSION.UNBIND: the connection's default session for LOCK,
+    /// SEM.ACQUIRE and ELECT.CAMPAIGN, kept alive while the connection is open.
+    SessionBind(Option<u64>),
     /// MULTI.
     Multi,
     /// EXEC.
@@ -126,6 +129,18 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
                 return Err(CmdError::Other("ERR wrong number of arguments for 'command|count' command".into()));
             }
             conn(Conn::Command(sub, names))
+        }
+        b"SESSION.BIND" => {
+            let id = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            let id = parse_i64(&id)
+                .filter(|id| *id >= 0)
+                .ok_or(CmdError::Other("ERR session id must be a non-negative integer".into()))?;
+            conn(Conn::SessionBind(Some(id as u64)))
+        }
+        b"SESSION.UNBIND" => {
+            a.finish().map_err(|_| a.arity())?;
+            conn(Conn::SessionBind(None))
         }
         b"TIME" => {
             a.finish().map_err(|_| a.arity())?;

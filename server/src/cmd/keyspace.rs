@@ -185,8 +185,17 @@ fn parse_set(a: &mut Args, wall_ms: Option<u64>) -> Result<Request, CmdError> {
     let mut expiry = SetExpiry::Clear;
     let mut expiry_given = false;
     let mut get = false;
+    let mut session = None;
     while let Some(option) = a.keyword() {
         match option.as_slice() {
+            // fencelock's extension: an ephemeral key, deleted when the session ends.
+            b"SESSION" if session.is_none() => {
+                let id = a.optional().ok_or(CmdError::Syntax)?;
+                let id = super::args::parse_i64(&id)
+                    .filter(|id| *id >= 0)
+                    .ok_or(CmdError::Other("ERR SESSION must be a non-negative integer".into()))?;
+                session = Some(id as u64);
+            }
             b"NX" | b"XX" => {
                 if condition != SetCondition::Always {
                     return Err(CmdError::Syntax);
@@ -233,7 +242,7 @@ fn parse_set(a: &mut Args, wall_ms: Option<u64>) -> Result<Request, CmdError> {
             _ => return Err(CmdError::Syntax),
         }
     }
-    Ok(Request::Core(Command::Set(SetRequest { key, value, condition, expiry, get, session: None }), Shape::Plain))
+    Ok(Request::Core(Command::Set(SetRequest { key, value, condition, expiry, get, session }), Shape::Plain))
 }
 
 fn parse_scan(a: &mut Args) -> Result<Request, CmdError> {
