@@ -54,6 +54,8 @@ struct Session {
     stale_reads: bool,
     /// SESSION.BIND: the default session, kept alive while this connection is open.
     bound: Option<BoundSession>,
+    /// OBSERVE was used since the last RESET (watches may be active).
+    observing: bool,
 }
 
 /// A session bound to a connection. Dropping it (unbind, RESET, the connection
@@ -114,9 +116,11 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
         patterns: Default::default(),
         stale_reads: false,
         bound: None,
+        observing: false,
     };
     serve_session(&server, &mut stream, &mut session, &mut parser, &mut input, &mut output).await;
     server.node.sm.shared.pubsub.detach(id);
+    server.node.sm.shared.watches.drop_conn(id);
 }
 
 /// Waits for the next pub/sub message, or forever if not subscribed.
@@ -192,7 +196,7 @@ async fn serve_session(
                 Some(message) => message.encode(session.proto, output),
                 None => {
                     let text = format!(
-                        "ERR pub/sub queue limit ({} messages) reached: the subscriber is too slow; closing",
+                        "ERR pub/sub queue limit ({} messages) reached: the subscriber or observer is too slow; closing",
                         crate::pubsub::SUBSCRIBER_QUEUE_MAX
                     );
                     Wire::Error(text).encode(session.proto, output);
@@ -226,14 +230,25 @@ async fn handle(
         }
     };
     // RESP2 subscribers may only manage subscriptions (RESP3 pushes need no such mode).
-    if session.proto == Proto::Resp2 && session.subscriptions() > 0 {
+    // The same holds while a RESP2 connection observes.
+    let pushing =
+        session.subscriptions() > 0 || (session.observing && server.node.sm.shared.watches.count(session.id) > 0);
+    if session.proto == Proto::Resp2 && pushing {
         let allowed = matches!(
             request,
-            Request::Conn(Conn::Subscribe(..) | Conn::Unsubscribe(..) | Conn::Ping(_) | Conn::Quit | Conn::Reset)
+            Request::Conn(
+                Conn::Subscribe(..)
+                    | Conn::Unsubscribe(..)
+                    | Conn::Observe { .. }
+                    | Conn::ObserveCancel(_)
+                    | Conn::Ping(_)
+                    | Conn::Quit
+                    | Conn::Reset
+            )
         );
         if !allowed {
             return Some(Wire::Error(format!(
-                "ERR Can't execute '{command_name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                "ERR Can't execute '{command_name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / OBSERVE / OBSERVE.CANCEL / PING / QUIT / RESET are allowed in this context"
             )));
         }
         if let Request::Conn(Conn::Ping(message)) = &request {
@@ -545,6 +560,8 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         }
         Conn::Reset => {
             server.node.sm.shared.pubsub.detach(session.id);
+            server.node.sm.shared.watches.drop_conn(session.id);
+            session.observing = false;
             session.messages = None;
             session.channels.clear();
             session.patterns.clear();
@@ -617,6 +634,30 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             let timeout = (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
             Wire::Int(server.node.wait_replicas(replicas.max(0) as u64, timeout).await as i64)
         }
+        Conn::Observe { filter, from, once } => {
+            let shared = &server.node.sm.shared;
+            if shared.watches.count(session.id) >= crate::watch::WATCHES_PER_CONNECTION_MAX {
+                let max = crate::watch::WATCHES_PER_CONNECTION_MAX;
+                return Wire::Error(format!("LIMIT watches-per-connection limit exceeded (max {max})"));
+            }
+            if session.messages.is_none() {
+                session.messages = Some(shared.pubsub.attach(session.id));
+            }
+            let Some(tx) = shared.pubsub.sender(session.id) else {
+                return Wire::error("ERR this connection's notification queue is closed");
+            };
+            match shared.watches.register(session.id, filter, from, once, tx) {
+                Ok((id, revision)) => {
+                    session.observing = true;
+                    Wire::Map(vec![
+                        (Wire::text("id"), Wire::Int(id as i64)),
+                        (Wire::text("revision"), Wire::Int(revision as i64)),
+                    ])
+                }
+                Err(e) => Wire::Error(e.to_string()),
+            }
+        }
+        Conn::ObserveCancel(id) => Wire::Int(i64::from(server.node.sm.shared.watches.cancel(session.id, id))),
         Conn::SessionBind(None) => {
             session.bound = None;
             Wire::Status("OK")

@@ -23,3 +23,4 @@ pub mod pubsub;
 pub mod raft;
 pub mod resp;
 pub mod server;
+pub mod watch;

@@ -39,6 +39,18 @@ impl Hub {
         rx
     }
 
+    /// True if any connection subscribes to anything (notifications are skipped
+    /// otherwise).
+    pub fn has_subscriptions(&self) -> bool {
+        let inner = self.inner.lock().expect("not poisoned");
+        !inner.channels.is_empty() || !inner.patterns.is_empty()
+    }
+
+    /// The queue's sender of an attached connection (watches deliver through it).
+    pub fn sender(&self, conn: u64) -> Option<mpsc::Sender<Wire>> {
+        self.inner.lock().expect("not poisoned").senders.get(&conn).cloned()
+    }
+
     /// Subscribes `conn` to a channel (`pattern`: a glob).
     pub fn subscribe(&self, conn: u64, name: Bytes, pattern: bool) {
         let mut inner = self.inner.lock().expect("not poisoned");

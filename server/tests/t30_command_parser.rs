@@ -8,6 +8,9 @@ use proptest::prelude::*;
 
 const NAMES: &[&str] = &[
     "SET",
+    "OBSERVE",
+    "OBSERVE.CANCEL",
+    "ELECT.OBSERVE",
     "SESSION.BIND",
     "SESSION.UNBIND",
     "SEM.ACQUIRE",

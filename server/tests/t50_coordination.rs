@@ -198,3 +198,95 @@ fn a_bound_session_lives_with_its_connection_and_its_expiry_releases_everything(
     assert!(c[1].raw(&["SESSION.BIND", &id]).starts_with("-NOSESSION"));
     assert!(c[1].raw(&["SESSION.BIND", "x"]).starts_with("-ERR"));
 }
+
+/// `(revision, kind, target)` of an OBSERVE push.
+fn change(push: &Reply) -> (i64, String, String) {
+    let items = push.items();
+    assert_eq!(items[0].text(), "observe", "{push:?}");
+    (items[2].int(), items[3].text(), items[4].text())
+}
+
+#[test]
+fn a_watch_resumed_after_a_reconnect_to_another_node_misses_nothing() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    // RESP3: notifications arrive as pushes beside ordinary replies.
+    let mut w = servers[1].connect();
+    w.cmd(&["HELLO", "3"]);
+    let start = w.cmd(&["OBSERVE", "PREFIX", "cfg/"]);
+    assert!(start.field("revision").int() > 0);
+    assert_eq!(c[0].cmd(&["SET", "cfg/a", "1"]), Reply::Simple("OK".into()));
+    let (seen, kind, key) = change(&w.read());
+    assert_eq!((kind.as_str(), key.as_str()), ("set", "cfg/a"));
+    // Ordinary commands work on the observing connection.
+    assert_eq!(w.cmd(&["GET", "cfg/a"]).text(), "1");
+    drop(w);
+
+    // While nobody watches: two matching changes and one that does not match.
+    c[0].cmd(&["SET", "cfg/b", "2"]);
+    c[2].cmd(&["DEL", "cfg/a"]);
+    c[0].cmd(&["SET", "other", "3"]);
+    c[0].cmd(&["SET", "cfg/ttl", "x", "PX", "100"]);
+
+    // Reconnect to another node and resume from the next revision.
+    let mut w = servers[2].connect();
+    w.cmd(&["HELLO", "3"]);
+    let from = (seen + 1).to_string();
+    w.cmd(&["OBSERVE", "PREFIX", "cfg/", "FROM", &from]);
+    let replayed: Vec<(i64, String, String)> = (0..3).map(|_| change(&w.read())).collect();
+    let kinds: Vec<(&str, &str)> = replayed.iter().map(|(_, k, t)| (k.as_str(), t.as_str())).collect();
+    assert_eq!(kinds, [("set", "cfg/b"), ("del", "cfg/a"), ("set", "cfg/ttl")]);
+    assert!(replayed.windows(2).all(|p| p[0].0 < p[1].0), "revisions increase: {replayed:?}");
+    // Then live: the TTL running out, and a new write.
+    let (_, kind, key) = change(&w.read());
+    assert_eq!((kind.as_str(), key.as_str()), ("expired", "cfg/ttl"));
+    c[1].cmd(&["SET", "cfg/c", "4"]);
+    let (last, kind, key) = change(&w.read());
+    assert_eq!((kind.as_str(), key.as_str()), ("set", "cfg/c"));
+    assert!(last > replayed[2].0);
+
+    // History before the node's start is compacted; bad arguments are refused.
+    assert!(w.raw(&["OBSERVE", "KEY", "x", "FROM", "0"]).starts_with("-COMPACTED"));
+    assert!(w.raw(&["OBSERVE", "KEY", "x", "EVENTS", "bogus"]).starts_with("-ERR unknown event"));
+    assert!(w.raw(&["OBSERVE", "TABLE", "x"]).starts_with("-ERR OBSERVE takes"));
+}
+
+#[test]
+fn observers_see_leadership_changes_and_resignations_and_lock_releases() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    // A RESP2 observer: the connection enters push mode, like SUBSCRIBE.
+    let mut o = servers[2].connect();
+    o.cmd(&["ELECT.OBSERVE", "ctl"]);
+    assert!(o.raw(&["GET", "x"]).starts_with("-ERR Can't execute 'get'"));
+    let mut locks = servers[1].connect();
+    locks.cmd(&["HELLO", "3"]);
+    locks.cmd(&["OBSERVE", "LOCK", "res", "EVENTS", "released,expired", "ONCE"]);
+    // RESP2 pub/sub: Redis's keyspace notifications and the election channel.
+    let mut sub = servers[0].connect();
+    sub.cmd(&["SUBSCRIBE", "__keyspace@0__:k", "__election__:ctl"]);
+    sub.read();
+
+    c[1].cmd(&["ELECT.CAMPAIGN", "ctl", "node-a", "30000", "TOKEN", "ta", "VALUE", "10.0.0.1"]);
+    let push = o.read();
+    let items = push.items();
+    assert_eq!(
+        (change(&push).1.as_str(), items[5].text().as_str(), items[7].text().as_str()),
+        ("leader", "node-a", "10.0.0.1")
+    );
+    assert_eq!(sub.read().items()[2].text(), "node-a");
+    c[1].cmd(&["ELECT.RESIGN", "ctl", "ta"]);
+    let resigned = o.read();
+    assert!(resigned.items()[5].is_null(), "observers see the resignation: {resigned:?}");
+    assert_eq!(sub.read().items()[2].text(), "");
+
+    c[0].cmd(&["SET", "k", "v"]);
+    assert_eq!(sub.read().items().iter().map(Reply::text).collect::<Vec<_>>(), ["message", "__keyspace@0__:k", "set"]);
+
+    c[2].cmd(&["LOCK", "res", "30000", "TOKEN", "h"]);
+    c[2].cmd(&["UNLOCK", "res", "h"]);
+    let (_, kind, name) = change(&locks.read());
+    assert_eq!((kind.as_str(), name.as_str()), ("released", "res"));
+    // ONCE: the watch is gone; a cancel of it finds nothing.
+    assert_eq!(locks.cmd(&["OBSERVE.CANCEL", "1"]).int(), 0);
+}

@@ -75,12 +75,66 @@ pub enum Conn {
     /// SESSION.BIND id / SESSION.UNBIND: the connection's default session for LOCK,
     /// SEM.ACQUIRE and ELECT.CAMPAIGN, kept alive while the connection is open.
     SessionBind(Option<u64>),
+    /// OBSERVE: a watch, with the revision to replay from.
+    Observe {
+        /// What it selects.
+        filter: crate::watch::Filter,
+        /// Replay retained changes from this revision first.
+        from: Option<u64>,
+        /// End after the first change.
+        once: bool,
+    },
+    /// OBSERVE.CANCEL id.
+    ObserveCancel(u64),
     /// MULTI.
     Multi,
     /// EXEC.
     Exec,
     /// DISCARD.
     Discard,
+}
+
+/// `[FROM revision] [ONCE] [EVENTS kind[,kind...]]` after OBSERVE's target.
+fn parse_observe(
+    a: &mut Args,
+    class: crate::watch::Class,
+    target: Bytes,
+    prefix: bool,
+) -> Result<Option<Request>, CmdError> {
+    let (mut from, mut once, mut kinds) = (None, false, Vec::new());
+    while let Some(option) = a.keyword() {
+        match option.as_slice() {
+            b"FROM" => {
+                let rev = a.optional().ok_or(CmdError::Syntax)?;
+                let rev = parse_i64(&rev)
+                    .filter(|r| *r >= 0)
+                    .ok_or(CmdError::Other("ERR FROM must be a non-negative revision".into()))?;
+                from = Some(rev as u64);
+            }
+            b"ONCE" => once = true,
+            b"EVENTS" => {
+                let list = a.optional().ok_or(CmdError::Syntax)?;
+                let known: &[&[u8]] = match class {
+                    crate::watch::Class::Key => &[b"set", b"del", b"expired"],
+                    crate::watch::Class::Lock => &[b"released", b"expired", b"revoked"],
+                    crate::watch::Class::Election => &[b"leader"],
+                };
+                for kind in list.split(|b| *b == b',').filter(|k| !k.is_empty()) {
+                    let kind = kind.to_ascii_lowercase();
+                    if !known.contains(&kind.as_slice()) {
+                        return Err(CmdError::Other(format!(
+                            "ERR unknown event '{}' for this watch",
+                            String::from_utf8_lossy(&kind)
+                        )));
+                    }
+                    kinds.push(Bytes::from(kind));
+                }
+            }
+            _ => return Err(CmdError::Syntax),
+        }
+    }
+    let filter = crate::watch::Filter { class, target, prefix, kinds };
+    conn(Conn::Observe { filter, from, once })
 }
 
 fn conn(c: Conn) -> Result<Option<Request>, CmdError> {
@@ -141,6 +195,27 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
         b"SESSION.UNBIND" => {
             a.finish().map_err(|_| a.arity())?;
             conn(Conn::SessionBind(None))
+        }
+        b"OBSERVE" => {
+            let class = a.keyword().ok_or_else(|| a.arity())?;
+            let target = a.bytes()?;
+            let (class, prefix) = match class.as_slice() {
+                b"KEY" => (crate::watch::Class::Key, false),
+                b"PREFIX" => (crate::watch::Class::Key, true),
+                b"LOCK" => (crate::watch::Class::Lock, false),
+                b"ELECTION" => (crate::watch::Class::Election, false),
+                _ => return Err(CmdError::Other("ERR OBSERVE takes KEY, PREFIX, LOCK or ELECTION".into())),
+            };
+            parse_observe(a, class, target, prefix)
+        }
+        b"ELECT.OBSERVE" => {
+            let target = a.bytes()?;
+            parse_observe(a, crate::watch::Class::Election, target, false)
+        }
+        b"OBSERVE.CANCEL" => {
+            let id = a.i64()?;
+            a.finish().map_err(|_| a.arity())?;
+            conn(Conn::ObserveCancel(id.max(0) as u64))
         }
         b"TIME" => {
             a.finish().map_err(|_| a.arity())?;

@@ -105,6 +105,8 @@ pub struct Shared {
     pub events: broadcast::Sender<Arc<Event>>,
     /// This node's pub/sub subscribers.
     pub pubsub: crate::pubsub::Hub,
+    /// This node's watches (OBSERVE) and their history.
+    pub watches: crate::watch::Watches,
     /// This node's id: waiter channels are registered for entries it originated.
     local_node: std::sync::atomic::AtomicU64,
     dir: PathBuf,
@@ -141,11 +143,13 @@ impl SmStore {
             inner.current = Some(file);
         }
         let (events, _) = broadcast::channel(4096);
+        let applied = inner.last_applied.map_or(0, |l| l.index);
         let shared = Shared {
             inner: Mutex::new(inner),
             waiters: Waiters::default(),
             events,
             pubsub: crate::pubsub::Hub::default(),
+            watches: crate::watch::Watches::new(applied),
             local_node: Default::default(),
             dir: dir.to_path_buf(),
             limits,
@@ -183,9 +187,14 @@ impl Inner {
 impl SmStore {
     /// Hands each event to the waiter it names, pub/sub messages to subscribers, the
     /// rest to the broadcast for watchers. Returns how many subscribers got messages.
-    fn dispatch(&self, events: Vec<Event>) -> usize {
+    fn dispatch(&self, revision: u64, events: Vec<Event>) -> usize {
+        for conn in self.shared.watches.record(revision, &events) {
+            // Its queue is full: dropping its senders closes it, with the reason.
+            self.shared.pubsub.detach(conn);
+        }
         let mut delivered = 0;
         for event in events {
+            self.notify_channels(&event);
             if let Event::Published { channel, message } = &event {
                 delivered += self.shared.pubsub.publish(channel, message);
                 continue;
@@ -206,6 +215,33 @@ impl SmStore {
             }
         }
         delivered
+    }
+}
+
+impl SmStore {
+    /// Pub/sub notifications for RESP2 clients: Redis's keyspace notifications
+    /// (`__keyspace@0__:<key>` → event, `__keyevent@0__:<event>` → key) and
+    /// `__election__:<name>` → the new leader's candidate id (empty: nobody leads).
+    fn notify_channels(&self, event: &Event) {
+        let hub = &self.shared.pubsub;
+        if !hub.has_subscriptions() {
+            return;
+        }
+        match crate::watch::Change::from_event(0, event) {
+            Some(c) if c.class == crate::watch::Class::Key => {
+                let mut keyspace = bytes::BytesMut::from(&b"__keyspace@0__:"[..]);
+                keyspace.extend_from_slice(&c.target);
+                hub.publish(&keyspace.freeze(), &bytes::Bytes::from_static(c.kind.as_bytes()));
+                let keyevent = bytes::Bytes::from(format!("__keyevent@0__:{}", c.kind));
+                hub.publish(&keyevent, &c.target);
+            }
+            Some(c) if c.class == crate::watch::Class::Election => {
+                let mut channel = bytes::BytesMut::from(&b"__election__:"[..]);
+                channel.extend_from_slice(&c.target);
+                hub.publish(&channel.freeze(), &c.leader.map(|l| l.0).unwrap_or_default());
+            }
+            _ => {}
+        }
     }
 }
 
@@ -274,7 +310,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                                         self.shared.waiters.register(*waiter);
                                     }
                                 }
-                                let delivered = self.dispatch(out.events);
+                                let delivered = self.dispatch(index, out.events);
                                 match out.reply {
                                     // PUBLISH answers how many of this node's subscribers got it.
                                     Ok(Reply::Int(0)) if publish => Applied::Core(Ok(Reply::Int(delivered as i64))),
@@ -288,7 +324,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                                     )
                                 });
                                 drop(inner);
-                                self.dispatch(out.events);
+                                self.dispatch(index, out.events);
                                 let Ok(replies) = out.result;
                                 Applied::Multi(replies)
                             }
@@ -297,7 +333,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                                 let out =
                                     core.apply_script(index, proposal.stamp_ms, |s| lua.run(&script, &keys, &args, s));
                                 drop(inner);
-                                self.dispatch(out.events);
+                                self.dispatch(index, out.events);
                                 Applied::Script(out.result)
                             }
                         }
@@ -323,6 +359,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             let mut inner = self.lock();
             inner.load(&file, &limits)?;
         }
+        self.shared.watches.reset(meta.last_log_id.map_or(0, |l| l.index));
         write_atomic(&self.shared.dir, "snapshot", &bytes)?;
         self.lock().current = Some(file);
         Ok(())
