@@ -238,6 +238,6 @@ impl StateMachine {
                 ensure!(fits(&ident.blob, ident.owner_len, ident.token_len), "waiter {id} identity overruns its bytes");
             }
         }
-        Ok(())
+        self.check_configs()
     }
 }

@@ -501,6 +501,44 @@ pub enum Command {
         /// The election.
         name: Bytes,
     },
+    /// Write a config key if its version is `if_version` (0: absent); replies with
+    /// the new version.
+    ConfigSet {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// Compare-and-set on the version.
+        if_version: Option<u64>,
+    },
+    /// Delete a config key if its version is `if_version`.
+    ConfigDel {
+        /// The key.
+        key: Bytes,
+        /// Compare-and-set on the version.
+        if_version: Option<u64>,
+    },
+    /// A config key's `[value, version]`, now or as of a version.
+    ConfigGet {
+        /// The key.
+        key: Bytes,
+        /// As of this version (None: now).
+        at: Option<u64>,
+    },
+    /// A config key's retained versions, newest first.
+    ConfigHistory {
+        /// The key.
+        key: Bytes,
+    },
+    /// Live config keys under a prefix with their versions.
+    ConfigList {
+        /// The prefix.
+        prefix: Bytes,
+        /// Resume after this key.
+        after: Option<Bytes>,
+        /// At most this many keys.
+        count: u64,
+    },
     /// Hand leadership to a named waiting candidate.
     Transfer {
         /// The election.
@@ -536,6 +574,9 @@ impl Command {
                 | Command::CounterGet { .. }
                 | Command::QueueLen { .. }
                 | Command::Leader { .. }
+                | Command::ConfigGet { .. }
+                | Command::ConfigHistory { .. }
+                | Command::ConfigList { .. }
         )
     }
 }
@@ -699,6 +740,15 @@ pub enum Event {
         channel: Bytes,
         /// The message.
         message: Bytes,
+    },
+    /// A config key was written or deleted.
+    ConfigChanged {
+        /// The key.
+        key: Bytes,
+        /// Its new version (the entry's log index).
+        version: u64,
+        /// True for a delete.
+        deleted: bool,
     },
     /// An election's leader changed (including to nobody).
     LeaderChanged {

@@ -53,6 +53,7 @@
 mod barrier;
 mod check;
 mod command;
+mod config;
 mod election;
 mod error;
 pub mod glob;

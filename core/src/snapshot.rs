@@ -9,7 +9,7 @@ use crate::state::{State, StateMachine};
 
 const MAGIC: &[u8; 8] = b"FENCELCK";
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

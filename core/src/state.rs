@@ -87,6 +87,7 @@ pub(crate) struct State {
     pub queues: BTreeMap<Name, crate::queue::Queue>,
     pub barriers: BTreeMap<Name, crate::barrier::Barrier>,
     pub elections: BTreeMap<Name, crate::election::Election>,
+    pub configs: BTreeMap<Name, crate::config::ConfigEntry>,
     /// Every finite deadline, earliest first.
     pub deadlines: BTreeSet<(u64, Timer)>,
 }
@@ -354,7 +355,7 @@ impl StateMachine {
 
     /// Refuses a new lock name or key when the tables are full.
     pub(crate) fn check_entries(&self, adding: usize) -> Result<()> {
-        let used = self.st.keys.len() + self.st.locks.len();
+        let used = self.st.keys.len() + self.st.locks.len() + self.st.configs.len();
         if used + adding > self.limits.entries_max {
             return Err(over(Limit::Entries, self.limits.entries_max as u64));
         }
@@ -455,6 +456,8 @@ impl StateMachine {
             Command::Resign { name, token } => self.election_resign(&name, &token),
             Command::ElectionRenew { name, token, ttl_ms } => self.election_renew(&name, &token, ttl_ms),
             Command::Transfer { name, token, to } => self.election_transfer(&name, &token, &to),
+            Command::ConfigSet { key, value, if_version } => self.config_set(&key, value, if_version),
+            Command::ConfigDel { key, if_version } => self.config_del(&key, if_version),
             // Every read-only variant returned above.
             _ => Err(Error::invalid("unhandled command")),
         }
@@ -483,6 +486,11 @@ impl StateMachine {
                 Ok(Reply::Int(self.st.queues.get(name.as_ref()).map_or(0, |q| q.items.len()) as i64))
             }
             Command::Leader { name } => Ok(self.election_leader(name)),
+            Command::ConfigGet { key, at } => self.config_get(key, *at),
+            Command::ConfigHistory { key } => Ok(self.config_history(key)),
+            Command::ConfigList { prefix, after, count } => {
+                Ok(self.config_list(prefix, after.as_ref(), *count as usize))
+            }
             _ => Err(Error::invalid("not a read-only command")),
         }
     }

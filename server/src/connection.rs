@@ -286,6 +286,8 @@ async fn handle(
         Request::Scan { cursor, pattern, count, kind } => scan(server, session, cursor, pattern, count, kind).await,
         Request::Eval { source, keys, args } => eval(server, source, keys, args).await,
         Request::Script(admin) => script_admin(server, admin),
+        Request::ServiceRegister(commands) => service_register(server, commands).await,
+        Request::ServiceList(service) => service_list(server, &service).await,
         Request::Admin(op) => match server.node.admin(op).await {
             Ok(done) => {
                 tracing::info!("{done}");
@@ -431,6 +433,61 @@ async fn wait_for(server: &Arc<Server>, waiter: u64, stream: &mut TcpStream, inp
             Waited::Gone(events.try_recv().ok())
         }
     }
+}
+
+/// SVC.REGISTER: the metadata key first, then the address key, which makes the
+/// instance visible to SVC.LIST and SVC.WATCH: an instance is never seen without its
+/// metadata. (Session-owned writes are not allowed in one script entry, so these are
+/// two entries; a metadata key left alone by a crash goes with the session.)
+async fn service_register(server: &Arc<Server>, commands: Vec<Command>) -> Wire {
+    for command in commands.into_iter().rev() {
+        match server.node.write(command).await {
+            Err(e) => return node_error(e),
+            Ok(Err(e)) => return core_error(&e),
+            Ok(Ok(_)) => {}
+        }
+    }
+    Wire::Status("OK")
+}
+
+/// SVC.LIST: a map of instance → `[address, metadata]`, read linearizably (the key
+/// list through a read index, then the values from the same replica).
+async fn service_list(server: &Arc<Server>, service: &Bytes) -> Wire {
+    use crate::cmd::coord::{service_key, SERVICE_META_PREFIX, SERVICE_PREFIX};
+    let prefix = service_key(SERVICE_PREFIX, service, None);
+    let mut pattern = Vec::with_capacity(prefix.len() + 1);
+    for &byte in prefix.iter() {
+        // Escape glob characters in the service name.
+        if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
+            pattern.push(b'\\');
+        }
+        pattern.push(byte);
+    }
+    pattern.push(b'*');
+    let keys = match server.node.read(&Command::Keys { pattern: Bytes::from(pattern) }).await {
+        Err(e) => return node_error(e),
+        Ok(Err(e)) => return core_error(&e),
+        Ok(Ok(Reply::Array(keys))) => keys,
+        Ok(Ok(_)) => Vec::new(),
+    };
+    let mut instances = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Reply::Bulk(key) = key else { continue };
+        let instance = key.slice(prefix.len()..);
+        let meta_key = service_key(SERVICE_META_PREFIX, service, Some(&instance));
+        let (Ok(Reply::Bulk(addr)), meta) = (
+            server.node.read_local(&Command::Get { key: key.clone() }),
+            server.node.read_local(&Command::Get { key: meta_key }),
+        ) else {
+            continue; // its session ended in between
+        };
+        let meta = match meta {
+            Ok(Reply::Bulk(meta)) => Wire::Bulk(meta),
+            _ => Wire::Null,
+        };
+        instances.push((Wire::Bulk(instance), Wire::Array(vec![Wire::Bulk(addr), meta])));
+    }
+    Wire::Map(instances)
 }
 
 /// LOCK, SEM.ACQUIRE, ELECT.CAMPAIGN: a grant now, null when held (without WAIT) or

@@ -36,6 +36,8 @@ pub enum Class {
     Lock,
     /// An election.
     Election,
+    /// A config-store key (or every one under a prefix).
+    Config,
 }
 
 /// One change, as watchers see it.
@@ -65,6 +67,9 @@ impl Change {
                     KeyChange::Expired => "expired",
                 };
                 (Class::Key, kind, key.clone(), None)
+            }
+            Event::ConfigChanged { key, deleted, .. } => {
+                (Class::Config, if *deleted { "del" } else { "set" }, key.clone(), None)
             }
             Event::Released { name, .. } => (Class::Lock, "released", name.clone(), None),
             Event::Expired { name, .. } => (Class::Lock, "expired", name.clone(), None),

@@ -8,6 +8,12 @@ use proptest::prelude::*;
 
 const NAMES: &[&str] = &[
     "SET",
+    "CFG.SET",
+    "CFG.GET",
+    "CFG.LIST",
+    "SVC.REGISTER",
+    "SVC.LIST",
+    "SVC.WATCH",
     "OBSERVE",
     "OBSERVE.CANCEL",
     "ELECT.OBSERVE",

@@ -290,3 +290,67 @@ fn observers_see_leadership_changes_and_resignations_and_lock_releases() {
     // ONCE: the watch is gone; a cancel of it finds nothing.
     assert_eq!(locks.cmd(&["OBSERVE.CANCEL", "1"]).int(), 0);
 }
+
+#[test]
+fn the_config_store_versions_keys_with_compare_and_set_and_history() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    let mut w = servers[1].connect();
+    w.cmd(&["HELLO", "3"]);
+    w.cmd(&["OBSERVE", "CONFIGPREFIX", "app/"]);
+    let v1 = c[1].cmd(&["CFG.SET", "app/db", "postgres://a", "IFVERSION", "0"]).int();
+    assert!(c[2].raw(&["CFG.SET", "app/db", "x", "IFVERSION", "0"]).starts_with("-CONDFAILED"), "create-only");
+    let v2 = c[2].cmd(&["CFG.SET", "app/db", "postgres://b", "IFVERSION", &v1.to_string()]).int();
+    assert!(v2 > v1);
+    assert!(
+        c[0].raw(&["CFG.SET", "app/db", "y", "IFVERSION", &v1.to_string()]).starts_with("-CONDFAILED"),
+        "stale version"
+    );
+    let now = c[0].cmd(&["CFG.GET", "app/db"]);
+    assert_eq!((now.field("value").text(), now.field("version").int()), ("postgres://b".to_string(), v2));
+    assert_eq!(c[1].cmd(&["CFG.GET", "app/db", "AT", &v1.to_string()]).field("value").text(), "postgres://a");
+    let history = c[1].cmd(&["CFG.HISTORY", "app/db"]);
+    assert_eq!(history.items().iter().map(|h| h.items()[0].int()).collect::<Vec<_>>(), [v2, v1]);
+    c[0].cmd(&["CFG.SET", "app/cache", "redis://c"]);
+    let listed = c[2].cmd(&["CFG.LIST", "app/"]);
+    assert_eq!(listed.keys(), ["app/cache", "app/db"]);
+    let v3 = c[0].cmd(&["CFG.DEL", "app/db", "IFVERSION", &v2.to_string()]).int();
+    assert!(c[0].cmd(&["CFG.GET", "app/db"]).is_null());
+    // The watcher saw every change with its version as the revision.
+    let seen: Vec<(i64, String, String)> = (0..4).map(|_| change(&w.read())).collect();
+    let kinds: Vec<(i64, &str)> = seen.iter().map(|(r, k, _)| (*r, k.as_str())).collect();
+    assert_eq!(kinds[0], (v1, "set"));
+    assert_eq!(kinds[1], (v2, "set"));
+    assert_eq!(kinds[3], (v3, "del"));
+    assert!(c[0].raw(&["CFG.LIST", "app/", "COUNT", "0"]).starts_with("-ERR COUNT"));
+}
+
+#[test]
+fn service_instances_register_under_a_session_and_vanish_with_it() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    let mut watcher = servers[2].connect();
+    watcher.cmd(&["HELLO", "3"]);
+    watcher.cmd(&["SVC.WATCH", "payments"]);
+    let session = c[1].cmd(&["SESSION.OPEN", "1000"]).int().to_string();
+    assert!(c[1]
+        .raw(&["SVC.REGISTER", "payments", "p1", "10.0.0.1:80"])
+        .starts_with("-ERR SVC.REGISTER needs SESSION"));
+    let ok = c[1].cmd(&["SVC.REGISTER", "payments", "p1", "10.0.0.1:80", "SESSION", &session, "META", "zone=a"]);
+    assert_eq!(ok, Reply::Simple("OK".into()));
+    let keep = c[0].cmd(&["SESSION.OPEN", "60000"]).int().to_string();
+    c[0].cmd(&["SVC.REGISTER", "payments", "p2", "10.0.0.2:80", "SESSION", &keep]);
+    let list = c[2].cmd(&["SVC.LIST", "payments"]);
+    assert_eq!(list.keys(), ["p1", "p2"]);
+    assert_eq!(list.field("p1").items()[1].text(), "zone=a");
+    assert!(list.field("p2").items()[1].is_null() || list.field("p2").items()[1].text().is_empty());
+    let (_, kind, key) = change(&watcher.read());
+    assert_eq!((kind.as_str(), key.as_str()), ("set", "__svc__/payments/p1"));
+    change(&watcher.read());
+    // p1's session is not kept alive: p1 leaves the list within its TTL (plus a tick).
+    let (_, kind, key) = change(&watcher.read());
+    assert_eq!((kind.as_str(), key.as_str()), ("expired", "__svc__/payments/p1"));
+    assert_eq!(c[1].cmd(&["SVC.LIST", "payments"]).keys(), ["p2"]);
+    assert_eq!(c[0].cmd(&["SVC.DEREGISTER", "payments", "p2"]).int(), 2);
+    assert!(c[0].cmd(&["SVC.LIST", "payments"]).keys().is_empty());
+}

@@ -118,6 +118,7 @@ fn parse_observe(
                     crate::watch::Class::Key => &[b"set", b"del", b"expired"],
                     crate::watch::Class::Lock => &[b"released", b"expired", b"revoked"],
                     crate::watch::Class::Election => &[b"leader"],
+                    crate::watch::Class::Config => &[b"set", b"del"],
                 };
                 for kind in list.split(|b| *b == b',').filter(|k| !k.is_empty()) {
                     let kind = kind.to_ascii_lowercase();
@@ -204,9 +205,20 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
                 b"PREFIX" => (crate::watch::Class::Key, true),
                 b"LOCK" => (crate::watch::Class::Lock, false),
                 b"ELECTION" => (crate::watch::Class::Election, false),
-                _ => return Err(CmdError::Other("ERR OBSERVE takes KEY, PREFIX, LOCK or ELECTION".into())),
+                b"CONFIG" => (crate::watch::Class::Config, false),
+                b"CONFIGPREFIX" => (crate::watch::Class::Config, true),
+                _ => {
+                    return Err(CmdError::Other(
+                        "ERR OBSERVE takes KEY, PREFIX, LOCK, ELECTION, CONFIG or CONFIGPREFIX".into(),
+                    ))
+                }
             };
             parse_observe(a, class, target, prefix)
+        }
+        b"SVC.WATCH" => {
+            let service = a.bytes()?;
+            let prefix = super::coord::service_key(super::coord::SERVICE_PREFIX, &service, None);
+            parse_observe(a, crate::watch::Class::Key, prefix, true)
         }
         b"ELECT.OBSERVE" => {
             let target = a.bytes()?;

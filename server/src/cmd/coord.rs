@@ -199,9 +199,125 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             a.finish().map_err(|_| a.arity())?;
             Request::Core(Command::Transfer { name, token, to }, Shape::Plain)
         }
+        b"CFG.SET" => {
+            let (key, value) = (a.bytes()?, a.bytes()?);
+            let if_version = version_option(a, b"IFVERSION")?;
+            Request::Core(Command::ConfigSet { key, value, if_version }, Shape::Plain)
+        }
+        b"CFG.DEL" => {
+            let key = a.bytes()?;
+            let if_version = version_option(a, b"IFVERSION")?;
+            Request::Core(Command::ConfigDel { key, if_version }, Shape::Plain)
+        }
+        b"CFG.GET" => {
+            let key = a.bytes()?;
+            let at = version_option(a, b"AT")?;
+            Request::Core(Command::ConfigGet { key, at }, Shape::Fields(&["value", "version"]))
+        }
+        b"CFG.HISTORY" => {
+            let key = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            Request::Core(Command::ConfigHistory { key }, Shape::Plain)
+        }
+        b"CFG.LIST" => {
+            let prefix = a.bytes()?;
+            let (mut after, mut count) = (None, CFG_LIST_DEFAULT);
+            while let Some(option) = a.keyword() {
+                match option.as_slice() {
+                    b"AFTER" => after = Some(a.optional().ok_or(CmdError::Syntax)?),
+                    b"COUNT" => {
+                        count = non_negative(a.optional(), "COUNT")?;
+                        if count == 0 || count > CFG_LIST_MAX {
+                            return Err(CmdError::Other(format!("ERR COUNT must be 1..={CFG_LIST_MAX}")));
+                        }
+                    }
+                    _ => return Err(CmdError::Syntax),
+                }
+            }
+            Request::Core(Command::ConfigList { prefix, after, count }, Shape::Map)
+        }
+        b"SVC.REGISTER" => {
+            let (service, instance, addr) = (a.bytes()?, a.bytes()?, a.bytes()?);
+            let (mut session, mut meta) = (None, Bytes::new());
+            while let Some(option) = a.keyword() {
+                match option.as_slice() {
+                    b"SESSION" => session = Some(non_negative(a.optional(), "SESSION")?),
+                    b"META" => meta = a.optional().ok_or(CmdError::Syntax)?,
+                    _ => return Err(CmdError::Syntax),
+                }
+            }
+            let Some(session) = session else {
+                return Err(CmdError::Other(
+                    "ERR SVC.REGISTER needs SESSION id: an instance lives as long as its session".into(),
+                ));
+            };
+            let set = |key: Bytes, value: Bytes| {
+                Command::Set(fencelock_core::SetRequest {
+                    key,
+                    value,
+                    condition: fencelock_core::SetCondition::Always,
+                    expiry: fencelock_core::SetExpiry::Clear,
+                    get: false,
+                    session: Some(session),
+                })
+            };
+            Request::ServiceRegister(vec![
+                set(service_key(SERVICE_PREFIX, &service, Some(&instance)), addr),
+                set(service_key(SERVICE_META_PREFIX, &service, Some(&instance)), meta),
+            ])
+        }
+        b"SVC.DEREGISTER" => {
+            let (service, instance) = (a.bytes()?, a.bytes()?);
+            a.finish().map_err(|_| a.arity())?;
+            let keys = vec![
+                service_key(SERVICE_PREFIX, &service, Some(&instance)),
+                service_key(SERVICE_META_PREFIX, &service, Some(&instance)),
+            ];
+            Request::Core(Command::Del { keys }, Shape::Plain)
+        }
+        b"SVC.LIST" => {
+            let service = a.bytes()?;
+            a.finish().map_err(|_| a.arity())?;
+            Request::ServiceList(service)
+        }
         _ => return Ok(None),
     };
     Ok(Some(request))
+}
+
+/// Where service instances live in the keyspace: `__svc__/<service>/<instance>` holds
+/// the address, `__svcmeta__/<service>/<instance>` the metadata; both owned by the
+/// instance's session. SVC.WATCH observes the first prefix.
+pub const SERVICE_PREFIX: &str = "__svc__/";
+/// See `SERVICE_PREFIX`.
+pub const SERVICE_META_PREFIX: &str = "__svcmeta__/";
+
+/// `<prefix><service>/` or `<prefix><service>/<instance>`.
+pub fn service_key(prefix: &str, service: &[u8], instance: Option<&[u8]>) -> Bytes {
+    let mut key = prefix.as_bytes().to_vec();
+    key.extend_from_slice(service);
+    key.push(b'/');
+    if let Some(instance) = instance {
+        key.extend_from_slice(instance);
+    }
+    Bytes::from(key)
+}
+
+/// Keys CFG.LIST answers without COUNT, and at most.
+const CFG_LIST_DEFAULT: u64 = 1_000;
+const CFG_LIST_MAX: u64 = 100_000;
+
+/// An optional `<KEYWORD> version` as the command's last two arguments.
+fn version_option(a: &mut Args, keyword: &[u8]) -> Result<Option<u64>, CmdError> {
+    match a.keyword() {
+        None => Ok(None),
+        Some(k) if k == keyword => {
+            let version = non_negative(a.optional(), "version")?;
+            a.finish()?;
+            Ok(Some(version))
+        }
+        Some(_) => Err(CmdError::Syntax),
+    }
 }
 
 /// `[WAIT ms | WAIT FOREVER]` after a barrier's arguments (default: forever).

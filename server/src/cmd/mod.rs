@@ -96,6 +96,10 @@ pub enum Request {
     Admin(crate::cluster::AdminOp),
     /// CLUSTER.STATUS.
     ClusterStatus,
+    /// SVC.REGISTER: the address key and the metadata key (written metadata first).
+    ServiceRegister(Vec<Command>),
+    /// SVC.LIST: the instances of a service.
+    ServiceList(Bytes),
     /// The reply is already known while parsing.
     Immediate(Wire),
 }

@@ -1,0 +1,158 @@
+//! The config store: versioned keys with compare-and-set on the version, and each
+//! key's recent history. A key's version is the log index of the entry that last wrote
+//! it (0: absent), so versions are unique and increase across the whole store, as
+//! etcd's mod revisions do. Each key keeps its last `CONFIG_HISTORY_MAX` versions
+//! (deletes included); older ones are compacted.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Event, Reply};
+use crate::error::{Error, Result};
+use crate::name::Name;
+use crate::state::StateMachine;
+
+/// Versions kept per config key.
+pub const CONFIG_HISTORY_MAX: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConfigEntry {
+    /// `(version, value)` oldest first; `None` is a delete.
+    pub versions: VecDeque<(u64, Option<Bytes>)>,
+    /// Versions below this were compacted away (0: nothing was).
+    pub compacted_below: u64,
+}
+
+impl ConfigEntry {
+    /// The live version (0 if the newest version is a delete).
+    fn current(&self) -> u64 {
+        match self.versions.back() {
+            Some((version, Some(_))) => *version,
+            _ => 0,
+        }
+    }
+}
+
+impl StateMachine {
+    fn config_version(&self, key: &[u8]) -> u64 {
+        self.st.configs.get(key).map_or(0, ConfigEntry::current)
+    }
+
+    fn config_check_version(&self, key: &[u8], if_version: Option<u64>) -> Result<()> {
+        match if_version {
+            Some(expected) if expected != self.config_version(key) => Err(Error::ConditionFailed),
+            _ => Ok(()),
+        }
+    }
+
+    fn config_record(&mut self, key: &[u8], value: Option<Bytes>) -> u64 {
+        let version = self.index;
+        let entry = self
+            .st
+            .configs
+            .entry(Name::from(key))
+            .or_insert_with(|| ConfigEntry { versions: VecDeque::new(), compacted_below: 0 });
+        debug_assert!(entry.versions.back().is_none_or(|(v, _)| *v < version), "versions increase");
+        let deleted = value.is_none();
+        entry.versions.push_back((version, value));
+        while entry.versions.len() > CONFIG_HISTORY_MAX {
+            if let Some((old, _)) = entry.versions.pop_front() {
+                entry.compacted_below = old + 1;
+            }
+        }
+        self.emit(Event::ConfigChanged { key: Bytes::copy_from_slice(key), version, deleted });
+        version
+    }
+
+    /// CFG.SET: writes `value` if the key's version is `if_version` (0: absent).
+    pub(crate) fn config_set(&mut self, key: &[u8], value: Bytes, if_version: Option<u64>) -> Result<Reply> {
+        self.check_key(key)?;
+        self.check_value(&value)?;
+        self.config_check_version(key, if_version)?;
+        if !self.st.configs.contains_key(key) {
+            self.check_entries(1)?;
+        }
+        Ok(Reply::Int(self.config_record(key, Some(value)) as i64))
+    }
+
+    /// CFG.DEL: deletes the key if its version is `if_version`; the delete's version,
+    /// or 0 if the key was absent (nothing recorded).
+    pub(crate) fn config_del(&mut self, key: &[u8], if_version: Option<u64>) -> Result<Reply> {
+        self.config_check_version(key, if_version)?;
+        if self.config_version(key) == 0 {
+            return Ok(Reply::Int(0));
+        }
+        Ok(Reply::Int(self.config_record(key, None) as i64))
+    }
+
+    /// CFG.GET: `[value, version]` now, or as of version `at`; nil if absent then.
+    pub(crate) fn config_get(&self, key: &[u8], at: Option<u64>) -> Result<Reply> {
+        let Some(entry) = self.st.configs.get(key) else { return Ok(Reply::Nil) };
+        let at = at.unwrap_or(u64::MAX);
+        if at < entry.compacted_below {
+            return Err(Error::Invalid(std::borrow::Cow::Owned(format!(
+                "version {at} of this key is compacted: its history starts at version {}",
+                entry.compacted_below
+            ))));
+        }
+        match entry.versions.iter().rev().find(|(v, _)| *v <= at) {
+            Some((version, Some(value))) => {
+                Ok(Reply::Array(vec![Reply::Bulk(value.clone()), Reply::Int(*version as i64)]))
+            }
+            _ => Ok(Reply::Nil),
+        }
+    }
+
+    /// CFG.HISTORY: `[[version, value or nil], ...]`, newest first.
+    pub(crate) fn config_history(&self, key: &[u8]) -> Reply {
+        let versions =
+            self.st.configs.get(key).map(|e| e.versions.iter().rev().collect::<Vec<_>>()).unwrap_or_default();
+        Reply::Array(
+            versions
+                .into_iter()
+                .map(|(v, value)| {
+                    Reply::Array(vec![Reply::Int(*v as i64), value.clone().map_or(Reply::Nil, Reply::Bulk)])
+                })
+                .collect(),
+        )
+    }
+
+    /// CFG.LIST: `[key, version, ...]` for live keys starting with `prefix`, in key
+    /// order, at most `count`, after `after` (exclusive) when resuming.
+    pub(crate) fn config_list(&self, prefix: &[u8], after: Option<&Bytes>, count: usize) -> Reply {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.as_ref()),
+            None => Bound::Included(prefix),
+        };
+        let mut out = Vec::new();
+        for (key, entry) in self.st.configs.range::<[u8], _>((start, Bound::Unbounded)) {
+            if !key.starts_with(prefix) || out.len() >= 2 * count {
+                break;
+            }
+            if entry.current() > 0 {
+                out.push(Reply::Bulk(Bytes::copy_from_slice(key)));
+                out.push(Reply::Int(entry.current() as i64));
+            }
+        }
+        Reply::Array(out)
+    }
+
+    /// Invariants of the config store (called by `check_invariants`).
+    pub(crate) fn check_configs(&self) -> std::result::Result<(), String> {
+        for (key, entry) in &self.st.configs {
+            if entry.versions.is_empty() || entry.versions.len() > CONFIG_HISTORY_MAX {
+                return Err(format!("config {key:?} keeps {} versions", entry.versions.len()));
+            }
+            if !entry.versions.iter().zip(entry.versions.iter().skip(1)).all(|(a, b)| a.0 < b.0) {
+                return Err(format!("config {key:?} versions do not increase"));
+            }
+            if entry.versions.back().is_some_and(|(v, _)| *v > self.st.last_applied) {
+                return Err(format!("config {key:?} has a version after the last applied entry"));
+            }
+        }
+        Ok(())
+    }
+}
