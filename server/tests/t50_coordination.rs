@@ -354,3 +354,25 @@ fn service_instances_register_under_a_session_and_vanish_with_it() {
     assert_eq!(c[0].cmd(&["SVC.DEREGISTER", "payments", "p2"]).int(), 2);
     assert!(c[0].cmd(&["SVC.LIST", "payments"]).keys().is_empty());
 }
+
+#[test]
+fn a_campaign_whose_session_dies_is_abandoned_never_granted_late() {
+    let mut servers = start_cluster(3);
+    let mut c = clients(&mut servers);
+    let leader = c[0].cmd(&["ELECT.CAMPAIGN", "jobs", "leader", "60000", "TOKEN", "tl"]);
+    // A candidate queues under a 500 ms session nobody keeps alive; a second candidate
+    // queues behind it with a plain lease.
+    let session = c[1].cmd(&["SESSION.OPEN", "500"]).int().to_string();
+    c[1].send_cmd(&["ELECT.CAMPAIGN", "jobs", "doomed", "0", "SESSION", &session, "TOKEN", "td", "WAIT", "20000"]);
+    std::thread::sleep(Duration::from_millis(100));
+    c[2].send_cmd(&["ELECT.CAMPAIGN", "jobs", "next", "60000", "TOKEN", "tn", "WAIT", "20000"]);
+    // The session expires while the candidate waits: its campaign ends with NOSESSION.
+    let abandoned = c[1].read();
+    assert!(matches!(&abandoned, Reply::Error(e) if e.starts_with("NOSESSION")), "{abandoned:?}");
+    // When the leader resigns, leadership skips the dead candidate.
+    assert_eq!(c[0].cmd(&["ELECT.RESIGN", "jobs", "tl"]), Reply::Simple("OK".into()));
+    let next = c[2].read();
+    assert_eq!(next.field("token").text(), "tn");
+    assert!(next.field("fence").int() > leader.field("fence").int());
+    assert_eq!(c[0].cmd(&["ELECT.LEADER", "jobs"]).field("candidate").text(), "next");
+}
