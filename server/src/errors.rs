@@ -21,7 +21,7 @@ pub fn core_error_text(error: &Error) -> String {
         Error::HeldDifferently => "HELDDIFFERENTLY this owner holds it in another mode or group".into(),
         Error::NoSuchSession(id) => format!("NOSESSION no such session {id} (closed or expired)"),
         Error::NoSuchWaiter(id) => format!("NOWAITER no such waiter {id}"),
-        Error::ConditionFailed => "CONDFAILED the acquire condition does not hold".into(),
+        Error::ConditionFailed => "CONDFAILED the condition does not hold (the IFVALUE / IFABSENT / IFFENCE of a LOCK, or the IFVERSION of a CFG write)".into(),
         Error::WrongType => "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
         Error::NotInteger => "ERR value is not an integer or out of range".into(),
         Error::Overflow => "ERR increment or decrement would overflow".into(),

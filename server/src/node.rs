@@ -177,17 +177,20 @@ impl Node {
     /// follower forwards it to the leader, which stamps it with its own clock (one clock
     /// per term keeps lease time flowing) and proposes it on this node's behalf.
     pub async fn propose(&self, op: Op) -> Result<Applied, NodeError> {
-        let mut result = self.propose_local(op.clone(), self.id).await;
-        if matches!(result, Err(NodeError::TryAgain)) {
-            // No leader known yet (an election is settling): wait up to one election
-            // for one rather than bounce the client at once.
-            let _ =
-                self.raft.wait(Some(LEADER_WAIT)).metrics(|m| m.current_leader.is_some(), "a leader is known").await;
-            result = self.propose_local(op.clone(), self.id).await;
-        }
-        match result {
-            Err(NodeError::NotLeader(leader)) => self.forward(leader, op).await,
-            other => other.map(|(applied, _)| applied),
+        // No leader known yet, or a new leader that has not committed its first entry
+        // (openraft refuses writes until then): retry for up to one election rather
+        // than bounce the client at once.
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.propose_local(op.clone(), self.id).await {
+                Err(NodeError::TryAgain) if Instant::now() < deadline => {
+                    let wait = self.raft.wait(Some(Duration::from_millis(50)));
+                    let _ = wait.metrics(|m| m.current_leader.is_some(), "a leader is known").await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(NodeError::NotLeader(leader)) => return self.forward(leader, op).await,
+                other => return other.map(|(applied, _)| applied),
+            }
         }
     }
 
@@ -332,6 +335,21 @@ impl Node {
     /// A linearizable read: confirm leadership with a quorum (read index), wait until
     /// the state machine has applied up to it, then read.
     pub async fn read(&self, command: &Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+        // As for writes: an election settling is waited out for up to one election.
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.read_once(command).await {
+                Err(NodeError::TryAgain) if Instant::now() < deadline => {
+                    let wait = self.raft.wait(Some(Duration::from_millis(50)));
+                    let _ = wait.metrics(|m| m.current_leader.is_some(), "a leader is known").await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_once(&self, command: &Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
         let Ok(confirmed) =
             tokio::time::timeout(QUORUM_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await
         else {
