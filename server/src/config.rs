@@ -49,6 +49,14 @@ pub struct Flags {
     /// Ignored once the node has joined (its data directory holds the membership).
     #[arg(long, env = "FENCELOCK_JOIN")]
     pub join: Option<String>,
+    /// Test harnesses only: listen for peers here instead of at this node's `--peers`
+    /// address (the harness puts a fault-injecting proxy at that address).
+    #[arg(long, env = "FENCELOCK_PEER_LISTEN", hide = true)]
+    pub peer_listen: Option<String>,
+    /// Test harnesses only: reach node `id` at this address instead of its address in
+    /// the membership (`1=host:port,...`; one proxy per link lets a harness cut links).
+    #[arg(long, env = "FENCELOCK_PEER_ROUTE", hide = true)]
+    pub peer_route: Option<String>,
     /// A TOML file with any of the settings above (snake_case keys).
     #[arg(long, env = "FENCELOCK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -96,6 +104,25 @@ pub struct Settings {
     pub join: Option<String>,
     /// AppendEntries in flight per peer connection.
     pub peer_pipeline: usize,
+    /// Test only: where to listen for peers instead of this node's `--peers` address.
+    pub peer_listen: Option<String>,
+    /// Test only: per-node address overrides for outgoing peer connections.
+    pub peer_routes: std::collections::BTreeMap<u64, String>,
+    /// Test only (`FENCELOCK_TEST_CLOCK=offset_ms:rate`): this node's clock runs from
+    /// `offset_ms` at `rate` times real time, to model clock skew and drift.
+    pub test_clock: (u64, f64),
+}
+
+/// Parses `FENCELOCK_TEST_CLOCK`'s `offset_ms:rate`.
+pub fn parse_test_clock(text: &str) -> Result<(u64, f64), String> {
+    let bad = || format!("FENCELOCK_TEST_CLOCK must be offset_ms:rate with rate in 0.5..=2, got '{text}'");
+    let (offset, rate) = text.split_once(':').ok_or_else(bad)?;
+    let offset: u64 = offset.trim().parse().map_err(|_| bad())?;
+    let rate: f64 = rate.trim().parse().map_err(|_| bad())?;
+    if !(0.5..=2.0).contains(&rate) {
+        return Err(bad());
+    }
+    Ok((offset, rate))
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -143,6 +170,12 @@ impl Settings {
             peers: parse_peers(flags.peers.as_deref().or(file.peers.as_deref()).unwrap_or(""))?,
             join: flags.join.or(file.join).filter(|j| !j.is_empty()),
             peer_pipeline: flags.peer_pipeline.or(file.peer_pipeline).unwrap_or(1),
+            peer_listen: flags.peer_listen,
+            peer_routes: parse_peers(flags.peer_route.as_deref().unwrap_or(""))?,
+            test_clock: match std::env::var("FENCELOCK_TEST_CLOCK") {
+                Ok(text) if !text.is_empty() => parse_test_clock(&text)?,
+                _ => (0, 1.0),
+            },
         };
         let max = crate::raft::network::PIPELINE_DEPTH_MAX;
         if !(1..=max).contains(&settings.peer_pipeline) {
@@ -206,6 +239,16 @@ mod tests {
         assert!(Settings::resolve(flags).unwrap_err().contains("not both"));
         let s = Settings::resolve(Flags::parse_from(["fencelock", "--port", "0"])).unwrap();
         assert_eq!(s.peer_port, 0, "an ephemeral client port gets an ephemeral peer port");
+    }
+
+    #[test]
+    fn the_test_clock_is_bounded() {
+        assert_eq!(parse_test_clock("5000:1.01").unwrap(), (5000, 1.01));
+        for bad in ["", "5", "x:1", "1:0.1", "1:3", "-1:1"] {
+            assert!(parse_test_clock(bad).is_err(), "{bad}");
+        }
+        let s = Settings::resolve(Flags::parse_from(["fencelock", "--peer-route", "2=127.0.0.1:9"])).unwrap();
+        assert_eq!(s.peer_routes.get(&2).map(String::as_str), Some("127.0.0.1:9"));
     }
 
     #[test]

@@ -45,6 +45,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         peers: settings.peers.clone(),
         join: settings.join.clone(),
         peer_pipeline: settings.peer_pipeline,
+        peer_listen: settings.peer_listen.clone(),
+        peer_routes: settings.peer_routes.clone(),
+        test_clock: settings.test_clock,
     };
     let node = Node::start(node_config).await.map_err(|e| e.to_string())?;
     let config = ServerConfig {

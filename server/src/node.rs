@@ -59,6 +59,12 @@ pub struct NodeConfig {
     pub join: Option<String>,
     /// AppendEntries a peer connection may have unanswered.
     pub peer_pipeline: usize,
+    /// Test only: listen for peers here instead of at this node's `peers` address.
+    pub peer_listen: Option<String>,
+    /// Test only: reach these nodes at these addresses (fault-injecting proxies).
+    pub peer_routes: BTreeMap<NodeId, String>,
+    /// Test only: `(offset_ms, rate)` of this node's clock.
+    pub test_clock: (u64, f64),
 }
 
 /// How long a write waits for a leader to be known before answering TRYAGAIN.
@@ -85,6 +91,10 @@ pub struct Node {
     /// Random per process start: names the monotonic clock our stamps come from.
     epoch: u64,
     started: Instant,
+    /// Test only: address overrides for peers.
+    peer_routes: Arc<BTreeMap<NodeId, String>>,
+    /// Test only: `(offset_ms, rate)` of the stamp clock.
+    test_clock: (u64, f64),
     /// Idle peer connections for forwarding writes to the leader.
     forward_pool: std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::net::TcpStream>>>,
 }
@@ -114,17 +124,25 @@ impl Node {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);
         sm.set_local_node(config.id);
-        let raft = Raft::new(config.id, raft_config, Network { pipeline_depth: config.peer_pipeline }, log, sm.clone())
-            .await
-            .map_err(|e| fatal(&e))?;
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            Network { pipeline_depth: config.peer_pipeline, routes: Arc::new(config.peer_routes.clone()) },
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| fatal(&e))?;
         let slot: crate::raft::network::NodeSlot = Default::default();
         // Every node listens for peers, a single node too: others may join it.
-        let listen_addr = config.peers.get(&config.id).unwrap_or(&config.peer_addr).clone();
+        let advertised = config.peers.get(&config.id).unwrap_or(&config.peer_addr).clone();
+        let listen_addr = config.peer_listen.clone().unwrap_or_else(|| advertised.clone());
         let listener = tokio::net::TcpListener::bind(&listen_addr)
             .await
             .map_err(|e| NodeError::Fatal(format!("cannot listen for peers on {listen_addr}: {e}")))?;
         // With an ephemeral peer port, members must be told the port we got.
         let peer_addr = match (listen_addr.rsplit_once(':'), listener.local_addr()) {
+            _ if config.peer_listen.is_some() => advertised.clone(),
             (Some((host, _)), Ok(bound)) => format!("{host}:{}", bound.port()),
             _ => listen_addr.clone(),
         };
@@ -161,6 +179,8 @@ impl Node {
             id: config.id,
             epoch: random_u64(),
             started: Instant::now(),
+            peer_routes: Arc::new(config.peer_routes.clone()),
+            test_clock: config.test_clock,
             forward_pool: Default::default(),
         });
         let _ = slot.set(Arc::clone(&node));
@@ -170,7 +190,11 @@ impl Node {
 
     /// This process's monotonic clock in ms: the stamp on our proposals.
     pub fn stamp_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        let (offset_ms, rate) = self.test_clock;
+        if rate == 1.0 {
+            return offset_ms + self.started.elapsed().as_millis() as u64;
+        }
+        offset_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * rate) as u64
     }
 
     /// Commits an operation through the log and returns what applying it answered. A
@@ -260,7 +284,7 @@ impl Node {
             let metrics = self.raft.metrics().borrow_watched().clone();
             metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
         };
-        let Some(addr) = addr else { return Err(NodeError::TryAgain) };
+        let Some(addr) = self.peer_routes.get(&leader).cloned().or(addr) else { return Err(NodeError::TryAgain) };
         // A leader that froze or died leaves the request unanswered; once this node
         // sees an election (the leader it knows changes), the client is told to retry
         // rather than wait out `ttl`.

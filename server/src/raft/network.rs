@@ -113,6 +113,8 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
 pub struct Network {
     /// AppendEntries a peer connection may have unanswered (1: one at a time).
     pub pipeline_depth: usize,
+    /// Test only: addresses that override the membership's (fault-injecting proxies).
+    pub routes: Arc<std::collections::BTreeMap<NodeId, String>>,
 }
 
 /// A client for one peer.
@@ -127,7 +129,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { target, addr: node.addr.clone(), stream: None, pipeline_depth: self.pipeline_depth }
+        let addr = self.routes.get(&target).unwrap_or(&node.addr).clone();
+        PeerClient { target, addr, stream: None, pipeline_depth: self.pipeline_depth }
     }
 }
 
