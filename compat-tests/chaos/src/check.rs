@@ -1,0 +1,323 @@
+//! The checkers. Each returns a verdict and, for a violation, the smallest slice of
+//! history that shows it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::history::{FencedWrite, Grant, RegCall, RegOp};
+
+/// A check's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Holds on this history.
+    Pass,
+    /// Broken; the evidence.
+    Fail(String),
+    /// Could not be decided (search budget); why.
+    Unknown(String),
+}
+
+impl Verdict {
+    /// True for `Fail`.
+    pub fn failed(&self) -> bool {
+        matches!(self, Verdict::Fail(_))
+    }
+}
+
+fn show(g: &Grant) -> String {
+    format!(
+        "worker {} {} {:?} token {} fence {:?}: sent {:.1} granted {:.1} valid until {:.1}",
+        g.worker, g.kind, g.name, g.token, g.fence, g.invoked_ms, g.granted_ms, g.valid_until_ms
+    )
+}
+
+/// Mutual exclusion: at no instant do more than `capacity(kind)` grants of one name
+/// consider themselves valid. A window is `[granted, valid_until)`.
+pub fn mutual_exclusion(grants: &[Grant], capacity: impl Fn(&str) -> usize) -> Verdict {
+    let mut by_name: BTreeMap<(&str, &str), Vec<&Grant>> = BTreeMap::new();
+    for g in grants.iter().filter(|g| g.valid_until_ms > g.granted_ms) {
+        by_name.entry((g.kind, g.name.as_str())).or_default().push(g);
+    }
+    for ((kind, _), windows) in by_name {
+        let limit = capacity(kind);
+        // Sweep over start and end points; ends sort before starts at the same time.
+        let mut points: Vec<(f64, i32, usize)> = Vec::new();
+        for (i, w) in windows.iter().enumerate() {
+            points.push((w.granted_ms, 1, i));
+            points.push((w.valid_until_ms, -1, i));
+        }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut open: Vec<usize> = Vec::new();
+        for (_, delta, i) in points {
+            if delta < 0 {
+                open.retain(|o| *o != i);
+                continue;
+            }
+            open.push(i);
+            if open.len() > limit {
+                let evidence: Vec<String> = open.iter().map(|o| show(windows[*o])).collect();
+                return Verdict::Fail(format!(
+                    "{} holders of a {kind} with capacity {limit} at once:\n  {}",
+                    open.len(),
+                    evidence.join("\n  ")
+                ));
+            }
+        }
+    }
+    Verdict::Pass
+}
+
+/// Fences follow real time: a grant whose answer arrived before another grant was
+/// even requested has the lower fence (fences come from one sequence, so this holds
+/// across names), and no two grants share a fence unless they are one group request.
+pub fn fences_increase(grants: &[Grant]) -> Verdict {
+    let mut fenced: Vec<&Grant> = grants.iter().filter(|g| g.fence.is_some()).collect();
+    fenced.sort_by(|a, b| a.invoked_ms.total_cmp(&b.invoked_ms));
+    let mut by_answer: Vec<&Grant> = fenced.clone();
+    by_answer.sort_by(|a, b| a.granted_ms.total_cmp(&b.granted_ms));
+    let mut best: Option<&Grant> = None;
+    let mut next = 0;
+    for g in &fenced {
+        while next < by_answer.len() && by_answer[next].granted_ms < g.invoked_ms {
+            let candidate = by_answer[next];
+            if best.is_none_or(|b| candidate.fence > b.fence) {
+                best = Some(candidate);
+            }
+            next += 1;
+        }
+        if let Some(b) = best {
+            if b.fence >= g.fence {
+                return Verdict::Fail(format!(
+                    "a later grant has a fence no higher than an earlier one:\n  earlier {}\n  later   {}",
+                    show(b),
+                    show(g)
+                ));
+            }
+        }
+    }
+    Verdict::Pass
+}
+
+/// The protected resource: it never accepted a fence lower than one it had seen, and
+/// no holder that still believed itself valid was fenced out (that would mean a newer
+/// holder was granted while its lease was still running).
+pub fn resource_fencing(writes: &[FencedWrite]) -> Verdict {
+    for w in writes {
+        if w.accepted && w.fence < w.highest_before {
+            return Verdict::Fail(format!(
+                "the resource accepted stale fence {} after seeing {}: {w:?}",
+                w.fence, w.highest_before
+            ));
+        }
+        if !w.accepted && w.within_validity {
+            return Verdict::Fail(format!(
+                "worker {} was fenced out of {:?} (fence {} < {}) at {:.1} ms while its lease was still valid",
+                w.worker, w.name, w.fence, w.highest_before, w.at_ms
+            ));
+        }
+    }
+    Verdict::Pass
+}
+
+/// Linearizability of each register key's operations (Wing & Gong's search with
+/// Lowe's memoization): some order of the operations, consistent with real time,
+/// explains every result. Operations with unknown outcomes may or may not have taken
+/// effect. `budget` bounds the states explored per key.
+pub fn linearizable(calls: &[RegCall], budget: usize) -> Verdict {
+    let mut by_key: BTreeMap<&str, Vec<&RegCall>> = BTreeMap::new();
+    for c in calls {
+        // A read whose answer never came tells nothing.
+        if c.completed_ms.is_none() && c.op == RegOp::Read {
+            continue;
+        }
+        by_key.entry(c.key.as_str()).or_default().push(c);
+    }
+    let mut unknown = Vec::new();
+    for (key, ops) in by_key {
+        match check_key(&ops, budget) {
+            Some(true) => {}
+            Some(false) => {
+                let mut ops = ops.clone();
+                ops.sort_by(|a, b| a.invoked_ms.total_cmp(&b.invoked_ms));
+                let shown: Vec<String> = ops
+                    .iter()
+                    .rev()
+                    .take(12)
+                    .rev()
+                    .map(|c| {
+                        format!(
+                            "worker {} {:?} sent {:.1} done {} -> {:?}",
+                            c.worker,
+                            c.op,
+                            c.invoked_ms,
+                            c.completed_ms.map_or("unknown".into(), |t| format!("{t:.1}")),
+                            c.result
+                        )
+                    })
+                    .collect();
+                return Verdict::Fail(format!(
+                    "no linearization of key {key:?} ({} ops); its last operations:\n  {}",
+                    ops.len(),
+                    shown.join("\n  ")
+                ));
+            }
+            None => unknown.push(key.to_string()),
+        }
+    }
+    if unknown.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Unknown(format!("search budget exceeded on keys {unknown:?}"))
+    }
+}
+
+/// Some(true): linearizable; Some(false): not; None: budget exceeded.
+fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
+    let n = ops.len();
+    let end = |i: usize| ops[i].completed_ms.unwrap_or(f64::INFINITY);
+    let words = n.div_ceil(64);
+    let mut seen: HashSet<(Vec<u64>, i64)> = HashSet::new();
+    // Depth-first: (linearized set, state).
+    let mut stack: Vec<(Vec<u64>, i64)> = vec![(vec![0; words], 0)];
+    let mut explored = 0usize;
+    while let Some((done, state)) = stack.pop() {
+        let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
+        // Finished when every operation with a known answer is linearized.
+        if (0..n).all(|i| is_done(i) || ops[i].completed_ms.is_none()) {
+            return Some(true);
+        }
+        explored += 1;
+        if explored > budget {
+            return None;
+        }
+        // The earliest answer among the rest bounds what can go next.
+        let horizon = (0..n).filter(|i| !is_done(*i)).map(end).fold(f64::INFINITY, f64::min);
+        for i in (0..n).filter(|i| !is_done(*i) && ops[*i].invoked_ms <= horizon) {
+            let next_state = match (ops[i].op, ops[i].result) {
+                (RegOp::Write(v), _) => v,
+                (RegOp::Read, Some(r)) if r == state => state,
+                (RegOp::Read, _) => continue,
+                (RegOp::Incr, Some(r)) if r == state + 1 => r,
+                (RegOp::Incr, None) => state + 1,
+                (RegOp::Incr, _) => continue,
+            };
+            let mut next = done.clone();
+            next[i / 64] |= 1 << (i % 64);
+            if seen.insert((next.clone(), next_state)) {
+                stack.push((next, next_state));
+            }
+        }
+    }
+    Some(false)
+}
+
+/// No acknowledged write lost: every acknowledged key reads back with its value.
+/// `read` answers the value now in the cluster.
+pub fn no_lost_writes(acked: &[(String, String)], mut read: impl FnMut(&str) -> Option<String>) -> Verdict {
+    let lost: Vec<&(String, String)> = acked.iter().filter(|(k, v)| read(k).as_deref() != Some(v.as_str())).collect();
+    match lost.first() {
+        None => Verdict::Pass,
+        Some(first) => {
+            Verdict::Fail(format!("{} of {} acknowledged writes lost, e.g. {first:?}", lost.len(), acked.len()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(worker: usize, token: &str, fence: u64, from: f64, to: f64) -> Grant {
+        Grant {
+            worker,
+            kind: "native",
+            name: "L".into(),
+            token: token.into(),
+            fence: Some(fence),
+            invoked_ms: from - 1.0,
+            granted_ms: from,
+            valid_until_ms: to,
+        }
+    }
+
+    fn reg(worker: usize, op: RegOp, from: f64, to: Option<f64>, result: Option<i64>) -> RegCall {
+        RegCall { worker, key: "k".into(), op, invoked_ms: from, completed_ms: to, result }
+    }
+
+    #[test]
+    fn a_double_grant_fails_and_back_to_back_grants_pass() {
+        let fine = [grant(1, "a", 5, 0.0, 100.0), grant(2, "b", 9, 100.0, 200.0)];
+        assert_eq!(mutual_exclusion(&fine, |_| 1), Verdict::Pass);
+        let double = [grant(1, "a", 5, 0.0, 100.0), grant(2, "b", 9, 50.0, 200.0)];
+        let Verdict::Fail(why) = mutual_exclusion(&double, |_| 1) else { panic!("a double grant passed") };
+        assert!(why.contains("2 holders"), "{why}");
+        // Two permits of a semaphore of two may overlap; three may not.
+        let permits: Vec<Grant> =
+            (0..3).map(|i| Grant { kind: "permit", ..grant(i, "p", 0, i as f64, 100.0) }).collect();
+        assert_eq!(mutual_exclusion(&permits[..2], |_| 2), Verdict::Pass);
+        assert!(mutual_exclusion(&permits, |_| 2).failed());
+    }
+
+    #[test]
+    fn a_fence_that_goes_backwards_in_real_time_fails() {
+        let ok = [grant(1, "a", 5, 0.0, 10.0), grant(2, "b", 9, 20.0, 30.0)];
+        assert_eq!(fences_increase(&ok), Verdict::Pass);
+        let backwards = [grant(1, "a", 9, 0.0, 10.0), grant(2, "b", 5, 20.0, 30.0)];
+        assert!(fences_increase(&backwards).failed());
+        // Concurrent requests may be granted in either order.
+        let mut concurrent = [grant(1, "a", 9, 0.0, 10.0), grant(2, "b", 5, 0.5, 30.0)];
+        concurrent[1].invoked_ms = -2.0;
+        assert_eq!(fences_increase(&concurrent), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_stale_fence_accepted_or_a_valid_holder_fenced_out_fails() {
+        let w = FencedWrite {
+            worker: 1,
+            name: "L".into(),
+            fence: 3,
+            at_ms: 1.0,
+            accepted: true,
+            within_validity: true,
+            highest_before: 2,
+        };
+        assert_eq!(resource_fencing(&[w.clone()]), Verdict::Pass);
+        assert!(resource_fencing(&[FencedWrite { highest_before: 7, ..w.clone() }]).failed());
+        assert!(resource_fencing(&[FencedWrite { accepted: false, highest_before: 7, ..w.clone() }]).failed());
+        let late = FencedWrite { accepted: false, within_validity: false, highest_before: 7, ..w };
+        assert_eq!(resource_fencing(&[late]), Verdict::Pass, "a holder past its lease may be fenced out");
+    }
+
+    #[test]
+    fn a_non_linearizable_read_fails_and_unknown_writes_may_land_late() {
+        // w(1) completes, then a read that starts afterwards sees 0: stale.
+        let stale = [reg(1, RegOp::Write(1), 0.0, Some(1.0), None), reg(2, RegOp::Read, 2.0, Some(3.0), Some(0))];
+        assert!(linearizable(&stale, 100_000).failed());
+        // Overlapping: the read may come first.
+        let overlap = [reg(1, RegOp::Write(1), 0.0, Some(5.0), None), reg(2, RegOp::Read, 1.0, Some(2.0), Some(0))];
+        assert_eq!(linearizable(&overlap, 100_000), Verdict::Pass);
+        // A write with an unknown outcome may take effect long after it was sent...
+        let late = [
+            reg(1, RegOp::Write(7), 0.0, None, None),
+            reg(2, RegOp::Read, 10.0, Some(11.0), Some(0)),
+            reg(2, RegOp::Read, 20.0, Some(21.0), Some(7)),
+        ];
+        assert_eq!(linearizable(&late, 100_000), Verdict::Pass);
+        // ...but not be undone: 7 then 0 again is impossible.
+        let undone = [
+            reg(1, RegOp::Write(7), 0.0, None, None),
+            reg(2, RegOp::Read, 10.0, Some(11.0), Some(7)),
+            reg(2, RegOp::Read, 20.0, Some(21.0), Some(0)),
+        ];
+        assert!(linearizable(&undone, 100_000).failed());
+        // INCR results must count up from the state.
+        let incr = [reg(1, RegOp::Incr, 0.0, Some(1.0), Some(1)), reg(2, RegOp::Incr, 2.0, Some(3.0), Some(1))];
+        assert!(linearizable(&incr, 100_000).failed());
+    }
+
+    #[test]
+    fn a_lost_write_fails() {
+        let acked = vec![("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())];
+        assert_eq!(no_lost_writes(&acked, |k| Some(if k == "a" { "1" } else { "2" }.to_string())), Verdict::Pass);
+        assert!(no_lost_writes(&acked, |k| (k == "a").then(|| "1".to_string())).failed());
+    }
+}
