@@ -10,4 +10,8 @@
 #![deny(missing_docs)]
 
 pub mod check;
+pub mod cluster;
 pub mod history;
+pub mod proxy;
+pub mod resp;
+pub mod workload;

@@ -1,1 +1,368 @@
-fn main() {}
+//! `fencelock-chaos`: attack a real fencelock cluster and check the history.
+//!
+//! ```text
+//! cargo build --release --bin fencelock
+//! cargo run --release -p fencelock-chaos -- --nodes 5 --time 120s --faults kill,pause,partition,clock,restart --seed 7
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use fencelock_chaos::check::{self, Verdict};
+use fencelock_chaos::cluster::Cluster;
+use fencelock_chaos::proxy::LinkState;
+use fencelock_chaos::resp::{Conn, Reply};
+use fencelock_chaos::workload::{self, Kind, Rng, Shared};
+
+/// Fault-injection correctness harness for fencelock.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// Cluster size.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// How long to run the workload under faults (`90s`, `10m`, or seconds).
+    #[arg(long, default_value = "60s")]
+    time: String,
+    /// Faults to inject: kill, pause, partition, clock, restart, delay.
+    #[arg(long, default_value = "kill,pause,partition,clock,restart")]
+    faults: String,
+    /// Seed for every random choice (workers and nemesis).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The fencelock binary [default: `fencelock` next to this program, or $FENCELOCK_BIN].
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Clock drift the clients' validity windows allow for, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    drift_percent: f64,
+    /// The clock fault's rate spread, in percent (rates in 1 ± spread/2). Within the
+    /// drift allowance nothing may break; far beyond it, leases end early in real time
+    /// and the checkers must catch it.
+    #[arg(long, default_value_t = 0.5)]
+    clock_spread_percent: f64,
+    /// Keep the data directories and logs (printed at the end).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn parse_time(text: &str) -> Result<Duration, String> {
+    let (number, unit) =
+        text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len()));
+    let n: u64 = number.parse().map_err(|_| format!("bad --time '{text}'"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad --time unit in '{text}' (use s or m)")),
+    }
+}
+
+fn binary(args: &Args) -> Result<PathBuf, String> {
+    let candidate = args
+        .binary
+        .clone()
+        .or_else(|| std::env::var_os("FENCELOCK_BIN").map(PathBuf::from))
+        .or_else(|| std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("fencelock"))));
+    match candidate {
+        Some(path) if path.exists() => Ok(path),
+        _ => Err("no fencelock binary: run `cargo build --release --bin fencelock` first, or pass --binary".into()),
+    }
+}
+
+/// States the linearizability search may explore per key before it says "unknown".
+const LINEARIZABILITY_BUDGET: usize = 300_000;
+
+const FAULTS: [&str; 6] = ["kill", "pause", "partition", "clock", "restart", "delay"];
+
+/// One fault: applied, held, healed. Returns a description.
+async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) -> std::io::Result<String> {
+    let n = cluster.len();
+    let node = 1 + rng.below(n as u64) as usize;
+    let hold = Duration::from_millis(1_000 + rng.below(3_000));
+    let what = match fault {
+        "kill" => {
+            cluster.kill(node);
+            tokio::time::sleep(hold).await;
+            cluster.restart(node)?;
+            format!("SIGKILL node {node}, restarted after {} ms", hold.as_millis())
+        }
+        "pause" => {
+            cluster.pause(node);
+            tokio::time::sleep(hold).await;
+            cluster.resume(node);
+            format!("SIGSTOP node {node} for {} ms", hold.as_millis())
+        }
+        "partition" => {
+            // A minority of one or two nodes, cut off both ways, one way, or
+            // black-holed (bytes held, not refused).
+            let mut minority = vec![node];
+            if n > 3 && rng.below(2) == 0 {
+                let other = 1 + (node + rng.below(n as u64 - 1) as usize) % n;
+                minority.push(other);
+            }
+            let majority: Vec<usize> = (1..=n).filter(|i| !minority.contains(i)).collect();
+            let (state, label) =
+                if rng.below(3) == 0 { (LinkState::BlackHole, "black-holed") } else { (LinkState::Drop, "dropped") };
+            let one_way = rng.below(3) == 0;
+            cluster.cut(&minority, &majority, state);
+            if !one_way {
+                cluster.cut(&majority, &minority, state);
+            }
+            tokio::time::sleep(hold).await;
+            cluster.heal()?;
+            format!(
+                "partition {minority:?} | rest, {}{label}, for {} ms",
+                if one_way { "one way (minority → majority), " } else { "" },
+                hold.as_millis()
+            )
+        }
+        "clock" => {
+            // Restart the node with an offset and a rate in 1 ± spread/2.
+            let rate = 1.0 + (rng.below(1_001) as f64 / 1_000.0 - 0.5) * spread;
+            let offset = rng.below(10_000_000);
+            cluster.kill(node);
+            cluster.clocks[node - 1] = Some(format!("{offset}:{rate:.6}"));
+            cluster.restart(node)?;
+            format!("node {node} restarted with its clock at offset {offset} ms, rate {rate:.5}")
+        }
+        "restart" => {
+            cluster.terminate(node);
+            cluster.restart(node)?;
+            format!("SIGTERM node {node} (graceful), restarted")
+        }
+        "delay" => {
+            let ms = 20 + rng.below(200);
+            let all: Vec<usize> = (1..=n).collect();
+            cluster.cut(&[node], &all, LinkState::Delay(ms));
+            cluster.cut(&all, &[node], LinkState::Delay(ms));
+            tokio::time::sleep(hold).await;
+            cluster.heal()?;
+            format!("links of node {node} delayed {ms} ms for {} ms", hold.as_millis())
+        }
+        other => format!("unknown fault {other}"),
+    };
+    Ok(what)
+}
+
+fn verdict_line(name: &str, v: &Verdict) -> String {
+    match v {
+        Verdict::Pass => format!("| {name} | pass | |"),
+        Verdict::Fail(why) => format!("| {name} | **FAIL** | {} |", why.replace('\n', "<br>")),
+        Verdict::Unknown(why) => format!("| {name} | unknown | {why} |"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let exit = match run(args).await {
+        Ok(violations) if violations == 0 => 0,
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("fencelock-chaos: {e}");
+            2
+        }
+    };
+    std::process::exit(exit);
+}
+
+async fn run(args: Args) -> Result<usize, String> {
+    let duration = parse_time(&args.time)?;
+    let faults: Vec<String> = args.faults.split(',').map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect();
+    if let Some(bad) = faults.iter().find(|f| !FAULTS.contains(&f.as_str())) {
+        return Err(format!("unknown fault '{bad}' (known: {})", FAULTS.join(", ")));
+    }
+    if args.nodes < 3 {
+        return Err("--nodes must be at least 3".into());
+    }
+    let binary = binary(&args)?;
+    let drift = args.drift_percent / 100.0;
+    let dir = std::env::temp_dir().join(format!("fencelock-chaos-{}-{}", std::process::id(), args.seed));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    eprintln!("starting {} nodes ({}), data and logs in {}", args.nodes, binary.display(), dir.display());
+    let mut cluster = Cluster::start(binary, args.nodes, dir.clone()).await.map_err(|e| e.to_string())?;
+
+    let shared = Arc::new(Shared {
+        history: Mutex::new(Default::default()),
+        resource: Mutex::new(Default::default()),
+        start: Instant::now(),
+        running: AtomicBool::new(true),
+        ports: cluster.client_ports.clone(),
+        drift,
+    });
+    let kinds = [
+        Kind::Native,
+        Kind::Native,
+        Kind::Native,
+        Kind::Redlock,
+        Kind::Redlock,
+        Kind::Permit,
+        Kind::Permit,
+        Kind::Register,
+        Kind::Register,
+        Kind::Register,
+        Kind::Ack,
+        Kind::Ack,
+    ];
+    let workers: Vec<_> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| tokio::spawn(workload::run(Arc::clone(&shared), i, *kind, args.seed)))
+        .collect();
+    let progress = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let h = shared.history.lock().unwrap();
+                let [ok, fail, unknown] =
+                    h.outcomes.values().fold([0; 3], |t, c| [t[0] + c[0], t[1] + c[1], t[2] + c[2]]);
+                eprintln!(
+                    "  {:>5.0} s: {ok} ok, {fail} failed, {unknown} unknown; {} grants, {} register ops",
+                    shared.start.elapsed().as_secs_f64(),
+                    h.grants.len(),
+                    h.registers.len()
+                );
+            }
+        })
+    };
+
+    let mut rng = Rng::new(args.seed.wrapping_add(0xFA17));
+    let mut injected: Vec<String> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(2_000))).await;
+        if faults.is_empty() || started.elapsed() >= duration {
+            continue;
+        }
+        let fault = faults[rng.below(faults.len() as u64) as usize].clone();
+        let spread = args.clock_spread_percent / 100.0;
+        let what = inject(&mut cluster, &fault, &mut rng, spread).await.map_err(|e| e.to_string())?;
+        eprintln!("  {:>5.0} s: {what}", shared.start.elapsed().as_secs_f64());
+        injected.push(format!("{fault}: {what}"));
+    }
+    shared.running.store(false, Ordering::Relaxed);
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(15), w).await;
+    }
+    progress.abort();
+
+    // Heal, and time how long until every node takes writes again.
+    cluster.heal().map_err(|e| e.to_string())?;
+    let recovery = cluster.wait_writable(Duration::from_secs(60)).await;
+    eprintln!("healed; writes through every node after {recovery:?}");
+    // Every node restarts (SIGKILL, all at once), then every acknowledged write must be there.
+    cluster.stop_all();
+    cluster.heal().map_err(|e| e.to_string())?;
+    let after_restart = cluster.wait_writable(Duration::from_secs(60)).await;
+    let history = shared.history.lock().unwrap().clone();
+    let mut reader = None;
+    for port in &cluster.client_ports {
+        reader = Conn::connect(*port, Duration::from_secs(2)).await;
+        if reader.is_some() {
+            break;
+        }
+    }
+    let mut reader = reader.ok_or("no node answers after the restart")?;
+    eprintln!("every node restarted; writable after {after_restart:?}; reading back {} acknowledged writes", history.acked.len());
+    let mut values = std::collections::HashMap::new();
+    for (key, _) in &history.acked {
+        let mut value = None;
+        for _ in 0..3 {
+            match reader.call(&["GET", key], Duration::from_secs(5)).await {
+                Ok(Reply::Bulk(v)) => {
+                    value = Some(v);
+                    break;
+                }
+                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => tokio::time::sleep(Duration::from_millis(200)).await,
+                Ok(_) => break,
+                Err(_) => {
+                    let port = cluster.client_ports[0];
+                    reader = Conn::connect(port, Duration::from_secs(2)).await.ok_or("no node answers after the restart")?;
+                }
+            }
+        }
+        values.insert(key.clone(), value);
+    }
+    eprintln!("checking the history ...");
+    // The raw register history, for a person to read when a check fails.
+    let mut dump = String::from("worker\tkey\top\tinvoked_ms\tcompleted_ms\tresult\n");
+    for c in &history.registers {
+        dump += &format!(
+            "{}\t{}\t{:?}\t{:.1}\t{}\t{:?}\n",
+            c.worker,
+            c.key,
+            c.op,
+            c.invoked_ms,
+            c.completed_ms.map_or("unknown".into(), |t| format!("{t:.1}")),
+            c.result
+        );
+    }
+    let _ = std::fs::write(dir.join("registers.tsv"), dump);
+
+    let verdicts = [
+        ("mutual exclusion", check::mutual_exclusion(&history.grants, |kind| if kind == "permit" { 2 } else { 1 })),
+        ("fences follow real time", check::fences_increase(&history.grants)),
+        ("protected resource fencing", check::resource_fencing(&history.fenced_writes)),
+        ("register linearizability", check::linearizable(&history.registers, LINEARIZABILITY_BUDGET)),
+        ("no acknowledged write lost", check::no_lost_writes(&history.acked, |k| values.get(k).cloned().flatten())),
+        (
+            "recovery after healing",
+            match (recovery, after_restart) {
+                (Some(_), Some(_)) => Verdict::Pass,
+                _ => Verdict::Fail("the cluster did not take writes within 60 s of healing".into()),
+            },
+        ),
+    ];
+    let violations = verdicts.iter().filter(|(_, v)| v.failed()).count();
+
+    println!(
+        "## fencelock-chaos: {} nodes, {:?}, faults {}, seed {}",
+        args.nodes,
+        duration,
+        faults.join(","),
+        args.seed
+    );
+    println!();
+    println!("| operation | ok | failed | unknown |");
+    println!("|---|---|---|---|");
+    for (what, [ok, fail, unknown]) in &history.outcomes {
+        println!("| {what} | {ok} | {fail} | {unknown} |");
+    }
+    println!();
+    println!(
+        "{} grants checked ({} fenced resource writes), {} register operations, {} acknowledged writes read back",
+        history.grants.len(),
+        history.fenced_writes.len(),
+        history.registers.len(),
+        history.acked.len()
+    );
+    let mut by_fault = std::collections::BTreeMap::<&str, usize>::new();
+    for f in &injected {
+        *by_fault.entry(f.split(':').next().unwrap_or("")).or_default() += 1;
+    }
+    println!("faults injected: {by_fault:?} ({} in all)", injected.len());
+    println!(
+        "recovery: writes through every node {} after healing; {} after restarting every node",
+        recovery.map_or("never".into(), |d| format!("{} ms", d.as_millis())),
+        after_restart.map_or("never".into(), |d| format!("{} ms", d.as_millis()))
+    );
+    println!();
+    println!("| check | verdict | evidence |");
+    println!("|---|---|---|");
+    for (name, v) in &verdicts {
+        println!("{}", verdict_line(name, v));
+    }
+    println!();
+    println!("{}", if violations == 0 { "no violations".to_string() } else { format!("{violations} VIOLATIONS") });
+    drop(cluster);
+    if args.keep || violations > 0 {
+        eprintln!("data and logs kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(violations)
+}

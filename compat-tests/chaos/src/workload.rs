@@ -1,0 +1,350 @@
+//! The client workers. Each connects to a random node over plain RESP, switches node
+//! when its connection breaks, and records what it invoked and what came back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::history::{FencedWrite, Grant, History, RegCall, RegOp};
+use crate::resp::{CallError, Conn, Reply};
+
+/// How long a client waits for any reply (the server answers TRYAGAIN within 3 s).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// Lock and permit lease.
+pub const TTL_MS: u64 = 1_500;
+/// Lock names, register keys and semaphores the workers share (contention).
+const NAMES: u64 = 3;
+const RELEASE_SCRIPT: &str =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/// A small deterministic generator (xorshift64*), seeded per worker.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded (0 is replaced).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// What the workers share.
+pub struct Shared {
+    /// The history.
+    pub history: Mutex<History>,
+    /// The protected resource: the highest fence seen per lock name.
+    pub resource: Mutex<HashMap<String, u64>>,
+    /// When the run began.
+    pub start: Instant,
+    /// Cleared to stop the workers.
+    pub running: AtomicBool,
+    /// Client ports of the nodes.
+    pub ports: Vec<u16>,
+    /// The clock drift the validity windows allow for (fraction).
+    pub drift: f64,
+}
+
+impl Shared {
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+
+    fn count(&self, what: &str, outcome: usize) {
+        self.history.lock().unwrap().count(what, outcome);
+    }
+
+    /// The resource accepts a write whose fence is at least the highest it has seen.
+    fn write_resource(&self, worker: usize, name: &str, fence: u64, valid_until_ms: f64) {
+        let at_ms = self.now();
+        let mut resource = self.resource.lock().unwrap();
+        let highest = resource.entry(name.to_string()).or_insert(0);
+        let highest_before = *highest;
+        let accepted = fence >= highest_before;
+        if accepted {
+            *highest = fence;
+        }
+        drop(resource);
+        let write = FencedWrite {
+            worker,
+            name: name.to_string(),
+            fence,
+            at_ms,
+            accepted,
+            within_validity: at_ms < valid_until_ms,
+            highest_before,
+        };
+        self.history.lock().unwrap().fenced_writes.push(write);
+    }
+}
+
+/// The kinds of worker.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// LOCK / RENEW / UNLOCK with fenced writes to the resource.
+    Native,
+    /// SET NX PX + the compare-and-delete script, as Redlock clients do.
+    Redlock,
+    /// SEM.ACQUIRE / SEM.RELEASE on a semaphore of 2.
+    Permit,
+    /// SET / GET / INCR on shared registers.
+    Register,
+    /// Unique acknowledged writes, read back at the end.
+    Ack,
+}
+
+/// One worker until `running` is cleared.
+pub async fn run(shared: Arc<Shared>, worker: usize, kind: Kind, seed: u64) {
+    let mut rng = Rng::new(seed ^ (worker as u64).wrapping_mul(0x1000_0001));
+    let mut conn: Option<Conn> = None;
+    let mut n: u64 = 0;
+    while shared.running.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            let port = shared.ports[rng.below(shared.ports.len() as u64) as usize];
+            conn = Conn::connect(port, Duration::from_secs(1)).await;
+            if conn.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        n += 1;
+        let c = conn.as_mut().expect("connected above");
+        let broken = match kind {
+            Kind::Native => native(&shared, c, worker, n, &mut rng).await,
+            Kind::Redlock => redlock(&shared, c, worker, n, &mut rng).await,
+            Kind::Permit => permit(&shared, c, worker, n, &mut rng).await,
+            Kind::Register => register(&shared, c, worker, n, &mut rng).await,
+            Kind::Ack => ack(&shared, c, worker, n).await,
+        };
+        if broken {
+            conn = None;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
+    }
+}
+
+/// Reply classes: Ok(reply) for an answer, Err(true) for unknown (connection broken).
+async fn call(c: &mut Conn, args: &[&str]) -> Result<Reply, bool> {
+    match c.call(args, CALL_TIMEOUT).await {
+        Ok(reply) => Ok(reply),
+        Err(CallError::NotSent) => Err(false),
+        Err(CallError::Unknown) => Err(true),
+    }
+}
+
+fn retryable(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with("TRYAGAIN"))
+}
+
+async fn native(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
+    let name = format!("lock:{}", rng.below(NAMES));
+    let token = format!("w{worker}-{n}");
+    let ttl = TTL_MS.to_string();
+    let invoked = s.now();
+    let reply = match call(c, &["LOCK", &name, &ttl, "TOKEN", &token, "WAIT", "300"]).await {
+        Err(broken) => {
+            s.count("lock", 2);
+            return broken;
+        }
+        Ok(reply) => reply,
+    };
+    let Some(fence) = reply.int_field("fence") else {
+        s.count("lock", if retryable(&reply) { 2 } else { 1 });
+        return false;
+    };
+    s.count("lock", 0);
+    let mut g = Grant {
+        worker,
+        kind: "native",
+        name: name.clone(),
+        token: token.clone(),
+        fence: Some(fence as u64),
+        invoked_ms: invoked,
+        granted_ms: s.now(),
+        valid_until_ms: invoked + TTL_MS as f64 * (1.0 - s.drift),
+    };
+    s.write_resource(worker, &name, fence as u64, g.valid_until_ms);
+    let mut broken = false;
+    if rng.below(2) == 0 {
+        let renewed_at = s.now();
+        match call(c, &["RENEW", &name, &token, &ttl]).await {
+            Ok(reply) if reply.int_field("fence").is_some() => {
+                s.count("renew", 0);
+                g.valid_until_ms = g.valid_until_ms.max(renewed_at + TTL_MS as f64 * (1.0 - s.drift));
+            }
+            Ok(reply) => s.count("renew", if retryable(&reply) { 2 } else { 1 }),
+            Err(b) => {
+                s.count("renew", 2);
+                broken = b;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(rng.below(100))).await;
+    s.write_resource(worker, &name, fence as u64, g.valid_until_ms);
+    // The holder stops acting before it sends the release.
+    g.valid_until_ms = g.valid_until_ms.min(s.now());
+    if !broken {
+        match call(c, &["UNLOCK", &name, &token]).await {
+            Ok(Reply::Int(_)) => s.count("unlock", 0),
+            Ok(reply) => s.count("unlock", if retryable(&reply) { 2 } else { 1 }),
+            Err(b) => {
+                s.count("unlock", 2);
+                broken = b;
+            }
+        }
+    }
+    s.history.lock().unwrap().grants.push(g);
+    broken
+}
+
+async fn redlock(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
+    let name = format!("redlock:{}", rng.below(NAMES));
+    let token = format!("r{worker}-{n}");
+    let invoked = s.now();
+    match call(c, &["SET", &name, &token, "NX", "PX", &TTL_MS.to_string()]).await {
+        Err(broken) => {
+            s.count("redlock", 2);
+            broken
+        }
+        Ok(Reply::Simple(ok)) if ok == "OK" => {
+            s.count("redlock", 0);
+            let granted = s.now();
+            tokio::time::sleep(Duration::from_millis(rng.below(100))).await;
+            let valid_until = (invoked + TTL_MS as f64 * (1.0 - s.drift)).min(s.now());
+            let grant = Grant {
+                worker,
+                kind: "redlock",
+                name: name.clone(),
+                token: token.clone(),
+                fence: None,
+                invoked_ms: invoked,
+                granted_ms: granted,
+                valid_until_ms: valid_until,
+            };
+            s.history.lock().unwrap().grants.push(grant);
+            match call(c, &["EVAL", RELEASE_SCRIPT, "1", &name, &token]).await {
+                Ok(Reply::Int(_)) => {
+                    s.count("redlock-release", 0);
+                    false
+                }
+                Ok(_) => {
+                    s.count("redlock-release", 2);
+                    false
+                }
+                Err(broken) => {
+                    s.count("redlock-release", 2);
+                    broken
+                }
+            }
+        }
+        Ok(reply) => {
+            s.count("redlock", if retryable(&reply) { 2 } else { 1 });
+            false
+        }
+    }
+}
+
+async fn permit(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
+    let name = "sem:0".to_string();
+    let token = format!("p{worker}-{n}");
+    let invoked = s.now();
+    let reply = match call(c, &["SEM.ACQUIRE", &name, "2", &TTL_MS.to_string(), "TOKEN", &token, "WAIT", "300"]).await {
+        Err(broken) => {
+            s.count("permit", 2);
+            return broken;
+        }
+        Ok(reply) => reply,
+    };
+    let Some(fence) = reply.int_field("fence") else {
+        s.count("permit", if retryable(&reply) { 2 } else { 1 });
+        return false;
+    };
+    s.count("permit", 0);
+    let granted = s.now();
+    tokio::time::sleep(Duration::from_millis(rng.below(100))).await;
+    let grant = Grant {
+        worker,
+        kind: "permit",
+        name: name.clone(),
+        token: token.clone(),
+        fence: Some(fence as u64),
+        invoked_ms: invoked,
+        granted_ms: granted,
+        valid_until_ms: (invoked + TTL_MS as f64 * (1.0 - s.drift)).min(s.now()),
+    };
+    s.history.lock().unwrap().grants.push(grant);
+    match call(c, &["SEM.RELEASE", &name, &token]).await {
+        Ok(_) => false,
+        Err(broken) => broken,
+    }
+}
+
+async fn register(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
+    let key = format!("reg:{}", rng.below(NAMES));
+    let roll = rng.below(10);
+    let (op, value) = if roll < 4 {
+        let v = (worker as i64) * 1_000_000 + n as i64;
+        (RegOp::Write(v), v.to_string())
+    } else if roll < 8 {
+        (RegOp::Read, String::new())
+    } else {
+        (RegOp::Incr, String::new())
+    };
+    let invoked = s.now();
+    let answer = match op {
+        RegOp::Write(_) => call(c, &["SET", &key, &value]).await,
+        RegOp::Read => call(c, &["GET", &key]).await,
+        RegOp::Incr => call(c, &["INCR", &key]).await,
+    };
+    let completed = s.now();
+    let (completed_ms, result, outcome, broken) = match answer {
+        Err(broken) => (None, None, 2, broken),
+        Ok(reply) if retryable(&reply) => (None, None, 2, false),
+        Ok(Reply::Error(_)) => {
+            // A definite failure (an error other than TRYAGAIN): it did not apply.
+            s.count("register", 1);
+            return false;
+        }
+        Ok(Reply::Simple(_)) => (Some(completed), None, 0, false),
+        Ok(Reply::Nil) => (Some(completed), Some(0), 0, false),
+        Ok(Reply::Int(i)) => (Some(completed), Some(i), 0, false),
+        Ok(Reply::Bulk(text)) => (Some(completed), text.parse().ok(), 0, false),
+        Ok(Reply::Array(_)) => (Some(completed), None, 1, false),
+    };
+    s.count("register", outcome);
+    let call = RegCall { worker, key, op, invoked_ms: invoked, completed_ms, result };
+    s.history.lock().unwrap().registers.push(call);
+    broken
+}
+
+async fn ack(s: &Shared, c: &mut Conn, worker: usize, n: u64) -> bool {
+    let key = format!("ack:{worker}:{n}");
+    let value = format!("v{n}");
+    match call(c, &["SET", &key, &value]).await {
+        Ok(Reply::Simple(ok)) if ok == "OK" => {
+            s.count("ack-write", 0);
+            s.history.lock().unwrap().acked.push((key, value));
+            false
+        }
+        Ok(reply) => {
+            s.count("ack-write", if retryable(&reply) { 2 } else { 1 });
+            false
+        }
+        Err(broken) => {
+            s.count("ack-write", 2);
+            broken
+        }
+    }
+}
