@@ -120,6 +120,14 @@ impl Node {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 1_024,
+            // openraft 0.10 lets a restarted leader resume leadership without an
+            // election by default. Our state machine is rebuilt from the log after a
+            // restart and the commit index is not persisted, so a resumed leader would
+            // serve reads (and decide grants) from a stale state until it learns the
+            // commit index: the chaos harness caught exactly that (a GET answering a
+            // value overwritten 300 ms earlier). A restarted node must win an election,
+            // whose no-op entry brings its state machine up to date first.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);

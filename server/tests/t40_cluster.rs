@@ -141,3 +141,25 @@ fn a_blocking_lock_through_a_follower_is_granted_when_the_leader_side_unlocks() 
     assert_eq!(grant.field("token").text(), "w");
     assert!(grant.field("fence").int() > holder);
 }
+
+/// Regression (found by the chaos harness): a leader killed and restarted at once used
+/// to resume leadership from its stored vote (openraft's leader restore) with its state
+/// machine not yet caught up, and answered reads from stale state.
+#[test]
+fn a_leader_restarted_at_once_never_answers_from_stale_state() {
+    let mut servers = start_cluster(3);
+    for round in 0..4 {
+        let leader = wait_for_leader(&mut servers);
+        let mut l = servers[leader].connect();
+        for i in 0..50 {
+            until_accepted(&mut l, &["SET", "reg", &format!("{round}-{i}")]);
+        }
+        let last = format!("{round}-49");
+        // SIGKILL and start again on the same data and peer port, well inside an
+        // election timeout.
+        servers[leader].restart();
+        let mut back = servers[leader].connect();
+        let read = until_accepted(&mut back, &["GET", "reg"]);
+        assert_eq!(read, Reply::Bulk(last.clone().into_bytes()), "round {round}: a stale read after the restart");
+    }
+}

@@ -240,7 +240,7 @@ mod tests {
     }
 
     fn reg(worker: usize, op: RegOp, from: f64, to: Option<f64>, result: Option<i64>) -> RegCall {
-        RegCall { worker, key: "k".into(), op, invoked_ms: from, completed_ms: to, result }
+        RegCall { worker, key: "k".into(), op, invoked_ms: from, completed_ms: to, result, port: 0 }
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct RegCall {
     pub completed_ms: Option<f64>,
     /// The value a read or INCR returned.
     pub result: Option<i64>,
+    /// The client port of the node that answered (diagnosis).
+    pub port: u16,
 }
 
 /// A write to the protected resource with a fence.

@@ -267,7 +267,10 @@ async fn run(args: Args) -> Result<usize, String> {
         }
     }
     let mut reader = reader.ok_or("no node answers after the restart")?;
-    eprintln!("every node restarted; writable after {after_restart:?}; reading back {} acknowledged writes", history.acked.len());
+    eprintln!(
+        "every node restarted; writable after {after_restart:?}; reading back {} acknowledged writes",
+        history.acked.len()
+    );
     let mut values = std::collections::HashMap::new();
     for (key, _) in &history.acked {
         let mut value = None;
@@ -277,11 +280,14 @@ async fn run(args: Args) -> Result<usize, String> {
                     value = Some(v);
                     break;
                 }
-                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => tokio::time::sleep(Duration::from_millis(200)).await,
+                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
                 Ok(_) => break,
                 Err(_) => {
                     let port = cluster.client_ports[0];
-                    reader = Conn::connect(port, Duration::from_secs(2)).await.ok_or("no node answers after the restart")?;
+                    reader =
+                        Conn::connect(port, Duration::from_secs(2)).await.ok_or("no node answers after the restart")?;
                 }
             }
         }
@@ -289,16 +295,17 @@ async fn run(args: Args) -> Result<usize, String> {
     }
     eprintln!("checking the history ...");
     // The raw register history, for a person to read when a check fails.
-    let mut dump = String::from("worker\tkey\top\tinvoked_ms\tcompleted_ms\tresult\n");
+    let mut dump = String::from("worker\tkey\top\tinvoked_ms\tcompleted_ms\tresult\tport\n");
     for c in &history.registers {
         dump += &format!(
-            "{}\t{}\t{:?}\t{:.1}\t{}\t{:?}\n",
+            "{}\t{}\t{:?}\t{:.1}\t{}\t{:?}\t{}\n",
             c.worker,
             c.key,
             c.op,
             c.invoked_ms,
             c.completed_ms.map_or("unknown".into(), |t| format!("{t:.1}")),
-            c.result
+            c.result,
+            c.port
         );
     }
     let _ = std::fs::write(dir.join("registers.tsv"), dump);

@@ -50,6 +50,8 @@ pub enum CallError {
 /// A connection to one node.
 pub struct Conn {
     stream: BufReader<TcpStream>,
+    /// The node's client port.
+    pub port: u16,
 }
 
 fn encode(args: &[&str]) -> Vec<u8> {
@@ -67,7 +69,7 @@ impl Conn {
     pub async fn connect(port: u16, timeout: Duration) -> Option<Conn> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port))).await.ok()?.ok()?;
         stream.set_nodelay(true).ok()?;
-        Some(Conn { stream: BufReader::new(stream) })
+        Some(Conn { stream: BufReader::new(stream), port })
     }
 
     /// Sends a command and reads its reply within `timeout`. After an error the

@@ -324,7 +324,7 @@ async fn register(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng
         Ok(Reply::Array(_)) => (Some(completed), None, 1, false),
     };
     s.count("register", outcome);
-    let call = RegCall { worker, key, op, invoked_ms: invoked, completed_ms, result };
+    let call = RegCall { worker, key, op, invoked_ms: invoked, completed_ms, result, port: c.port };
     s.history.lock().unwrap().registers.push(call);
     broken
 }
