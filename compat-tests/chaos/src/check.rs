@@ -280,7 +280,7 @@ mod tests {
             within_validity: true,
             highest_before: 2,
         };
-        assert_eq!(resource_fencing(&[w.clone()]), Verdict::Pass);
+        assert_eq!(resource_fencing(std::slice::from_ref(&w)), Verdict::Pass);
         assert!(resource_fencing(&[FencedWrite { highest_before: 7, ..w.clone() }]).failed());
         assert!(resource_fencing(&[FencedWrite { accepted: false, highest_before: 7, ..w.clone() }]).failed());
         let late = FencedWrite { accepted: false, within_validity: false, highest_before: 7, ..w };

@@ -159,7 +159,7 @@ fn verdict_line(name: &str, v: &Verdict) -> String {
 async fn main() {
     let args = Args::parse();
     let exit = match run(args).await {
-        Ok(violations) if violations == 0 => 0,
+        Ok(0) => 0,
         Ok(_) => 1,
         Err(e) => {
             eprintln!("fencelock-chaos: {e}");
