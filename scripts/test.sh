@@ -3,7 +3,8 @@
 #
 # Set-up: Debian's redis-tools (redis-cli), a local Python venv (.venv) with redis-py
 # and pytest, and local node_modules for ioredis and node-redlock. Then: rustfmt,
-# clippy, every Rust test, rustdoc, and the real-client compat tests.
+# clippy, every Rust test, rustdoc, the real-client compat tests, and a short seeded
+# fault-injection run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,4 +57,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "compat tests with real clients"
 cargo build --locked --bin fencelock
 FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" ./compat-tests/run.sh
+
+step "fault injection: 60 s seeded run on 5 nodes (compat-tests/chaos)"
+cargo build --locked -p fencelock-chaos
+"$CARGO_TARGET_DIR/debug/fencelock-chaos" --nodes 5 --time 60s --seed 1 \
+    --faults kill,pause,partition,clock,restart --binary "$CARGO_TARGET_DIR/debug/fencelock"
 echo "all checks passed"

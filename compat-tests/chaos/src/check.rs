@@ -172,26 +172,49 @@ pub fn linearizable(calls: &[RegCall], budget: usize) -> Verdict {
 
 /// Some(true): linearizable; Some(false): not; None: budget exceeded.
 fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
+    // Sorted by invocation, so the operations that may go next are always a short run
+    // after the first one not yet linearized.
+    let mut ops: Vec<&RegCall> = ops.to_vec();
+    ops.sort_by(|a, b| a.invoked_ms.total_cmp(&b.invoked_ms));
     let n = ops.len();
-    let end = |i: usize| ops[i].completed_ms.unwrap_or(f64::INFINITY);
+    let end: Vec<f64> = ops.iter().map(|o| o.completed_ms.unwrap_or(f64::INFINITY)).collect();
+    let known = ops.iter().filter(|o| o.completed_ms.is_some()).count();
     let words = n.div_ceil(64);
     let mut seen: HashSet<(Vec<u64>, i64)> = HashSet::new();
-    // Depth-first: (linearized set, state).
-    let mut stack: Vec<(Vec<u64>, i64)> = vec![(vec![0; words], 0)];
+    // Depth-first: (linearized set, how many known ops it holds, state).
+    let mut stack: Vec<(Vec<u64>, usize, i64)> = vec![(vec![0; words], 0, 0)];
     let mut explored = 0usize;
-    while let Some((done, state)) = stack.pop() {
-        let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
-        // Finished when every operation with a known answer is linearized.
-        if (0..n).all(|i| is_done(i) || ops[i].completed_ms.is_none()) {
+    while let Some((done, known_done, state)) = stack.pop() {
+        if known_done == known {
             return Some(true);
         }
         explored += 1;
         if explored > budget {
             return None;
         }
-        // The earliest answer among the rest bounds what can go next.
-        let horizon = (0..n).filter(|i| !is_done(*i)).map(end).fold(f64::INFINITY, f64::min);
-        for i in (0..n).filter(|i| !is_done(*i) && ops[*i].invoked_ms <= horizon) {
+        let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
+        let first = (0..n).find(|i| !is_done(*i)).unwrap_or(n);
+        // The earliest answer among the rest bounds what can go next; operations are
+        // in invocation order, so the scan stops once one starts after that bound.
+        let mut horizon = f64::INFINITY;
+        let mut candidates = Vec::new();
+        for i in first..n {
+            if ops[i].invoked_ms > horizon {
+                break;
+            }
+            if is_done(i) {
+                continue;
+            }
+            candidates.push(i);
+            horizon = horizon.min(end[i]);
+        }
+        // Depth-first tries the operation that answered first before the others (the
+        // stack pops the last pushed): most histories then linearize without
+        // backtracking. Operations with unknown outcomes come last: they may never
+        // have happened.
+        candidates.retain(|i| ops[*i].invoked_ms <= horizon);
+        candidates.sort_by(|a, b| end[*b].total_cmp(&end[*a]));
+        for i in candidates {
             let next_state = match (ops[i].op, ops[i].result) {
                 (RegOp::Write(v), _) => v,
                 (RegOp::Read, Some(r)) if r == state => state,
@@ -203,7 +226,7 @@ fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
             let mut next = done.clone();
             next[i / 64] |= 1 << (i % 64);
             if seen.insert((next.clone(), next_state)) {
-                stack.push((next, next_state));
+                stack.push((next, known_done + usize::from(ops[i].completed_ms.is_some()), next_state));
             }
         }
     }

@@ -201,6 +201,8 @@ async fn run(args: Args) -> Result<usize, String> {
         Kind::Redlock,
         Kind::Permit,
         Kind::Permit,
+        Kind::Election,
+        Kind::Election,
         Kind::Register,
         Kind::Register,
         Kind::Register,

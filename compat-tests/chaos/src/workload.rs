@@ -99,6 +99,8 @@ pub enum Kind {
     Redlock,
     /// SEM.ACQUIRE / SEM.RELEASE on a semaphore of 2.
     Permit,
+    /// ELECT.CAMPAIGN / ELECT.RENEW / ELECT.RESIGN: leadership terms.
+    Election,
     /// SET / GET / INCR on shared registers.
     Register,
     /// Unique acknowledged writes, read back at the end.
@@ -125,6 +127,7 @@ pub async fn run(shared: Arc<Shared>, worker: usize, kind: Kind, seed: u64) {
             Kind::Native => native(&shared, c, worker, n, &mut rng).await,
             Kind::Redlock => redlock(&shared, c, worker, n, &mut rng).await,
             Kind::Permit => permit(&shared, c, worker, n, &mut rng).await,
+            Kind::Election => election(&shared, c, worker, n, &mut rng).await,
             Kind::Register => register(&shared, c, worker, n, &mut rng).await,
             Kind::Ack => ack(&shared, c, worker, n).await,
         };
@@ -289,6 +292,65 @@ async fn permit(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) 
         Ok(_) => false,
         Err(broken) => broken,
     }
+}
+
+async fn election(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
+    let name = "election:0".to_string();
+    let token = format!("e{worker}-{n}");
+    let candidate = format!("candidate-{worker}");
+    let ttl = TTL_MS.to_string();
+    let invoked = s.now();
+    let reply = match call(c, &["ELECT.CAMPAIGN", &name, &candidate, &ttl, "TOKEN", &token, "WAIT", "300"]).await {
+        Err(broken) => {
+            s.count("campaign", 2);
+            return broken;
+        }
+        Ok(reply) => reply,
+    };
+    let Some(fence) = reply.int_field("fence") else {
+        s.count("campaign", if retryable(&reply) { 2 } else { 1 });
+        return false;
+    };
+    s.count("campaign", 0);
+    let mut term = Grant {
+        worker,
+        kind: "election",
+        name: name.clone(),
+        token: token.clone(),
+        fence: Some(fence as u64),
+        invoked_ms: invoked,
+        granted_ms: s.now(),
+        valid_until_ms: invoked + TTL_MS as f64 * (1.0 - s.drift),
+    };
+    let mut broken = false;
+    if rng.below(2) == 0 {
+        let renewed_at = s.now();
+        match call(c, &["ELECT.RENEW", &name, &token, &ttl]).await {
+            Ok(reply) if reply.int_field("fence").is_some() => {
+                s.count("elect-renew", 0);
+                term.valid_until_ms = term.valid_until_ms.max(renewed_at + TTL_MS as f64 * (1.0 - s.drift));
+            }
+            Ok(reply) => s.count("elect-renew", if retryable(&reply) { 2 } else { 1 }),
+            Err(b) => {
+                s.count("elect-renew", 2);
+                broken = b;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(rng.below(100))).await;
+    term.valid_until_ms = term.valid_until_ms.min(s.now());
+    if !broken {
+        match call(c, &["ELECT.RESIGN", &name, &token]).await {
+            Ok(Reply::Simple(_)) => s.count("resign", 0),
+            Ok(reply) => s.count("resign", if retryable(&reply) { 2 } else { 1 }),
+            Err(b) => {
+                s.count("resign", 2);
+                broken = b;
+            }
+        }
+    }
+    s.history.lock().unwrap().grants.push(term);
+    broken
 }
 
 async fn register(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
