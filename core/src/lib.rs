@@ -43,7 +43,7 @@
 //! assert!(matches!(first.reply, Ok(Reply::Grant(g)) if g.fence == 1));
 //! let second = sm.apply(2, 1_001, lock("b"));
 //! assert!(second.reply.is_err()); // held by "a"
-//! let later = sm.apply(3, 31_000, lock("b")); // a's lease ran out at 31_000
+//! let later = sm.apply(3, 31_001, lock("b")); // a's lease held through 31_000
 //! assert!(matches!(later.reply, Ok(Reply::Grant(g)) if g.fence == 3));
 //! ```
 

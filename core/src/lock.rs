@@ -456,12 +456,8 @@ impl StateMachine {
     pub(crate) fn lock_expire_due(&mut self, name: &Name) {
         let Some(entry) = self.st.locks.get(name) else { return };
         let now = self.now();
-        let due: Vec<u64> = entry
-            .holders()
-            .iter()
-            .filter(|h| h.deadline_ms != NEVER && h.deadline_ms <= now)
-            .map(|h| h.fence)
-            .collect();
+        let due: Vec<u64> =
+            entry.holders().iter().filter(|h| h.deadline_ms != NEVER && h.deadline_ms < now).map(|h| h.fence).collect();
         for fence in due {
             let holder = self.lock_remove_holder(name, fence);
             if holder.session != 0 {

@@ -260,8 +260,12 @@ impl StateMachine {
         (deadline_ms != NEVER).then(|| deadline_ms.saturating_sub(self.now()))
     }
 
+    /// Whether a deadline has passed. Strictly after, as Redis's `now > when`: the clock
+    /// is whole milliseconds, and a lease granted late in millisecond `t` with a TTL of
+    /// `ttl_ms` must not end before `ttl_ms` real milliseconds have gone by, so it still
+    /// holds during millisecond `t + ttl_ms` and ends in the next one.
     pub(crate) fn is_due(&self, deadline_ms: u64) -> bool {
-        deadline_ms != NEVER && deadline_ms <= self.now()
+        deadline_ms != NEVER && deadline_ms < self.now()
     }
 
     /// The next fencing token: strictly above every fence before, and equal to the log
@@ -368,7 +372,7 @@ impl StateMachine {
         let now = self.now();
         for _ in 0..self.limits.expirations_per_apply_max {
             let Some((deadline, timer)) = self.st.deadlines.first().cloned() else { return };
-            if deadline > now {
+            if deadline >= now {
                 return;
             }
             self.fire(timer.clone());

@@ -433,11 +433,10 @@ impl Model {
     /// Removes everything whose deadline is at or before the clock.
     fn sweep(&mut self, ex: &mut Expected) {
         let now = self.clock;
-        let ending: BTreeSet<u64> =
-            self.sessions.iter().filter(|(_, s)| s.deadline <= now).map(|(id, _)| *id).collect();
+        let ending: BTreeSet<u64> = self.sessions.iter().filter(|(_, s)| s.deadline < now).map(|(id, _)| *id).collect();
         for (n, holders) in self.holders.iter_mut().enumerate() {
             holders.retain(|h| {
-                let expired = h.deadline <= now;
+                let expired = h.deadline < now;
                 let revoked = ending.contains(&h.session);
                 if expired || revoked {
                     let why = Removal { may_expire: expired, may_revoke: revoked.then_some(h.session) };
@@ -448,7 +447,7 @@ impl Model {
         }
         self.waiters.retain(|w| {
             let mut reasons = Vec::new();
-            if w.deadline <= now {
+            if w.deadline < now {
                 reasons.push(WaitEnd::TimedOut);
             }
             if ending.contains(&w.session) {
@@ -1008,7 +1007,7 @@ impl History {
                         }
                         WaitEnd::TimedOut => {
                             ensure!(
-                                w.deadline <= clock,
+                                w.deadline < clock,
                                 "waiter {waiter} timed out early: bound {}, clock {clock}",
                                 w.deadline
                             );
@@ -1034,7 +1033,7 @@ impl History {
                         .remove(&(n, *fence))
                         .ok_or_else(|| format!("Expired {name:?} {fence}: not held"))?;
                     ensure!(
-                        h.deadline <= clock,
+                        h.deadline < clock,
                         "{name:?} fence {fence} expired early: deadline {}, clock {clock}",
                         h.deadline
                     );
@@ -1060,7 +1059,7 @@ impl History {
                     ensure!(self.ended_sessions.insert(*session), "session {session} ended twice");
                     if *expired {
                         ensure!(
-                            deadline <= clock,
+                            deadline < clock,
                             "session {session} expired early: deadline {deadline}, clock {clock}"
                         );
                         self.stats.sessions_expired += 1;

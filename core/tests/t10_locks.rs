@@ -67,12 +67,13 @@ fn renew_extends_but_never_resurrects() {
     let g = grant(d.ok(renew(&["a"], "alice", 1_000)));
     assert_eq!(g.deadline_ms, 2_900);
     assert_eq!(d.err(renew(&["a"], "bob", 1_000)), Error::NotHolder { name: "a".into() });
-    // Not expired at 2_899 ...
-    d.now_ms = 2_899;
-    assert!(d.run(Command::Tick).events.is_empty());
-    // ... expired at 2_900, and renewing a lease that ran out fails even with no sweep
-    // in between (the renew itself sees the deadline has passed).
+    // Not expired at 2_900 (the deadline millisecond itself still holds: the grant may
+    // have come late in its millisecond) ...
     d.now_ms = 2_900;
+    assert!(d.run(Command::Tick).events.is_empty());
+    // ... expired at 2_901, and renewing a lease that ran out fails even with no sweep
+    // in between (the renew itself sees the deadline has passed).
+    d.now_ms = 2_901;
     assert_eq!(d.err(renew(&["a"], "alice", 1_000)), Error::NotHolder { name: "a".into() });
     assert_eq!(d.err(renew(&["a"], "alice", 0)), Error::invalid("ttl must be positive (or 0 with a session)"));
 }
@@ -81,7 +82,9 @@ fn renew_extends_but_never_resurrects() {
 fn expiry_is_never_early_and_emits_an_event() {
     let mut d = Driver::default();
     d.ok(Command::Lock(lock(&["a"], "alice", 500)));
-    assert!(d.advance(499).is_empty());
+    // Held through millisecond 500 too: the clock is whole milliseconds and the grant
+    // may have come at 0.9, so ending at 500 could be up to 1 ms early.
+    assert!(d.advance(500).is_empty());
     assert_eq!(d.read(Command::Fence { name: b("a") }), Reply::Int(1));
     let events = d.advance(1);
     assert_eq!(events, vec![Event::Expired { name: b("a"), fence: 1 }]);
@@ -124,7 +127,8 @@ fn wait_bound_times_out_and_cancel_removes_the_waiter() {
     d.ok(Command::Lock(lock(&["a"], "alice", 60_000)));
     let w1 = waiter(d.ok(Command::Lock(queued(lock(&["a"], "bob", 10_000), Some(1_000), 0))));
     let w2 = waiter(d.ok(Command::Lock(queued(lock(&["a"], "carol", 10_000), None, 0))));
-    let events = d.advance(1_000);
+    assert!(d.advance(1_000).is_empty());
+    let events = d.advance(1);
     assert_eq!(events, vec![Event::WaitEnded { waiter: w1, reason: WaitEnd::TimedOut }]);
     assert_eq!(d.ok(Command::CancelWait { waiter: w2 }), Reply::Ok);
     assert_eq!(d.err(Command::CancelWait { waiter: w2 }), Error::NoSuchWaiter(w2));

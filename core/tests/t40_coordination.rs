@@ -36,7 +36,7 @@ fn semaphore_permits_are_fenced_bounded_and_fifo() {
     );
     let renewed = grant(d.ok(Command::SemRenew { name: b("pool"), token: b("b-token"), ttl_ms: 20_000 }));
     assert_eq!(renewed.deadline_ms, d.now_ms + 20_000);
-    assert_eq!(d.advance(20_000), vec![Event::Expired { name: b("pool"), fence: g.fence }]);
+    assert_eq!(d.advance(20_001), vec![Event::Expired { name: b("pool"), fence: g.fence }]);
     assert!(matches!(d.err(Command::SemAcquire(sem("pool", 3, 0, "c", 10_000))), Error::Invalid(_)));
 }
 
@@ -69,7 +69,7 @@ fn queues_are_priority_then_fifo_with_blocking_pop() {
     assert!(out.events.contains(&Event::Popped { waiter: w, key: b("q"), value: b("job") }));
     assert_eq!(d.read(Command::QueueLen { name: b("q") }), Reply::Int(0));
     let w2 = waiter(d.ok(Command::QueuePop { name: b("q"), wait: Wait::Queue { wait_ms: Some(1_000), priority: 0 } }));
-    assert_eq!(d.advance(1_000), vec![Event::WaitEnded { waiter: w2, reason: WaitEnd::TimedOut }]);
+    assert_eq!(d.advance(1_001), vec![Event::WaitEnded { waiter: w2, reason: WaitEnd::TimedOut }]);
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn counting_barrier_releases_everyone_exactly_once_and_resets() {
 fn barrier_waiter_that_times_out_is_withdrawn() {
     let mut d = Driver::default();
     let w1 = waiter(d.ok(Command::BarrierWait { name: b("b"), parties: 2, participant: b("p1"), wait_ms: Some(100) }));
-    assert_eq!(d.advance(100), vec![Event::WaitEnded { waiter: w1, reason: WaitEnd::TimedOut }]);
+    assert_eq!(d.advance(101), vec![Event::WaitEnded { waiter: w1, reason: WaitEnd::TimedOut }]);
     // p1 gave up, so p2 alone does not complete the barrier.
     assert!(matches!(
         d.ok(Command::BarrierWait { name: b("b"), parties: 2, participant: b("p2"), wait_ms: None }),
@@ -165,7 +165,7 @@ fn election_leader_lease_expires_and_renews() {
     let w2 = waiter(d.ok(Command::Campaign(campaign("e", "n2", 1_000))));
     d.now_ms += 900;
     grant(d.ok(Command::ElectionRenew { name: b("e"), token: b("n1-token"), ttl_ms: 1_000 }));
-    assert!(d.advance(999).is_empty());
+    assert!(d.advance(1_000).is_empty());
     let events = d.advance(1);
     assert!(matches!(events[0], Event::Expired { .. }), "{events:?}");
     assert_eq!(granted_waiters(&events), vec![w2]);

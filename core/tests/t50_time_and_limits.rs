@@ -37,9 +37,9 @@ fn rebase_restarts_remaining_time_from_the_new_leaders_clock() {
     d.run(Command::Rebase);
     assert_eq!(d.sm.clock_ms(), 1_004_000, "rebasing never moves the clock back");
     // 5.999 s on the new leader's clock: still held.
-    d.now_ms = 50 + 5_999;
-    assert!(d.run(Command::Tick).events.is_empty());
     d.now_ms = 50 + 6_000;
+    assert!(d.run(Command::Tick).events.is_empty());
+    d.now_ms = 50 + 6_001;
     assert_eq!(d.run(Command::Tick).events, vec![Event::Expired { name: b("a"), fence: 1 }]);
 }
 
@@ -51,7 +51,7 @@ fn rebase_to_a_clock_far_ahead_expires_nothing_early() {
     d.now_ms = 86_400_000;
     let out = d.run(Command::Rebase);
     assert!(out.events.is_empty(), "{:?}", out.events);
-    d.now_ms += 9_999;
+    d.now_ms += 10_000;
     assert!(d.run(Command::Tick).events.is_empty());
     d.now_ms += 1;
     assert_eq!(d.run(Command::Tick).events.len(), 1);
@@ -64,7 +64,7 @@ fn expirations_per_entry_are_bounded_and_the_rest_read_as_expired() {
     for i in 0..10 {
         d.ok(Command::Lock(lock(&[&format!("l{i}")], "o", 100)));
     }
-    let mut expired = d.advance(100);
+    let mut expired = d.advance(101);
     assert_eq!(expired.len(), 3, "one entry expires at most 3");
     // Not yet swept, but a read or acquire already treats them as expired.
     assert_eq!(d.read(Command::Fence { name: b("l9") }), Reply::Nil);
@@ -188,7 +188,7 @@ fn read_at_counts_down_between_writes_but_never_before_the_log() {
     let mut d = Driver::default();
     d.ok(set_nx_px("k", "v", 1_000));
     assert_eq!(d.sm.read_at(&Command::PTtl { key: b("k") }, d.now_ms + 400), Ok(Reply::Int(600)));
-    assert_eq!(d.sm.read_at(&Command::Get { key: b("k") }, d.now_ms + 1_000), Ok(Reply::Nil), "due reads as gone");
+    assert_eq!(d.sm.read_at(&Command::Get { key: b("k") }, d.now_ms + 1_001), Ok(Reply::Nil), "due reads as gone");
     assert_eq!(d.sm.read_at(&Command::PTtl { key: b("k") }, 0), Ok(Reply::Int(1_000)), "clamped to the clock");
     // The state itself did not move.
     assert_eq!(d.read(Command::PTtl { key: b("k") }), Reply::Int(1_000));

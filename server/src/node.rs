@@ -487,7 +487,7 @@ async fn expiry_ticker(node: Arc<Node>) {
                 Some(_) if inner.epoch() != Some(node.epoch) => true,
                 Some(deadline) => {
                     let now = i128::from(node.stamp_ms()) + inner.core.time_offset_ms();
-                    now >= i128::from(deadline)
+                    now > i128::from(deadline)
                 }
             }
         };
