@@ -30,12 +30,22 @@ fn show(g: &Grant) -> String {
     )
 }
 
+/// Which table a grant's name lives in: locks held by a session are native locks
+/// (the same names, checked together with TTL-held ones).
+fn class(kind: &str) -> &str {
+    if kind == "session" {
+        "native"
+    } else {
+        kind
+    }
+}
+
 /// Mutual exclusion: at no instant do more than `capacity(kind)` grants of one name
 /// consider themselves valid. A window is `[granted, valid_until)`.
 pub fn mutual_exclusion(grants: &[Grant], capacity: impl Fn(&str) -> usize) -> Verdict {
     let mut by_name: BTreeMap<(&str, &str), Vec<&Grant>> = BTreeMap::new();
     for g in grants.iter().filter(|g| g.valid_until_ms > g.granted_ms) {
-        by_name.entry((g.kind, g.name.as_str())).or_default().push(g);
+        by_name.entry((class(g.kind), g.name.as_str())).or_default().push(g);
     }
     for ((kind, _), windows) in by_name {
         let limit = capacity(kind);
@@ -136,27 +146,18 @@ pub fn linearizable(calls: &[RegCall], budget: usize) -> Verdict {
         match check_key(&ops, budget) {
             Some(true) => {}
             Some(false) => {
-                let mut ops = ops.clone();
-                ops.sort_by(|a, b| a.invoked_ms.total_cmp(&b.invoked_ms));
-                let shown: Vec<String> = ops
-                    .iter()
-                    .rev()
-                    .take(12)
-                    .rev()
-                    .map(|c| {
-                        format!(
-                            "worker {} {:?} sent {:.1} done {} -> {:?}",
-                            c.worker,
-                            c.op,
-                            c.invoked_ms,
-                            c.completed_ms.map_or("unknown".into(), |t| format!("{t:.1}")),
-                            c.result
-                        )
-                    })
-                    .collect();
+                let slice = minimal_slice(&ops, budget);
+                let shown: Vec<String> = slice.iter().rev().take(SLICE_SHOWN).rev().map(show_call).collect();
+                let omitted = slice.len().saturating_sub(SLICE_SHOWN);
                 return Verdict::Fail(format!(
-                    "no linearization of key {key:?} ({} ops); its last operations:\n  {}",
+                    "no linearization of key {key:?} ({} ops); a slice of {} ops that has none{}:\n  {}",
                     ops.len(),
+                    slice.len(),
+                    if omitted > 0 {
+                        format!(" (its first {omitted}, writes that set the state, not shown)")
+                    } else {
+                        String::new()
+                    },
                     shown.join("\n  ")
                 ));
             }
@@ -168,6 +169,88 @@ pub fn linearizable(calls: &[RegCall], budget: usize) -> Verdict {
     } else {
         Verdict::Unknown(format!("search budget exceeded on keys {unknown:?}"))
     }
+}
+
+/// How many operations of a violating slice the report shows (the last ones).
+const SLICE_SHOWN: usize = 24;
+
+fn show_call(c: &RegCall) -> String {
+    format!(
+        "worker {} {:?} sent {:.1} done {} -> {:?} (port {})",
+        c.worker,
+        c.op,
+        c.invoked_ms,
+        c.completed_ms.map_or("unknown".into(), |t| format!("{t:.1}")),
+        c.result,
+        c.port
+    )
+}
+
+/// Narrows a non-linearizable history of one key to a small one that is still not
+/// linearizable, using only cuts that keep it evidence (if the whole history were
+/// linearizable, so would the slice be):
+/// - the shortest failing prefix in invocation order; an operation left out that began
+///   before the prefix's last answer is kept as one whose outcome is unknown (it may have
+///   taken effect in between), except reads, which change nothing and go;
+/// - then reads are dropped, in halving chunks, while the rest still fails.
+///
+/// Writes and INCRs before the failure cannot go: they set the state the failure is
+/// judged against.
+pub fn minimal_slice(ops: &[&RegCall], budget: usize) -> Vec<RegCall> {
+    let mut sorted: Vec<RegCall> = ops.iter().map(|c| (*c).clone()).collect();
+    sorted.sort_by(|a, b| a.invoked_ms.total_cmp(&b.invoked_ms));
+    let fails = |slice: &[RegCall]| check_key(&slice.iter().collect::<Vec<_>>(), budget) == Some(false);
+    let prefix = |k: usize| -> Vec<RegCall> {
+        let last_answer = sorted[..k]
+            .iter()
+            .map(|c| c.completed_ms.unwrap_or(c.invoked_ms + UNKNOWN_WINDOW_MS))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut slice = sorted[..k].to_vec();
+        for c in &sorted[k..] {
+            if c.invoked_ms < last_answer && c.op != RegOp::Read {
+                slice.push(RegCall { completed_ms: None, result: None, ..c.clone() });
+            }
+        }
+        slice
+    };
+    // Failing is not monotone in the prefix length in general, so the search's answer is
+    // checked and the whole history kept if it does not fail.
+    let (mut lo, mut hi) = (1, sorted.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fails(&prefix(mid)) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let mut slice = prefix(hi);
+    if !fails(&slice) {
+        slice = sorted.clone();
+    }
+    let mut chunk = slice.iter().filter(|c| c.op == RegOp::Read).count().max(1);
+    while chunk >= 1 {
+        let mut start = 0;
+        loop {
+            let reads: Vec<usize> = (0..slice.len()).filter(|i| slice[*i].op == RegOp::Read).collect();
+            if start >= reads.len() {
+                break;
+            }
+            let drop: HashSet<usize> = reads[start..(start + chunk).min(reads.len())].iter().copied().collect();
+            let candidate: Vec<RegCall> =
+                slice.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, c)| c.clone()).collect();
+            if fails(&candidate) {
+                slice = candidate;
+            } else {
+                start += chunk;
+            }
+        }
+        if chunk == 1 {
+            break;
+        }
+        chunk /= 2;
+    }
+    slice
 }
 
 /// How long after it was sent an operation with an unknown outcome may still take
@@ -309,6 +392,9 @@ mod tests {
         let double = [grant(1, "a", 5, 0.0, 100.0), grant(2, "b", 9, 50.0, 200.0)];
         let Verdict::Fail(why) = mutual_exclusion(&double, |_| 1) else { panic!("a double grant passed") };
         assert!(why.contains("2 holders"), "{why}");
+        // A lock held by a session and one held by a TTL share one table.
+        let mixed = [grant(1, "a", 5, 0.0, 100.0), Grant { kind: "session", ..grant(2, "b", 9, 50.0, 200.0) }];
+        assert!(mutual_exclusion(&mixed, |_| 1).failed());
         // Two permits of a semaphore of two may overlap; three may not.
         let permits: Vec<Grant> =
             (0..3).map(|i| Grant { kind: "permit", ..grant(i, "p", 0, i as f64, 100.0) }).collect();
@@ -378,6 +464,31 @@ mod tests {
         // INCR results must count up from the state.
         let incr = [reg(1, RegOp::Incr, 0.0, Some(1.0), Some(1)), reg(2, RegOp::Incr, 2.0, Some(3.0), Some(1))];
         assert!(linearizable(&incr, 100_000).failed());
+    }
+
+    #[test]
+    fn the_violation_slice_is_small_and_still_fails() {
+        // 40 sequential write/read pairs, one stale read at pair 20, then 40 more pairs.
+        let mut calls = Vec::new();
+        let mut t = 0.0;
+        for i in 0..80i64 {
+            calls.push(reg(1, RegOp::Write(i + 1), t, Some(t + 1.0), None));
+            let seen = if i == 20 { i } else { i + 1 };
+            calls.push(reg(2, RegOp::Read, t + 2.0, Some(t + 3.0), Some(seen)));
+            t += 10.0;
+        }
+        let Verdict::Fail(why) = linearizable(&calls, 100_000) else { panic!("a stale read passed") };
+        let refs: Vec<&RegCall> = calls.iter().collect();
+        let slice = minimal_slice(&refs, 100_000);
+        let slice_refs: Vec<&RegCall> = slice.iter().collect();
+        assert_eq!(check_key(&slice_refs, 100_000), Some(false), "the slice still has no linearization");
+        // Everything after the stale read is cut, and every read but the stale one dropped:
+        // the 21 writes up to it and the read that saw 20 after 21 was written.
+        let reads: Vec<&RegCall> = slice.iter().filter(|c| c.op == RegOp::Read).collect();
+        assert_eq!(reads.len(), 1, "{slice:?}");
+        assert_eq!(reads[0].result, Some(20));
+        assert_eq!(slice.len(), 22, "{slice:?}");
+        assert!(why.contains("a slice of 22 ops"), "{why}");
     }
 
     #[test]

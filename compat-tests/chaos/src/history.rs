@@ -6,7 +6,8 @@
 pub struct Grant {
     /// Which worker.
     pub worker: usize,
-    /// `native` (LOCK), `redlock` (SET NX PX) or `permit` (SEM.ACQUIRE).
+    /// `native` (LOCK with a TTL), `session` (LOCK held by a session), `redlock` (SET NX
+    /// PX), `permit` (SEM.ACQUIRE) or `election` (ELECT.CAMPAIGN).
     pub kind: &'static str,
     /// Lock or semaphore name.
     pub name: String,

@@ -75,7 +75,7 @@ fn binary(args: &Args) -> Result<PathBuf, String> {
 /// States the linearizability search may explore per key before it says "unknown".
 const LINEARIZABILITY_BUDGET: usize = 300_000;
 
-const FAULTS: [&str; 6] = ["kill", "pause", "partition", "clock", "restart", "delay"];
+const FAULTS: [&str; 7] = ["kill", "pause", "partition", "clock", "restart", "delay", "reorder"];
 
 /// One fault: applied, held, healed. Returns a description.
 async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) -> std::io::Result<String> {
@@ -141,6 +141,16 @@ async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) 
             tokio::time::sleep(hold).await;
             cluster.heal()?;
             format!("links of node {node} delayed {ms} ms for {} ms", hold.as_millis())
+        }
+        "reorder" => {
+            // Every link: random per-chunk latency and connections cut now and then,
+            // so requests overtake one another across connections.
+            let max_ms = 50 + rng.below(250);
+            let all: Vec<usize> = (1..=n).collect();
+            cluster.cut(&all, &all, LinkState::Reorder(max_ms));
+            tokio::time::sleep(hold).await;
+            cluster.heal()?;
+            format!("every link reordering (0..={max_ms} ms per chunk, 1 in 50 cut) for {} ms", hold.as_millis())
         }
         other => format!("unknown fault {other}"),
     };
@@ -208,6 +218,8 @@ async fn run(args: Args) -> Result<usize, String> {
         Kind::Register,
         Kind::Ack,
         Kind::Ack,
+        Kind::Session,
+        Kind::Session,
     ];
     let workers: Vec<_> = kinds
         .iter()

@@ -1,7 +1,8 @@
 //! One proxy per directed peer link (node a → node b). Node a reaches b only through
-//! it (`--peer-route`), so the harness can cut, black-hole or slow any link, in one
-//! direction or both, without touching the nodes.
+//! it (`--peer-route`), so the harness can cut, black-hole, slow or reorder any link, in
+//! one direction or both, without touching the nodes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,21 @@ pub enum LinkState {
     BlackHole,
     /// Forward each chunk after this many milliseconds.
     Delay(u64),
+    /// Forward each chunk after a random 0..=n ms, and close the connection on one
+    /// chunk in `REORDER_CUT_ONE_IN` (its bytes in flight are lost). TCP keeps order
+    /// within a connection, so messages are reordered the way a real network reorders
+    /// them for a TCP protocol: across connections (votes, appends and snapshots travel
+    /// on separate ones, and a resent request on a fresh connection overtakes an old one
+    /// still crawling).
+    Reorder(u64),
 }
+
+/// During `Reorder`, one chunk in this many closes its connection.
+const REORDER_CUT_ONE_IN: u64 = 50;
+
+/// Seeds the per-connection generators (deterministic per run order, distinct per
+/// connection).
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 /// A running link proxy.
 pub struct Link {
@@ -61,10 +76,11 @@ async fn serve(inbound: TcpStream, target_port: u16, state: watch::Receiver<Link
     let _ = outbound.set_nodelay(true);
     let (in_read, in_write) = inbound.into_split();
     let (out_read, out_write) = outbound.into_split();
+    let seed = CONNECTIONS.fetch_add(1, Ordering::Relaxed).wrapping_add(u64::from(target_port) << 32);
     // Either direction ending ends both.
     tokio::select! {
-        _ = pump(in_read, out_write, state.clone()) => {}
-        _ = pump(out_read, in_write, state) => {}
+        _ = pump(in_read, out_write, state.clone(), crate::workload::Rng::new(seed * 2)) => {}
+        _ = pump(out_read, in_write, state, crate::workload::Rng::new(seed * 2 + 1)) => {}
     }
 }
 
@@ -72,6 +88,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<LinkState>,
+    mut rng: crate::workload::Rng,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -93,6 +110,13 @@ async fn pump(
                 LinkState::Open => break,
                 LinkState::Delay(ms) => {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
+                    break;
+                }
+                LinkState::Reorder(max_ms) => {
+                    if rng.below(REORDER_CUT_ONE_IN) == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.below(max_ms + 1))).await;
                     break;
                 }
                 LinkState::Drop => return,

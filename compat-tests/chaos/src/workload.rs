@@ -105,6 +105,17 @@ pub enum Kind {
     Register,
     /// Unique acknowledged writes, read back at the end.
     Ack,
+    /// SESSION.OPEN / KEEPALIVE / CLOSE, with native locks held by the session (on the
+    /// native workers' lock names and protected resource).
+    Session,
+}
+
+/// A session worker's session: its id and until when the client may count on it
+/// (the last successful OPEN or KEEPALIVE's send time + TTL × (1 − drift)).
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    id: i64,
+    valid_until_ms: f64,
 }
 
 /// One worker until `running` is cleared.
@@ -112,6 +123,7 @@ pub async fn run(shared: Arc<Shared>, worker: usize, kind: Kind, seed: u64) {
     let mut rng = Rng::new(seed ^ (worker as u64).wrapping_mul(0x1000_0001));
     let mut conn: Option<Conn> = None;
     let mut n: u64 = 0;
+    let mut session: Option<Session> = None;
     while shared.running.load(Ordering::Relaxed) {
         if conn.is_none() {
             let port = shared.ports[rng.below(shared.ports.len() as u64) as usize];
@@ -130,6 +142,7 @@ pub async fn run(shared: Arc<Shared>, worker: usize, kind: Kind, seed: u64) {
             Kind::Election => election(&shared, c, worker, n, &mut rng).await,
             Kind::Register => register(&shared, c, worker, n, &mut rng).await,
             Kind::Ack => ack(&shared, c, worker, n).await,
+            Kind::Session => session_locks(&shared, c, worker, n, &mut rng, &mut session).await,
         };
         if broken {
             conn = None;
@@ -388,6 +401,143 @@ async fn register(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng
     s.count("register", outcome);
     let call = RegCall { worker, key, op, invoked_ms: invoked, completed_ms, result, port: c.port };
     s.history.lock().unwrap().registers.push(call);
+    broken
+}
+
+/// Keeps the session alive (or opens one), takes a lock owned by it, writes to the
+/// resource, and lets go by UNLOCK or by closing the whole session.
+async fn session_locks(
+    s: &Shared,
+    c: &mut Conn,
+    worker: usize,
+    n: u64,
+    rng: &mut Rng,
+    session: &mut Option<Session>,
+) -> bool {
+    let ttl = TTL_MS.to_string();
+    let lifetime = TTL_MS as f64 * (1.0 - s.drift);
+    let Some(mut current) = *session else {
+        let invoked = s.now();
+        return match call(c, &["SESSION.OPEN", &ttl]).await {
+            Ok(Reply::Int(id)) => {
+                s.count("session-open", 0);
+                *session = Some(Session { id, valid_until_ms: invoked + lifetime });
+                false
+            }
+            Ok(reply) => {
+                s.count("session-open", if retryable(&reply) { 2 } else { 1 });
+                false
+            }
+            Err(broken) => {
+                s.count("session-open", 2);
+                broken
+            }
+        };
+    };
+    let id = current.id.to_string();
+    // Keep-alive: success extends what the client counts on; NOSESSION means it is gone.
+    let keep_alive =
+        |current: &mut Session, session: &mut Option<Session>, reply: Result<Reply, bool>, sent: f64| match reply {
+            Ok(Reply::Int(_)) => {
+                s.count("session-keepalive", 0);
+                current.valid_until_ms = current.valid_until_ms.max(sent + lifetime);
+                *session = Some(*current);
+                Ok(true)
+            }
+            Ok(Reply::Error(e)) if e.starts_with("NOSESSION") => {
+                s.count("session-keepalive", 1);
+                *session = None;
+                Ok(false)
+            }
+            Ok(reply) => {
+                s.count("session-keepalive", if retryable(&reply) { 2 } else { 1 });
+                Ok(true)
+            }
+            Err(broken) => {
+                s.count("session-keepalive", 2);
+                Err(broken)
+            }
+        };
+    let sent = s.now();
+    let reply = call(c, &["SESSION.KEEPALIVE", &id]).await;
+    match keep_alive(&mut current, session, reply, sent) {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(broken) => return broken,
+    }
+    if current.valid_until_ms <= s.now() {
+        // Nothing the client can count on: start over with a fresh session.
+        *session = None;
+        return false;
+    }
+    let name = format!("lock:{}", rng.below(NAMES));
+    let token = format!("s{worker}-{n}");
+    let invoked = s.now();
+    let reply = match call(c, &["LOCK", &name, "0", "TOKEN", &token, "SESSION", &id, "WAIT", "300"]).await {
+        Err(broken) => {
+            s.count("session-lock", 2);
+            return broken;
+        }
+        Ok(reply) => reply,
+    };
+    let Some(fence) = reply.int_field("fence") else {
+        match &reply {
+            Reply::Error(e) if e.starts_with("NOSESSION") => *session = None,
+            _ => {}
+        }
+        s.count("session-lock", if retryable(&reply) { 2 } else { 1 });
+        return false;
+    };
+    s.count("session-lock", 0);
+    // The lock lives as long as the session: the client may count on it until the
+    // session's own validity.
+    let mut g = Grant {
+        worker,
+        kind: "session",
+        name: name.clone(),
+        token: token.clone(),
+        fence: Some(fence as u64),
+        invoked_ms: invoked,
+        granted_ms: s.now(),
+        valid_until_ms: current.valid_until_ms,
+    };
+    s.write_resource(worker, &name, fence as u64, g.valid_until_ms);
+    let mut broken = false;
+    if rng.below(2) == 0 {
+        let sent = s.now();
+        let reply = call(c, &["SESSION.KEEPALIVE", &id]).await;
+        match keep_alive(&mut current, session, reply, sent) {
+            Ok(_) => g.valid_until_ms = current.valid_until_ms,
+            Err(b) => broken = b,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(rng.below(100))).await;
+    s.write_resource(worker, &name, fence as u64, g.valid_until_ms);
+    g.valid_until_ms = g.valid_until_ms.min(s.now());
+    if !broken {
+        if rng.below(2) == 0 {
+            match call(c, &["UNLOCK", &name, &token]).await {
+                Ok(Reply::Int(_)) => s.count("unlock", 0),
+                Ok(reply) => s.count("unlock", if retryable(&reply) { 2 } else { 1 }),
+                Err(b) => {
+                    s.count("unlock", 2);
+                    broken = b;
+                }
+            }
+        } else {
+            // Closing the session releases its lock with everything else it owns.
+            *session = None;
+            match call(c, &["SESSION.CLOSE", &id]).await {
+                Ok(Reply::Simple(_)) => s.count("session-close", 0),
+                Ok(reply) => s.count("session-close", if retryable(&reply) { 2 } else { 1 }),
+                Err(b) => {
+                    s.count("session-close", 2);
+                    broken = b;
+                }
+            }
+        }
+    }
+    s.history.lock().unwrap().grants.push(g);
     broken
 }
 
