@@ -52,6 +52,7 @@ fn acquire(name: String, owner: String, token: String) -> Command {
         metadata: Bytes::new(),
         wait: Wait::Try,
         condition: None,
+        idempotent: false,
     })
 }
 

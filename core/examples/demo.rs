@@ -33,6 +33,7 @@ fn lock(owner: &str, ttl_ms: u64, wait: Wait, session: Option<u64>) -> Command {
         metadata: Bytes::copy_from_slice(format!("held by {owner}").as_bytes()),
         wait,
         condition: None,
+        idempotent: false,
     })
 }
 

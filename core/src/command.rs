@@ -78,6 +78,11 @@ pub struct LockRequest {
     pub wait: Wait,
     /// Checked once, when the request arrives.
     pub condition: Option<Condition>,
+    /// The token is this acquire's request id: when the owner already holds every
+    /// name with it, answer that grant without adding a hold (the lease is lengthened
+    /// to `ttl_ms` from now, as for any reentry: the client counts it from the retry),
+    /// so a client retrying after a lost reply never ends up holding twice.
+    pub idempotent: bool,
 }
 
 /// SET's NX / XX.

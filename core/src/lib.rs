@@ -38,6 +38,7 @@
 //!     metadata: Bytes::new(),
 //!     wait: Wait::Try,
 //!     condition: None,
+//!     idempotent: false,
 //! });
 //! let first = sm.apply(1, 1_000, lock("a"));
 //! assert!(matches!(first.reply, Ok(Reply::Grant(g)) if g.fence == 1));

@@ -278,7 +278,9 @@ impl StateMachine {
         }
         let survey = self.lock_survey(&names, &request.owner, &request.token, request.mode)?;
         if let Some(fence) = survey.reentry_fence {
-            return Ok(Reply::Grant(self.lock_reenter(&names, fence, request.ttl_ms)?));
+            // A retry of an idempotent acquire that was applied adds no hold; its lease
+            // still runs from now, as the client counts it from the retry it sent.
+            return Ok(Reply::Grant(self.lock_reenter(&names, fence, request.ttl_ms, !request.idempotent)?));
         }
         self.check_entries(survey.new_names)?;
         let ident = Ident::new(&request.owner, &request.token, &request.metadata);
@@ -344,7 +346,7 @@ impl StateMachine {
         }
     }
 
-    fn lock_reenter(&mut self, names: &[Name], fence: u64, ttl_ms: u64) -> Result<Grant> {
+    fn lock_reenter(&mut self, names: &[Name], fence: u64, ttl_ms: u64, add_hold: bool) -> Result<Grant> {
         // Check every name before changing any: a refused command changes nothing.
         if names.iter().any(|name| self.lock_holder(name, fence).holds == u32::MAX) {
             return Err(Error::Overflow);
@@ -356,7 +358,9 @@ impl StateMachine {
             let old = holder.deadline_ms;
             // A reentrant acquire may lengthen the lease but never shortens it.
             let new = if ttl_ms == 0 { old } else { old.max(deadline_ms) };
-            holder.holds += 1;
+            if add_hold {
+                holder.holds += 1;
+            }
             holder.deadline_ms = new;
             grant = Grant { fence, holds: holder.holds, deadline_ms: new };
             self.lock_move_timer(name, old, new);

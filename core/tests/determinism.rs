@@ -101,6 +101,7 @@ fn lock_commands() -> Vec<(u32, BoxedStrategy<Command>)> {
                 metadata,
                 wait,
                 condition,
+                idempotent: false,
             })
         },
     );
@@ -537,6 +538,7 @@ fn regression_restore_refuses_holder_identity_overrun() {
         metadata: Bytes::new(),
         wait: Wait::Try,
         condition: None,
+        idempotent: false,
     };
     assert!(matches!(sm.apply(1, 1_000, Command::Lock(lock)).reply, Ok(Reply::Grant(_))));
     let mut bytes = sm.snapshot();

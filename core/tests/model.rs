@@ -254,6 +254,7 @@ impl ROp {
                 metadata: Bytes::new(),
                 wait: *wait,
                 condition: None,
+                idempotent: false,
             }),
             ROp::Release { names, token } => Command::Unlock { names: bytes(names), token: token.clone() },
             ROp::Renew { names, token, ttl_ms } => {
@@ -1416,6 +1417,7 @@ fn lock_cmd(names: &[&'static str], owner: &'static str, wait: Wait) -> Command 
         metadata: Bytes::new(),
         wait,
         condition: None,
+        idempotent: false,
     })
 }
 

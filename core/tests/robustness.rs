@@ -59,6 +59,7 @@ fn command() -> impl Strategy<Value = Command> {
                 metadata: Bytes::new(),
                 wait,
                 condition,
+                idempotent: false,
             })
         });
     let keyspace = prop_oneof![

@@ -4,7 +4,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use fencelock_core::{Command, Error, Event, LockMode, Reply, WaitEnd};
+use fencelock_core::{Command, Error, Event, LockMode, LockRequest, Reply, WaitEnd};
 
 #[test]
 fn try_lock_grants_then_refuses_other_owners() {
@@ -276,4 +276,22 @@ fn read_only_commands_are_refused_by_read_if_they_write() {
     let d = Driver::default();
     assert!(d.sm.read(&Command::Tick).is_err());
     assert_eq!(d.sm.read(&Command::Get { key: Bytes::from_static(b"k") }), Ok(Reply::Nil));
+}
+
+#[test]
+fn an_idempotent_retry_answers_the_grant_it_already_has() {
+    let mut d = Driver::default();
+    let first = grant(d.ok(Command::Lock(LockRequest { idempotent: true, ..lock(&["a"], "alice", 1_000) })));
+    d.now_ms += 300;
+    // The reply was lost; the client sends the same request again.
+    let again = grant(d.ok(Command::Lock(LockRequest { idempotent: true, ..lock(&["a"], "alice", 1_000) })));
+    assert_eq!((again.fence, again.holds), (first.fence, 1), "same fence, one hold");
+    // The lease runs from the retry: the client counts its validity from what it sent.
+    assert_eq!(again.deadline_ms, first.deadline_ms + 300);
+    // One UNLOCK frees it (0 holds left): nothing is left behind.
+    assert_eq!(d.ok(unlock(&["a"], "alice")), Reply::Int(0));
+    assert_eq!(d.read(Command::Fence { name: b("a") }), Reply::Nil);
+    // Without the flag the same request is reentrant: two holds.
+    d.ok(Command::Lock(lock(&["a"], "bob", 1_000)));
+    assert_eq!(grant(d.ok(Command::Lock(lock(&["a"], "bob", 1_000)))).holds, 2);
 }

@@ -497,7 +497,7 @@ async fn acquire(
     command: Command,
     token: Bytes,
     ttl_ms: u64,
-    undo: Box<Command>,
+    undo: Option<Box<Command>>,
     stream: &mut TcpStream,
     input: &mut BytesMut,
 ) -> Option<Wire> {
@@ -516,7 +516,9 @@ async fn acquire(
             Waited::Gone(Some(Event::Granted { .. })) => {
                 // Granted to a client that is gone: give it back at once rather than
                 // leaving it held for its whole TTL.
-                let _ = server.node.write(*undo).await;
+                if let Some(undo) = undo {
+                    let _ = server.node.write(*undo).await;
+                }
                 None
             }
             Waited::Gone(_) => None,

@@ -1147,3 +1147,23 @@ fn a_pipeline_with_megabytes_of_replies_streams_back_complete_and_in_order() {
     }
     assert_eq!(c.raw(&["PING"]), "+PONG\r\n");
 }
+
+#[test]
+fn an_idempotent_lock_retried_after_a_lost_reply_holds_once() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let first = c.cmd(&["LOCK", "job", "30000", "TOKEN", "req-1", "IDEMPOTENT"]);
+    // The client never saw that reply and sends the same request again.
+    let again = c.cmd(&["LOCK", "job", "30000", "TOKEN", "req-1", "IDEMPOTENT"]);
+    assert_eq!(first, again, "the same grant, not a second hold");
+    assert_eq!(again.field("holds"), &Reply::Int(1));
+    assert_eq!(again.field("fence"), first.field("fence"));
+    // One UNLOCK releases it: no orphan.
+    assert_eq!(c.raw(&["UNLOCK", "job", "req-1"]), ":0\r\n");
+    assert!(c.cmd(&["FENCE", "job"]).is_null());
+    assert_eq!(
+        c.raw(&["LOCK", "job", "30000", "IDEMPOTENT"]),
+        "-ERR IDEMPOTENT needs TOKEN: the token is the request id a retry repeats\r\n"
+    );
+    assert_eq!(c.raw(&["PING"]), "+PONG\r\n", "the connection keeps working");
+}

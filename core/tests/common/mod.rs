@@ -71,6 +71,7 @@ pub fn lock(names: &[&str], owner: &str, ttl_ms: u64) -> LockRequest {
         metadata: Bytes::new(),
         wait: Wait::Try,
         condition: None,
+        idempotent: false,
     }
 }
 

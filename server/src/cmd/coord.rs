@@ -91,7 +91,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             let undo = Box::new(Command::SemRelease { name: name.clone(), token: token.clone() });
             let request =
                 SemaphoreRequest { name, limit, count, owner, token: token.clone(), ttl_ms, session: o.session, wait };
-            Request::Acquire { command: Command::SemAcquire(request), token, ttl_ms, undo }
+            Request::Acquire { command: Command::SemAcquire(request), token, ttl_ms, undo: Some(undo) }
         }
         b"SEM.RELEASE" => {
             let (name, token) = (a.bytes()?, a.bytes()?);
@@ -171,7 +171,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
                 session: o.session,
                 wait,
             };
-            Request::Acquire { command: Command::Campaign(request), token, ttl_ms, undo }
+            Request::Acquire { command: Command::Campaign(request), token, ttl_ms, undo: Some(undo) }
         }
         b"ELECT.PROCLAIM" => {
             let (name, token, value) = (a.bytes()?, a.bytes()?, a.bytes()?);
@@ -375,7 +375,7 @@ mod tests {
                 assert_eq!((r.limit, r.count, r.ttl_ms, r.session), (3, 2, 5000, Some(7)));
                 assert_eq!(r.wait, Wait::Queue { wait_ms: Some(100), priority: 0 });
                 assert_eq!((token.as_ref(), ttl_ms), (b"t".as_ref(), 5000));
-                assert_eq!(*undo, Command::SemRelease { name: "pool".into(), token: "t".into() });
+                assert_eq!(*undo.expect("an undo"), Command::SemRelease { name: "pool".into(), token: "t".into() });
             }
             other => panic!("{other:?}"),
         }

@@ -113,6 +113,7 @@ fn parse_lock(a: &mut Args) -> Result<Request, CmdError> {
     let mut session = None;
     let mut metadata = Bytes::new();
     let mut condition = None;
+    let mut idempotent = false;
     while let Some(option) = a.keyword() {
         match option.as_slice() {
             b"TOKEN" => token = Some(a.optional().ok_or(CmdError::Syntax)?),
@@ -135,6 +136,7 @@ fn parse_lock(a: &mut Args) -> Result<Request, CmdError> {
             b"SESSION" => session = Some(non_negative(a.optional(), "SESSION")?),
             b"META" => metadata = a.optional().ok_or(CmdError::Syntax)?,
             b"ALSO" => also(a, &mut names)?,
+            b"IDEMPOTENT" => idempotent = true,
             b"IFVALUE" | b"IFABSENT" | b"IFFENCE" if condition.is_some() => return Err(CmdError::Syntax),
             b"IFVALUE" => {
                 let key = a.optional().ok_or(CmdError::Syntax)?;
@@ -152,14 +154,30 @@ fn parse_lock(a: &mut Args) -> Result<Request, CmdError> {
             _ => return Err(CmdError::Syntax),
         }
     }
+    if idempotent && token.is_none() {
+        return Err(CmdError::Other("ERR IDEMPOTENT needs TOKEN: the token is the request id a retry repeats".into()));
+    }
     let token = token.unwrap_or_else(random_token);
     let owner = owner.unwrap_or_else(|| token.clone());
     let wait = match wait_ms {
         None => Wait::Try,
         Some(wait_ms) => Wait::Queue { wait_ms, priority },
     };
-    let undo = Box::new(Command::Unlock { names: names.clone(), token: token.clone() });
-    let request = LockRequest { names, owner, token: token.clone(), mode, ttl_ms, session, metadata, wait, condition };
+    // An idempotent acquire's grant is kept for the client's retry even when the
+    // connection that asked is gone (undoing it could release what the retry took).
+    let undo = (!idempotent).then(|| Box::new(Command::Unlock { names: names.clone(), token: token.clone() }));
+    let request = LockRequest {
+        names,
+        owner,
+        token: token.clone(),
+        mode,
+        ttl_ms,
+        session,
+        metadata,
+        wait,
+        condition,
+        idempotent,
+    };
     Ok(Request::Acquire { command: Command::Lock(request), token, ttl_ms, undo })
 }
 

@@ -59,7 +59,8 @@ pub enum Request {
     Conn(Conn),
     /// LOCK, SEM.ACQUIRE, ELECT.CAMPAIGN: the connection keeps the token to put in
     /// the reply and waits for the grant event when the request queues; if the client
-    /// is gone when the grant comes, `undo` gives it back at once.
+    /// is gone when the grant comes, `undo` gives it back at once (None: an idempotent
+    /// acquire, whose grant is kept for the client's retry; it ends with its lease).
     Acquire {
         /// The acquiring command.
         command: Command,
@@ -68,7 +69,7 @@ pub enum Request {
         /// The lease asked for (in the reply).
         ttl_ms: u64,
         /// What releases the grant.
-        undo: Box<Command>,
+        undo: Option<Box<Command>>,
     },
     /// SCAN with Redis's integer cursor; the connection maps cursors to resume keys.
     Scan {
