@@ -7,6 +7,7 @@
 //! - `cluster`: membership changes, CLUSTER.STATUS, WAIT, `--join`, hand-off on SIGTERM;
 //! - `node`: Raft startup, proposal stamping, reads, the leader's expiry ticker;
 //! - `server` / `connection`: the listener and one task per client;
+//! - `launch`: settings → a serving node (the binary and embedded servers);
 //! - `errors`: the one table from internal errors to RESP errors.
 
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod errors;
 pub mod info;
+pub mod launch;
 pub mod lua;
 pub mod node;
 pub mod pubsub;

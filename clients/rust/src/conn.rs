@@ -1,0 +1,112 @@
+//! One RESP3 connection to one node: a request at a time (blocking commands hold their
+//! connection while they wait, so the client keeps a small pool of these).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::resp::{self, Value};
+
+/// How a request failed at the transport level.
+#[derive(Debug)]
+pub(crate) enum ConnError {
+    /// Nothing was sent: the request certainly did not apply.
+    NotSent(String),
+    /// Sent, but no answer came (timeout, connection lost): it may have applied.
+    Lost(String),
+    /// The peer broke the protocol.
+    Protocol(String),
+}
+
+/// The most bytes buffered for one reply before the connection is dropped.
+const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// A connected, handshaken node connection.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    input: BytesMut,
+    /// `host:port` it is connected to.
+    pub endpoint: String,
+    /// Push messages that arrived while waiting for a reply (watch connections).
+    pub pushes: std::collections::VecDeque<Value>,
+}
+
+impl Conn {
+    /// Connects and says HELLO 3 (with AUTH when a password is set).
+    pub async fn open(endpoint: &str, password: Option<&str>, timeout: Duration) -> Result<Conn, ConnError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(ConnError::NotSent(format!("{endpoint}: {e}"))),
+            Err(_) => return Err(ConnError::NotSent(format!("{endpoint}: connect timed out"))),
+        };
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn {
+            stream,
+            input: BytesMut::with_capacity(4096),
+            endpoint: endpoint.to_string(),
+            pushes: Default::default(),
+        };
+        let hello: Vec<&[u8]> = match password {
+            Some(pass) => vec![b"HELLO", b"3", b"AUTH", b"default", pass.as_bytes()],
+            None => vec![b"HELLO", b"3"],
+        };
+        match conn.request(&hello, timeout).await {
+            Ok(Value::Error(e)) => Err(ConnError::NotSent(format!("{endpoint}: {e}"))),
+            Ok(_) => Ok(conn),
+            // The handshake changes nothing on the server: a failure is "not sent".
+            Err(ConnError::Lost(e) | ConnError::NotSent(e) | ConnError::Protocol(e)) => Err(ConnError::NotSent(e)),
+        }
+    }
+
+    /// Sends one command and waits up to `timeout` for its reply (pushes that come
+    /// first are kept in `pushes`).
+    pub async fn request(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Value, ConnError> {
+        let mut out = Vec::with_capacity(64);
+        resp::encode(args, &mut out);
+        if let Err(e) = self.stream.write_all(&out).await {
+            // A partial write may still have reached the server.
+            return Err(ConnError::Lost(format!("{}: {e}", self.endpoint)));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.read_one(deadline).await? {
+                Value::Push(items) => self.pushes.push_back(Value::Push(items)),
+                reply => return Ok(reply),
+            }
+        }
+    }
+
+    /// Waits for the next push (or any value) until `deadline`; `Ok(None)` on timeout.
+    pub async fn next_push(&mut self, deadline: tokio::time::Instant) -> Result<Option<Value>, ConnError> {
+        if let Some(push) = self.pushes.pop_front() {
+            return Ok(Some(push));
+        }
+        match self.read_one(deadline).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ConnError::Lost(e)) if e.ends_with("timed out") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_one(&mut self, deadline: tokio::time::Instant) -> Result<Value, ConnError> {
+        loop {
+            match resp::parse(&mut self.input) {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => return Err(ConnError::Protocol(e.0)),
+            }
+            if self.input.len() > REPLY_BYTES_MAX {
+                return Err(ConnError::Protocol(format!("a reply over {REPLY_BYTES_MAX} bytes")));
+            }
+            self.input.reserve(16 * 1024);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)).await {
+                Ok(Ok(0)) => return Err(ConnError::Lost(format!("{}: connection closed", self.endpoint))),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ConnError::Lost(format!("{}: {e}", self.endpoint))),
+                Err(_) => return Err(ConnError::Lost(format!("{}: timed out", self.endpoint))),
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The client's one error type. Server errors are mapped once, here, by their RESP
+//! error code; the bindings map each variant to one exception class.
+
+/// What went wrong.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// `NOTHOLDER`: the token does not hold it (released, expired, or another token).
+    #[error("{0}")]
+    NotHolder(String),
+    /// `TOKENMISMATCH` / `HELDDIFFERENTLY` / `LOCKED`: held by this owner in another way.
+    #[error("{0}")]
+    Conflict(String),
+    /// `NOSESSION`: the session ended (or never existed).
+    #[error("{0}")]
+    NoSession(String),
+    /// `CONDFAILED`: an acquire's condition did not hold.
+    #[error("{0}")]
+    ConditionFailed(String),
+    /// `LIMIT`: a server limit was reached; the message names it.
+    #[error("{0}")]
+    Limit(String),
+    /// `NOAUTH` / `WRONGPASS`.
+    #[error("{0}")]
+    Auth(String),
+    /// `ERR` and other refusals of the request itself (bad arguments, wrong type).
+    #[error("{0}")]
+    Invalid(String),
+    /// No node answered in time (every endpoint down, or no quorum): the request did not
+    /// apply, or was safe to retry and every retry failed.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The request was sent but its answer was lost, and it is not safe to retry: it may
+    /// or may not have taken effect.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// A wait ran out before the lock (permit, leadership) was granted.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The lock (permit, leadership, session) was lost: a renewal failed or its validity
+    /// ran out on the client's own clock.
+    #[error("lost: {0}")]
+    Lost(String),
+    /// The peer sent something that is not RESP, or an unexpected reply.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// The client's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Maps a RESP error reply by its code (the first word).
+    pub fn from_server(text: &str) -> Error {
+        let code = text.split(' ').next().unwrap_or("");
+        let text = text.to_string();
+        match code {
+            "NOTHOLDER" => Error::NotHolder(text),
+            "TOKENMISMATCH" | "HELDDIFFERENTLY" | "LOCKED" => Error::Conflict(text),
+            "NOSESSION" => Error::NoSession(text),
+            "CONDFAILED" => Error::ConditionFailed(text),
+            "LIMIT" => Error::Limit(text),
+            "NOAUTH" | "WRONGPASS" => Error::Auth(text),
+            "TRYAGAIN" => Error::Unavailable(text),
+            _ => Error::Invalid(text),
+        }
+    }
+
+    /// Whether the server said "not now, try again" (no leader, no quorum).
+    pub(crate) fn is_try_again(&self) -> bool {
+        matches!(self, Error::Unavailable(text) if text.starts_with("TRYAGAIN"))
+    }
+
+    /// The kind's stable name (what the bindings call their exception classes after).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotHolder(_) => "NotHolder",
+            Error::Conflict(_) => "Conflict",
+            Error::NoSession(_) => "NoSession",
+            Error::ConditionFailed(_) => "ConditionFailed",
+            Error::Limit(_) => "LimitExceeded",
+            Error::Auth(_) => "AuthError",
+            Error::Invalid(_) => "InvalidRequest",
+            Error::Unavailable(_) => "Unavailable",
+            Error::Unknown(_) => "OutcomeUnknown",
+            Error::Lost(_) => "LockLost",
+            Error::Timeout(_) => "Timeout",
+            Error::Protocol(_) => "ProtocolError",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_codes_map_to_kinds() {
+        assert_eq!(Error::from_server("NOTHOLDER not the holder of 'a'").kind(), "NotHolder");
+        assert_eq!(Error::from_server("LIMIT too many locks (max 10)").kind(), "LimitExceeded");
+        assert_eq!(Error::from_server("NOSESSION session 5 ended").kind(), "NoSession");
+        assert!(Error::from_server("TRYAGAIN no leader available right now").is_try_again());
+        assert_eq!(Error::from_server("ERR syntax error").kind(), "InvalidRequest");
+        assert_eq!(Error::from_server("WRONGPASS invalid password").kind(), "AuthError");
+    }
+}

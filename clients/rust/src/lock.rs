@@ -1,0 +1,330 @@
+//! Locks: `lock` / `try_lock` return a [`Lock`] guard with the token, the fence, an
+//! auto-renewing keep-alive, the client-side validity and the lost signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::{random_token, unexpected, Client, Retry};
+use crate::error::{Error, Result};
+use crate::lease::{spawn_keepalive, LeaseState, LostSignal, Renewal};
+use crate::resp::Value;
+use crate::session::{Session, SessionRef};
+
+/// How to acquire a lock.
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    /// The lease. Renewed automatically at a third of it unless `auto_renew` is off.
+    pub ttl: Duration,
+    /// How long to queue for it; `None` waits as long as it takes. Ignored by `try_lock`.
+    pub wait: Option<Duration>,
+    /// A shared (read) lock.
+    pub shared: bool,
+    /// More names taken with this one, all or none, under one fence.
+    pub also: Vec<Bytes>,
+    /// Stored with the lock, shown by LOCK.INFO.
+    pub metadata: Option<Bytes>,
+    /// Queue priority (higher first).
+    pub priority: i32,
+    /// Renew in the background.
+    pub auto_renew: bool,
+    /// Hold it under a session instead of a TTL (with `ttl` zero): it lives as long as
+    /// the session, and is valid while the session is.
+    pub session: Option<SessionRef>,
+}
+
+impl Default for LockOptions {
+    fn default() -> LockOptions {
+        LockOptions {
+            ttl: Duration::from_secs(30),
+            wait: None,
+            shared: false,
+            also: Vec::new(),
+            metadata: None,
+            priority: 0,
+            auto_renew: true,
+            session: None,
+        }
+    }
+}
+
+impl LockOptions {
+    /// A lease of `ttl`, waiting as long as it takes.
+    pub fn ttl(ttl: Duration) -> LockOptions {
+        LockOptions { ttl, ..LockOptions::default() }
+    }
+
+    /// Wait at most this long.
+    pub fn wait(mut self, wait: Duration) -> LockOptions {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Held by `session`: no TTL or keep-alive of its own; valid while the session is.
+    pub fn session(mut self, session: &Session) -> LockOptions {
+        self.session = Some(session.reference());
+        self.ttl = Duration::ZERO;
+        self
+    }
+}
+
+/// What every guard holds: the grant, the lease window and how to let go.
+pub(crate) struct Held {
+    pub client: Client,
+    pub names: Vec<Bytes>,
+    pub token: Bytes,
+    pub fence: u64,
+    pub state: Arc<LeaseState>,
+    pub keepalive: Option<JoinHandle<()>>,
+    pub release: Vec<Bytes>,
+    pub released: bool,
+    /// Where the best-effort release on drop runs (the guard may be dropped outside
+    /// any runtime, by the blocking facade or a binding).
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Held {
+    /// Sends the release; true if this call released it, false if it was no longer
+    /// held (expired or taken over).
+    pub async fn release(&mut self) -> Result<bool> {
+        self.released = true;
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+        self.state.set_lost("released".into());
+        let args: Vec<&[u8]> = self.release.iter().map(|a| a.as_ref()).collect();
+        match self.client.call(&args, Retry::Safe, Duration::ZERO).await {
+            Ok(Value::Int(_) | Value::Simple(_)) => Ok(true),
+            Ok(other) => Err(unexpected("release", &other)),
+            Err(Error::NotHolder(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+        if self.released {
+            return;
+        }
+        self.state.set_lost("dropped".into());
+        // Best effort: give it back now rather than at the end of its lease.
+        let client = self.client.clone();
+        let release = std::mem::take(&mut self.release);
+        self.runtime.spawn(async move {
+            let args: Vec<&[u8]> = release.iter().map(|a| a.as_ref()).collect();
+            let _ = client.call(&args, Retry::Safe, Duration::ZERO).await;
+        });
+    }
+}
+
+/// A held lock. Dropping it releases it in the background (best effort); `release`
+/// says whether it was still held.
+pub struct Lock {
+    pub(crate) held: Held,
+    holds: u64,
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("name", &self.held.names[0])
+            .field("fence", &self.held.fence)
+            .field("valid", &self.is_valid())
+            .finish()
+    }
+}
+
+impl Lock {
+    /// The (first) name.
+    pub fn name(&self) -> &Bytes {
+        &self.held.names[0]
+    }
+
+    /// Every name of the group.
+    pub fn names(&self) -> &[Bytes] {
+        &self.held.names
+    }
+
+    /// The fencing token: strictly greater than every fence granted before. Pass it to
+    /// the storage you protect, and have it refuse writes with a smaller one.
+    pub fn fence(&self) -> u64 {
+        self.held.fence
+    }
+
+    /// The secret that renews and releases it.
+    pub fn token(&self) -> &Bytes {
+        &self.held.token
+    }
+
+    /// Reentrant holds (1 for a fresh grant).
+    pub fn holds(&self) -> u64 {
+        self.holds
+    }
+
+    /// Still valid by the client's own conservative clock, and not known lost.
+    pub fn is_valid(&self) -> bool {
+        self.held.state.is_valid()
+    }
+
+    /// How much of the validity window is left (zero once lost).
+    pub fn remaining(&self) -> Duration {
+        self.held.state.remaining()
+    }
+
+    /// Why it was lost, if it was.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.held.state.lost_reason()
+    }
+
+    /// The signal that fires when the lock is lost.
+    pub fn lost_signal(&self) -> LostSignal {
+        LostSignal::new(&self.held.state)
+    }
+
+    /// Calls `f` with the reason the moment the lock is lost (not on release).
+    pub fn on_lost(&self, f: impl FnOnce(String) + Send + 'static) {
+        let mut signal = self.lost_signal();
+        self.held.runtime.spawn(async move {
+            let reason = signal.wait().await;
+            if reason != "released" && reason != "dropped" {
+                f(reason);
+            }
+        });
+    }
+
+    /// Releases it: true if it was still held, false if it had expired or been taken.
+    pub async fn release(mut self) -> Result<bool> {
+        self.held.release().await
+    }
+}
+
+impl Client {
+    /// Acquires `name`, queueing up to `options.wait` (forever when `None`).
+    /// [`Error::Timeout`] when the wait runs out.
+    pub async fn lock(&self, name: impl Into<Bytes>, options: LockOptions) -> Result<Lock> {
+        let wait = options.wait.unwrap_or(Duration::MAX);
+        match self.acquire(name.into(), &options, Some(wait)).await? {
+            Some(lock) => Ok(lock),
+            None => Err(Error::Timeout(format!("not acquired within {:?}", options.wait.unwrap_or_default()))),
+        }
+    }
+
+    /// Acquires `name` if it is free now; `None` when held.
+    pub async fn try_lock(&self, name: impl Into<Bytes>, options: LockOptions) -> Result<Option<Lock>> {
+        self.acquire(name.into(), &options, None).await
+    }
+
+    async fn acquire(&self, name: Bytes, o: &LockOptions, wait: Option<Duration>) -> Result<Option<Lock>> {
+        if o.ttl.is_zero() && o.session.is_none() {
+            return Err(Error::Invalid("a lock needs a TTL or a session".into()));
+        }
+        let token = random_token();
+        let ttl_ms = if o.session.is_some() && o.ttl.is_zero() { 0 } else { o.ttl.as_millis().max(1) as u64 };
+        let mut args: Vec<Bytes> = vec![
+            "LOCK".into(),
+            name.clone(),
+            ttl_ms.to_string().into(),
+            "TOKEN".into(),
+            token.clone(),
+            "IDEMPOTENT".into(),
+        ];
+        if o.shared {
+            args.push("SHARED".into());
+        }
+        if let Some(meta) = &o.metadata {
+            args.extend(["META".into(), meta.clone()]);
+        }
+        if let Some(session) = &o.session {
+            args.extend(["SESSION".into(), session.id.to_string().into()]);
+        }
+        if o.priority != 0 {
+            args.extend(["PRIORITY".into(), o.priority.to_string().into()]);
+        }
+        if !o.also.is_empty() {
+            args.extend(["ALSO".into(), o.also.len().to_string().into()]);
+            args.extend(o.also.iter().cloned());
+        }
+        let server_wait = match wait {
+            Some(w) if w == Duration::MAX => {
+                args.extend(["WAIT".into(), "FOREVER".into()]);
+                Duration::from_secs(365 * 24 * 3600)
+            }
+            Some(w) => {
+                args.extend(["WAIT".into(), w.as_millis().max(1).to_string().into()]);
+                w
+            }
+            None => Duration::ZERO,
+        };
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
+        let sent = Instant::now();
+        let mut names = vec![name];
+        names.extend(o.also.iter().cloned());
+        let release: Vec<Bytes> = {
+            let mut r: Vec<Bytes> = vec!["UNLOCK".into(), names[0].clone(), token.clone()];
+            if names.len() > 1 {
+                r.extend(["ALSO".into(), (names.len() - 1).to_string().into()]);
+                r.extend(names[1..].iter().cloned());
+            }
+            r
+        };
+        let reply = match self.call(&refs, Retry::Safe, server_wait).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // An attempt may have been granted before the error: give it back.
+                if matches!(e, Error::Unavailable(_) | Error::Unknown(_)) {
+                    let client = self.clone();
+                    tokio::spawn(async move {
+                        let args: Vec<&[u8]> = release.iter().map(|a| a.as_ref()).collect();
+                        let _ = client.call(&args, Retry::Safe, Duration::ZERO).await;
+                    });
+                }
+                return Err(e);
+            }
+        };
+        let fence = match reply.int("fence") {
+            Some(f) => f as u64,
+            None if reply == Value::Nil => return Ok(None),
+            None => return Err(unexpected("LOCK", &reply)),
+        };
+        let holds = reply.int("holds").unwrap_or(1) as u64;
+        let state = match &o.session {
+            // Valid while the session is: the same window and lost signal.
+            Some(session) if ttl_ms == 0 => Arc::clone(&session.state),
+            _ => LeaseState::new(sent + o.ttl.mul_f64(1.0 - self.options().drift)),
+        };
+        let keepalive = (o.auto_renew && ttl_ms > 0).then(|| {
+            let mut renew: Vec<Bytes> =
+                vec!["RENEW".into(), names[0].clone(), token.clone(), ttl_ms.to_string().into()];
+            if names.len() > 1 {
+                renew.extend(["ALSO".into(), (names.len() - 1).to_string().into()]);
+                renew.extend(names[1..].iter().cloned());
+            }
+            spawn_keepalive(
+                self.clone(),
+                Arc::clone(&state),
+                Renewal { args: renew, ok: |v| v.int("fence").is_some(), ttl: o.ttl },
+            )
+        });
+        Ok(Some(Lock {
+            held: Held {
+                client: self.clone(),
+                names,
+                token,
+                fence,
+                state,
+                keepalive,
+                release,
+                released: false,
+                runtime: tokio::runtime::Handle::current(),
+            },
+            holds,
+        }))
+    }
+}

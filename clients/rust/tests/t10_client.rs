@@ -1,0 +1,168 @@
+//! The client against a real (embedded) single-node server.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fencelock_client::{Client, EmbeddedServer, Error, LockOptions, Options, Target};
+
+async fn client(server: &EmbeddedServer) -> Client {
+    Client::connect(Options::new([server.endpoint()])).await.expect("connect")
+}
+
+fn embedded() -> EmbeddedServer {
+    EmbeddedServer::start().expect("embedded server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_unlock_and_fences_rise() {
+    let server = embedded();
+    let c = client(&server).await;
+    let a = c.lock("orders:1", LockOptions::ttl(Duration::from_secs(10))).await.unwrap();
+    assert!(a.is_valid());
+    assert_eq!(a.holds(), 1);
+    assert_eq!(c.fence(b"orders:1").await.unwrap(), Some(a.fence()));
+    let first = a.fence();
+    assert!(a.release().await.unwrap(), "it was still held");
+    assert_eq!(c.fence(b"orders:1").await.unwrap(), None);
+    let mut last = first;
+    for _ in 0..5 {
+        let l = c.lock("orders:1", LockOptions::ttl(Duration::from_secs(10))).await.unwrap();
+        assert!(l.fence() > last, "fences strictly increase");
+        last = l.fence();
+        l.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_contend_and_the_waiter_gets_it_on_release() {
+    let server = embedded();
+    let (c1, c2) = (client(&server).await, client(&server).await);
+    let held = c1.lock("res", LockOptions::ttl(Duration::from_secs(10))).await.unwrap();
+    assert!(c2.try_lock("res", LockOptions::ttl(Duration::from_secs(10))).await.unwrap().is_none());
+    let timed_out = c2.lock("res", LockOptions::ttl(Duration::from_secs(10)).wait(Duration::from_millis(200))).await;
+    assert!(matches!(timed_out, Err(Error::Timeout(_))), "{timed_out:?}");
+    let waiter = tokio::spawn(async move { c2.lock("res", LockOptions::ttl(Duration::from_secs(10))).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fence = held.fence();
+    held.release().await.unwrap();
+    let next = waiter.await.unwrap().unwrap();
+    assert!(next.fence() > fence);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_renew_keeps_a_lock_past_its_ttl_and_drop_releases() {
+    let server = embedded();
+    let c = client(&server).await;
+    let lock = c.lock("renewed", LockOptions::ttl(Duration::from_millis(600))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(lock.is_valid(), "renewed in the background: {:?}", lock.lost_reason());
+    assert_eq!(c.fence(b"renewed").await.unwrap(), Some(lock.fence()), "still held on the server");
+    drop(lock);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.fence(b"renewed").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "drop released it in the background");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Without auto-renew the client's own window closes before the server's lease.
+    let o = LockOptions { auto_renew: false, ..LockOptions::ttl(Duration::from_millis(300)) };
+    let lock = c.lock("plain", o).await.unwrap();
+    let started = Instant::now();
+    let reason = lock.lost_signal().wait().await;
+    assert!(started.elapsed() < Duration::from_millis(300), "conservative: lost before the TTL");
+    assert!(reason.contains("validity ran out"), "{reason}");
+    assert!(!lock.release().await.unwrap_or(true) || c.fence(b"plain").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lost_signal_fires_when_the_server_stops() {
+    let server = embedded();
+    let c = client(&server).await;
+    let lock = c.lock("job", LockOptions::ttl(Duration::from_millis(900))).await.unwrap();
+    let fired = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&fired);
+    lock.on_lost(move |_| flag.store(true, Ordering::SeqCst));
+    let mut signal = lock.lost_signal();
+    let stopped = Instant::now();
+    tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), signal.wait()).await.expect("fired");
+    assert!(stopped.elapsed() < Duration::from_millis(900), "within the TTL: {:?}", stopped.elapsed());
+    assert!(!lock.is_valid());
+    assert!(reason.contains("validity ran out"), "{reason}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(fired.load(Ordering::SeqCst), "the callback ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_map_to_their_kinds() {
+    let server = embedded();
+    let c = client(&server).await;
+    let e = c.command(&[b"UNLOCK", b"nobody", b"tok"]).await.unwrap_err();
+    assert!(matches!(e, Error::NotHolder(_)), "{e:?}");
+    assert_eq!(e.kind(), "NotHolder");
+    let e = c.command(&[b"LOCK", b"x", b"1000", b"SESSION", b"999999"]).await.unwrap_err();
+    assert!(matches!(e, Error::NoSession(_)), "{e:?}");
+    let e = c.command(&[b"LOCK", b"x", b"abc"]).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    let e = c.lock("x", LockOptions::ttl(Duration::ZERO)).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_semaphores_elections_and_watches() {
+    let server = embedded();
+    let c = client(&server).await;
+    // A session-held lock is valid while the session is, and goes when it closes.
+    let session = c.session(Duration::from_secs(2)).await.unwrap();
+    let lock = c.lock("by-session", LockOptions::default().session(&session)).await.unwrap();
+    assert!(lock.is_valid());
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(lock.is_valid() && session.is_valid(), "the session is kept alive");
+    session.close().await.unwrap();
+    assert!(!lock.is_valid());
+    assert_eq!(c.fence(b"by-session").await.unwrap(), None);
+    drop(lock);
+
+    // Two permits of a semaphore of two; a third waits in vain.
+    let ttl = Duration::from_secs(10);
+    let p1 = c.acquire_permit("pool", 2, ttl, None).await.unwrap().expect("free");
+    let p2 = c.acquire_permit("pool", 2, ttl, None).await.unwrap().expect("free");
+    assert!(c.acquire_permit("pool", 2, ttl, Some(Duration::from_millis(100))).await.unwrap().is_none());
+    assert!(p2.fence() > p1.fence());
+    p1.release().await.unwrap();
+    assert!(c.acquire_permit("pool", 2, ttl, None).await.unwrap().is_some());
+
+    // Election: a watcher sees the leader change.
+    let mut watch = c.watch(Target::Election("leader".into()), None).await.unwrap();
+    let lead = c.campaign("leader", "n1", "addr-1", ttl, None).await.unwrap().expect("leads");
+    let current = c.leader(b"leader").await.unwrap().expect("a leader");
+    assert_eq!((current.candidate.as_ref(), current.fence), (&b"n1"[..], lead.fence()));
+    let event = watch.next(Duration::from_secs(5)).await.unwrap().expect("an event");
+    assert_eq!(event.kind, "leader");
+    assert_eq!(event.candidate.as_deref(), Some(&b"n1"[..]));
+    lead.proclaim("addr-2").await.unwrap();
+    assert_eq!(c.leader(b"leader").await.unwrap().unwrap().value.as_ref(), b"addr-2");
+    lead.release().await.unwrap();
+    assert_eq!(c.leader(b"leader").await.unwrap(), None);
+
+    // Key watch: every change, in revision order.
+    let mut keys = c.watch(Target::Prefix("cfg/".into()), None).await.unwrap();
+    c.set(b"cfg/a", b"1").await.unwrap();
+    c.set(b"cfg/b", b"2").await.unwrap();
+    let a = keys.next(Duration::from_secs(5)).await.unwrap().unwrap();
+    let b = keys.next(Duration::from_secs(5)).await.unwrap().unwrap();
+    assert_eq!((a.kind.as_str(), a.target.as_ref()), ("set", &b"cfg/a"[..]));
+    assert!(b.revision > a.revision);
+}
+
+#[test]
+fn the_blocking_facade_locks_and_releases() {
+    let server = embedded();
+    let c = fencelock_client::blocking::Client::connect(Options::new([server.endpoint()])).unwrap();
+    let lock = c.lock("sync", LockOptions::ttl(Duration::from_secs(5))).unwrap();
+    assert!(lock.is_valid());
+    assert!(c.try_lock("sync", LockOptions::ttl(Duration::from_secs(5))).unwrap().is_none());
+    assert_eq!(c.fence(b"sync").unwrap(), Some(lock.fence()));
+    assert!(lock.release().unwrap());
+    assert_eq!(c.fence(b"sync").unwrap(), None);
+}
