@@ -1,0 +1,112 @@
+//! The client against a real 3-node cluster of `fencelock` processes: the leader is
+//! SIGKILLed while a lock is held, and the lock survives (renewed through another node,
+//! same fence), and new requests go on through the survivors.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fencelock_client::{Client, LockOptions, Options};
+
+/// The `fencelock` binary cargo built beside this test (target/<profile>/fencelock), or
+/// `$FENCELOCK_BIN`.
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FENCELOCK_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test exe");
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("fencelock");
+    assert!(path.exists(), "{} missing: build it with `cargo build --bin fencelock`", path.display());
+    path
+}
+
+struct Node {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // Below the ephemeral range, where `--port 0` listeners live.
+    let mut seed = std::process::id() as u64 * 7919 + Instant::now().elapsed().as_nanos() as u64;
+    loop {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let port = 20_000 + ((seed >> 33) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn start(id: u64, peers: &str, dir: &std::path::Path) -> Node {
+    let data = dir.join(format!("n{id}"));
+    let mut child = Command::new(binary())
+        .args(["--port", "0", "--bind", "127.0.0.1", "--node-id", &id.to_string(), "--peers", peers, "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fencelock");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("fencelock ready on 127.0.0.1:") {
+                let port: u16 = rest.split(' ').next().and_then(|p| p.parse().ok()).expect("port");
+                let _ = tx.send(port);
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(30)).expect("node ready");
+    Node { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_survives_the_leader_being_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers: Vec<String> = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
+    let peers = peers.join(",");
+    let handles: Vec<_> = (1..=3u64)
+        .map(|id| {
+            let (peers, dir) = (peers.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || start(id, &peers, &dir))
+        })
+        .collect();
+    let mut nodes: Vec<Node> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let endpoints: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let client = Client::connect(Options { discover: false, ..Options::new(endpoints.clone()) }).await.unwrap();
+
+    let ttl = Duration::from_millis(1_500);
+    let lock = client.lock("failover", LockOptions::ttl(ttl)).await.unwrap();
+    let fence = lock.fence();
+
+    // Find and SIGKILL the leader.
+    let status = client.command(&[b"CLUSTER.STATUS"]).await.unwrap();
+    let fencelock_client::resp::Value::Bulk(text) = status else { panic!("{status:?}") };
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let leader: u64 = text.lines().find_map(|l| l.strip_prefix("leader_id:")).unwrap().trim().parse().unwrap();
+    let killed_at = Instant::now();
+    nodes[leader as usize - 1].child.kill().unwrap();
+
+    // Three TTLs later the lock is still ours: renewed through a survivor, same fence.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(lock.is_valid(), "lost: {:?}", lock.lost_reason());
+    assert_eq!(client.fence(b"failover").await.unwrap(), Some(fence), "still held with the same fence");
+    // Another client cannot take it; a new lock goes through the survivors.
+    let other = Client::connect(Options { discover: false, ..Options::new(endpoints) }).await.unwrap();
+    assert!(other.try_lock("failover", LockOptions::ttl(ttl)).await.unwrap().is_none());
+    let next = other.lock("after", LockOptions::ttl(ttl)).await.unwrap();
+    assert!(next.fence() > fence);
+    eprintln!("the leader was killed {:?} ago; the lock held throughout", killed_at.elapsed());
+    assert!(lock.release().await.unwrap());
+    next.release().await.unwrap();
+    nodes.clear();
+}
