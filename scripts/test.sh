@@ -39,14 +39,17 @@ redis-cli --version
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -r compat-tests/python/requirements.txt
+.venv/bin/pip install -q --disable-pip-version-check -r compat-tests/python/requirements.txt \
+    -r bindings/python/requirements-dev.txt
 (cd compat-tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
 step "format"
 cargo fmt --all -- --check
+cargo fmt --manifest-path bindings/python/Cargo.toml -- --check
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --manifest-path bindings/python/Cargo.toml --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked
@@ -57,6 +60,13 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "compat tests with real clients"
 cargo build --locked --bin fencelock
 FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" ./compat-tests/run.sh
+
+step "python binding: build the wheel (maturin) and test it against real servers"
+rm -rf "$CARGO_TARGET_DIR/wheels/python"
+(cd bindings/python && ../../.venv/bin/maturin build --profile dev --locked --quiet \
+    --interpreter ../../.venv/bin/python --out "$CARGO_TARGET_DIR/wheels/python")
+.venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps "$CARGO_TARGET_DIR"/wheels/python/fencelock-*.whl
+FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" .venv/bin/python -m pytest -q bindings/python/tests
 
 step "fault injection: 60 s seeded run on 5 nodes (compat-tests/chaos)"
 cargo build --locked -p fencelock-chaos

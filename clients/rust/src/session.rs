@@ -64,7 +64,9 @@ impl Session {
         self.reference.id
     }
 
-    pub(crate) fn reference(&self) -> SessionRef {
+    /// What attaches a lock to this session ([`crate::LockOptions::session`] takes the
+    /// session itself; bindings keep this).
+    pub fn reference(&self) -> SessionRef {
         self.reference.clone()
     }
 

@@ -84,7 +84,8 @@ async fn a_held_lock_survives_the_leader_being_killed() {
     let endpoints: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
     let client = Client::connect(Options { discover: false, ..Options::new(endpoints.clone()) }).await.unwrap();
 
-    let ttl = Duration::from_millis(1_500);
+    // Long enough to ride out an election (about 0.5 s here) between two renewals.
+    let ttl = Duration::from_millis(3_000);
     let lock = client.lock("failover", LockOptions::ttl(ttl)).await.unwrap();
     let fence = lock.fence();
 
@@ -96,8 +97,8 @@ async fn a_held_lock_survives_the_leader_being_killed() {
     let killed_at = Instant::now();
     nodes[leader as usize - 1].child.kill().unwrap();
 
-    // Three TTLs later the lock is still ours: renewed through a survivor, same fence.
-    tokio::time::sleep(ttl * 3).await;
+    // Two TTLs later the lock is still ours: renewed through a survivor, same fence.
+    tokio::time::sleep(ttl * 2).await;
     assert!(lock.is_valid(), "lost: {:?}", lock.lost_reason());
     assert_eq!(client.fence(b"failover").await.unwrap(), Some(fence), "still held with the same fence");
     // Another client cannot take it; a new lock goes through the survivors.
