@@ -46,10 +46,12 @@ fi
 step "format"
 cargo fmt --all -- --check
 cargo fmt --manifest-path bindings/python/Cargo.toml -- --check
+cargo fmt --manifest-path bindings/node/Cargo.toml -- --check
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path bindings/python/Cargo.toml --locked -- -D warnings
+cargo clippy --manifest-path bindings/node/Cargo.toml --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked
@@ -67,6 +69,10 @@ rm -rf "$CARGO_TARGET_DIR/wheels/python"
     --interpreter ../../.venv/bin/python --out "$CARGO_TARGET_DIR/wheels/python")
 .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps "$CARGO_TARGET_DIR"/wheels/python/fencelock-*.whl
 FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" .venv/bin/python -m pytest -q bindings/python/tests
+
+step "node binding: build the addon (plain cargo) and test it against real servers"
+./bindings/node/build.sh --dev
+FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" node --test bindings/node/test/
 
 step "fault injection: 60 s seeded run on 5 nodes (compat-tests/chaos)"
 cargo build --locked -p fencelock-chaos
