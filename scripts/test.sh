@@ -47,11 +47,13 @@ step "format"
 cargo fmt --all -- --check
 cargo fmt --manifest-path bindings/python/Cargo.toml -- --check
 cargo fmt --manifest-path bindings/node/Cargo.toml -- --check
+cargo fmt --manifest-path bindings/swift/Cargo.toml -- --check
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path bindings/python/Cargo.toml --locked -- -D warnings
 cargo clippy --manifest-path bindings/node/Cargo.toml --locked -- -D warnings
+cargo clippy --manifest-path bindings/swift/Cargo.toml --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked
@@ -73,6 +75,9 @@ FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" .venv/bin/python -m pytest -q 
 step "node binding: build the addon (plain cargo) and test it against real servers"
 ./bindings/node/build.sh --dev
 FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" node --test bindings/node/test/
+
+step "swift binding: the generated package matches the Rust API (no Swift toolchain here)"
+./bindings/swift/generate.sh --check
 
 step "fault injection: 60 s seeded run on 5 nodes (compat-tests/chaos)"
 cargo build --locked -p fencelock-chaos
