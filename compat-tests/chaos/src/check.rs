@@ -261,6 +261,52 @@ pub fn minimal_slice(ops: &[&RegCall], budget: usize) -> Vec<RegCall> {
 /// second look.
 pub const UNKNOWN_WINDOW_MS: f64 = 10_000.0;
 
+/// Which operations (in invocation order) are linearized: every one before `base`, and
+/// those whose bit is set in `bits` (bit k is operation `base + k`). Operation `base`
+/// itself never is (the set is kept normalized), so the representation stays as small
+/// as the run of concurrent operations, not the whole history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct Done {
+    base: usize,
+    bits: Vec<u64>,
+}
+
+impl Done {
+    fn contains(&self, i: usize) -> bool {
+        i < self.base || {
+            let k = i - self.base;
+            self.bits.get(k / 64).is_some_and(|w| w & (1 << (k % 64)) != 0)
+        }
+    }
+
+    /// This set with operation `i` added (normalized: base moves past every done one).
+    fn with(&self, i: usize) -> Done {
+        assert!(i >= self.base, "a linearized operation is linearized once");
+        let mut next = self.clone();
+        let k = i - next.base;
+        if next.bits.len() <= k / 64 {
+            next.bits.resize(k / 64 + 1, 0);
+        }
+        next.bits[k / 64] |= 1 << (k % 64);
+        // Shift out the done prefix: whole words first, then bits.
+        let full = next.bits.iter().take_while(|w| **w == u64::MAX).count();
+        next.bits.drain(..full);
+        next.base += full * 64;
+        let shift = next.bits.first().map_or(0, |w| w.trailing_ones() as usize);
+        if shift > 0 {
+            next.base += shift;
+            for j in 0..next.bits.len() {
+                let high = next.bits.get(j + 1).copied().unwrap_or(0);
+                next.bits[j] = (next.bits[j] >> shift) | if shift < 64 { high << (64 - shift) } else { 0 };
+            }
+        }
+        while next.bits.last() == Some(&0) {
+            next.bits.pop();
+        }
+        next
+    }
+}
+
 /// Some(true): linearizable; Some(false): not; None: budget exceeded.
 fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
     // Sorted by invocation, so the operations that may go next are always a short run
@@ -270,10 +316,9 @@ fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
     let n = ops.len();
     let end: Vec<f64> = ops.iter().map(|o| o.completed_ms.unwrap_or(f64::INFINITY)).collect();
     let known = ops.iter().filter(|o| o.completed_ms.is_some()).count();
-    let words = n.div_ceil(64);
-    let mut seen: HashSet<(Vec<u64>, i64)> = HashSet::new();
+    let mut seen: HashSet<(Done, i64)> = HashSet::new();
     // Depth-first: (linearized set, how many known ops it holds, state).
-    let mut stack: Vec<(Vec<u64>, usize, i64)> = vec![(vec![0; words], 0, 0)];
+    let mut stack: Vec<(Done, usize, i64)> = vec![(Done::default(), 0, 0)];
     let mut explored = 0usize;
     while let Some((done, known_done, state)) = stack.pop() {
         if known_done == known {
@@ -283,8 +328,8 @@ fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
         if explored > budget {
             return None;
         }
-        let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
-        let first = (0..n).find(|i| !is_done(*i)).unwrap_or(n);
+        let is_done = |i: usize| done.contains(i);
+        let first = done.base.min(n);
         // An operation with an unknown outcome that was sent more than
         // UNKNOWN_WINDOW_MS before every remaining answered operation must be decided
         // now: it took effect here, or never. Deciding it at once (two branches) keeps
@@ -298,8 +343,7 @@ fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
             })
         });
         if let Some(u) = expired {
-            let mut next = done.clone();
-            next[u / 64] |= 1 << (u % 64);
+            let next = done.with(u);
             let took_effect = match ops[u].op {
                 RegOp::Write(v) => Some(v),
                 RegOp::Incr => Some(state + 1),
@@ -342,8 +386,7 @@ fn check_key(ops: &[&RegCall], budget: usize) -> Option<bool> {
                 (RegOp::Incr, None) => state + 1,
                 (RegOp::Incr, _) => continue,
             };
-            let mut next = done.clone();
-            next[i / 64] |= 1 << (i % 64);
+            let next = done.with(i);
             if seen.insert((next.clone(), next_state)) {
                 stack.push((next, known_done + usize::from(ops[i].completed_ms.is_some()), next_state));
             }
@@ -489,6 +532,28 @@ mod tests {
         assert_eq!(reads[0].result, Some(20));
         assert_eq!(slice.len(), 22, "{slice:?}");
         assert!(why.contains("a slice of 22 ops"), "{why}");
+    }
+
+    #[test]
+    fn the_compact_done_set_agrees_with_a_plain_one() {
+        let mut rng = crate::workload::Rng::new(9);
+        for _ in 0..200 {
+            let n = 1 + rng.below(300) as usize;
+            let mut plain = vec![false; n];
+            let mut done = Done::default();
+            for _ in 0..n {
+                let i = rng.below(n as u64) as usize;
+                if plain[i] {
+                    continue;
+                }
+                plain[i] = true;
+                done = done.with(i);
+                for (j, p) in plain.iter().enumerate() {
+                    assert_eq!(done.contains(j), *p, "op {j}");
+                }
+                assert_eq!(done.base, plain.iter().position(|p| !p).unwrap_or(n), "normalized");
+            }
+        }
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn binary(args: &Args) -> Result<PathBuf, String> {
 }
 
 /// States the linearizability search may explore per key before it says "unknown".
-const LINEARIZABILITY_BUDGET: usize = 300_000;
+const LINEARIZABILITY_BUDGET: usize = 3_000_000;
 
 const FAULTS: [&str; 7] = ["kill", "pause", "partition", "clock", "restart", "delay", "reorder"];
 
