@@ -243,6 +243,104 @@ impl Lock {
     }
 }
 
+macro_rules! held_guard {
+    ($name:ident, $core:ty, $doc:literal, { $($extra:tt)* }) => {
+        #[doc = $doc]
+        #[pyclass(module = "fencelock")]
+        struct $name {
+            inner: Mutex<Option<$core>>,
+            fence: u64,
+            token: String,
+        }
+
+        impl $name {
+            fn wrap(held: $core) -> $name {
+                $name {
+                    fence: held.fence(),
+                    token: String::from_utf8_lossy(held.token()).into_owned(),
+                    inner: Mutex::new(Some(held)),
+                }
+            }
+        }
+
+        #[pymethods]
+        impl $name {
+            /// The fencing token of this grant.
+            #[getter]
+            fn fence(&self) -> u64 {
+                self.fence
+            }
+
+            /// The secret that renews and releases it.
+            #[getter]
+            fn token(&self) -> &str {
+                &self.token
+            }
+
+            /// Still valid by the client's own conservative clock and not known lost.
+            #[getter]
+            fn valid(&self) -> bool {
+                self.inner.lock().expect("not poisoned").as_ref().is_some_and(|h| h.is_valid())
+            }
+
+            /// Lets go: True if it was still held.
+            fn release(&self, py: Python<'_>) -> PyResult<bool> {
+                let held = self.inner.lock().expect("not poisoned").take();
+                match held {
+                    None => Ok(false),
+                    Some(h) => block(py, h.release()).map_err(err),
+                }
+            }
+
+            fn __enter__(slf: Py<Self>) -> Py<Self> {
+                slf
+            }
+
+            fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
+                self.release(py)?;
+                Ok(false)
+            }
+
+            $($extra)*
+        }
+    };
+}
+
+held_guard!(Permit, core::Permit, "A permit of a counting semaphore (a context manager).", {});
+held_guard!(Leadership, core::Leadership, "Leadership of an election (a context manager; leaving it resigns).", {
+    /// Publishes a new value as the leader.
+    fn proclaim(&self, py: Python<'_>, value: Name) -> PyResult<()> {
+        let guard = self.inner.lock().expect("not poisoned");
+        let Some(held) = guard.as_ref() else { return Err(NotHolder::new_err("resigned")) };
+        block(py, held.proclaim(Bytes::from(value.0))).map_err(err)
+    }
+});
+
+/// A watch: `next(timeout)` returns the next change as a dict, or None.
+#[pyclass(module = "fencelock")]
+struct Watch {
+    inner: tokio::sync::Mutex<core::Watch>,
+}
+
+#[pymethods]
+impl Watch {
+    /// The next change (revision, kind, target, candidate), or None after `timeout` s.
+    fn next<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let timeout = seconds(timeout, "timeout")?;
+        let event = block(py, async { self.inner.lock().await.next(timeout).await }).map_err(err)?;
+        event
+            .map(|e| {
+                let d = PyDict::new(py);
+                d.set_item("revision", e.revision)?;
+                d.set_item("kind", e.kind)?;
+                d.set_item("target", e.target.to_vec())?;
+                d.set_item("candidate", e.candidate.map(|c| c.to_vec()))?;
+                Ok(d)
+            })
+            .transpose()
+    }
+}
+
 /// A session: locks acquired with `session=` live as long as it does.
 #[pyclass(module = "fencelock")]
 struct Session {
@@ -368,6 +466,72 @@ impl Client {
                 Ok(d)
             })
             .transpose()
+    }
+
+    /// Takes a permit of semaphore `name` (at most `limit` at once), queueing up to
+    /// `wait` seconds (None: only if one is free now); None when none came free.
+    #[pyo3(signature = (name, limit, ttl=30.0, wait=None))]
+    fn acquire_permit(
+        &self,
+        py: Python<'_>,
+        name: Name,
+        limit: u32,
+        ttl: f64,
+        wait: Option<f64>,
+    ) -> PyResult<Option<Permit>> {
+        let (ttl, wait) = (seconds(ttl, "ttl")?, wait.map(|w| seconds(w, "wait")).transpose()?);
+        let client = self.inner.clone();
+        let permit = block(py, async move { client.acquire_permit(Bytes::from(name.0), limit, ttl, wait).await });
+        Ok(permit.map_err(err)?.map(Permit::wrap))
+    }
+
+    /// Campaigns to lead election `name`, queueing up to `wait` seconds (None: only if
+    /// nobody leads); None when another candidate still leads.
+    #[pyo3(signature = (name, candidate, value=None, ttl=30.0, wait=None))]
+    fn campaign(
+        &self,
+        py: Python<'_>,
+        name: Name,
+        candidate: Name,
+        value: Option<Name>,
+        ttl: f64,
+        wait: Option<f64>,
+    ) -> PyResult<Option<Leadership>> {
+        let (ttl, wait) = (seconds(ttl, "ttl")?, wait.map(|w| seconds(w, "wait")).transpose()?);
+        let value = Bytes::from(value.map_or_else(Vec::new, |v| v.0));
+        let client = self.inner.clone();
+        let lead =
+            block(
+                py,
+                async move { client.campaign(Bytes::from(name.0), Bytes::from(candidate.0), value, ttl, wait).await },
+            );
+        Ok(lead.map_err(err)?.map(Leadership::wrap))
+    }
+
+    /// Watches "key", "prefix", "lock" or "election" `name`, from now or from a revision.
+    #[pyo3(signature = (kind, name, from_revision=None))]
+    fn watch(&self, py: Python<'_>, kind: &str, name: Name, from_revision: Option<u64>) -> PyResult<Watch> {
+        let name = Bytes::from(name.0);
+        let target = match kind {
+            "key" => core::Target::Key(name),
+            "prefix" => core::Target::Prefix(name),
+            "lock" => core::Target::Lock(name),
+            "election" => core::Target::Election(name),
+            other => {
+                return Err(InvalidRequest::new_err(format!(
+                    "unknown watch kind {other:?} (key, prefix, lock, election)"
+                )))
+            }
+        };
+        let client = self.inner.clone();
+        let watch = block(py, async move { client.watch(target, from_revision).await }).map_err(err)?;
+        Ok(Watch { inner: tokio::sync::Mutex::new(watch) })
+    }
+
+    /// SET key value.
+    fn set(&self, py: Python<'_>, key: Name, value: Name) -> PyResult<()> {
+        let client = self.inner.clone();
+        block(py, async move { client.set(&key.0, &value.0).await }).map_err(err)
     }
 
     /// GET key (linearizable).
@@ -529,6 +693,9 @@ fn fencelock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Lock>()?;
     m.add_class::<PendingLock>()?;
     m.add_class::<Session>()?;
+    m.add_class::<Permit>()?;
+    m.add_class::<Leadership>()?;
+    m.add_class::<Watch>()?;
     m.add_class::<EmbeddedServer>()?;
     m.add("FencelockError", py.get_type::<FencelockError>())?;
     m.add("NotHolder", py.get_type::<NotHolder>())?;

@@ -94,6 +94,34 @@ def test_sessions_hold_locks(server):
     assert not lock.valid
 
 
+def test_semaphores_elections_and_watches(server):
+    c = fencelock.Client([server.endpoint])
+    p1 = c.acquire_permit("pool", 2, ttl=10)
+    p2 = c.acquire_permit("pool", 2, ttl=10)
+    assert p1 and p2 and p2.fence > p1.fence
+    assert c.acquire_permit("pool", 2, ttl=10, wait=0.1) is None
+    with p1:
+        pass
+    assert c.acquire_permit("pool", 2, ttl=10) is not None, "leaving the with block released one"
+
+    w = c.watch("election", "leader")
+    with c.campaign("leader", "n1", "addr-1", ttl=10) as lead:
+        assert c.leader("leader")["candidate"] == b"n1"
+        event = w.next(5)
+        assert event["kind"] == "leader" and event["candidate"] == b"n1"
+        lead.proclaim("addr-2")
+        assert c.leader("leader")["value"] == b"addr-2"
+    assert c.leader("leader") is None, "leaving the with block resigned"
+
+    keys = c.watch("prefix", "cfg/")
+    c.set("cfg/a", "1")
+    event = keys.next(5)
+    assert (event["kind"], event["target"]) == ("set", b"cfg/a")
+    assert keys.next(0.1) is None
+    with pytest.raises(fencelock.InvalidRequest):
+        c.watch("nope", "x")
+
+
 def test_asyncio_api(server):
     async def main():
         c = await fencelock.AsyncClient.connect([server.endpoint])
