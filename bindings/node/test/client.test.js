@@ -96,9 +96,12 @@ test('errors map to their classes', async () => {
   }
 })
 
+const handedOut = new Set()
 function freePort () {
   return new Promise((resolve) => {
     const port = 20000 + Math.floor(Math.random() * 12000)
+    if (handedOut.has(port)) return resolve(freePort())
+    handedOut.add(port)
     const s = net.createServer()
     s.once('error', () => resolve(freePort()))
     s.listen(port, '127.0.0.1', () => s.close(() => resolve(port)))

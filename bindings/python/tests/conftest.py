@@ -20,10 +20,16 @@ def server():
     s.stop()
 
 
+_handed_out = set()
+
+
 def _free_port():
-    # Below the ephemeral range, where `--port 0` listeners live.
+    # Below the ephemeral range, where `--port 0` listeners live; never twice.
     while True:
         port = random.randint(20000, 31999)
+        if port in _handed_out:
+            continue
+        _handed_out.add(port)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
