@@ -82,5 +82,5 @@ step "swift binding: the generated package matches the Rust API (no Swift toolch
 step "fault injection: 60 s seeded run on 5 nodes (compat-tests/chaos)"
 cargo build --locked -p fencelock-chaos
 "$CARGO_TARGET_DIR/debug/fencelock-chaos" --nodes 5 --time 60s --seed 1 \
-    --faults kill,pause,partition,clock,restart --binary "$CARGO_TARGET_DIR/debug/fencelock"
+    --faults kill,pause,partition,clock,restart,reorder --binary "$CARGO_TARGET_DIR/debug/fencelock"
 echo "all checks passed"
