@@ -21,6 +21,30 @@ export interface LockOptions {
   autoRenew?: boolean
 }
 
+export interface HeldOptions {
+  /** Lease in seconds (default 30), renewed in the background. */
+  ttl?: number
+  /** Seconds to queue (default: only if free now). */
+  wait?: number
+}
+
+export interface LeaderInfo {
+  candidate: string
+  /** The leader's fence (term). */
+  fence: number
+  value: string
+}
+
+export interface WatchEvent {
+  /** The log index of the change (the same on every node). */
+  revision: number
+  /** set, del, expired, released, revoked, leader. */
+  kind: string
+  target: string
+  /** For elections: the new leader (null: nobody leads). */
+  candidate: string | null
+}
+
 /** Connects to the first endpoint ("host:port") that answers. */
 export function connect (endpoints: string[], options?: ConnectOptions): Promise<Client>
 
@@ -33,6 +57,35 @@ export declare class Client {
   fence (name: string): Promise<number | null>
   /** GET key (linearizable). */
   get (key: string): Promise<Buffer | null>
+  /** SET key value. */
+  set (key: string, value: string): Promise<void>
+  /** Takes a permit of semaphore `name` (at most `limit` at once); null when none came free. */
+  acquirePermit (name: string, limit: number, options?: HeldOptions): Promise<Permit | null>
+  /** Campaigns to lead election `name`; null when another candidate still leads. */
+  campaign (name: string, candidate: string, value: string, options?: HeldOptions): Promise<Leadership | null>
+  /** The current leader of election `name`, or null. */
+  leader (name: string): Promise<LeaderInfo | null>
+  /** Watches "key", "prefix", "lock" or "election" `name`. */
+  watch (kind: string, name: string, fromRevision?: number): Promise<Watch>
+}
+
+export declare class Permit {
+  readonly fence: number
+  readonly valid: boolean
+  /** Gives it back: true if it was still held. */
+  release (): Promise<boolean>
+}
+
+export declare class Leadership {
+  readonly fence: number
+  readonly valid: boolean
+  /** Resigns: true if it still led. */
+  release (): Promise<boolean>
+}
+
+export declare class Watch {
+  /** The next change, or null after `timeout` seconds. */
+  next (timeout: number): Promise<WatchEvent | null>
 }
 
 export declare class Lock {

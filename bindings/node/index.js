@@ -39,7 +39,7 @@ const wrap = (fn) => async function (...args) {
   if (result instanceof Error) throw convert(result)
   return result
 }
-for (const cls of [native.Client, native.Lock]) {
+for (const cls of [native.Client, native.Lock, native.Permit, native.Leadership, native.Watch]) {
   for (const name of Object.getOwnPropertyNames(cls.prototype)) {
     const d = Object.getOwnPropertyDescriptor(cls.prototype, name)
     if (name !== 'constructor' && typeof d.value === 'function') {
@@ -73,6 +73,9 @@ module.exports = {
   connect: wrap(native.connect),
   Client: native.Client,
   Lock,
+  Permit: native.Permit,
+  Leadership: native.Leadership,
+  Watch: native.Watch,
   EmbeddedServer,
   ...errors
 }

@@ -202,6 +202,190 @@ impl Lock {
     }
 }
 
+/// How to take a permit or campaign.
+#[napi(object)]
+pub struct HeldOptions {
+    /// Lease in seconds (default 30), renewed in the background.
+    pub ttl: Option<f64>,
+    /// Seconds to queue (default: only if free now).
+    pub wait: Option<f64>,
+}
+
+fn held_options(o: Option<HeldOptions>) -> Res<(Duration, Option<Duration>)> {
+    let o = o.unwrap_or(HeldOptions { ttl: None, wait: None });
+    Ok((seconds(o.ttl.unwrap_or(30.0), "ttl")?, o.wait.map(|w| seconds(w, "wait")).transpose()?))
+}
+
+#[napi]
+impl Client {
+    /// Takes a permit of semaphore `name` (at most `limit` at once); null when none
+    /// came free in time.
+    #[napi]
+    pub async fn acquire_permit(&self, name: String, limit: u32, options: Option<HeldOptions>) -> Res<Option<Permit>> {
+        let (ttl, wait) = held_options(options)?;
+        let permit = self.inner.acquire_permit(Bytes::from(name), limit, ttl, wait).await.map_err(err)?;
+        Ok(permit.map(|p| Permit { fence: p.fence() as i64, inner: Mutex::new(Some(p)) }))
+    }
+
+    /// Campaigns to lead election `name` as `candidate` with `value`; null when another
+    /// candidate still leads when the wait runs out.
+    #[napi]
+    pub async fn campaign(
+        &self,
+        name: String,
+        candidate: String,
+        value: String,
+        options: Option<HeldOptions>,
+    ) -> Res<Option<Leadership>> {
+        let (ttl, wait) = held_options(options)?;
+        let lead = self.inner.campaign(Bytes::from(name), Bytes::from(candidate), Bytes::from(value), ttl, wait);
+        Ok(lead.await.map_err(err)?.map(|l| Leadership { fence: l.fence() as i64, inner: Mutex::new(Some(l)) }))
+    }
+
+    /// The current leader of election `name`, or null.
+    #[napi]
+    pub async fn leader(&self, name: String) -> Res<Option<LeaderInfo>> {
+        let leader = self.inner.leader(name.as_bytes()).await.map_err(err)?;
+        Ok(leader.map(|l| LeaderInfo {
+            candidate: String::from_utf8_lossy(&l.candidate).into_owned(),
+            fence: l.fence as i64,
+            value: String::from_utf8_lossy(&l.value).into_owned(),
+        }))
+    }
+
+    /// Watches `kind` ("key", "prefix", "lock", "election") `name`, from now or from
+    /// `fromRevision`.
+    #[napi]
+    pub async fn watch(&self, kind: String, name: String, from_revision: Option<i64>) -> Res<Watch> {
+        let name = Bytes::from(name);
+        let target = match kind.as_str() {
+            "key" => core::Target::Key(name),
+            "prefix" => core::Target::Prefix(name),
+            "lock" => core::Target::Lock(name),
+            "election" => core::Target::Election(name),
+            other => return Err(invalid(format!("unknown watch kind {other:?} (key, prefix, lock, election)"))),
+        };
+        let watch = self.inner.watch(target, from_revision.map(|r| r.max(0) as u64)).await.map_err(err)?;
+        Ok(Watch { inner: tokio::sync::Mutex::new(watch) })
+    }
+
+    /// SET key value.
+    #[napi]
+    pub async fn set(&self, key: String, value: String) -> Res<()> {
+        self.inner.set(key.as_bytes(), value.as_bytes()).await.map_err(err)
+    }
+}
+
+/// Who leads an election.
+#[napi(object)]
+pub struct LeaderInfo {
+    /// The candidate's name.
+    pub candidate: String,
+    /// Its fence (term).
+    pub fence: i64,
+    /// The value it proclaimed.
+    pub value: String,
+}
+
+/// One change seen by a watch.
+#[napi(object)]
+pub struct WatchEvent {
+    /// The log index of the change (the same on every node).
+    pub revision: i64,
+    /// set, del, expired, released, revoked, leader.
+    pub kind: String,
+    /// The key, lock or election.
+    pub target: String,
+    /// For elections: the new leader (null: nobody leads).
+    pub candidate: Option<String>,
+}
+
+/// A running watch.
+#[napi]
+pub struct Watch {
+    inner: tokio::sync::Mutex<core::Watch>,
+}
+
+#[napi]
+impl Watch {
+    /// The next change, or null after `timeout` seconds.
+    #[napi]
+    pub async fn next(&self, timeout: f64) -> Res<Option<WatchEvent>> {
+        let timeout = seconds(timeout, "timeout")?;
+        let event = self.inner.lock().await.next(timeout).await.map_err(err)?;
+        Ok(event.map(|e| WatchEvent {
+            revision: e.revision as i64,
+            kind: e.kind,
+            target: String::from_utf8_lossy(&e.target).into_owned(),
+            candidate: e.candidate.map(|c| String::from_utf8_lossy(&c).into_owned()),
+        }))
+    }
+}
+
+/// A permit of a counting semaphore.
+#[napi]
+pub struct Permit {
+    inner: Mutex<Option<core::Permit>>,
+    fence: i64,
+}
+
+#[napi]
+impl Permit {
+    /// The fencing token of this grant.
+    #[napi(getter)]
+    pub fn fence(&self) -> i64 {
+        self.fence
+    }
+
+    /// Still valid by the client's conservative clock.
+    #[napi(getter)]
+    pub fn valid(&self) -> bool {
+        self.inner.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_valid())
+    }
+
+    /// Gives it back: true if it was still held.
+    #[napi]
+    pub async fn release(&self) -> Res<bool> {
+        let taken = self.inner.lock().expect("not poisoned").take();
+        match taken {
+            None => Ok(false),
+            Some(p) => p.release().await.map_err(err),
+        }
+    }
+}
+
+/// Leadership of an election.
+#[napi]
+pub struct Leadership {
+    inner: Mutex<Option<core::Leadership>>,
+    fence: i64,
+}
+
+#[napi]
+impl Leadership {
+    /// The fencing token of this term.
+    #[napi(getter)]
+    pub fn fence(&self) -> i64 {
+        self.fence
+    }
+
+    /// Still valid by the client's conservative clock.
+    #[napi(getter)]
+    pub fn valid(&self) -> bool {
+        self.inner.lock().expect("not poisoned").as_ref().is_some_and(|l| l.is_valid())
+    }
+
+    /// Resigns: true if it still led.
+    #[napi]
+    pub async fn release(&self) -> Res<bool> {
+        let taken = self.inner.lock().expect("not poisoned").take();
+        match taken {
+            None => Ok(false),
+            Some(l) => l.release().await.map_err(err),
+        }
+    }
+}
+
 /// An in-process single-node fencelock on an ephemeral port (temp data dir), for tests.
 #[napi]
 pub struct EmbeddedServer {

@@ -96,6 +96,36 @@ test('errors map to their classes', async () => {
   }
 })
 
+test('semaphores, elections and watches', async () => {
+  const server = new fencelock.EmbeddedServer()
+  try {
+    const c = await fencelock.connect([server.endpoint])
+    const p1 = await c.acquirePermit('pool', 2, { ttl: 10 })
+    const p2 = await c.acquirePermit('pool', 2, { ttl: 10 })
+    assert.ok(p1 && p2 && p2.fence > p1.fence)
+    assert.strictEqual(await c.acquirePermit('pool', 2, { ttl: 10, wait: 0.1 }), null)
+    assert.strictEqual(await p1.release(), true)
+    assert.ok(await c.acquirePermit('pool', 2, { ttl: 10 }))
+
+    const w = await c.watch('election', 'leader')
+    const lead = await c.campaign('leader', 'n1', 'addr-1', { ttl: 10 })
+    assert.strictEqual((await c.leader('leader')).candidate, 'n1')
+    const event = await w.next(5)
+    assert.strictEqual(event.kind, 'leader')
+    assert.strictEqual(event.candidate, 'n1')
+    assert.strictEqual(await lead.release(), true)
+    assert.strictEqual(await c.leader('leader'), null)
+
+    const keys = await c.watch('prefix', 'cfg/')
+    await c.set('cfg/a', '1')
+    const change = await keys.next(5)
+    assert.deepStrictEqual([change.kind, change.target], ['set', 'cfg/a'])
+    await assert.rejects(c.watch('nope', 'x'), fencelock.InvalidRequest)
+  } finally {
+    server.stop()
+  }
+})
+
 const handedOut = new Set()
 function freePort () {
   return new Promise((resolve) => {
