@@ -146,7 +146,9 @@ fn leadership_moves_on_request_and_on_sigterm_without_waiting_for_an_election() 
     let mut f = servers[followers[0]].connect();
     let target_id = status_field(&mut servers[followers[1]].connect(), "node_id");
     let term = status_field(&mut f, "term").parse::<u64>().expect("term");
-    assert_eq!(f.cmd(&["CLUSTER.TRANSFER", &target_id]), ok());
+    // A follower that has not yet heard from the new leader answers TRYAGAIN (nothing
+    // was done): retry, as a client would.
+    assert_eq!(until_accepted(&mut f, &["CLUSTER.TRANSFER", &target_id]), ok());
     let now_leader = wait_for_leader(&mut servers);
     assert_eq!(now_leader, followers[1]);
     assert!(status_field(&mut f, "term").parse::<u64>().expect("term") > term);
