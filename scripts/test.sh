@@ -65,6 +65,11 @@ step "compat tests with real clients"
 cargo build --locked --bin fencelock
 FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" ./compat-tests/run.sh
 
+step "benchmark tool smoke run (fencelock only; numbers are not judged here)"
+cargo build --locked -p fencelock-bench
+"$CARGO_TARGET_DIR/debug/fencelock-bench" --targets fencelock --clients 1,4 --duration 1s --warmup 0.5s \
+    --binary "$CARGO_TARGET_DIR/debug/fencelock"
+
 step "python binding: build the wheel (maturin) and test it against real servers"
 rm -rf "$CARGO_TARGET_DIR/wheels/python"
 (cd bindings/python && ../../.venv/bin/maturin build --profile dev --locked --quiet \
