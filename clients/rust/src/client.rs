@@ -262,6 +262,34 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends `args` (safe to repeat: a release or close) on `runtime` without waiting for
+    /// the answer: the best-effort give-back of guards dropped or acquires that failed.
+    pub(crate) fn send_in_background(&self, runtime: &tokio::runtime::Handle, args: Vec<Bytes>) {
+        let client = self.clone();
+        runtime.spawn(async move {
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
+            let _ = client.call(&refs, Retry::Safe, Duration::ZERO).await;
+        });
+    }
+}
+
+/// Appends an acquire's wait option and returns how long the server may hold the reply:
+/// `None` is a try (no option), `Duration::MAX` is `WAIT FOREVER`.
+pub(crate) fn push_wait(args: &mut Vec<Bytes>, wait: Option<Duration>) -> Duration {
+    match wait {
+        Some(w) if w == Duration::MAX => {
+            args.extend(["WAIT".into(), "FOREVER".into()]);
+            Duration::from_secs(365 * 24 * 3600)
+        }
+        Some(w) => {
+            args.extend(["WAIT".into(), w.as_millis().max(1).to_string().into()]);
+            w
+        }
+        None => Duration::ZERO,
+    }
+}
+
 pub(crate) fn unexpected(what: &str, value: &Value) -> Error {
     Error::Protocol(format!("unexpected reply to {what}: {value:?}"))
 }

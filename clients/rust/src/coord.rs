@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::client::{random_token, unexpected, Client, Retry};
+use crate::client::{push_wait, random_token, unexpected, Client, Retry};
 use crate::error::{Error, Result};
 use crate::lease::{spawn_keepalive, LeaseState, LostSignal, Renewal};
 use crate::lock::Held;
@@ -83,17 +83,7 @@ struct Acquire {
 
 impl Client {
     async fn acquire_held(&self, mut a: Acquire) -> Result<Option<Held>> {
-        let server_wait = match a.wait {
-            Some(w) if w == Duration::MAX => {
-                a.args.extend(["WAIT".into(), "FOREVER".into()]);
-                Duration::from_secs(365 * 24 * 3600)
-            }
-            Some(w) => {
-                a.args.extend(["WAIT".into(), w.as_millis().max(1).to_string().into()]);
-                w
-            }
-            None => Duration::ZERO,
-        };
+        let server_wait = push_wait(&mut a.args, a.wait);
         let refs: Vec<&[u8]> = a.args.iter().map(|x| x.as_ref()).collect();
         let sent = Instant::now();
         // Not idempotent on the server: a lost answer is Unknown, and the grant it may
@@ -102,12 +92,7 @@ impl Client {
             Ok(reply) => reply,
             Err(e) => {
                 if matches!(e, Error::Unknown(_) | Error::Unavailable(_)) {
-                    let client = self.clone();
-                    let release = a.release.clone();
-                    tokio::spawn(async move {
-                        let args: Vec<&[u8]> = release.iter().map(|x| x.as_ref()).collect();
-                        let _ = client.call(&args, Retry::Safe, Duration::ZERO).await;
-                    });
+                    self.send_in_background(&tokio::runtime::Handle::current(), a.release);
                 }
                 return Err(e);
             }

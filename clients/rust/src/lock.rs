@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{random_token, unexpected, Client, Retry};
+use crate::client::{push_wait, random_token, unexpected, Client, Retry};
 use crate::error::{Error, Result};
 use crate::lease::{spawn_keepalive, LeaseState, LostSignal, Renewal};
 use crate::resp::Value;
@@ -115,12 +115,7 @@ impl Drop for Held {
         }
         self.state.set_lost("dropped".into());
         // Best effort: give it back now rather than at the end of its lease.
-        let client = self.client.clone();
-        let release = std::mem::take(&mut self.release);
-        self.runtime.spawn(async move {
-            let args: Vec<&[u8]> = release.iter().map(|a| a.as_ref()).collect();
-            let _ = client.call(&args, Retry::Safe, Duration::ZERO).await;
-        });
+        self.client.send_in_background(&self.runtime, std::mem::take(&mut self.release));
     }
 }
 
@@ -205,6 +200,16 @@ impl Lock {
     }
 }
 
+/// `command` with `ALSO n name...` for the group's other names (RENEW and UNLOCK of a
+/// multi-name lock name all of it).
+fn with_also(mut command: Vec<Bytes>, names: &[Bytes]) -> Vec<Bytes> {
+    if names.len() > 1 {
+        command.extend(["ALSO".into(), (names.len() - 1).to_string().into()]);
+        command.extend(names[1..].iter().cloned());
+    }
+    command
+}
+
 impl Client {
     /// Acquires `name`, queueing up to `options.wait` (forever when `None`).
     /// [`Error::Timeout`] when the wait runs out.
@@ -251,39 +256,18 @@ impl Client {
             args.extend(["ALSO".into(), o.also.len().to_string().into()]);
             args.extend(o.also.iter().cloned());
         }
-        let server_wait = match wait {
-            Some(w) if w == Duration::MAX => {
-                args.extend(["WAIT".into(), "FOREVER".into()]);
-                Duration::from_secs(365 * 24 * 3600)
-            }
-            Some(w) => {
-                args.extend(["WAIT".into(), w.as_millis().max(1).to_string().into()]);
-                w
-            }
-            None => Duration::ZERO,
-        };
+        let server_wait = push_wait(&mut args, wait);
         let refs: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
         let sent = Instant::now();
         let mut names = vec![name];
         names.extend(o.also.iter().cloned());
-        let release: Vec<Bytes> = {
-            let mut r: Vec<Bytes> = vec!["UNLOCK".into(), names[0].clone(), token.clone()];
-            if names.len() > 1 {
-                r.extend(["ALSO".into(), (names.len() - 1).to_string().into()]);
-                r.extend(names[1..].iter().cloned());
-            }
-            r
-        };
+        let release = with_also(vec!["UNLOCK".into(), names[0].clone(), token.clone()], &names);
         let reply = match self.call(&refs, Retry::Safe, server_wait).await {
             Ok(reply) => reply,
             Err(e) => {
                 // An attempt may have been granted before the error: give it back.
                 if matches!(e, Error::Unavailable(_) | Error::Unknown(_)) {
-                    let client = self.clone();
-                    tokio::spawn(async move {
-                        let args: Vec<&[u8]> = release.iter().map(|a| a.as_ref()).collect();
-                        let _ = client.call(&args, Retry::Safe, Duration::ZERO).await;
-                    });
+                    self.send_in_background(&tokio::runtime::Handle::current(), release);
                 }
                 return Err(e);
             }
@@ -300,12 +284,8 @@ impl Client {
             _ => LeaseState::new(sent + o.ttl.mul_f64(1.0 - self.options().drift)),
         };
         let keepalive = (o.auto_renew && ttl_ms > 0).then(|| {
-            let mut renew: Vec<Bytes> =
-                vec!["RENEW".into(), names[0].clone(), token.clone(), ttl_ms.to_string().into()];
-            if names.len() > 1 {
-                renew.extend(["ALSO".into(), (names.len() - 1).to_string().into()]);
-                renew.extend(names[1..].iter().cloned());
-            }
+            let renew =
+                with_also(vec!["RENEW".into(), names[0].clone(), token.clone(), ttl_ms.to_string().into()], &names);
             spawn_keepalive(
                 self.clone(),
                 Arc::clone(&state),

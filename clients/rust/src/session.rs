@@ -104,10 +104,7 @@ impl Drop for Session {
             return;
         }
         self.reference.state.set_lost("dropped".into());
-        let client = self.client.clone();
-        let id = self.reference.id.to_string();
-        self.runtime.spawn(async move {
-            let _ = client.call(&[b"SESSION.CLOSE", id.as_bytes()], Retry::Safe, Duration::ZERO).await;
-        });
+        let close = vec![Bytes::from_static(b"SESSION.CLOSE"), Bytes::from(self.reference.id.to_string())];
+        self.client.send_in_background(&self.runtime, close);
     }
 }
