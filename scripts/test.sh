@@ -27,13 +27,20 @@ for component in rustfmt clippy; do
 done
 
 step "packages"
-if ! command -v redis-cli >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
-    else
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
-    fi
+# redis-cli for the compat tests; redis-server and etcd are the benchmark's peers;
+# protoc and the protobuf includes build etcd-client's gRPC code.
+missing=""
+for need in redis-cli:redis-tools redis-server:redis-server etcd:etcd-server etcdctl:etcd-client \
+    protoc:protobuf-compiler; do
+    command -v "${need%%:*}" >/dev/null 2>&1 || missing="$missing ${need#*:}"
+done
+[ -f /usr/include/google/protobuf/timestamp.proto ] || missing="$missing libprotobuf-dev"
+if [ -n "$missing" ]; then
+    sudo_if_needed=""
+    [ "$(id -u)" = 0 ] || sudo_if_needed="sudo"
+    $sudo_if_needed apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq $missing >/dev/null
 fi
 redis-cli --version
 if [ ! -x .venv/bin/python ]; then
@@ -65,10 +72,14 @@ step "compat tests with real clients"
 cargo build --locked --bin fencelock
 FENCELOCK_BIN="$CARGO_TARGET_DIR/debug/fencelock" ./compat-tests/run.sh
 
-step "benchmark tool smoke run (fencelock only; numbers are not judged here)"
+step "benchmark tool smoke run (every target and workload, tiny sizes; numbers are not judged here)"
 cargo build --locked -p fencelock-bench
-"$CARGO_TARGET_DIR/debug/fencelock-bench" --targets fencelock --clients 1,4 --duration 1s --warmup 0.5s \
-    --binary "$CARGO_TARGET_DIR/debug/fencelock"
+bench_out="$(mktemp -d)"
+"$CARGO_TARGET_DIR/debug/fencelock-bench" --clients 1,4 --duration 1s --warmup 0.3s --half-load-at 4 \
+    --clients-other 8 --renew-locks 200 --million 2000 --million-clients 4 --connections 200 --active 20 \
+    --out "$bench_out" --binary "$CARGO_TARGET_DIR/debug/fencelock"
+test -s "$bench_out/lock.png"
+rm -rf "$bench_out"
 
 step "python binding: build the wheel (maturin) and test it against real servers"
 rm -rf "$CARGO_TARGET_DIR/wheels/python"

@@ -1,277 +1,91 @@
-//! fencelock-bench: the same lock workloads against fencelock and Redis, from one load
-//! generator, in one run. Every target is started by the tool on 127.0.0.1 (ephemeral
-//! ports, temporary directories) and stopped at the end.
+//! fencelock-bench: the same lock workloads against fencelock, Redis and etcd, from one
+//! load generator, in one run. Every target is started by the tool on 127.0.0.1 (ports
+//! it picks, temporary directories) and stopped at the end.
 //!
 //! ```sh
 //! cargo build --release --bin fencelock
-//! cargo run --release -p fencelock-bench -- --clients 1,16,64 --duration 10s
+//! cargo run --release -p fencelock-bench -- --duration 5s
 //! ```
 //!
-//! Workloads: `native` (LOCK random-name / UNLOCK), `redlock` (SET NX PX + EVALSHA
-//! compare-and-delete, what redis-py and node-redlock send), `fence` (FENCE on held
-//! locks). Targets: `fencelock` (1 node, durable), `redis` (persistence off),
-//! `redis-aof` (appendonly yes, appendfsync always). Each cell: operations per second and
-//! latency p50, p99, p99.9 from HDR histograms (µs), where one `native` or `redlock`
-//! operation is a whole acquire + release cycle (two round trips). Progress lines go to
-//! stderr, the markdown table to stdout.
+//! Progress lines go to stderr; the markdown table and the goals to stdout, and both
+//! plus a PNG chart into `--out`. See compat-tests/bench/README.md.
+
+mod cell;
+mod conn;
+mod report;
+mod scale;
+mod targets;
+mod workloads;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
 use clap::Parser;
-use fencelock_client::resp::{self, Value};
-use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use fencelock_client::resp::Value;
+
+use crate::targets::Kind;
+use crate::workloads::{Params, Style, Workload, EXTEND_SCRIPT, RELEASE_SCRIPT};
 
 #[derive(Parser, Debug)]
-#[command(about = "fencelock vs Redis, same workloads, one run")]
+#[command(about = "fencelock vs Redis vs etcd: the same lock workloads, one run")]
 struct Args {
-    /// Client connection counts to run each workload at.
-    #[arg(long, default_value = "1,16,64")]
+    /// Client counts for the lock cycle (workload `lock`).
+    #[arg(long, default_value = "1,16,64,256")]
     clients: String,
     /// Measured time per cell (e.g. 10s).
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "5s")]
     duration: String,
     /// Warm-up per cell, not measured.
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "1s")]
     warmup: String,
-    /// Workloads: native, redlock, fence.
-    #[arg(long, default_value = "redlock,native,fence")]
+    /// Workloads: lock, contended, renew, fence, connections, million.
+    #[arg(long, default_value = "lock,contended,renew,fence,connections,million")]
     workloads: String,
-    /// Targets: fencelock, redis, redis-aof.
-    #[arg(long, default_value = "fencelock,redis,redis-aof")]
+    /// Targets: fencelock, fencelock-3, redis, redis-aof, etcd-3.
+    #[arg(long, default_value = "fencelock,fencelock-3,redis,redis-aof,etcd-3")]
     targets: String,
+    /// Requests per pipelined batch for lock, renew and fence over RESP.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// After the lock cycle at this many clients, run it again paced at half the measured
+    /// peak (0: skip).
+    #[arg(long, default_value_t = 64)]
+    half_load_at: usize,
+    /// Clients for contended, renew and fence.
+    #[arg(long, default_value_t = 64)]
+    clients_other: usize,
+    /// Lock names the contended workload shares.
+    #[arg(long, default_value_t = 8)]
+    contended_names: usize,
+    /// How often a Redlock client retries a held lock, ms (Redis cannot block).
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// Locks held by the renew workload, over all clients.
+    #[arg(long, default_value_t = 10_000)]
+    renew_locks: usize,
+    /// Locks held for the `million` workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    million: usize,
+    /// Connections held open in the `connections` workload ...
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// ... of which this many run the lock cycle (also the client count with the full table).
+    #[arg(long, default_value_t = 1_000)]
+    active: usize,
+    /// Clients running the lock cycle against the full table of `million`.
+    #[arg(long, default_value_t = 16)]
+    million_clients: usize,
+    /// Where the table (results.md) and the chart (lock.png) go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
     /// The fencelock binary (default: next to this program, or $FENCELOCK_BIN).
     #[arg(long)]
     binary: Option<PathBuf>,
 }
 
-const RELEASE_SCRIPT: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-
 fn parse_secs(text: &str) -> Result<Duration, String> {
     let n: f64 = text.trim_end_matches('s').parse().map_err(|_| format!("bad duration {text:?} (use e.g. 10s)"))?;
     Duration::try_from_secs_f64(n).map_err(|e| e.to_string())
-}
-
-/// One RESP connection, one request at a time (closed loop).
-struct Conn {
-    stream: TcpStream,
-    input: BytesMut,
-    out: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(port: u16) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { stream, input: BytesMut::with_capacity(4096), out: Vec::with_capacity(256) })
-    }
-
-    async fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Value> {
-        self.out.clear();
-        resp::encode(args, &mut self.out);
-        self.stream.write_all(&self.out).await?;
-        loop {
-            match resp::parse(&mut self.input) {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => return Err(std::io::Error::other(e.0)),
-            }
-            if self.stream.read_buf(&mut self.input).await? == 0 {
-                return Err(std::io::Error::other("connection closed"));
-            }
-        }
-    }
-}
-
-/// A started target; killed on drop.
-struct Target {
-    name: String,
-    port: u16,
-    child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-async fn wait_ready(port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(mut c) = Conn::open(port).await {
-            if let Ok(Value::Simple(_)) = c.call(&[b"SET", b"bench:ready", b"1"]).await {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("the target on port {port} never accepted a write"))
-}
-
-async fn start(kind: &str, fencelock: &PathBuf) -> Result<Target, String> {
-    let dir = tempfile::Builder::new().prefix("fencelock-bench-").tempdir().map_err(|e| e.to_string())?;
-    let port = free_port();
-    let mut command = match kind {
-        "fencelock" => {
-            let mut c = tokio::process::Command::new(fencelock);
-            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--data-dir"]).arg(dir.path().join("data"));
-            c
-        }
-        "redis" | "redis-aof" => {
-            let mut c = tokio::process::Command::new("redis-server");
-            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]).arg("--dir").arg(dir.path());
-            if kind == "redis-aof" {
-                c.args(["--appendonly", "yes", "--appendfsync", "always"]);
-            } else {
-                c.args(["--appendonly", "no"]);
-            }
-            c
-        }
-        other => return Err(format!("unknown target {other:?} (fencelock, redis, redis-aof)")),
-    };
-    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(true);
-    let child = command.spawn().map_err(|e| format!("cannot start {kind}: {e}"))?;
-    let target = Target { name: kind.to_string(), port, child, _dir: dir };
-    wait_ready(port).await?;
-    Ok(target)
-}
-
-/// One client's loop: runs the workload until `stop`, recording each operation's
-/// latency (µs) once `measuring` is set.
-async fn client(
-    port: u16,
-    workload: String,
-    id: usize,
-    sha: String,
-    measuring: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-) -> Result<Histogram<u64>, String> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let mut c = Conn::open(port).await.map_err(|e| e.to_string())?;
-    let held = format!("bench:held:{id}");
-    if workload == "fence" {
-        c.call(&[b"LOCK", held.as_bytes(), b"600000", b"TOKEN", b"t"]).await.map_err(|e| e.to_string())?;
-    }
-    let mut n: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let name = format!("bench:{id}:{}", n % 1024);
-        let token = format!("{id}-{n}");
-        let started = Instant::now();
-        let ok = match workload.as_str() {
-            "redlock" => {
-                let a = c.call(&[b"SET", name.as_bytes(), token.as_bytes(), b"NX", b"PX", b"30000"]).await;
-                let b = c.call(&[b"EVALSHA", sha.as_bytes(), b"1", name.as_bytes(), token.as_bytes()]).await;
-                matches!((a, b), (Ok(Value::Simple(_)), Ok(Value::Int(1))))
-            }
-            "native" => {
-                let a = c.call(&[b"LOCK", name.as_bytes(), b"30000", b"TOKEN", token.as_bytes()]).await;
-                let b = c.call(&[b"UNLOCK", name.as_bytes(), token.as_bytes()]).await;
-                matches!((a, b), (Ok(Value::Array(_) | Value::Map(_)), Ok(Value::Int(0))))
-            }
-            "fence" => matches!(c.call(&[b"FENCE", held.as_bytes()]).await, Ok(Value::Int(_))),
-            other => return Err(format!("unknown workload {other:?}")),
-        };
-        if !ok {
-            return Err(format!("{workload}: an operation failed"));
-        }
-        if measuring.load(Ordering::Relaxed) {
-            let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
-            ops.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    Ok(hist)
-}
-
-struct Cell {
-    target: String,
-    workload: String,
-    clients: usize,
-    ops_per_s: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-}
-
-async fn run_cell(
-    t: &Target,
-    workload: &str,
-    clients: usize,
-    warmup: Duration,
-    measure: Duration,
-) -> Result<Cell, String> {
-    let mut c = Conn::open(t.port).await.map_err(|e| e.to_string())?;
-    let sha = match c.call(&[b"SCRIPT", b"LOAD", RELEASE_SCRIPT.as_bytes()]).await {
-        Ok(Value::Bulk(b)) => String::from_utf8_lossy(&b).into_owned(),
-        other => return Err(format!("SCRIPT LOAD: {other:?}")),
-    };
-    let (measuring, stop, ops) =
-        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| {
-            tokio::spawn(client(
-                t.port,
-                workload.to_string(),
-                i,
-                sha.clone(),
-                measuring.clone(),
-                stop.clone(),
-                ops.clone(),
-            ))
-        })
-        .collect();
-    tokio::time::sleep(warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let began = Instant::now();
-    let mut last = 0;
-    while began.elapsed() < measure {
-        tokio::time::sleep(Duration::from_secs(1).min(measure.saturating_sub(began.elapsed()))).await;
-        let now = ops.load(Ordering::Relaxed);
-        eprintln!("    {:>5.1} s: {:>9.0} ops/s", began.elapsed().as_secs_f64(), (now - last) as f64);
-        last = now;
-    }
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = began.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    for task in tasks {
-        let hist = task.await.map_err(|e| e.to_string())??;
-        total.add(&hist).map_err(|e| e.to_string())?;
-    }
-    Ok(Cell {
-        target: t.name.clone(),
-        workload: workload.to_string(),
-        clients,
-        ops_per_s: total.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: total.value_at_quantile(0.5),
-        p99_us: total.value_at_quantile(0.99),
-        p999_us: total.value_at_quantile(0.999),
-    })
-}
-
-fn binary(args: &Args) -> Result<PathBuf, String> {
-    let candidate = args
-        .binary
-        .clone()
-        .or_else(|| std::env::var_os("FENCELOCK_BIN").map(PathBuf::from))
-        .or_else(|| std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("fencelock"))));
-    match candidate {
-        Some(path) if path.exists() => Ok(path),
-        _ => Err("no fencelock binary: run `cargo build --release --bin fencelock` first, or pass --binary".into()),
-    }
 }
 
 #[tokio::main]
@@ -282,6 +96,14 @@ async fn main() {
     }
 }
 
+async fn load_script(port: u16, script: &str) -> Result<String, String> {
+    let mut c = conn::Conn::open(port).await.map_err(|e| e.to_string())?;
+    match c.call(&[b"SCRIPT", b"LOAD", script.as_bytes()]).await {
+        Ok(Value::Bulk(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        other => Err(format!("SCRIPT LOAD: {other:?}")),
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let (warmup, measure) = (parse_secs(&args.warmup)?, parse_secs(&args.duration)?);
     let clients: Vec<usize> = args
@@ -289,30 +111,90 @@ async fn run(args: Args) -> Result<(), String> {
         .split(',')
         .map(|c| c.trim().parse().map_err(|_| format!("bad client count {c:?}")))
         .collect::<Result<_, _>>()?;
-    let workloads: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
-    let fencelock = binary(&args)?;
-    let mut cells = Vec::new();
-    for target in args.targets.split(',').map(str::trim) {
-        eprintln!("starting {target} ...");
-        let t = start(target, &fencelock).await?;
-        for workload in &workloads {
-            // LOCK / UNLOCK / FENCE are fencelock's own commands.
-            if matches!(*workload, "fence" | "native") && target != "fencelock" {
-                continue;
-            }
-            for &n in &clients {
-                eprintln!("  {target} / {workload} / {n} clients");
-                cells.push(run_cell(&t, workload, n, warmup, measure).await?);
-            }
+    let names: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    for name in &names {
+        if Workload::parse(name).is_none() && !matches!(*name, "connections" | "million") {
+            return Err(format!("unknown workload {name:?} (lock, contended, renew, fence, connections, million)"));
         }
     }
-    println!("| target | workload | clients | ops/s | p50 µs | p99 µs | p99.9 µs |");
-    println!("|---|---|---|---|---|---|---|");
-    for c in &cells {
-        println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} |",
-            c.target, c.workload, c.clients, c.ops_per_s, c.p50_us, c.p99_us, c.p999_us
+    let kinds: Vec<Kind> = args.targets.split(',').map(|t| Kind::parse(t.trim())).collect::<Result<_, _>>()?;
+    let fencelock = targets::fencelock_binary(args.binary.clone())?;
+    let open_files = scale::raise_open_files();
+    if names.contains(&"connections") && (open_files as usize) < args.connections * 2 + 100 {
+        eprintln!(
+            "note: the open-file limit is {open_files}; `connections` needs about {}",
+            args.connections * 2 + 100
         );
     }
+    let mut cells = Vec::new();
+    let mut cell_no = 0;
+    for kind in kinds {
+        eprintln!("starting {} ...", kind.name());
+        let t = targets::start(kind, &fencelock).await?;
+        let (release_sha, extend_sha) = if kind.is_resp() {
+            (load_script(t.port, RELEASE_SCRIPT).await?, load_script(t.port, EXTEND_SCRIPT).await?)
+        } else {
+            Default::default()
+        };
+        let mut params = |workload, style, clients| {
+            cell_no += 1;
+            Params {
+                workload,
+                style,
+                clients,
+                pipeline: if style == Style::Etcd { 1 } else { args.pipeline },
+                renew_locks: args.renew_locks,
+                contended_names: args.contended_names,
+                poll: Duration::from_millis(args.poll_ms),
+                port: t.port,
+                etcd: t.etcd_endpoints.clone(),
+                release_sha: release_sha.clone(),
+                extend_sha: extend_sha.clone(),
+                prefix: format!("bench/{cell_no}/"),
+            }
+        };
+        for workload in names.iter().filter_map(|n| Workload::parse(n)) {
+            for style in Style::for_target(kind, workload) {
+                let counts = if workload == Workload::Lock { clients.clone() } else { vec![args.clients_other] };
+                for &n in &counts {
+                    eprintln!("  {} / {} {} / {n} clients", kind.name(), workload.name(), style.name());
+                    let cell =
+                        cell::run(kind.name(), params(workload, style, n), None, warmup, measure, || t.rss_kib())
+                            .await?;
+                    let peak = cell.ops_per_s;
+                    cells.push(cell);
+                    if workload == Workload::Lock && n == args.half_load_at {
+                        eprintln!("  {} / lock {} / {n} clients at half of {peak:.0}/s", kind.name(), style.name());
+                        let paced = params(workload, style, n);
+                        cells.push(
+                            cell::run(kind.name(), paced, Some(peak / 2.0), warmup, measure, || t.rss_kib()).await?,
+                        );
+                    }
+                }
+            }
+        }
+        if names.contains(&"connections") {
+            if kind.is_resp() {
+                eprintln!("  {} / {} connections, {} active", kind.name(), args.connections, args.active);
+                let base = scale::lock_params(&params(Workload::Lock, Style::primary(kind), 0), &t, args.active);
+                cells.push(scale::connections(&t, base, args.connections, warmup, measure).await?);
+            } else {
+                eprintln!("  {}: connections skipped (gRPC multiplexes one connection; 10,000 etcd clients are not how etcd is used)", kind.name());
+            }
+        }
+        if names.contains(&"million") {
+            eprintln!("  {} / {} held locks", kind.name(), args.million);
+            let base = scale::lock_params(&params(Workload::Lock, Style::primary(kind), 0), &t, args.million_clients);
+            cells.push(scale::million(&t, base, args.million, warmup, measure).await?);
+        }
+        drop(t);
+    }
+    let table = report::table(&cells);
+    let goals = report::goals(&cells);
+    println!("{table}\n{goals}");
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    std::fs::write(args.out.join("results.md"), format!("{table}\n{goals}")).map_err(|e| e.to_string())?;
+    report::chart(&cells, &args.out.join("lock.png"))?;
+    eprintln!("wrote {} and {}", args.out.join("results.md").display(), args.out.join("lock.png").display());
     Ok(())
 }

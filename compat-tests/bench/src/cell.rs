@@ -1,0 +1,159 @@
+//! One measured cell: a target, a workload in one style, a client count, at full speed
+//! or at a fixed offered rate. Clients are set up first, then run a warm-up, then the
+//! measured window, recording each operation's latency in an HDR histogram.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::workloads::{Client, Params};
+
+/// A cell's result (one row of the table).
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub target: &'static str,
+    pub workload: String,
+    pub style: &'static str,
+    pub clients: usize,
+    pub pipeline: usize,
+    /// "peak", or the offered rate when the cell was paced.
+    pub load: String,
+    pub ops_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    /// The largest resident set of the target's processes at the end, in MiB.
+    pub rss_mib: f64,
+    pub note: String,
+}
+
+struct Shared {
+    ready: AtomicUsize,
+    go: AtomicBool,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    ops: AtomicU64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// Runs one client until told to stop. With `interval`, operations are scheduled at
+/// that spacing and latency counts from the scheduled start (no coordinated omission).
+async fn client_task(
+    p: Arc<Params>,
+    id: usize,
+    interval: Option<Duration>,
+    s: Arc<Shared>,
+) -> Result<Histogram<u64>, String> {
+    let mut hist = histogram();
+    let mut client = Client::open(&p, id).await;
+    s.ready.fetch_add(1, Ordering::SeqCst);
+    let Ok(ref mut c) = client else { return Err(client.err().unwrap_or_default()) };
+    while !s.go.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Spread paced clients over one interval so they do not fire together.
+    let mut next = Instant::now() + interval.map(|i| i.mul_f64(id as f64 / p.clients as f64)).unwrap_or_default();
+    let mut n = 0u64;
+    while !s.stop.load(Ordering::Relaxed) {
+        let started = match interval {
+            Some(i) => {
+                tokio::time::sleep_until(next.into()).await;
+                let at = next;
+                next += i;
+                at
+            }
+            None => Instant::now(),
+        };
+        let done = c.step(&p, n).await?;
+        n += 1;
+        if s.measuring.load(Ordering::Relaxed) {
+            let _ = hist.record_n(started.elapsed().as_micros().max(1) as u64, done);
+            s.ops.fetch_add(done, Ordering::Relaxed);
+        }
+    }
+    if let Ok(c) = client {
+        c.close(&p).await;
+    }
+    Ok(hist)
+}
+
+/// Runs a cell. `rate` (operations per second over all clients) paces it; `None` runs
+/// every client flat out. `rss` reads the target's processes' RSS in KiB.
+pub async fn run(
+    target: &'static str,
+    p: Params,
+    rate: Option<f64>,
+    warmup: Duration,
+    measure: Duration,
+    rss: impl Fn() -> Vec<u64>,
+) -> Result<Cell, String> {
+    let p = Arc::new(p);
+    let s = Arc::new(Shared {
+        ready: AtomicUsize::new(0),
+        go: AtomicBool::new(false),
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        ops: AtomicU64::new(0),
+    });
+    let interval = rate.map(|r| Duration::from_secs_f64(p.clients as f64 / r));
+    let tasks: Vec<_> =
+        (0..p.clients).map(|id| tokio::spawn(client_task(p.clone(), id, interval, s.clone()))).collect();
+    let setup = Instant::now();
+    while s.ready.load(Ordering::SeqCst) < p.clients {
+        if setup.elapsed() > Duration::from_secs(600) {
+            return Err("clients took over 10 minutes to set up".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if setup.elapsed() > Duration::from_secs(2) {
+        eprintln!("    set up in {:.1} s", setup.elapsed().as_secs_f64());
+    }
+    s.go.store(true, Ordering::SeqCst);
+    tokio::time::sleep(warmup).await;
+    s.measuring.store(true, Ordering::SeqCst);
+    let began = Instant::now();
+    let mut last = 0;
+    while began.elapsed() < measure {
+        tokio::time::sleep(Duration::from_secs(1).min(measure.saturating_sub(began.elapsed()))).await;
+        let now = s.ops.load(Ordering::Relaxed);
+        eprintln!("    {:>5.1} s: {:>9.0} ops/s", began.elapsed().as_secs_f64(), (now - last) as f64);
+        last = now;
+        if tasks.iter().all(|t| t.is_finished()) {
+            break;
+        }
+    }
+    s.measuring.store(false, Ordering::SeqCst);
+    let elapsed = began.elapsed();
+    let rss_mib = rss().into_iter().max().unwrap_or(0) as f64 / 1024.0;
+    s.stop.store(true, Ordering::SeqCst);
+    let mut total = histogram();
+    let mut failure = None;
+    for task in tasks {
+        match task.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(h) => total.add(&h).map_err(|e| e.to_string())?,
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(format!("{target} / {} / {}: {e}", p.workload.name(), p.style.name()));
+    }
+    Ok(Cell {
+        target,
+        workload: p.workload.name().to_string(),
+        style: p.style.name(),
+        clients: p.clients,
+        pipeline: p.pipeline,
+        load: rate.map(|r| format!("{r:.0}/s")).unwrap_or_else(|| "peak".into()),
+        ops_per_s: total.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: total.value_at_quantile(0.5),
+        p99_us: total.value_at_quantile(0.99),
+        p999_us: total.value_at_quantile(0.999),
+        rss_mib,
+        note: String::new(),
+    })
+}

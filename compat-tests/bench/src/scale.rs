@@ -1,0 +1,159 @@
+//! The scale workloads: (e) a full table of held locks, and (f) many connections of which
+//! a few are busy. Each measures the target's memory and then runs the lock cycle on top.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{PutOptions, Txn, TxnOp};
+use fencelock_client::resp::Value;
+
+use crate::cell::{self, Cell};
+use crate::conn::Conn;
+use crate::targets::Target;
+use crate::workloads::{Params, Style, Workload};
+
+/// Tasks filling the table at once.
+const FILLERS: usize = 16;
+/// Requests per pipelined batch (RESP) or puts per txn (etcd allows 128).
+const FILL_BATCH: usize = 100;
+
+fn largest(kib: &[u64]) -> u64 {
+    kib.iter().copied().max().unwrap_or(0)
+}
+
+/// Raises this process's open-file limit to its hard limit (children inherit it), so that
+/// 10,000 connections fit on both ends. Returns the new soft limit.
+pub fn raise_open_files() -> u64 {
+    // SAFETY: getrlimit / setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+        limit.rlim_cur
+    }
+}
+
+/// (e) Holds `count` locks (one-hour leases), reports the largest node's RSS, then runs
+/// the lock cycle with `base.clients` clients against the full table.
+pub async fn million(
+    t: &Target,
+    base: Params,
+    count: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<Cell, String> {
+    let before = largest(&t.rss_kib());
+    let filled = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let per = count.div_ceil(FILLERS);
+    let fillers: Vec<_> = (0..FILLERS)
+        .map(|f| {
+            let (p, filled) = (base.clone(), filled.clone());
+            let range = (f * per).min(count)..((f + 1) * per).min(count);
+            tokio::spawn(async move { fill(&p, range, filled).await })
+        })
+        .collect();
+    let mut last_report = Instant::now();
+    while !fillers.iter().all(|f| f.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            let n = filled.load(Ordering::Relaxed);
+            eprintln!("    {:>5.1} s: {n:>9} locks held", began.elapsed().as_secs_f64());
+            last_report = Instant::now();
+        }
+    }
+    for f in fillers {
+        f.await.map_err(|e| e.to_string())??;
+    }
+    let fill_secs = began.elapsed().as_secs_f64();
+    let after = largest(&t.rss_kib());
+    let mut cell = cell::run(t.kind.name(), base, None, warmup, measure, || t.rss_kib()).await?;
+    cell.workload = "million".into();
+    cell.note = format!(
+        "{count} held; filled at {:.0}/s; {:.0} B per lock on the largest node",
+        count as f64 / fill_secs,
+        (after.saturating_sub(before) * 1024) as f64 / count as f64
+    );
+    Ok(cell)
+}
+
+async fn fill(p: &Params, range: std::ops::Range<usize>, filled: Arc<AtomicU64>) -> Result<(), String> {
+    let names: Vec<String> = range.map(|i| format!("{}m:{i}", p.prefix)).collect();
+    if p.style == Style::Etcd {
+        let mut client = etcd_client::Client::connect(&p.etcd, None).await.map_err(|e| e.to_string())?;
+        // One lease per filler: a lease per key would be a million more log entries.
+        let lease = client.lease_grant(3600, None).await.map_err(|e| e.to_string())?.id();
+        for chunk in names.chunks(FILL_BATCH) {
+            let puts: Vec<TxnOp> =
+                chunk.iter().map(|k| TxnOp::put(k.as_str(), "t", Some(PutOptions::new().with_lease(lease)))).collect();
+            client.txn(Txn::new().and_then(puts)).await.map_err(|e| e.to_string())?;
+            filled.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        return Ok(());
+    }
+    let mut conn = Conn::open(p.port).await.map_err(|e| e.to_string())?;
+    let mut replies = Vec::new();
+    for chunk in names.chunks(FILL_BATCH) {
+        for name in chunk {
+            match p.style {
+                Style::Native => conn.queue(&[b"LOCK", name.as_bytes(), b"3600000", b"TOKEN", b"t"]),
+                _ => conn.queue(&[b"SET", name.as_bytes(), b"t", b"NX", b"PX", b"3600000"]),
+            }
+        }
+        conn.flush_and_read(chunk.len(), &mut replies).await.map_err(|e| e.to_string())?;
+        if let Some(bad) = replies.iter().find(|v| !matches!(v, Value::Array(_) | Value::Map(_) | Value::Simple(_))) {
+            return Err(format!("filling the table: {bad:?}"));
+        }
+        filled.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// (f) Opens `total - base.clients` idle connections, reports RSS per idle connection,
+/// then runs the lock cycle on `base.clients` more while the idle ones stay open.
+pub async fn connections(
+    t: &Target,
+    base: Params,
+    total: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<Cell, String> {
+    let idle_count = total.saturating_sub(base.clients);
+    let before = largest(&t.rss_kib());
+    let mut idle = Vec::with_capacity(idle_count);
+    let began = Instant::now();
+    let mut last_report = Instant::now();
+    while idle.len() < idle_count {
+        let mut conn = Conn::open(base.port).await.map_err(|e| format!("idle connection {}: {e}", idle.len()))?;
+        match conn.call(&[b"PING"]).await {
+            Ok(Value::Simple(_)) => idle.push(conn),
+            other => return Err(format!("idle connection {} was refused: {other:?}", idle.len())),
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            eprintln!("    {:>5.1} s: {:>6} idle connections", began.elapsed().as_secs_f64(), idle.len());
+            last_report = Instant::now();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = largest(&t.rss_kib());
+    let mut cell = cell::run(t.kind.name(), base, None, warmup, measure, || t.rss_kib()).await?;
+    cell.workload = "connections".into();
+    cell.note = format!(
+        "{idle_count} idle + {} active; {:.1} KiB per idle connection",
+        cell.clients,
+        after.saturating_sub(before) as f64 / idle_count.max(1) as f64
+    );
+    drop(idle);
+    Ok(cell)
+}
+
+/// The lock cycle in the target's main style, for the scale workloads.
+pub fn lock_params(base: &Params, t: &Target, clients: usize) -> Params {
+    Params { workload: Workload::Lock, style: Style::primary(t.kind), clients, pipeline: 1, ..base.clone() }
+}

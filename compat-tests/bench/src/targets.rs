@@ -1,0 +1,241 @@
+//! Starting and stopping the servers under test, all on 127.0.0.1 with ports picked here
+//! and data in temporary directories; every process is killed when its `Target` drops.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fencelock_client::resp::Value;
+use tokio::process::{Child, Command};
+
+use crate::conn::Conn;
+
+/// The kinds of server the tool can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One fencelock node (every write fsynced before its reply).
+    Fencelock,
+    /// Three fencelock nodes; clients talk to the leader.
+    Fencelock3,
+    /// redis-server with persistence off.
+    Redis,
+    /// redis-server with `appendonly yes`, `appendfsync always`.
+    RedisAof,
+    /// Three etcd 3.4 members; clients talk to the leader over gRPC.
+    Etcd3,
+}
+
+impl Kind {
+    /// Parses a `--targets` entry.
+    pub fn parse(name: &str) -> Result<Kind, String> {
+        Ok(match name {
+            "fencelock" => Kind::Fencelock,
+            "fencelock-3" => Kind::Fencelock3,
+            "redis" => Kind::Redis,
+            "redis-aof" => Kind::RedisAof,
+            "etcd-3" => Kind::Etcd3,
+            other => {
+                return Err(format!("unknown target {other:?} (fencelock, fencelock-3, redis, redis-aof, etcd-3)"))
+            }
+        })
+    }
+
+    /// The name used in tables and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Fencelock => "fencelock",
+            Kind::Fencelock3 => "fencelock-3",
+            Kind::Redis => "redis",
+            Kind::RedisAof => "redis-aof",
+            Kind::Etcd3 => "etcd-3",
+        }
+    }
+
+    /// Spoken to over RESP (everything but etcd).
+    pub fn is_resp(self) -> bool {
+        self != Kind::Etcd3
+    }
+}
+
+/// A started target; its processes are killed on drop.
+pub struct Target {
+    /// What it is.
+    pub kind: Kind,
+    /// The RESP port clients use (the leader's, for a cluster); 0 for etcd.
+    pub port: u16,
+    /// etcd client URLs, the leader's alone (followers would only proxy to it).
+    pub etcd_endpoints: Vec<String>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+impl Target {
+    /// Resident set size of each of the target's processes, in KiB (from /proc).
+    pub fn rss_kib(&self) -> Vec<u64> {
+        self.children.iter().filter_map(|c| c.id()).map(rss_kib_of).collect()
+    }
+}
+
+fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A port nobody listens on now, below the kernel's ephemeral range so that the
+/// connections this tool opens cannot take it first.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = 20_000 + (std::process::id() % 1000) as u16 * 10;
+        let _ = NEXT.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        if port > 32_000 {
+            NEXT.store(20_000, Ordering::Relaxed);
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn spawn(command: &mut Command, what: &str) -> Result<Child, String> {
+    command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    command.spawn().map_err(|e| format!("cannot start {what}: {e}"))
+}
+
+/// Starts a target and waits until it takes writes.
+pub async fn start(kind: Kind, fencelock: &Path) -> Result<Target, String> {
+    let dir = tempfile::Builder::new().prefix("fencelock-bench-").tempdir().map_err(|e| e.to_string())?;
+    let mut target = Target { kind, port: 0, etcd_endpoints: Vec::new(), children: Vec::new(), _dir: dir };
+    let root = target._dir.path().to_path_buf();
+    match kind {
+        Kind::Fencelock => {
+            target.port = free_port();
+            let mut c = Command::new(fencelock);
+            c.args(["--port", &target.port.to_string(), "--maxclients", "20000", "--data-dir"]).arg(root.join("data"));
+            target.children.push(spawn(&mut c, "fencelock")?);
+            wait_resp_ready(target.port).await?;
+        }
+        Kind::Fencelock3 => {
+            let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+            let peers: Vec<String> =
+                ports.iter().enumerate().map(|(i, (_, peer))| format!("{}=127.0.0.1:{peer}", i + 1)).collect();
+            for (i, (port, peer)) in ports.iter().enumerate() {
+                let mut c = Command::new(fencelock);
+                c.args(["--port", &port.to_string(), "--peer-port", &peer.to_string(), "--maxclients", "20000"])
+                    .args(["--node-id", &(i + 1).to_string(), "--peers", &peers.join(","), "--data-dir"])
+                    .arg(root.join(format!("n{}", i + 1)));
+                target.children.push(spawn(&mut c, "fencelock")?);
+            }
+            target.port = fencelock_leader(&ports.iter().map(|p| p.0).collect::<Vec<_>>()).await?;
+        }
+        Kind::Redis | Kind::RedisAof => {
+            target.port = free_port();
+            let mut c = Command::new("redis-server");
+            c.args(["--port", &target.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args(["--maxclients", "20000", "--dir"])
+                .arg(&root);
+            if kind == Kind::RedisAof {
+                c.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            } else {
+                c.args(["--appendonly", "no"]);
+            }
+            target.children.push(spawn(&mut c, "redis-server")?);
+            wait_resp_ready(target.port).await?;
+        }
+        Kind::Etcd3 => {
+            let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+            let cluster: Vec<String> =
+                ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1)).collect();
+            for (i, (port, peer)) in ports.iter().enumerate() {
+                let (client_url, peer_url) = (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{peer}"));
+                let mut c = Command::new("etcd");
+                c.args(["--name", &format!("e{}", i + 1), "--data-dir"])
+                    .arg(root.join(format!("e{}", i + 1)))
+                    .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+                    .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                    .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "fencelock-bench", "--quota-backend-bytes", "8589934592"]);
+                target.children.push(spawn(&mut c, "etcd (apt-get install etcd-server)")?);
+            }
+            let urls: Vec<String> = ports.iter().map(|(p, _)| format!("http://127.0.0.1:{p}")).collect();
+            target.etcd_endpoints = vec![etcd_leader(&urls).await?];
+        }
+    }
+    Ok(target)
+}
+
+async fn wait_resp_ready(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut c) = Conn::open(port).await {
+            if let Ok(Value::Simple(_)) = c.call(&[b"SET", b"bench:ready", b"1"]).await {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the target on port {port} never accepted a write"))
+}
+
+/// The client port of the node that reports `role:master` once a write went through.
+async fn fencelock_leader(ports: &[u16]) -> Result<u16, String> {
+    wait_resp_ready(ports[0]).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        for &port in ports {
+            let Ok(mut c) = Conn::open(port).await else { continue };
+            if let Ok(Value::Bulk(info)) = c.call(&[b"INFO", b"replication"]).await {
+                if String::from_utf8_lossy(&info).contains("role:master") {
+                    return Ok(port);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("no fencelock node became leader".into())
+}
+
+/// The client URL of the member that every member names as leader.
+async fn etcd_leader(urls: &[String]) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        for url in urls {
+            let Ok(mut c) = etcd_client::Client::connect([url.as_str()], None).await else { continue };
+            let Ok(status) = c.status().await else { continue };
+            let me = status.header().map(|h| h.member_id()).unwrap_or(0);
+            if status.leader() != 0 && status.leader() == me && c.put("bench/ready", "1", None).await.is_ok() {
+                return Ok(url.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err("the etcd cluster never elected a leader (is etcd-server installed?)".into())
+}
+
+/// The fencelock binary: `--binary`, `$FENCELOCK_BIN`, or next to this program.
+pub fn fencelock_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let candidate = given
+        .or_else(|| std::env::var_os("FENCELOCK_BIN").map(PathBuf::from))
+        .or_else(|| std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("fencelock"))));
+    match candidate {
+        Some(path) if path.exists() => Ok(path),
+        _ => Err("no fencelock binary: run `cargo build --release --bin fencelock` first, or pass --binary".into()),
+    }
+}
