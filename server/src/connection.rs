@@ -56,6 +56,8 @@ struct Session {
     bound: Option<BoundSession>,
     /// OBSERVE was used since the last RESET (watches may be active).
     observing: bool,
+    /// This connection's CLIENT LIST `cmd=` field.
+    last_command: Arc<std::sync::Mutex<Bytes>>,
 }
 
 /// A session bound to a connection. Dropping it (unbind, RESET, the connection
@@ -96,6 +98,12 @@ impl Session {
 /// Most commands one MULTI may queue.
 const MULTI_COMMANDS_MAX: usize = 10_000;
 
+/// The connection's `cmd=` cell in the client table (a fresh one if it is not listed).
+fn last_command(server: &Server, id: u64) -> Arc<std::sync::Mutex<Bytes>> {
+    let clients = server.clients.lock().expect("not poisoned");
+    clients.get(&id).map(|c| Arc::clone(&c.last_command)).unwrap_or_default()
+}
+
 /// Serves one connection until it closes.
 pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
@@ -117,6 +125,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
         stale_reads: false,
         bound: None,
         observing: false,
+        last_command: last_command(&server, id),
     };
     serve_session(&server, &mut stream, &mut session, &mut parser, &mut input, &mut output).await;
     server.node.sm.shared.pubsub.detach(id);
@@ -216,10 +225,8 @@ async fn handle(
     stream: &mut TcpStream,
     input: &mut BytesMut,
 ) -> Option<Wire> {
-    if let Some(client) = server.clients.lock().expect("not poisoned").get_mut(&session.id) {
-        client.last_command = String::from_utf8_lossy(&args[0]).to_lowercase();
-    }
-    let command_name = String::from_utf8_lossy(&args[0]).to_lowercase();
+    *session.last_command.lock().expect("not poisoned") = args[0].clone();
+    let first = args[0].clone();
     let request = match cmd::parse(args) {
         Ok(request) => request,
         Err(e) => {
@@ -247,6 +254,7 @@ async fn handle(
             )
         );
         if !allowed {
+            let command_name = String::from_utf8_lossy(&first).to_lowercase();
             return Some(Wire::Error(format!(
                 "ERR Can't execute '{command_name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / OBSERVE / OBSERVE.CANCEL / PING / QUIT / RESET are allowed in this context"
             )));

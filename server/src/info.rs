@@ -130,7 +130,7 @@ pub fn client_list(server: &Server, only: Option<u64>) -> String {
             c.resp,
             text(&c.lib_name),
             text(&c.lib_ver),
-            c.last_command
+            String::from_utf8_lossy(&c.last_command.lock().expect("not poisoned")).to_lowercase()
         );
     }
     out

@@ -37,8 +37,9 @@ pub struct ClientInfo {
     pub lib_ver: Option<Bytes>,
     /// RESP version.
     pub resp: u8,
-    /// Last command name.
-    pub last_command: String,
+    /// Last command name, as sent. Shared with the connection's task, which sets it on
+    /// every request: a lock of its own, so connections never contend for the table.
+    pub last_command: Arc<Mutex<Bytes>>,
     /// Connected since.
     pub since: Instant,
 }
@@ -145,7 +146,7 @@ impl Server {
                 lib_name: None,
                 lib_ver: None,
                 resp: 2,
-                last_command: "NULL".into(),
+                last_command: Arc::new(Mutex::new(Bytes::from_static(b"NULL"))),
                 since: Instant::now(),
             };
             self.clients.lock().expect("not poisoned").insert(id, info);

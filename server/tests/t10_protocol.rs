@@ -95,6 +95,19 @@ fn ping_and_echo() {
 }
 
 #[test]
+fn client_list_shows_each_connections_last_command() {
+    let server = Server::start();
+    let (mut a, mut b) = (server.connect(), server.connect());
+    assert_eq!(a.raw(&["ECHO", "x"]), bulk("x"));
+    assert_eq!(b.raw(&["PING"]), "+PONG\r\n");
+    let list = a.raw(&["CLIENT", "LIST"]);
+    assert!(list.contains("cmd=client"), "{list}");
+    assert!(list.contains("cmd=ping"), "{list}");
+    let list = b.raw(&["CLIENT", "LIST"]);
+    assert!(!list.contains("cmd=ping"), "b's newest command is CLIENT now: {list}");
+}
+
+#[test]
 fn inline_commands() {
     let server = Server::start();
     let mut c = server.connect();

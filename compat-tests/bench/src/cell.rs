@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::targets::Target;
 use crate::workloads::{Client, Params};
 
 /// A cell's result (one row of the table).
@@ -26,6 +27,9 @@ pub struct Cell {
     pub p999_us: u64,
     /// The largest resident set of the target's processes at the end, in MiB.
     pub rss_mib: f64,
+    /// CPU time the target used per operation in the measured window (all its
+    /// processes), µs: steadier than ops/s on a shared 2-core machine.
+    pub cpu_us_per_op: f64,
     pub note: String,
 }
 
@@ -83,14 +87,13 @@ async fn client_task(
 }
 
 /// Runs a cell. `rate` (operations per second over all clients) paces it; `None` runs
-/// every client flat out. `rss` reads the target's processes' RSS in KiB.
+/// every client flat out.
 pub async fn run(
-    target: &'static str,
     p: Params,
     rate: Option<f64>,
     warmup: Duration,
     measure: Duration,
-    rss: impl Fn() -> Vec<u64>,
+    t: &Target,
 ) -> Result<Cell, String> {
     let p = Arc::new(p);
     let s = Arc::new(Shared {
@@ -116,6 +119,7 @@ pub async fn run(
     s.go.store(true, Ordering::SeqCst);
     tokio::time::sleep(warmup).await;
     s.measuring.store(true, Ordering::SeqCst);
+    let cpu_before = t.cpu_us();
     let began = Instant::now();
     let mut last = 0;
     while began.elapsed() < measure {
@@ -129,7 +133,8 @@ pub async fn run(
     }
     s.measuring.store(false, Ordering::SeqCst);
     let elapsed = began.elapsed();
-    let rss_mib = rss().into_iter().max().unwrap_or(0) as f64 / 1024.0;
+    let cpu_us = t.cpu_us().saturating_sub(cpu_before);
+    let rss_mib = t.rss_kib().into_iter().max().unwrap_or(0) as f64 / 1024.0;
     s.stop.store(true, Ordering::SeqCst);
     let mut total = histogram();
     let mut failure = None;
@@ -140,10 +145,10 @@ pub async fn run(
         }
     }
     if let Some(e) = failure {
-        return Err(format!("{target} / {} / {}: {e}", p.workload.name(), p.style.name()));
+        return Err(format!("{} / {} / {}: {e}", t.kind.name(), p.workload.name(), p.style.name()));
     }
     Ok(Cell {
-        target,
+        target: t.kind.name(),
         workload: p.workload.name().to_string(),
         style: p.style.name(),
         clients: p.clients,
@@ -154,6 +159,7 @@ pub async fn run(
         p99_us: total.value_at_quantile(0.99),
         p999_us: total.value_at_quantile(0.999),
         rss_mib,
+        cpu_us_per_op: cpu_us as f64 / total.len().max(1) as f64,
         note: String::new(),
     })
 }

@@ -158,17 +158,13 @@ async fn run(args: Args) -> Result<(), String> {
                 let counts = if workload == Workload::Lock { clients.clone() } else { vec![args.clients_other] };
                 for &n in &counts {
                     eprintln!("  {} / {} {} / {n} clients", kind.name(), workload.name(), style.name());
-                    let cell =
-                        cell::run(kind.name(), params(workload, style, n), None, warmup, measure, || t.rss_kib())
-                            .await?;
+                    let cell = cell::run(params(workload, style, n), None, warmup, measure, &t).await?;
                     let peak = cell.ops_per_s;
                     cells.push(cell);
                     if workload == Workload::Lock && n == args.half_load_at {
                         eprintln!("  {} / lock {} / {n} clients at half of {peak:.0}/s", kind.name(), style.name());
                         let paced = params(workload, style, n);
-                        cells.push(
-                            cell::run(kind.name(), paced, Some(peak / 2.0), warmup, measure, || t.rss_kib()).await?,
-                        );
+                        cells.push(cell::run(paced, Some(peak / 2.0), warmup, measure, &t).await?);
                     }
                 }
             }

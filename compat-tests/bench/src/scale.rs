@@ -73,7 +73,7 @@ pub async fn million(
     }
     let fill_secs = began.elapsed().as_secs_f64();
     let after = largest(&t.rss_kib());
-    let mut cell = cell::run(t.kind.name(), base, None, warmup, measure, || t.rss_kib()).await?;
+    let mut cell = cell::run(base, None, warmup, measure, t).await?;
     cell.workload = "million".into();
     cell.note = format!(
         "{count} held; filled at {:.0}/s; {:.0} B per lock on the largest node",
@@ -142,7 +142,7 @@ pub async fn connections(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = largest(&t.rss_kib());
-    let mut cell = cell::run(t.kind.name(), base, None, warmup, measure, || t.rss_kib()).await?;
+    let mut cell = cell::run(base, None, warmup, measure, t).await?;
     cell.workload = "connections".into();
     cell.note = format!(
         "{idle_count} idle + {} active; {:.1} KiB per idle connection",

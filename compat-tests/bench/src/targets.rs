@@ -84,6 +84,25 @@ impl Target {
     }
 }
 
+impl Target {
+    /// CPU time (user + system) the target's processes have used, in µs.
+    pub fn cpu_us(&self) -> u64 {
+        self.children.iter().filter_map(|c| c.id()).map(cpu_us_of).sum()
+    }
+}
+
+/// utime + stime from /proc/<pid>/stat (fields 14 and 15, in clock ticks).
+fn cpu_us_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / per_second
+}
+
 fn rss_kib_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
