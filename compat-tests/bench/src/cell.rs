@@ -33,6 +33,33 @@ pub struct Cell {
     pub note: String,
 }
 
+impl Cell {
+    /// The row for a cell that could not be measured.
+    pub fn failed(target: &'static str, p: &Params, error: String) -> Cell {
+        Cell {
+            target,
+            workload: p.workload.name().to_string(),
+            style: p.style.name(),
+            clients: p.clients,
+            pipeline: p.pipeline,
+            load: "-".into(),
+            ops_per_s: 0.0,
+            p50_us: 0,
+            p99_us: 0,
+            p999_us: 0,
+            rss_mib: 0.0,
+            cpu_us_per_op: 0.0,
+            note: format!("FAILED: {}", error.replace('|', "/")),
+        }
+    }
+
+    /// The same row under another workload name (the scale workloads).
+    pub fn named(mut self, workload: &str) -> Cell {
+        self.workload = workload.to_string();
+        self
+    }
+}
+
 struct Shared {
     ready: AtomicUsize,
     go: AtomicBool,

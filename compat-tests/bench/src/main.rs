@@ -104,6 +104,16 @@ async fn load_script(port: u16, script: &str) -> Result<String, String> {
     }
 }
 
+/// A failed cell becomes a row that says why (and the run goes on with the next one),
+/// so one target's trouble does not throw away the rest of a long run.
+fn settle(result: Result<cell::Cell, String>, p: &Params, kind: Kind, failures: &mut usize) -> cell::Cell {
+    result.unwrap_or_else(|e| {
+        eprintln!("    FAILED: {e}");
+        *failures += 1;
+        cell::Cell::failed(kind.name(), p, e)
+    })
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let (warmup, measure) = (parse_secs(&args.warmup)?, parse_secs(&args.duration)?);
     let clients: Vec<usize> = args
@@ -127,6 +137,7 @@ async fn run(args: Args) -> Result<(), String> {
         );
     }
     let mut cells = Vec::new();
+    let mut failures = 0;
     let mut cell_no = 0;
     for kind in kinds {
         eprintln!("starting {} ...", kind.name());
@@ -158,13 +169,17 @@ async fn run(args: Args) -> Result<(), String> {
                 let counts = if workload == Workload::Lock { clients.clone() } else { vec![args.clients_other] };
                 for &n in &counts {
                     eprintln!("  {} / {} {} / {n} clients", kind.name(), workload.name(), style.name());
-                    let cell = cell::run(params(workload, style, n), None, warmup, measure, &t).await?;
+                    let p = params(workload, style, n);
+                    let cell = settle(cell::run(p.clone(), None, warmup, measure, &t).await, &p, kind, &mut failures);
                     let peak = cell.ops_per_s;
                     cells.push(cell);
                     if workload == Workload::Lock && n == args.half_load_at {
                         eprintln!("  {} / lock {} / {n} clients at half of {peak:.0}/s", kind.name(), style.name());
                         let paced = params(workload, style, n);
-                        cells.push(cell::run(paced, Some(peak / 2.0), warmup, measure, &t).await?);
+                        if peak > 0.0 {
+                            let run = cell::run(paced.clone(), Some(peak / 2.0), warmup, measure, &t).await;
+                            cells.push(settle(run, &paced, kind, &mut failures));
+                        }
                     }
                 }
             }
@@ -173,7 +188,8 @@ async fn run(args: Args) -> Result<(), String> {
             if kind.is_resp() {
                 eprintln!("  {} / {} connections, {} active", kind.name(), args.connections, args.active);
                 let base = scale::lock_params(&params(Workload::Lock, Style::primary(kind), 0), &t, args.active);
-                cells.push(scale::connections(&t, base, args.connections, warmup, measure).await?);
+                let run = scale::connections(&t, base.clone(), args.connections, warmup, measure).await;
+                cells.push(settle(run, &base, kind, &mut failures).named("connections"));
             } else {
                 eprintln!("  {}: connections skipped (gRPC multiplexes one connection; 10,000 etcd clients are not how etcd is used)", kind.name());
             }
@@ -181,7 +197,8 @@ async fn run(args: Args) -> Result<(), String> {
         if names.contains(&"million") {
             eprintln!("  {} / {} held locks", kind.name(), args.million);
             let base = scale::lock_params(&params(Workload::Lock, Style::primary(kind), 0), &t, args.million_clients);
-            cells.push(scale::million(&t, base, args.million, warmup, measure).await?);
+            let run = scale::million(&t, base.clone(), args.million, warmup, measure).await;
+            cells.push(settle(run, &base, kind, &mut failures).named("million"));
         }
         drop(t);
     }
@@ -192,5 +209,8 @@ async fn run(args: Args) -> Result<(), String> {
     std::fs::write(args.out.join("results.md"), format!("{table}\n{goals}")).map_err(|e| e.to_string())?;
     report::chart(&cells, &args.out.join("lock.png"))?;
     eprintln!("wrote {} and {}", args.out.join("results.md").display(), args.out.join("lock.png").display());
+    if failures > 0 {
+        return Err(format!("{failures} cell(s) failed; see the table's notes"));
+    }
     Ok(())
 }

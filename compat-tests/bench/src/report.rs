@@ -83,6 +83,10 @@ pub fn goals(cells: &[Cell]) -> String {
         line(one.p50_us < 500, format!("fencelock native, 1 client: p50 {} µs; goal < 500", one.p50_us));
     }
     for c in cells.iter().filter(|c| c.target.starts_with("fencelock")) {
+        if c.note.starts_with("FAILED") {
+            line(false, format!("{} {}: {}", c.target, c.workload, c.note));
+            continue;
+        }
         match c.workload.as_str() {
             "million" => line(
                 c.rss_mib <= 1024.0,

@@ -100,15 +100,28 @@ async fn fill(p: &Params, range: std::ops::Range<usize>, filled: Arc<AtomicU64>)
     let mut conn = Conn::open(p.port).await.map_err(|e| e.to_string())?;
     let mut replies = Vec::new();
     for chunk in names.chunks(FILL_BATCH) {
-        for name in chunk {
-            match p.style {
-                Style::Native => conn.queue(&[b"LOCK", name.as_bytes(), b"3600000", b"TOKEN", b"t"]),
-                _ => conn.queue(&[b"SET", name.as_bytes(), b"t", b"NX", b"PX", b"3600000"]),
+        // A batch refused while a cluster elects a leader (TRYAGAIN) is sent again, as
+        // a client would: IDEMPOTENT makes a repeated LOCK add no second hold, and a
+        // repeated SET NX of our own value answers nil, which counts as held.
+        let mut attempts = 0;
+        loop {
+            for name in chunk {
+                match p.style {
+                    Style::Native => conn.queue(&[b"LOCK", name.as_bytes(), b"3600000", b"TOKEN", b"t", b"IDEMPOTENT"]),
+                    _ => conn.queue(&[b"SET", name.as_bytes(), b"t", b"NX", b"PX", b"3600000"]),
+                }
             }
-        }
-        conn.flush_and_read(chunk.len(), &mut replies).await.map_err(|e| e.to_string())?;
-        if let Some(bad) = replies.iter().find(|v| !matches!(v, Value::Array(_) | Value::Map(_) | Value::Simple(_))) {
-            return Err(format!("filling the table: {bad:?}"));
+            conn.flush_and_read(chunk.len(), &mut replies).await.map_err(|e| e.to_string())?;
+            let refused = replies.iter().find(|v| !matches!(v, Value::Array(_) | Value::Map(_) | Value::Simple(_)));
+            match refused {
+                None => break,
+                Some(Value::Error(e)) if e.starts_with("TRYAGAIN") && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(Value::Nil) if attempts > 0 => break,
+                Some(bad) => return Err(format!("filling the table: {bad:?}")),
+            }
         }
         filled.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
