@@ -72,6 +72,10 @@ struct Args {
     /// ... of which this many run the lock cycle (also the client count with the full table).
     #[arg(long, default_value_t = 1_000)]
     active: usize,
+    /// Lock cycles per second over all the active connections (0: flat out). Flat out,
+    /// 1,000 closed-loop clients only measure queueing (p99 ≈ 1,000 / throughput).
+    #[arg(long, default_value_t = 2_000.0)]
+    active_rate: f64,
     /// Clients running the lock cycle against the full table of `million`.
     #[arg(long, default_value_t = 16)]
     million_clients: usize,
@@ -188,7 +192,15 @@ async fn run(args: Args) -> Result<(), String> {
             if kind.is_resp() {
                 eprintln!("  {} / {} connections, {} active", kind.name(), args.connections, args.active);
                 let base = scale::lock_params(&params(Workload::Lock, Style::primary(kind), 0), &t, args.active);
-                let run = scale::connections(&t, base.clone(), args.connections, warmup, measure).await;
+                let run = scale::connections(
+                    &t,
+                    base.clone(),
+                    args.connections,
+                    (args.active_rate > 0.0).then_some(args.active_rate),
+                    warmup,
+                    measure,
+                )
+                .await;
                 cells.push(settle(run, &base, kind, &mut failures).named("connections"));
             } else {
                 eprintln!("  {}: connections skipped (gRPC multiplexes one connection; 10,000 etcd clients are not how etcd is used)", kind.name());

@@ -129,11 +129,13 @@ async fn fill(p: &Params, range: std::ops::Range<usize>, filled: Arc<AtomicU64>)
 }
 
 /// (f) Opens `total - base.clients` idle connections, reports RSS per idle connection,
-/// then runs the lock cycle on `base.clients` more while the idle ones stay open.
+/// then runs the lock cycle on `base.clients` more (at `rate` cycles/s over all of them,
+/// or flat out) while the idle ones stay open.
 pub async fn connections(
     t: &Target,
     base: Params,
     total: usize,
+    rate: Option<f64>,
     warmup: Duration,
     measure: Duration,
 ) -> Result<Cell, String> {
@@ -155,7 +157,7 @@ pub async fn connections(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = largest(&t.rss_kib());
-    let mut cell = cell::run(base, None, warmup, measure, t).await?;
+    let mut cell = cell::run(base, rate, warmup, measure, t).await?;
     cell.workload = "connections".into();
     cell.note = format!(
         "{idle_count} idle + {} active; {:.1} KiB per idle connection",
