@@ -143,6 +143,11 @@ fn is_grant(v: &Value) -> bool {
     matches!(v, Value::Array(_) | Value::Map(_))
 }
 
+/// A LOCK grant, or SET NX's `+OK`.
+fn is_acquired(v: &Value) -> bool {
+    is_grant(v) || matches!(v, Value::Simple(_))
+}
+
 fn io(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -181,14 +186,11 @@ impl Client {
         for chunk in (0..hold).collect::<Vec<_>>().chunks(256) {
             for &i in chunk {
                 let (name, token) = (format!("{}h:{id}:{i}", p.prefix), format!("t{id}-{i}"));
-                match p.style {
-                    Style::Native => c.conn.queue(&[b"LOCK", name.as_bytes(), b"600000", b"TOKEN", token.as_bytes()]),
-                    _ => c.conn.queue(&[b"SET", name.as_bytes(), token.as_bytes(), b"NX", b"PX", b"600000"]),
-                }
+                c.acquire(p, &name, &token, b"600000");
                 c.held.push((name, token));
             }
             c.conn.flush_and_read(chunk.len(), &mut c.replies).await.map_err(io)?;
-            if let Some(bad) = c.replies.iter().find(|v| !is_grant(v) && !matches!(v, Value::Simple(_))) {
+            if let Some(bad) = c.replies.iter().find(|v| !is_acquired(v)) {
                 return Err(unexpected("taking the held locks", bad));
             }
         }
@@ -210,16 +212,7 @@ impl Client {
                 let held = std::mem::take(&mut c.held);
                 for chunk in held.chunks(256) {
                     for (name, token) in chunk {
-                        match p.style {
-                            Style::Native => c.conn.queue(&[b"UNLOCK", name.as_bytes(), token.as_bytes()]),
-                            _ => c.conn.queue(&[
-                                b"EVALSHA",
-                                p.release_sha.as_bytes(),
-                                b"1",
-                                name.as_bytes(),
-                                token.as_bytes(),
-                            ]),
-                        }
+                        c.release(p, name, token);
                     }
                     if c.conn.flush_and_read(chunk.len(), &mut c.replies).await.is_err() {
                         return;
@@ -242,7 +235,7 @@ impl RespClient {
     async fn step(&mut self, p: &Params, n: u64) -> Result<u64, String> {
         let batch = if p.workload == Workload::Contended { 1 } else { p.pipeline.max(1) };
         match (p.workload, p.style) {
-            (Workload::Lock, style) => {
+            (Workload::Lock, _) => {
                 let names: Vec<(String, String)> = (0..batch as u64)
                     .map(|j| {
                         let k = n * batch as u64 + j;
@@ -250,15 +243,10 @@ impl RespClient {
                     })
                     .collect();
                 for (name, token) in &names {
-                    match style {
-                        Style::Native => {
-                            self.conn.queue(&[b"LOCK", name.as_bytes(), b"30000", b"TOKEN", token.as_bytes()])
-                        }
-                        _ => self.conn.queue(&[b"SET", name.as_bytes(), token.as_bytes(), b"NX", b"PX", b"30000"]),
-                    }
+                    self.acquire(p, name, token, b"30000");
                 }
                 self.conn.flush_and_read(batch, &mut self.replies).await.map_err(io)?;
-                if let Some(bad) = self.replies.iter().find(|v| !is_grant(v) && !matches!(v, Value::Simple(_))) {
+                if let Some(bad) = self.replies.iter().find(|v| !is_acquired(v)) {
                     return Err(unexpected("acquire", bad));
                 }
                 for (name, token) in &names {
@@ -289,7 +277,7 @@ impl RespClient {
                     }
                     .map_err(io)?;
                     match reply {
-                        v if is_grant(&v) || matches!(v, Value::Simple(_)) => break,
+                        v if is_acquired(&v) => break,
                         Value::Nil if style == Style::Redlock => tokio::time::sleep(p.poll).await,
                         other => return Err(unexpected("blocking acquire", &other)),
                     }
@@ -337,6 +325,15 @@ impl RespClient {
         Ok(batch as u64)
     }
 
+    /// Queues a non-blocking acquire of `name` with `token` for `ttl_ms`.
+    fn acquire(&mut self, p: &Params, name: &str, token: &str, ttl_ms: &[u8]) {
+        match p.style {
+            Style::Native => self.conn.queue(&[b"LOCK", name.as_bytes(), ttl_ms, b"TOKEN", token.as_bytes()]),
+            _ => self.conn.queue(&[b"SET", name.as_bytes(), token.as_bytes(), b"NX", b"PX", ttl_ms]),
+        }
+    }
+
+    /// Queues the release of `name` held with `token`.
     fn release(&mut self, p: &Params, name: &str, token: &str) {
         match p.style {
             Style::Native => self.conn.queue(&[b"UNLOCK", name.as_bytes(), token.as_bytes()]),
