@@ -3,12 +3,12 @@
 //! same fence), and new requests go on through the survivors.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fencelock_client::{Client, LockOptions, Options};
+use fencelock_testkit::free_port;
 
 /// The `fencelock` binary cargo built beside this test (target/<profile>/fencelock), or
 /// `$FENCELOCK_BIN`.
@@ -31,24 +31,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A port nobody listens on now, below the ephemeral range (where `--port 0` listeners
-/// live), never handed out twice by this process.
-fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-            ^ (u64::from(std::process::id()) << 32);
-    loop {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let port = 20_000 + ((seed >> 33) % 12_000) as u16;
-        let mut handed_out = HANDED_OUT.lock().unwrap();
-        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return port;
-        }
     }
 }
 

@@ -112,26 +112,7 @@ fn rss_kib_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A port nobody listens on now, below the kernel's ephemeral range so that the
-/// connections this tool opens cannot take it first.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    if NEXT.load(Ordering::Relaxed) == 0 {
-        let seed = 20_000 + (std::process::id() % 1000) as u16 * 10;
-        let _ = NEXT.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::Relaxed);
-        if port > 32_000 {
-            NEXT.store(20_000, Ordering::Relaxed);
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use fencelock_testkit::free_port;
 
 fn spawn(command: &mut Command, what: &str) -> Result<Child, String> {
     command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);

@@ -11,27 +11,7 @@ use std::time::{Duration, Instant};
 use crate::proxy::{Link, LinkState};
 use crate::resp::{Conn, Reply};
 
-/// A port nobody listens on right now.
-///
-/// Drawn below Linux's ephemeral range (32768+): a port the OS hands out for `bind :0`
-/// is also what it gives outgoing connections, so another process (or another harness
-/// run) could take it before a node binds it, or while a killed node is down. Never the
-/// same port twice in one run.
-pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-            ^ (u64::from(std::process::id()) << 32);
-    loop {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let port = 20_000 + ((seed >> 33) % 12_000) as u16;
-        let mut handed_out = HANDED_OUT.lock().expect("not poisoned");
-        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return port;
-        }
-    }
-}
+pub use fencelock_testkit::free_port;
 
 /// The cluster.
 pub struct Cluster {

@@ -1,33 +1,11 @@
 //! Helpers for the multi-process cluster tests: start N nodes on 127.0.0.1, find the
 //! leader, retry what a client retries, and read INFO / CLUSTER.STATUS fields.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use super::{wait_until, Client, Reply, Server};
 
-/// A port nobody listens on right now (for peer ports given on the command line).
-/// Drawn below Linux's ephemeral range (32768+), where servers started with `--port 0`
-/// and client sockets get theirs, and never handed out twice by this test binary; a
-/// port taken between this check and the node's bind is retried by the caller.
-pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-            ^ (u64::from(std::process::id()) << 32);
-    loop {
-        // xorshift: good enough to spread test processes over the range.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let port = 20_000 + (seed % 12_000) as u16;
-        let mut handed_out = HANDED_OUT.lock().unwrap();
-        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return port;
-        }
-    }
-}
+pub use fencelock_testkit::free_port;
 
 /// Starts `n` nodes of a static cluster (ids 1..=n) with `extra` flags each. Every
 /// node waits for a leader before it reports ready, so they start together. If a node
