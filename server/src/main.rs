@@ -5,8 +5,7 @@ use clap::Parser;
 use fencelock_server::config::{Flags, Settings};
 use fencelock_server::launch::launch;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FENCELOCK_LOG")
@@ -21,7 +20,20 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(settings).await {
+    // One thread by default (see `--io-threads`): connections, Raft and apply share it,
+    // so a write crosses threads only to the WAL's fsync and back.
+    let runtime = match settings.io_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fencelock: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(settings)) {
         eprintln!("fencelock: {e}");
         std::process::exit(1);
     }

@@ -434,7 +434,9 @@ fn a_torn_wal_tail_is_cut_off_on_restart() {
 #[test]
 fn acknowledged_writes_survive_sigkill_with_frequent_snapshots() {
     // Snapshots and log purges happen while writes run, and the kill may land in one.
-    let server = run_crash_cycles("snapshot-every-500", &["--snapshot-every", "500"]);
+    // This run also uses a multi-threaded runtime (`--io-threads 2`; the default is one
+    // thread), so apply, snapshots and connections really run in parallel here.
+    let server = run_crash_cycles("snapshot-every-500", &["--snapshot-every", "500", "--io-threads", "2"]);
     // The runs above really went through snapshots and log purges.
     let data = server.data_dir();
     assert!(data.join("state").join("snapshot").exists(), "no snapshot was written");
