@@ -69,9 +69,19 @@ fn corrupt(message: String) -> io::Error {
 /// Drops `value` on a short-lived thread of its own. Purging the log after a snapshot
 /// frees every entry the snapshot covers, one allocation or more each; done on the
 /// runtime or the WAL thread, that stalled every client for tens of milliseconds.
-pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
+fn drop_elsewhere<T: Send + 'static>(value: T) {
     // If no thread can start, the failed spawn drops the closure, and `value` with it.
     let _ = std::thread::Builder::new().name("fencelock-drop".into()).spawn(move || drop(value));
+}
+
+/// Removes the first `n` items of `items` and drops them elsewhere (`drop_elsewhere`),
+/// keeping the capacity: a log refills to the same length before the next purge, and
+/// growing it again from empty (doubling and copying) cost a follower 9.5% of its CPU.
+pub(crate) fn purge_front<T: Send + 'static>(items: &mut VecDeque<T>, n: usize) {
+    let n = n.min(items.len());
+    let mut purged = std::mem::replace(items, VecDeque::with_capacity(items.capacity()));
+    items.extend(purged.drain(n..));
+    drop_elsewhere(purged);
 }
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
@@ -364,10 +374,9 @@ impl Wal {
     /// deletes segments that hold nothing newer. The active segment always stays.
     pub fn purge_through(&mut self, index: u64) -> io::Result<()> {
         let purged = (index + 1).saturating_sub(self.first_index).min(self.entries.len() as u64);
-        let kept = self.entries.split_off(purged as usize);
         // A purge after a snapshot frees up to `--snapshot-every` payloads: 17–55 ms of
         // frees measured at 100,000 entries, while every append queued behind it waited.
-        drop_elsewhere(std::mem::replace(&mut self.entries, kept));
+        purge_front(&mut self.entries, purged as usize);
         self.first_index += purged;
         if self.entries.is_empty() {
             self.first_index = self.first_index.max(index + 1);
@@ -502,6 +511,17 @@ mod tests {
         // caller's purge marker says which are covered by the snapshot.
         assert!(wal.first_index() <= 251 && wal.last_index() == Some(299));
         assert_eq!(wal.get(299), Some(&payloads(299..300)[0]));
+    }
+
+    #[test]
+    fn purge_front_keeps_the_rest_in_order_and_the_capacity() {
+        let mut items: VecDeque<u64> = (0..1_000).collect();
+        let capacity = items.capacity();
+        purge_front(&mut items, 990);
+        assert_eq!(items.iter().copied().collect::<Vec<_>>(), (990..1_000).collect::<Vec<_>>());
+        assert!(items.capacity() >= capacity, "{} < {capacity}", items.capacity());
+        purge_front(&mut items, 50);
+        assert!(items.is_empty(), "more than it holds empties it");
     }
 
     #[test]
