@@ -26,8 +26,12 @@ use crate::server::{ClientInfo, Server};
 /// SCAN cursors kept per connection; older ones are forgotten (the client then
 /// restarts its scan, which Redis also allows).
 const SCAN_CURSORS_MAX: usize = 64;
-/// Bytes read per read call.
+/// Bytes read per read call while requests keep arriving in bulk (pipelining).
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read per read call when nothing is left over from the last one: a request
+/// or two. Idle connections then hold a small buffer: with 16 KiB for input and output
+/// each, an idle connection measured 43 KiB of RSS under mimalloc, 17.6 KiB with glibc.
+const READ_CHUNK_IDLE: usize = 2 * 1024;
 /// Replies buffered before they are written, even if more pipelined requests wait:
 /// bounds a connection's output memory whatever the client pipelines.
 const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
@@ -108,8 +112,9 @@ fn last_command(server: &Server, id: u64) -> Arc<std::sync::Mutex<Bytes>> {
 pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
     let mut parser = RequestParser::new(server.config.request_limits);
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let mut input = BytesMut::with_capacity(READ_CHUNK_IDLE);
+    // Grows with the first reply to what replies need.
+    let mut output = BytesMut::new();
     let mut session = Session {
         id,
         proto: Proto::Resp2,
@@ -195,7 +200,7 @@ async fn serve_session(
             let _ = stream.write_all(output).await;
             return;
         }
-        input.reserve(READ_CHUNK);
+        input.reserve(if input.is_empty() { READ_CHUNK_IDLE } else { READ_CHUNK });
         tokio::select! {
             read = stream.read_buf(input) => match read {
                 Ok(0) | Err(_) => return,
