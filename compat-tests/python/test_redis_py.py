@@ -28,7 +28,13 @@ def test_handshake_and_introspection(r):
     assert r.client_getname() in ("worker-1", b"worker-1")
 
 
+def scripts_run(r):
+    stats = r.info("stats")
+    return stats["fencelock_scripts_native"], stats["fencelock_scripts_vm"]
+
+
 def test_lock_acquire_extend_reacquire_release(r):
+    native_before, vm_before = scripts_run(r)
     lock = r.lock(f"{r.p}:resource", timeout=10)
     assert lock.acquire(blocking=False)
     assert lock.owned() and lock.locked()
@@ -43,6 +49,11 @@ def test_lock_acquire_extend_reacquire_release(r):
     assert not lock.locked()
     assert other.acquire(blocking=False)
     other.release()
+    # redis-py's release, extend and reacquire scripts are the installed package's
+    # bytes: the server recognises them and runs them natively (if redis-py changes a
+    # script, this fails and fencelock's table needs the new bytes).
+    native_after, vm_after = scripts_run(r)
+    assert (native_after - native_before, vm_after - vm_before) == (4, 0)
 
 
 def test_every_acquire_records_a_larger_fence(r):

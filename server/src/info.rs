@@ -96,10 +96,15 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
         out += "# Persistence\r\nloading:0\r\naof_enabled:1\r\nfencelock_fsync:always\r\n\r\n";
     }
     if wanted("stats") {
+        // Scripts applied on this node (every replica applies every script entry):
+        // natively for the lock clients' well-known scripts, or in the Lua VM.
+        let runs = server.node.sm.shared.inner.lock().expect("not poisoned").lua.runs();
         out += &format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\n\r\n",
             server.stats.connections.load(Ordering::Relaxed),
-            server.stats.commands.load(Ordering::Relaxed)
+            server.stats.commands.load(Ordering::Relaxed),
+            runs.native,
+            runs.vm
         );
     }
     if wanted("replication") {

@@ -10,12 +10,12 @@ use fencelock_client::resp::Value;
 use crate::conn::Conn;
 use crate::targets::Kind;
 
-/// The Redlock release script (compare-and-delete), as redis-py and node-redlock send it.
-pub const RELEASE_SCRIPT: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-/// The Redlock extend script (compare-and-pexpire), as node-redlock sends it.
-pub const EXTEND_SCRIPT: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+/// The release script redis-py's `Lock` sends (`LUA_RELEASE_SCRIPT`, redis 4.x to 8.x),
+/// byte for byte: fencelock runs this one natively, as it would for the real client.
+pub const RELEASE_SCRIPT: &str = "\n        local token = redis.call('get', KEYS[1])\n        if not token or token ~= ARGV[1] then\n            return 0\n        end\n        redis.call('del', KEYS[1])\n        return 1\n    ";
+/// redis-py's `LUA_EXTEND_SCRIPT`, byte for byte; the bench passes `replace_ttl` = "1"
+/// (`lock.extend(30, replace_ttl=True)`).
+pub const EXTEND_SCRIPT: &str = "\n        local token = redis.call('get', KEYS[1])\n        if not token or token ~= ARGV[1] then\n            return 0\n        end\n        local expiration = redis.call('pttl', KEYS[1])\n        if not expiration then\n            expiration = 0\n        end\n        if expiration < 0 then\n            return 0\n        end\n\n        local newttl = ARGV[2]\n        if ARGV[3] == \"0\" then\n            newttl = ARGV[2] + expiration\n        end\n        redis.call('pexpire', KEYS[1], newttl)\n        return 1\n    ";
 
 /// The workloads that run at each client count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +300,7 @@ impl RespClient {
                             name.as_bytes(),
                             token.as_bytes(),
                             b"30000",
+                            b"1",
                         ]),
                     }
                 }

@@ -92,7 +92,7 @@ pub struct Inner {
     pub retired: std::collections::BTreeSet<u64>,
     current: Option<SnapshotFile>,
     /// The node's Lua VM; scripts run inside apply, under this lock.
-    lua: LuaEngine,
+    pub lua: LuaEngine,
 }
 
 /// Shared between openraft's state-machine worker and the connections' read path.

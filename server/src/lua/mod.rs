@@ -31,6 +31,8 @@ use crate::cmd::{self, render, Request};
 use crate::errors::core_error_text;
 use crate::resp::Wire;
 
+mod known;
+
 /// Instructions one script may run: about a second of Lua on this machine's class of
 /// CPU. Counted in units of `HOOK_EVERY`.
 pub const INSTRUCTIONS_MAX: u64 = 200_000_000;
@@ -148,6 +150,16 @@ pub struct LuaEngine {
     reset_random: Function,
     budget: Arc<AtomicU64>,
     compiled: Compiled,
+    runs: ScriptRuns,
+}
+
+/// How scripts ran on this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScriptRuns {
+    /// Well-known lock scripts run without the VM.
+    pub native: u64,
+    /// Scripts run in the VM.
+    pub vm: u64,
 }
 
 fn lua_err(e: mlua::Error) -> String {
@@ -203,6 +215,7 @@ impl LuaEngine {
             reset_random,
             budget,
             compiled: Compiled { by_sha: HashMap::new(), order: VecDeque::new() },
+            runs: ScriptRuns::default(),
         })
     }
 
@@ -258,7 +271,34 @@ impl LuaEngine {
 
     /// Runs a script with `KEYS` and `ARGV`, its `redis.call`s going to `script`.
     /// `Err` carries the error reply text; the caller rolls the entry back.
+    ///
+    /// A lock client's well-known script (see `known`) runs natively when its inputs
+    /// allow; everything else runs in the VM.
     pub fn run(
+        &mut self,
+        body: &[u8],
+        keys: &[Bytes],
+        args: &[Bytes],
+        script: &mut Script<'_>,
+    ) -> Result<ScriptReply, String> {
+        if let Some(which) = known::recognize(body) {
+            if let Some(result) = known::run(which, keys, args, script) {
+                self.runs.native += 1;
+                return result;
+            }
+        }
+        self.runs.vm += 1;
+        self.run_in_vm(body, keys, args, script)
+    }
+
+    /// Scripts run so far, natively and in the VM (node-local statistics for INFO,
+    /// never part of the replicated state).
+    pub fn runs(&self) -> ScriptRuns {
+        self.runs
+    }
+
+    /// Runs a script in the VM.
+    fn run_in_vm(
         &mut self,
         body: &[u8],
         keys: &[Bytes],
@@ -357,20 +397,27 @@ fn redis_command(lua: &Lua, argv: &mlua::MultiValue, script: &mut Script<'_>) ->
             _ => return Err(mlua::Error::runtime("Lua redis lib command arguments must be strings or integers")),
         }
     }
+    match run_command(args, script) {
+        Ok(wire) => Ok(Ok(to_lua(lua, &wire)?)),
+        Err(text) => Ok(Err(text)),
+    }
+}
+
+/// One command issued by a script (through `redis.call` or a native body in `known`):
+/// its reply, or its error reply text. Both paths go through here, so they cannot
+/// disagree about a command.
+fn run_command(args: Vec<Bytes>, script: &mut Script<'_>) -> Result<Wire, String> {
     // No wall clock inside the state machine: EXAT / PXAT are refused here.
-    let request = match cmd::parse_in_script(args) {
-        Ok(request) => request,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
+    let request = cmd::parse_in_script(args).map_err(|e| e.to_string())?;
     let Request::Core(command, shape) = request else {
-        return Ok(Err("ERR This Redis command is not allowed from script".into()));
+        return Err("ERR This Redis command is not allowed from script".into());
     };
     match script.call(command) {
-        Ok(reply) => Ok(Ok(to_lua(lua, &render::render(reply, shape))?)),
+        Ok(reply) => Ok(render::render(reply, shape)),
         Err(CoreError::Invalid(what)) if what.contains("not allowed in scripts") => {
-            Ok(Err("ERR This Redis command is not allowed from script".into()))
+            Err("ERR This Redis command is not allowed from script".into())
         }
-        Err(e) => Ok(Err(core_error_text(&e))),
+        Err(e) => Err(core_error_text(&e)),
     }
 }
 
