@@ -21,7 +21,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
-use super::wal::{read_small, write_atomic};
+use super::wal::{read_small, write_atomic_with};
 use super::{Applied, LogId, Op, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::lua::LuaEngine;
 
@@ -90,7 +90,9 @@ pub struct Inner {
     /// memberships that name it, and could form a second quorum (openraft's "node ids
     /// must not be reused").
     pub retired: std::collections::BTreeSet<u64>,
-    current: Option<SnapshotFile>,
+    /// The last snapshot's metadata. Its data lives only in the file: at a million
+    /// held locks it is about 90 MB, read back only for a follower that needs it.
+    current: Option<SnapshotMeta>,
     /// The node's Lua VM; scripts run inside apply, under this lock.
     pub lua: LuaEngine,
 }
@@ -140,7 +142,7 @@ impl SmStore {
         if let Some(bytes) = read_small(dir, "snapshot")? {
             let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(io_err)?;
             inner.load(&file, &limits)?;
-            inner.current = Some(file);
+            inner.current = Some(file.meta);
         }
         let (events, _) = broadcast::channel(4096);
         let applied = inner.last_applied.map_or(0, |l| l.index);
@@ -267,13 +269,28 @@ impl SmStore {
             let image = Image { epoch: inner.epoch, core: inner.core.snapshot(), retired: inner.retired.clone() };
             (image, SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone() })
         };
-        let file = SnapshotFile { meta, data: postcard::to_stdvec(&image).map_err(io_err)? };
-        let bytes = postcard::to_stdvec(&file).map_err(io_err)?;
-        write_atomic(&self.shared.dir, "snapshot", &bytes)?;
-        let snapshot = Snapshot { meta: file.meta.clone(), snapshot: file.data.clone() };
-        self.lock().current = Some(file);
-        Ok(snapshot)
+        let data = postcard::to_stdvec(&image).map_err(io_err)?;
+        drop(image);
+        let file = SnapshotFile { meta, data };
+        write_snapshot_file(&self.shared.dir, &file)?;
+        self.lock().current = Some(file.meta.clone());
+        Ok(Snapshot { meta: file.meta, snapshot: file.data })
     }
+
+    /// The last snapshot, read back from its file.
+    fn read_current_snapshot(&self) -> Result<Option<Snapshot>, io::Error> {
+        if self.lock().current.is_none() {
+            return Ok(None);
+        }
+        let Some(bytes) = read_small(&self.shared.dir, "snapshot")? else { return Ok(None) };
+        let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(io_err)?;
+        Ok(Some(Snapshot { meta: file.meta, snapshot: file.data }))
+    }
+}
+
+/// Streams the snapshot file to disk (no second in-memory copy of the data).
+fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> io::Result<()> {
+    write_atomic_with(dir, "snapshot", |out| postcard::to_io(file, out).map(|_| ()).map_err(io::Error::other))
 }
 
 impl RaftStateMachine<TypeConfig> for SmStore {
@@ -365,20 +382,20 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
         let file = SnapshotFile { meta: meta.clone(), data: snapshot };
-        let bytes = postcard::to_stdvec(&file).map_err(io_err)?;
         let limits = self.shared.limits.clone();
         {
             let mut inner = self.lock();
             inner.load(&file, &limits)?;
         }
         self.shared.watches.reset(meta.last_log_id.map_or(0, |l| l.index));
-        write_atomic(&self.shared.dir, "snapshot", &bytes)?;
-        self.lock().current = Some(file);
+        write_snapshot_file(&self.shared.dir, &file)?;
+        self.lock().current = Some(file.meta);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let inner = self.lock();
-        Ok(inner.current.as_ref().map(|f| Snapshot { meta: f.meta.clone(), snapshot: f.data.clone() }))
+        // Reading a large file must not stall the runtime thread (see build_snapshot).
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_current_snapshot()).await.map_err(io_err)?
     }
 }

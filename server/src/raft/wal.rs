@@ -92,9 +92,20 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Writes a small file atomically: temp file, fsync, rename over, fsync the directory.
 /// A crash leaves either the old content or the new, never a torn mix.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(dir, name, |out| out.write_all(bytes))
+}
+
+/// `write_atomic` for content written piece by piece (a large snapshot is streamed to
+/// the file instead of being assembled in memory first).
+pub fn write_atomic_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    write(&mut out)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
