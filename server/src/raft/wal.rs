@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -323,8 +323,9 @@ impl Wal {
         }
         let segment = self.segments.last_mut().expect("a segment is open");
         let file = self.active.as_mut().expect("a segment is open");
-        file.seek(SeekFrom::Start(segment.len))?;
-        file.write_all(buffer)?;
+        // One positioned write instead of a seek and a write: a syscall less per
+        // group commit, and the file offset never matters.
+        std::os::unix::fs::FileExt::write_all_at(&*file, buffer, segment.len)?;
         segment.len += buffer.len() as u64;
         buffer.clear();
         Ok(())
@@ -411,6 +412,7 @@ impl Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Seek, SeekFrom};
 
     fn payloads(range: std::ops::Range<u64>) -> Vec<Bytes> {
         range.map(|i| Bytes::from(format!("entry-{i}-{}", "x".repeat((i % 7) as usize)))).collect()
