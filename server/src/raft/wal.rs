@@ -103,12 +103,41 @@ pub fn write_atomic_with(
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let mut out = io::BufWriter::with_capacity(1 << 20, Trickle { file: File::create(&tmp)?, unsynced_bytes: 0 });
     write(&mut out)?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+    let file = out.into_inner().map_err(|e| e.into_error())?.file;
     file.sync_all()?;
     fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
+}
+
+/// Dirty bytes a large file may build up before it is synced. ext4 (data=ordered)
+/// makes a WAL fdatasync wait for other files' pending data in the same journal
+/// commit: one sync at the end of a 90 MB snapshot (a million locks) stalled
+/// concurrent WAL syncs for up to 34 ms on this machine's disk, syncing every 4 MiB
+/// for up to 4 ms, and the snapshot took 91 ms instead of 80-88 ms.
+const TRICKLE_SYNC_BYTES: u64 = 4 << 20;
+
+/// A file writer that syncs its data every `TRICKLE_SYNC_BYTES`.
+struct Trickle {
+    file: File,
+    unsynced_bytes: u64,
+}
+
+impl Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.unsynced_bytes += written as u64;
+        if self.unsynced_bytes >= TRICKLE_SYNC_BYTES {
+            self.file.sync_data()?;
+            self.unsynced_bytes = 0;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Reads a file written by `write_atomic`, if it exists.
@@ -524,6 +553,25 @@ mod tests {
         // caller's purge marker says which are covered by the snapshot.
         assert!(wal.first_index() <= 251 && wal.last_index() == Some(299));
         assert_eq!(wal.get(299), Some(&payloads(299..300)[0]));
+    }
+
+    #[test]
+    fn a_large_file_written_in_synced_pieces_reads_back_whole() {
+        let dir = temp();
+        // 10 MiB + a tail: two trickle syncs, then the final one.
+        let content: Vec<u8> = (0..(10 << 20) + 12_345).map(|i: u32| (i % 251) as u8).collect();
+        write_atomic_with(dir.path(), "big", |out| {
+            for piece in content.chunks(100_000) {
+                out.write_all(piece)?;
+            }
+            Ok(())
+        })
+        .expect("written");
+        assert_eq!(read_small(dir.path(), "big").expect("read"), Some(content));
+        assert!(!dir.path().join("big.tmp").exists(), "the temp file was renamed");
+        // Replacing it leaves only the new content.
+        write_atomic(dir.path(), "big", b"small").expect("replaced");
+        assert_eq!(read_small(dir.path(), "big").expect("read"), Some(b"small".to_vec()));
     }
 
     #[test]
