@@ -277,6 +277,15 @@ impl SmStore {
         Ok(Snapshot { meta: file.meta, snapshot: file.data })
     }
 
+    fn install_snapshot_now(&self, file: SnapshotFile) -> Result<(), io::Error> {
+        let limits = self.shared.limits.clone();
+        self.lock().load(&file, &limits)?;
+        self.shared.watches.reset(file.meta.last_log_id.map_or(0, |l| l.index));
+        write_snapshot_file(&self.shared.dir, &file)?;
+        self.lock().current = Some(file.meta);
+        Ok(())
+    }
+
     /// The last snapshot, read back from its file.
     fn read_current_snapshot(&self) -> Result<Option<Snapshot>, io::Error> {
         if self.lock().current.is_none() {
@@ -381,16 +390,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        // Restoring and writing a large snapshot takes as long as building one: off the
+        // runtime thread too (see build_snapshot). Awaited, so the file is durable
+        // before openraft purges the log it replaces.
+        let store = self.clone();
         let file = SnapshotFile { meta: meta.clone(), data: snapshot };
-        let limits = self.shared.limits.clone();
-        {
-            let mut inner = self.lock();
-            inner.load(&file, &limits)?;
-        }
-        self.shared.watches.reset(meta.last_log_id.map_or(0, |l| l.index));
-        write_snapshot_file(&self.shared.dir, &file)?;
-        self.lock().current = Some(file.meta);
-        Ok(())
+        tokio::task::spawn_blocking(move || store.install_snapshot_now(file)).await.map_err(io_err)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
