@@ -146,20 +146,19 @@ fn equals_one(reply: &Wire) -> bool {
 /// The two opening lines every redis-py script shares:
 /// `local token = redis.call('get', KEYS[1])`
 /// `if not token or token ~= ARGV[1] then return 0 end`.
-/// `Ok(true)` when the token matches.
-fn py_token_matches(key: &Bytes, token: &Bytes, script: &mut Script<'_>) -> Result<bool, Outcome> {
+/// `None` when the token matches and the script goes on; otherwise how it ended.
+fn py_token_mismatch(key: &Bytes, token: &Bytes, script: &mut Script<'_>) -> Option<Outcome> {
     match run_command(vec![Bytes::from_static(b"get"), key.clone()], script) {
-        Ok(stored) => Ok(equals_string(&stored, token)),
-        Err(text) => Err(Outcome::Raised(text)),
+        Ok(stored) if equals_string(&stored, token) => None,
+        Ok(_) => Some(Outcome::Reply(0)),
+        Err(text) => Some(Outcome::Raised(text)),
     }
 }
 
 fn py_release(keys: &[Bytes], args: &[Bytes], script: &mut Script<'_>) -> Outcome {
     let (Some(key), Some(token)) = (keys.first(), args.first()) else { return Outcome::Declined };
-    match py_token_matches(key, token, script) {
-        Ok(true) => {}
-        Ok(false) => return Outcome::Reply(0),
-        Err(raised) => return raised,
+    if let Some(ended) = py_token_mismatch(key, token, script) {
+        return ended;
     }
     call!(script, &b"del"[..], key.clone());
     Outcome::Reply(1)
@@ -169,10 +168,8 @@ fn py_reacquire(keys: &[Bytes], args: &[Bytes], script: &mut Script<'_>) -> Outc
     let (Some(key), Some(token), Some(ttl_ms)) = (keys.first(), args.first(), args.get(1)) else {
         return Outcome::Declined;
     };
-    match py_token_matches(key, token, script) {
-        Ok(true) => {}
-        Ok(false) => return Outcome::Reply(0),
-        Err(raised) => return raised,
+    if let Some(ended) = py_token_mismatch(key, token, script) {
+        return ended;
     }
     call!(script, &b"pexpire"[..], key.clone(), ttl_ms.clone());
     Outcome::Reply(1)
@@ -182,10 +179,8 @@ fn py_extend(keys: &[Bytes], args: &[Bytes], script: &mut Script<'_>) -> Outcome
     let (Some(key), Some(token), Some(additional_ms)) = (keys.first(), args.first(), args.get(1)) else {
         return Outcome::Declined;
     };
-    match py_token_matches(key, token, script) {
-        Ok(true) => {}
-        Ok(false) => return Outcome::Reply(0),
-        Err(raised) => return raised,
+    if let Some(ended) = py_token_mismatch(key, token, script) {
+        return ended;
     }
     // `local expiration = redis.call('pttl', KEYS[1]); if not expiration then
     // expiration = 0 end`: nil and false become 0; a non-number would make `<` raise.
