@@ -33,10 +33,16 @@ impl StateMachine {
     /// Serializes the whole state.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
+        self.snapshot_into(&mut out);
+        out
+    }
+
+    /// Appends `snapshot()`'s bytes to `out` (a caller that wraps the snapshot in a
+    /// larger image writes it in place instead of copying it: 90 MB at 1M locks).
+    pub fn snapshot_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        postcard::to_io(&self.st, &mut out).expect("writing to a Vec cannot fail");
-        out
+        postcard::to_io(&self.st, out).expect("writing to a Vec cannot fail");
     }
 
     /// Rebuilds a state machine from `snapshot()` bytes, checking every invariant.

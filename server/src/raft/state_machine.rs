@@ -71,6 +71,45 @@ struct Image {
     retired: std::collections::BTreeSet<u64>,
 }
 
+/// Writes `postcard(Image { epoch, core: core.snapshot(), retired })` without a second
+/// copy of the core's bytes (about 90 MB at 1M locks): the core snapshots straight into
+/// the image after room for its length prefix, and the gap is closed afterwards.
+struct ImageWriter {
+    out: Vec<u8>,
+    /// Where the core's length prefix goes; the core's bytes start `VARINT_MAX` later.
+    prefix_at: usize,
+}
+
+/// The longest postcard varint (a u64).
+const VARINT_MAX: usize = 10;
+
+impl ImageWriter {
+    fn start(epoch: Option<u64>) -> io::Result<ImageWriter> {
+        let mut out = postcard::to_stdvec(&epoch).map_err(io_err)?;
+        let prefix_at = out.len();
+        out.resize(prefix_at + VARINT_MAX, 0);
+        Ok(ImageWriter { out, prefix_at })
+    }
+
+    /// The part that needs the state lock.
+    fn core(mut self, core: &StateMachine) -> ImageWriter {
+        core.snapshot_into(&mut self.out);
+        self
+    }
+
+    fn finish(mut self, retired: &std::collections::BTreeSet<u64>) -> io::Result<Vec<u8>> {
+        let body_at = self.prefix_at + VARINT_MAX;
+        let body_len = (self.out.len() - body_at) as u64;
+        let prefix = postcard::to_stdvec(&body_len).map_err(io_err)?;
+        let end = self.prefix_at + prefix.len();
+        self.out[self.prefix_at..end].copy_from_slice(&prefix);
+        self.out.copy_within(body_at.., end);
+        self.out.truncate(self.out.len() - (VARINT_MAX - prefix.len()));
+        postcard::to_io(retired, &mut self.out).map_err(io_err)?;
+        Ok(self.out)
+    }
+}
+
 /// The on-disk snapshot file.
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
@@ -264,14 +303,13 @@ impl SmStore {
     fn build_snapshot_now(&self) -> Result<Snapshot, io::Error> {
         // Only the state's own encoding needs the lock (consistency); wrapping it in the
         // file image and writing it do not.
-        let (image, meta) = {
+        let (core_written, retired, meta) = {
             let inner = self.lock();
-            let image = Image { epoch: inner.epoch, core: inner.core.snapshot(), retired: inner.retired.clone() };
-            (image, SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone() })
+            let core_written = ImageWriter::start(inner.epoch)?.core(&inner.core);
+            let meta = SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
+            (core_written, inner.retired.clone(), meta)
         };
-        let data = postcard::to_stdvec(&image).map_err(io_err)?;
-        drop(image);
-        let file = SnapshotFile { meta, data };
+        let file = SnapshotFile { meta, data: core_written.finish(&retired)? };
         write_snapshot_file(&self.shared.dir, &file)?;
         self.lock().current = Some(file.meta.clone());
         Ok(Snapshot { meta: file.meta, snapshot: file.data })
@@ -402,5 +440,36 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         // Reading a large file must not stall the runtime thread (see build_snapshot).
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read_current_snapshot()).await.map_err(io_err)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use fencelock_core::StateMachine;
+
+    use super::{Image, ImageWriter};
+    use crate::cmd::{self, Request};
+
+    /// The image written in place is byte for byte the serde encoding it replaces
+    /// (snapshot files written before it still load, and after it by older readers).
+    #[test]
+    fn the_image_written_in_place_is_the_postcard_encoding() {
+        for keys in [0usize, 3, 2_000] {
+            let mut core = StateMachine::default();
+            for i in 0..keys {
+                let args = vec![Bytes::from("SET"), Bytes::from(format!("key-{i}")), Bytes::from("v")];
+                let Ok(Request::Core(set, _)) = cmd::parse_in_script(args) else { panic!("SET parses") };
+                assert!(core.apply(i as u64 + 1, 1_000, set).reply.is_ok());
+            }
+            for (epoch, retired) in [(None, vec![]), (Some(u64::MAX), vec![2, 300, u64::MAX])] {
+                let retired: std::collections::BTreeSet<u64> = retired.into_iter().collect();
+                let expected = postcard::to_stdvec(&Image { epoch, core: core.snapshot(), retired: retired.clone() })
+                    .expect("encodes");
+                let written =
+                    ImageWriter::start(epoch).expect("starts").core(&core).finish(&retired).expect("finishes");
+                assert_eq!(written, expected, "{keys} keys, epoch {epoch:?}");
+            }
+        }
     }
 }
