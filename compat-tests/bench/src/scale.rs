@@ -81,8 +81,11 @@ pub async fn million(
         Some(grown) if grown > 0 => format!("{:.0} B", (grown * 1024) as f64 / count as f64),
         _ => "no RSS growth (memory freed by earlier workloads reused)".to_string(),
     };
-    cell.note =
-        format!("{count} held; filled at {:.0}/s; {per_lock} per lock on the largest node", count as f64 / fill_secs);
+    let peak_mib = largest(&t.peak_rss_kib()) / 1024;
+    cell.note = format!(
+        "{count} held; filled at {:.0}/s; {per_lock} per lock on the largest node; peak RSS {peak_mib} MiB",
+        count as f64 / fill_secs
+    );
     Ok(cell)
 }
 

@@ -80,7 +80,13 @@ impl Drop for Target {
 impl Target {
     /// Resident set size of each of the target's processes, in KiB (from /proc).
     pub fn rss_kib(&self) -> Vec<u64> {
-        self.children.iter().filter_map(|c| c.id()).map(rss_kib_of).collect()
+        self.children.iter().filter_map(|c| c.id()).map(|pid| status_kib(pid, "VmRSS:")).collect()
+    }
+
+    /// Peak resident set size of each process over its life so far, in KiB: a snapshot
+    /// of a large table peaks between two RSS samples.
+    pub fn peak_rss_kib(&self) -> Vec<u64> {
+        self.children.iter().filter_map(|c| c.id()).map(|pid| status_kib(pid, "VmHWM:")).collect()
     }
 }
 
@@ -103,11 +109,12 @@ fn cpu_us_of(pid: u32) -> u64 {
     ticks * 1_000_000 / per_second
 }
 
-fn rss_kib_of(pid: u32) -> u64 {
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
