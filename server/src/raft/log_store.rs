@@ -26,7 +26,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 use tokio::sync::oneshot;
 
-use super::wal::{purge_front, read_small, write_atomic, Wal};
+use super::wal::{forget_through, read_small, write_atomic, Wal};
 use super::{Entry, LogId, TypeConfig, Vote};
 
 /// Segment size: etcd uses 64 MiB. Preallocation makes appends overwrite reserved
@@ -259,14 +259,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let dir = {
             let mut inner = self.lock();
             inner.last_purged = Some(log_id);
-            let purged = (log_id.index + 1).saturating_sub(inner.first_index).min(inner.entries.len() as u64);
             // Up to `--snapshot-every` decoded entries: freeing them here stalled the
             // runtime thread, so every client, for 20–50 ms at 100,000 entries.
-            purge_front(&mut inner.entries, purged as usize);
-            inner.first_index += purged;
-            if inner.entries.is_empty() {
-                inner.first_index = inner.first_index.max(log_id.index + 1);
-            }
+            let Inner { entries, first_index, .. } = &mut *inner;
+            forget_through(entries, first_index, log_id.index);
             inner.dir.clone()
         };
         // The WAL thread writes the marker (fsyncs, off the runtime thread) and only then

@@ -178,8 +178,7 @@ impl SmStore {
             current: None,
             lua: LuaEngine::new().map_err(io::Error::other)?,
         };
-        if let Some(bytes) = read_small(dir, "snapshot")? {
-            let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(io_err)?;
+        if let Some(file) = read_snapshot_file(dir)? {
             inner.load(&file, &limits)?;
             inner.current = Some(file.meta);
         }
@@ -329,10 +328,13 @@ impl SmStore {
         if self.lock().current.is_none() {
             return Ok(None);
         }
-        let Some(bytes) = read_small(&self.shared.dir, "snapshot")? else { return Ok(None) };
-        let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(io_err)?;
-        Ok(Some(Snapshot { meta: file.meta, snapshot: file.data }))
+        Ok(read_snapshot_file(&self.shared.dir)?.map(|file| Snapshot { meta: file.meta, snapshot: file.data }))
     }
+}
+
+/// The snapshot file in `dir`, if there is one.
+fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
+    read_small(dir, "snapshot")?.map(|bytes| postcard::from_bytes(&bytes).map_err(io_err)).transpose()
 }
 
 /// Streams the snapshot file to disk (no second in-memory copy of the data).
