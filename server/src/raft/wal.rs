@@ -25,12 +25,26 @@ const HEADER_BYTES: usize = 16;
 /// Refuse absurd record lengths while scanning, so a corrupt length cannot make
 /// recovery allocate gigabytes.
 const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// How far ahead of the records the segment is overwritten with zeros.
+///
+/// `posix_fallocate` reserves blocks as *unwritten* extents. A sync that covers the
+/// first write into such a block must also convert the extent, which costs CPU and
+/// time in the file system. Writing zeros ahead of the records converts the space
+/// once per chunk instead. Measured on this machine's ext4 with the WAL alone (3,000
+/// group commits of 20 entries of 120 bytes each, alternated runs): p50 158-303 us
+/// and 60-230 us of system CPU per sync on unwritten space; 101-148 us and 44-87 us
+/// zeroing 256 KiB ahead; 125-142 us and 53-68 us zeroing 64 KiB ahead. The smaller
+/// chunk keeps the occasional sync that carries the zeros short.
+const ZERO_AHEAD_BYTES: u64 = 64 * 1024;
 
 struct Segment {
     first_index: u64,
     path: PathBuf,
     /// Bytes of valid records (the write position).
     len: u64,
+    /// Bytes from the start that have been written (records or zeros), so the file
+    /// system holds them as written extents. Always `>= len`.
+    zeroed: u64,
 }
 
 /// Where an entry lives, for truncation.
@@ -265,7 +279,8 @@ impl Wal {
             preallocate(&file, self.segment_bytes_max)?;
             file.sync_all()?;
         }
-        self.segments.push(Segment { first_index, path, len: offset as u64 });
+        // What lies beyond the records may still be unwritten space: zero it on demand.
+        self.segments.push(Segment { first_index, path, len: offset as u64, zeroed: offset as u64 });
         Ok(())
     }
 
@@ -360,11 +375,21 @@ impl Wal {
         }
         let segment = self.segments.last_mut().expect("a segment is open");
         let file = self.active.as_mut().expect("a segment is open");
+        let records = buffer.len() as u64;
+        let end = segment.len + records;
+        if end > segment.zeroed {
+            // Zeros up to the next chunk boundary ride along in the same write (see
+            // ZERO_AHEAD_BYTES); they also keep "end of data = a zero header" true.
+            let zeroed = end.next_multiple_of(ZERO_AHEAD_BYTES).min(self.segment_bytes_max).max(end);
+            buffer.resize((zeroed - segment.len) as usize, 0);
+            segment.zeroed = zeroed;
+        }
         // One positioned write instead of a seek and a write: a syscall less per
         // group commit, and the file offset never matters.
         std::os::unix::fs::FileExt::write_all_at(&*file, buffer, segment.len)?;
-        segment.len += buffer.len() as u64;
+        segment.len = end;
         buffer.clear();
+        debug_assert!(segment.zeroed >= segment.len);
         Ok(())
     }
 
@@ -379,7 +404,7 @@ impl Wal {
         preallocate(&file, self.segment_bytes_max)?;
         file.sync_all()?;
         sync_dir(&self.dir)?;
-        self.segments.push(Segment { first_index, path, len: 0 });
+        self.segments.push(Segment { first_index, path, len: 0, zeroed: 0 });
         self.active = Some(file);
         Ok(())
     }
@@ -407,6 +432,7 @@ impl Wal {
             preallocate(&file, self.segment_bytes_max)?;
             file.sync_all()?;
             segment.len = offset;
+            segment.zeroed = offset;
         }
         sync_dir(&self.dir)?;
         self.active = match self.segments.last() {
@@ -573,6 +599,78 @@ mod tests {
         // Replacing it leaves only the new content.
         write_atomic(dir.path(), "big", b"small").expect("replaced");
         assert_eq!(read_small(dir.path(), "big").expect("read"), Some(b"small".to_vec()));
+    }
+
+    /// The extents of `path` as (logical start, length, unwritten), via FIEMAP; `None`
+    /// where the file system cannot say (tmpfs, some overlays).
+    fn extents(path: &Path) -> Option<Vec<(u64, u64, bool)>> {
+        use std::os::fd::AsRawFd;
+        const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B; // _IOWR('f', 11, struct fiemap)
+        const FIEMAP_FLAG_SYNC: u32 = 1;
+        const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+        const SLOTS: usize = 64;
+        // struct fiemap (32 bytes) followed by SLOTS struct fiemap_extent (56 bytes each).
+        let mut raw = vec![0u64; (32 + 56 * SLOTS) / 8];
+        raw[1] = u64::MAX; // fm_length
+        let words = raw.as_mut_ptr() as *mut u32;
+        // SAFETY: `raw` is large enough for the header and SLOTS extents, u64-aligned.
+        unsafe {
+            *words.add(4) = FIEMAP_FLAG_SYNC; // fm_flags
+            *words.add(6) = SLOTS as u32; // fm_extent_count
+        }
+        let file = File::open(path).ok()?;
+        // SAFETY: FS_IOC_FIEMAP reads and fills the buffer laid out above.
+        if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, raw.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: the kernel wrote fm_mapped_extents at word 5.
+        let mapped = unsafe { *words.add(5) } as usize;
+        Some(
+            (0..mapped.min(SLOTS))
+                .map(|i| {
+                    let at = 4 + 7 * i; // in u64 words
+                    let flags = (raw[at + 5] & 0xffff_ffff) as u32;
+                    (raw[at], raw[at + 2], flags & FIEMAP_EXTENT_UNWRITTEN != 0)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn records_land_on_written_space_zeroed_ahead_in_chunks() {
+        let dir = temp();
+        let segment_bytes = 4 * ZERO_AHEAD_BYTES;
+        let mut wal = Wal::open(dir.path(), segment_bytes).unwrap();
+        // 1 KiB payloads, 10 per batch (well under half a chunk): stop halfway into the
+        // second chunk, so every batch crossed a boundary or landed on zeroed space.
+        let payload = Bytes::from(vec![7u8; 1024]);
+        let mut next = 1;
+        while wal.segments.first().map_or(0, |s| s.len) < ZERO_AHEAD_BYTES * 3 / 2 {
+            wal.append(next, &vec![payload.clone(); 10]).unwrap();
+            next += 10;
+        }
+        let segment = &wal.segments[0];
+        assert_eq!(wal.segments.len(), 1, "still one segment");
+        assert_eq!(segment.zeroed, 2 * ZERO_AHEAD_BYTES, "zeroed to the chunk past the records");
+        let data = fs::read(&segment.path).unwrap();
+        assert_eq!(data.len() as u64, segment_bytes, "the zeros did not grow the file");
+        assert!(data[segment.len as usize..].iter().all(|&b| b == 0), "zeros after the records");
+        if let Some(extents) = extents(&segment.path) {
+            let unwritten_before_frontier =
+                extents.iter().any(|&(start, _, unwritten)| unwritten && start < segment.zeroed);
+            assert!(!unwritten_before_frontier, "space up to the frontier is written: {extents:?}");
+            let unwritten_after =
+                extents.iter().any(|&(start, len, unwritten)| unwritten && start + len > segment.zeroed);
+            assert!(unwritten_after, "the rest stays reserved, unwritten: {extents:?}");
+        }
+        drop(wal);
+        let mut wal = Wal::open(dir.path(), segment_bytes).unwrap();
+        assert_eq!((wal.first_index(), wal.last_index()), (1, Some(next - 1)));
+        // After reopening, appends zero ahead again and still read back.
+        wal.append(next, &vec![payload.clone(); 300]).unwrap();
+        let wal = Wal::open(dir.path(), segment_bytes).unwrap();
+        assert_eq!(wal.last_index(), Some(next + 299));
+        assert_eq!(wal.get(next + 299), Some(&payload));
     }
 
     #[test]
