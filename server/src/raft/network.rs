@@ -477,7 +477,9 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
         let raft = Arc::clone(&raft);
         let node = Arc::clone(&node);
         tokio::spawn(async move {
-            let (mut reader, writer) = stream.into_split();
+            let (reader, writer) = stream.into_split();
+            // Buffered: a frame's length and body come in with one read instead of two.
+            let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
             // The write half is ours unless an append session's task holds it.
             let mut writer = Some(writer);
             let mut appends: Option<AppendSession> = None;
