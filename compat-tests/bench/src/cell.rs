@@ -30,6 +30,9 @@ pub struct Cell {
     /// CPU time the target used per operation in the measured window (all its
     /// processes), µs: steadier than ops/s on a shared 2-core machine.
     pub cpu_us_per_op: f64,
+    /// CPU time this load generator used per operation in the same window, µs: on a
+    /// 2-core machine the client competes with the server for the same cores.
+    pub client_cpu_us_per_op: f64,
     pub note: String,
 }
 
@@ -49,6 +52,7 @@ impl Cell {
             p999_us: 0,
             rss_mib: 0.0,
             cpu_us_per_op: 0.0,
+            client_cpu_us_per_op: 0.0,
             note: format!("FAILED: {}", error.replace('|', "/")),
         }
     }
@@ -147,6 +151,7 @@ pub async fn run(
     tokio::time::sleep(warmup).await;
     s.measuring.store(true, Ordering::SeqCst);
     let cpu_before = t.cpu_us();
+    let client_cpu_before = crate::targets::cpu_us_of(std::process::id());
     let began = Instant::now();
     let mut last = 0;
     while began.elapsed() < measure {
@@ -161,6 +166,7 @@ pub async fn run(
     s.measuring.store(false, Ordering::SeqCst);
     let elapsed = began.elapsed();
     let cpu_us = t.cpu_us().saturating_sub(cpu_before);
+    let client_cpu_us = crate::targets::cpu_us_of(std::process::id()).saturating_sub(client_cpu_before);
     let rss_mib = t.rss_kib().into_iter().max().unwrap_or(0) as f64 / 1024.0;
     s.stop.store(true, Ordering::SeqCst);
     let mut total = histogram();
@@ -187,6 +193,7 @@ pub async fn run(
         p999_us: total.value_at_quantile(0.999),
         rss_mib,
         cpu_us_per_op: cpu_us as f64 / total.len().max(1) as f64,
+        client_cpu_us_per_op: client_cpu_us as f64 / total.len().max(1) as f64,
         note: String::new(),
     })
 }

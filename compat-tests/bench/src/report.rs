@@ -10,12 +10,12 @@ use crate::cell::Cell;
 /// The markdown table of every cell.
 pub fn table(cells: &[Cell]) -> String {
     let mut out = String::from(
-        "| target | workload | style | clients | pipeline | load | ops/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/op | RSS MiB | note |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | workload | style | clients | pipeline | load | ops/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/op | client CPU µs/op | RSS MiB | note |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in cells {
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.0} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {} |\n",
             c.target,
             c.workload,
             c.style,
@@ -27,6 +27,7 @@ pub fn table(cells: &[Cell]) -> String {
             c.p99_us,
             c.p999_us,
             c.cpu_us_per_op,
+            c.client_cpu_us_per_op,
             c.rss_mib,
             c.note
         );

@@ -98,7 +98,7 @@ impl Target {
 }
 
 /// utime + stime from `/proc/<pid>/stat` (fields 14 and 15, in clock ticks).
-fn cpu_us_of(pid: u32) -> u64 {
+pub fn cpu_us_of(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name (field 2) may hold spaces; the fields after it are plain.
     let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0 };
