@@ -655,7 +655,10 @@ mod tests {
         let data = fs::read(&segment.path).unwrap();
         assert_eq!(data.len() as u64, segment_bytes, "the zeros did not grow the file");
         assert!(data[segment.len as usize..].iter().all(|&b| b == 0), "zeros after the records");
-        if let Some(extents) = extents(&segment.path) {
+        // Only where the file system reports unwritten extents at all (ext4, XFS do; a
+        // file system without fallocate leaves a sparse file with none to report).
+        let extents = extents(&segment.path).filter(|e| e.iter().any(|&(_, _, unwritten)| unwritten));
+        if let Some(extents) = extents {
             let unwritten_before_frontier =
                 extents.iter().any(|&(start, _, unwritten)| unwritten && start < segment.zeroed);
             assert!(!unwritten_before_frontier, "space up to the frontier is written: {extents:?}");
