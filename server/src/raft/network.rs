@@ -343,24 +343,20 @@ where
                         }
                     }
                     Some(request) => {
-                        let commit_only = request.entries.is_empty() && self.matched == Some(request.prev_log_id);
-                        let Some((held, until)) = self.held.take() else {
-                            if commit_only {
-                                self.held = Some((request, tokio::time::Instant::now() + COMMIT_HOLD));
-                            } else if let Err(failure) = self.send(request).await {
-                                return Some(Err(failure));
-                            }
-                            continue;
-                        };
-                        // `request` carries the held commit or a newer one: it goes (or is
-                        // held, by the same deadline) in the held one's place.
-                        if commit_only {
+                        // A request held before this one is replaced by it: `request`
+                        // carries the held commit or a newer one, and is itself held by
+                        // the same deadline if it too carries nothing else.
+                        let replaced = self.held.take();
+                        if request.entries.is_empty() && self.matched == Some(request.prev_log_id) {
+                            let until = replaced.as_ref().map_or_else(|| tokio::time::Instant::now() + COMMIT_HOLD, |(_, until)| *until);
                             self.held = Some((request, until));
                         } else if let Err(failure) = self.send(request).await {
                             return Some(Err(failure));
                         }
-                        let answered = AppendEntriesResponse::Success.into_stream_result(held.prev_log_id, held.prev_log_id);
-                        return Some(Ok((answered, true)));
+                        if let Some((held, _)) = replaced {
+                            let answered = AppendEntriesResponse::Success.into_stream_result(held.prev_log_id, held.prev_log_id);
+                            return Some(Ok((answered, true)));
+                        }
                     }
                 },
                 _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)), if hold_until.is_some() => {
