@@ -12,7 +12,7 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ReadPolicy, ServerState};
 
 use crate::lua::ScriptReply;
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{LogStore, WriteLoad};
 use crate::raft::network::Network;
 use crate::raft::state_machine::SmStore;
 use crate::raft::{Applied, NodeId, Op, Proposal, Raft};
@@ -97,6 +97,9 @@ pub struct Node {
     test_clock: (u64, f64),
     /// Idle peer connections for forwarding writes to the leader.
     forward_pool: std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::net::TcpStream>>>,
+    /// Writes in flight here, and whether we are alone: the log store syncs a lone
+    /// write inline.
+    write_load: Arc<WriteLoad>,
 }
 
 fn random_u64() -> u64 {
@@ -111,6 +114,7 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let fatal = |e: &dyn std::fmt::Display| NodeError::Fatal(e.to_string());
         let log = LogStore::open(&config.data_dir.join("raft")).map_err(|e| fatal(&e))?;
+        let write_load = log.write_load();
         let sm = SmStore::open(&config.data_dir.join("state"), config.limits.clone()).map_err(|e| fatal(&e))?;
         let raft_config = openraft::Config {
             cluster_name: "fencelock".into(),
@@ -190,9 +194,11 @@ impl Node {
             peer_routes: Arc::new(config.peer_routes.clone()),
             test_clock: config.test_clock,
             forward_pool: Default::default(),
+            write_load,
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
+        tokio::spawn(watch_membership(node.raft.clone(), Arc::clone(&node.write_load)));
         Ok(node)
     }
 
@@ -230,6 +236,7 @@ impl Node {
     /// of `origin`. Returns the reply and the entry's log index.
     pub async fn propose_local(&self, op: Op, origin: NodeId) -> Result<(Applied, u64), NodeError> {
         let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
+        let _counted = self.write_load.start_write();
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
         };
@@ -459,6 +466,19 @@ pub struct NodeStatus {
     pub commit_index: u64,
     /// Index the last snapshot covers (0: none).
     pub snapshot_index: u64,
+}
+
+/// Tells the log store whether this node is its cluster's only member, whenever the
+/// membership changes (server metrics change only with state, leader or membership).
+async fn watch_membership(raft: Raft, load: Arc<WriteLoad>) {
+    let mut metrics = raft.server_metrics();
+    loop {
+        let solo = metrics.borrow_watched().membership_config.membership().nodes().count() == 1;
+        load.set_solo(solo);
+        if metrics.changed().await.is_err() {
+            return; // Raft has shut down
+        }
+    }
 }
 
 /// How often the leader checks for due deadlines. Expiry is at most this late.

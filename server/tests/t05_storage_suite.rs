@@ -15,7 +15,12 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use tempfile::TempDir;
 
-struct Builder;
+/// `inline`: the store believes it is a one-member cluster with no client write in
+/// flight, so every append made while the WAL thread is idle is synced on the caller's
+/// thread; otherwise every append goes through the WAL thread.
+struct Builder {
+    inline: bool,
+}
 
 fn store_error(e: io::Error) -> StorageError<TypeConfig> {
     StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Read, e)
@@ -25,6 +30,7 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, SmStore), StorageError<TypeConfig>> {
         let dir = tempfile::Builder::new().prefix("fencelock-suite-").tempdir().map_err(store_error)?;
         let log = LogStore::open(&dir.path().join("raft")).map_err(store_error)?;
+        log.write_load().set_solo(self.inline);
         let sm = SmStore::open(&dir.path().join("state"), Limits::default()).map_err(store_error)?;
         Ok((dir, log, sm))
     }
@@ -32,7 +38,12 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite() {
-    Suite::test_all(Builder).await.expect("openraft's storage suite passes");
+    Suite::test_all(Builder { inline: false }).await.expect("openraft's storage suite passes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_with_lone_writes_synced_inline() {
+    Suite::test_all(Builder { inline: true }).await.expect("openraft's storage suite passes");
 }
 
 // --- Reopen: durability the suite does not check. ---
@@ -61,10 +72,20 @@ async fn log_ids(store: &mut LogStore) -> Vec<LogId> {
 
 #[tokio::test]
 async fn log_store_state_survives_reopen() {
+    state_survives_reopen(false).await;
+}
+
+#[tokio::test]
+async fn log_store_state_survives_reopen_with_lone_writes_synced_inline() {
+    state_survives_reopen(true).await;
+}
+
+async fn state_survives_reopen(inline: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("raft");
     {
         let mut store = LogStore::open(&path).expect("open");
+        store.write_load().set_solo(inline);
         let vote = Vote::new(3, 1);
         store.save_vote(&vote).await.expect("save vote");
         append(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
@@ -85,6 +106,36 @@ async fn log_store_state_survives_reopen() {
     drop(store);
     let mut store = LogStore::open(&path).expect("reopen again");
     assert_eq!(store.get_log_state().await.expect("log state").last_log_id, Some(log_id(2, 13)));
+}
+
+/// A lone write on a one-member cluster is durable when `append` returns (synced on the
+/// caller's thread); a second write in flight, or a cluster of more, sends appends to
+/// the WAL thread, whose callback comes later. Either way the entries survive reopen.
+#[tokio::test]
+async fn a_lone_write_is_synced_before_append_returns() {
+    use openraft::type_config::TypeConfigExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("raft");
+    {
+        let mut store = LogStore::open(&path).expect("open");
+        let load = store.write_load();
+        load.set_solo(true);
+        let first = load.start_write();
+        let (tx, mut rx) = TypeConfig::oneshot();
+        store.append(vec![blank(1, 1)], IOFlushed::<TypeConfig>::signal(tx)).await.expect("append");
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))), "one write in flight: synced inline");
+
+        // With two writes in flight the append is queued for the WAL thread.
+        let second = load.start_write();
+        append(&mut store, vec![blank(1, 2)]).await;
+        drop((first, second));
+        // Alone again, and the WAL thread idle after its callback: inline once more.
+        let (tx, mut rx) = TypeConfig::oneshot();
+        store.append(vec![blank(1, 3)], IOFlushed::<TypeConfig>::signal(tx)).await.expect("append");
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))), "no write in flight: synced inline");
+    }
+    let mut store = LogStore::open(&path).expect("reopen");
+    assert_eq!(log_ids(&mut store).await, vec![log_id(1, 1), log_id(1, 2), log_id(1, 3)]);
 }
 
 #[tokio::test]
