@@ -330,8 +330,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         if inner.load.lone_write() && inner.disk.queued.load(Ordering::Acquire) == 0 {
             // The WAL thread is idle and stays so: only appends, truncates and purges
-            // queue work, and openraft calls them one at a time.
-            let mut wal = inner.disk.wal();
+            // queue work, and openraft calls them one at a time. The entries are in the
+            // cache already, so readers on other threads (`--io-threads` > 1) need not
+            // wait for the sync.
+            let disk = Arc::clone(&inner.disk);
+            drop(inner);
+            let mut wal = disk.wal();
             let result = wal.append_unsynced(first, &payloads).and_then(|()| wal.sync());
             drop(wal);
             callback.io_completed(result.as_ref().map(|_| ()).map_err(copy_err));
