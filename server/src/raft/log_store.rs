@@ -336,7 +336,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let disk = Arc::clone(&inner.disk);
             drop(inner);
             let mut wal = disk.wal();
-            let result = wal.append_unsynced(first, &payloads).and_then(|()| wal.sync());
+            let result = wal.append(first, &payloads);
             drop(wal);
             callback.io_completed(result.as_ref().map(|_| ()).map_err(copy_err));
             return Ok(());
