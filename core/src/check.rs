@@ -168,7 +168,7 @@ impl StateMachine {
         ensure!(owned.is_empty(), "resources owned by missing sessions: {owned:?}");
         timers.extend(shared_timers);
         ensure!(
-            timers == st.deadlines,
+            timers.iter().eq(st.deadlines.iter()),
             "deadline index out of step: expected {} timers, have {}",
             timers.len(),
             st.deadlines.len()

@@ -98,7 +98,7 @@ impl StateMachine {
 
     /// Removes a key with its timer and session ownership.
     fn key_remove(&mut self, key: &[u8], change: KeyChange) -> KeyEntry {
-        let (name, entry) = self.st.keys.remove_entry(key).expect("key exists");
+        let (name, entry) = self.st.keys.remove_with_key(key).expect("key exists");
         self.unschedule(entry.deadline_ms, Timer::Key(name.clone()));
         if entry.session != 0 {
             self.disown(entry.session, &Owned::Key(name.clone()));
@@ -285,7 +285,7 @@ impl StateMachine {
         let keys = self
             .st
             .keys
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<_, [u8]>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.as_bytes().starts_with(prefix))
             .filter(|(k, e)| !self.is_due(e.deadline_ms) && crate::glob::matches(pattern, k.as_bytes()))
             .map(|(k, _)| Reply::Bulk(k.to_bytes()))
@@ -307,7 +307,7 @@ impl StateMachine {
         };
         let mut next = None;
         let mut keys = Vec::new();
-        for (key, entry) in self.st.keys.range::<[u8], _>((start, Bound::Unbounded)).take(count) {
+        for (key, entry) in self.st.keys.range::<_, [u8]>((start, Bound::Unbounded)).take(count) {
             next = Some(key);
             let live = !self.is_due(entry.deadline_ms);
             let matches = pattern.is_none_or(|p| crate::glob::matches(p, key.as_bytes()));
@@ -317,7 +317,7 @@ impl StateMachine {
             }
         }
         let more = next.is_some_and(|k| {
-            self.st.keys.range::<[u8], _>((Bound::Excluded(k.as_bytes()), Bound::Unbounded)).next().is_some()
+            self.st.keys.range::<_, [u8]>((Bound::Excluded(k.as_bytes()), Bound::Unbounded)).next().is_some()
         });
         let cursor = match (more, next) {
             (true, Some(k)) => Reply::Bulk(k.to_bytes()),

@@ -78,5 +78,5 @@ pub use error::{Error, Result};
 pub use limits::{Limit, Limits};
 pub use name::Name;
 pub use script::{Script, ScriptOutput};
-pub use snapshot::{SnapshotError, SNAPSHOT_VERSION};
+pub use snapshot::{FrozenState, SnapshotError, SNAPSHOT_VERSION};
 pub use state::StateMachine;

@@ -7,7 +7,7 @@
 //! groups can never each head a queue the other needs: no deadlock. A shared request
 //! never overtakes a queued exclusive one (writer preference: writers never starve).
 
-use std::collections::btree_map::Entry;
+use imbl::ordmap::Entry;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;

@@ -12,9 +12,10 @@
 //! Every container is ordered (`BTreeMap`, `BTreeSet`, `VecDeque`), so two replicas
 //! that apply the same log iterate in the same order and serialize identical bytes.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Event, Output, Reply, SessionId, WaitEnd, WaiterId};
@@ -76,10 +77,10 @@ pub(crate) struct State {
     pub time_offset_ms: i128,
     pub last_applied: u64,
     pub last_fence: u64,
-    pub locks: BTreeMap<Name, crate::lock::LockEntry>,
+    pub locks: OrdMap<Name, crate::lock::LockEntry>,
     pub waiters: BTreeMap<WaiterId, crate::waiter::Waiter>,
     pub sessions: BTreeMap<SessionId, crate::session::Session>,
-    pub keys: BTreeMap<Name, crate::keyspace::KeyEntry>,
+    pub keys: OrdMap<Name, crate::keyspace::KeyEntry>,
     /// Blocking-pop waiters per list key, in arrival order.
     pub pop_queues: BTreeMap<Name, VecDeque<WaiterId>>,
     pub semaphores: BTreeMap<Name, crate::semaphore::Semaphore>,
@@ -89,7 +90,7 @@ pub(crate) struct State {
     pub elections: BTreeMap<Name, crate::election::Election>,
     pub configs: BTreeMap<Name, crate::config::ConfigEntry>,
     /// Every finite deadline, earliest first.
-    pub deadlines: BTreeSet<(u64, Timer)>,
+    pub deadlines: OrdSet<(u64, Timer)>,
 }
 
 /// The deterministic lock and coordination state machine.
@@ -159,7 +160,7 @@ impl StateMachine {
     /// The leader turns it into its own clock (`deadline - offset`) to know when to
     /// propose a `Tick`.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.st.deadlines.first().map(|(deadline, _)| *deadline)
+        self.st.deadlines.get_min().map(|(deadline, _)| *deadline)
     }
 
     /// How the leader's stamps map to the replicated clock since the last `Rebase`:
@@ -280,8 +281,8 @@ impl StateMachine {
 
     pub(crate) fn schedule(&mut self, deadline_ms: u64, timer: Timer) {
         if deadline_ms != NEVER {
-            let inserted = self.st.deadlines.insert((deadline_ms, timer));
-            assert!(inserted, "a timer is scheduled once");
+            let replaced = self.st.deadlines.insert((deadline_ms, timer));
+            assert!(replaced.is_none(), "a timer is scheduled once");
         }
     }
 
@@ -302,7 +303,7 @@ impl StateMachine {
     pub(crate) fn unschedule(&mut self, deadline_ms: u64, timer: Timer) {
         if deadline_ms != NEVER {
             let removed = self.st.deadlines.remove(&(deadline_ms, timer));
-            assert!(removed, "an unscheduled timer was scheduled");
+            assert!(removed.is_some(), "an unscheduled timer was scheduled");
         }
     }
 
@@ -371,7 +372,7 @@ impl StateMachine {
     fn expire_due(&mut self) {
         let now = self.now();
         for _ in 0..self.limits.expirations_per_apply_max {
-            let Some((deadline, timer)) = self.st.deadlines.first().cloned() else { return };
+            let Some((deadline, timer)) = self.st.deadlines.get_min().cloned() else { return };
             if deadline >= now {
                 return;
             }

@@ -129,7 +129,7 @@ impl Node {
                 Err(refused(format!("ERR node {id} is already a voter (at {known})")))
             }
             AdminOp::AddLearner { id, ref addr } | AdminOp::Join { id, ref addr } => {
-                if self.sm.shared.lock_async().await.retired.contains(&id) {
+                if self.sm.shared.inner.lock().expect("not poisoned").retired.contains(&id) {
                     return Err(refused(format!(
                         "ERR node id {id} was removed from this cluster and is never reused; start the node with an empty data directory and a new --node-id"
                     )));

@@ -343,7 +343,7 @@ fn node_error(e: NodeError) -> Wire {
 /// `stale` reads), a write through the log.
 async fn run(server: &Server, command: Command, stale: bool) -> Result<fencelock_core::Result<Reply>, NodeError> {
     if command.is_read_only() && stale {
-        Ok(server.node.read_local(&command).await)
+        Ok(server.node.read_local(&command))
     } else if command.is_read_only() {
         server.node.read(&command).await
     } else {
@@ -489,8 +489,8 @@ async fn service_list(server: &Arc<Server>, service: &Bytes) -> Wire {
         let instance = key.slice(prefix.len()..);
         let meta_key = service_key(SERVICE_META_PREFIX, service, Some(&instance));
         let (Ok(Reply::Bulk(addr)), meta) = (
-            server.node.read_local(&Command::Get { key: key.clone() }).await,
-            server.node.read_local(&Command::Get { key: meta_key }).await,
+            server.node.read_local(&Command::Get { key: key.clone() }),
+            server.node.read_local(&Command::Get { key: meta_key }),
         ) else {
             continue; // its session ended in between
         };
@@ -691,7 +691,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         Conn::ClientList { only_self } => {
             Wire::Bulk(Bytes::from(info::client_list(server, only_self.then_some(session.id))))
         }
-        Conn::Info(sections) => Wire::Bulk(Bytes::from(info::info(server, &sections).await)),
+        Conn::Info(sections) => Wire::Bulk(Bytes::from(info::info(server, &sections))),
         Conn::Command(sub, names) => info::command(&sub, &names),
         Conn::Time => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

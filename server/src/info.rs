@@ -58,7 +58,7 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
 }
 
 /// INFO [section ...]: server, clients, persistence, stats, replication, keyspace.
-pub async fn info(server: &Server, sections: &[Bytes]) -> String {
+pub fn info(server: &Server, sections: &[Bytes]) -> String {
     let wanted = |name: &str| {
         sections.is_empty()
             || sections.iter().any(|s| {
@@ -98,7 +98,7 @@ pub async fn info(server: &Server, sections: &[Bytes]) -> String {
     if wanted("stats") {
         // Scripts applied on this node (every replica applies every script entry):
         // natively for the lock clients' well-known scripts, or in the Lua VM.
-        let runs = server.node.sm.shared.lock_async().await.lua.runs();
+        let runs = server.node.sm.shared.inner.lock().expect("not poisoned").lua.runs();
         out += &format!(
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\n\r\n",
             server.stats.connections.load(Ordering::Relaxed),
@@ -111,7 +111,7 @@ pub async fn info(server: &Server, sections: &[Bytes]) -> String {
         out += &replication(server, &status);
     }
     if wanted("keyspace") {
-        let (keys, expires, avg_ttl) = server.node.sm.shared.lock_async().await.core.keyspace_stats();
+        let (keys, expires, avg_ttl) = server.node.sm.shared.inner.lock().expect("not poisoned").core.keyspace_stats();
         out += "# Keyspace\r\n";
         if keys > 0 {
             out += &format!("db0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n");

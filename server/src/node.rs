@@ -408,7 +408,7 @@ impl Node {
             Err(RaftError::APIError(_)) => return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64)),
             Err(e) => return Err(NodeError::Fatal(e.to_string())),
         }
-        Ok(self.read_local(command).await)
+        Ok(self.read_local(command))
     }
 
     /// The leader's side of a follower's read: confirm leadership with a quorum and
@@ -423,8 +423,8 @@ impl Node {
 
     /// Reads this replica's state as it is, without confirming it is current: what a
     /// connection that sent READONLY gets (Redis Cluster's stale replica reads).
-    pub async fn read_local(&self, command: &Command) -> fencelock_core::Result<Reply> {
-        let inner = self.sm.shared.lock_async().await;
+    pub fn read_local(&self, command: &Command) -> fencelock_core::Result<Reply> {
+        let inner = self.sm.shared.inner.lock().expect("not poisoned");
         // Evaluate at our clock on the replicated time base, so TTLs count down between
         // writes; only once our epoch is in the log does our clock map onto it.
         if inner.epoch() == Some(self.epoch) {
@@ -499,7 +499,7 @@ async fn expiry_ticker(node: Arc<Node>) {
             continue;
         }
         let due = {
-            let inner = node.sm.shared.lock_async().await;
+            let inner = node.sm.shared.inner.lock().expect("not poisoned");
             match inner.core.next_deadline_ms() {
                 None => false,
                 // Until an entry of ours is applied, the offset belongs to another
