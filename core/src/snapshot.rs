@@ -121,39 +121,4 @@ mod tests {
         let ord_set: OrdSet<(u64, u32)> = std_set.iter().cloned().collect();
         assert_eq!(postcard::to_stdvec(&ord_set).unwrap(), postcard::to_stdvec(&std_set).unwrap());
     }
-
-    /// A frozen copy encodes the state of its moment, whatever is applied after it.
-    #[test]
-    fn a_frozen_state_is_unchanged_by_later_applies() {
-        use bytes::Bytes;
-
-        use crate::{Command, LockMode, LockRequest, StateMachine, Wait};
-        let lock = |name: String| {
-            Command::Lock(LockRequest {
-                names: vec![Bytes::from(name)],
-                owner: Bytes::from_static(b"o"),
-                token: Bytes::from_static(b"t"),
-                mode: LockMode::Exclusive,
-                ttl_ms: 30_000,
-                session: None,
-                metadata: Bytes::new(),
-                wait: Wait::Try,
-                condition: None,
-                idempotent: false,
-            })
-        };
-        let mut sm = StateMachine::default();
-        for i in 1..=2_000u64 {
-            assert!(sm.apply(i, 1_000 + i, lock(format!("a{i}"))).reply.is_ok());
-        }
-        let expected = sm.snapshot();
-        let frozen = sm.freeze();
-        for i in 2_001..=4_000u64 {
-            assert!(sm.apply(i, 1_000 + i, lock(format!("a{}", i - 1_000))).reply.is_ok());
-        }
-        let mut written = Vec::new();
-        frozen.snapshot_into(&mut written);
-        assert_eq!(written, expected);
-        assert_ne!(sm.snapshot(), expected, "the live state moved on");
-    }
 }

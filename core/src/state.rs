@@ -9,8 +9,10 @@
 //!     5. return  reply + events (grants, expiries, revocations, changes)
 //! ```
 //!
-//! Every container is ordered (`BTreeMap`, `BTreeSet`, `VecDeque`), so two replicas
-//! that apply the same log iterate in the same order and serialize identical bytes.
+//! Every container is ordered (`BTreeMap`, `VecDeque`, and for the tables that grow
+//! with use the persistent `imbl::OrdMap` / `OrdSet`, which `freeze` shares), so two
+//! replicas that apply the same log iterate in the same order and serialize identical
+//! bytes.
 
 use std::collections::{BTreeMap, VecDeque};
 

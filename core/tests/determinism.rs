@@ -415,6 +415,22 @@ proptest! {
         assert_same_state(&original, &again);
     }
 
+    /// A frozen copy encodes the state of its moment, whatever is applied after it
+    /// (the server encodes it off the state lock while apply goes on).
+    #[test]
+    fn a_frozen_copy_keeps_its_moment(before in log(0..200), after in log(1..100)) {
+        let mut sm = StateMachine::default();
+        let mut feeder = Feeder::new();
+        apply_all(&mut feeder, &mut [&mut sm], &before);
+        let expected = sm.snapshot();
+        let frozen = sm.freeze();
+        apply_all(&mut feeder, &mut [&mut sm], &after);
+        let mut written = Vec::new();
+        frozen.snapshot_into(&mut written);
+        prop_assert_eq!(&written, &expected);
+        prop_assert_ne!(&sm.snapshot(), &expected, "the live state moved on");
+    }
+
     /// Header damage and truncation get the matching error.
     #[test]
     fn corrupt_snapshots_are_refused(

@@ -179,7 +179,7 @@ impl SmStore {
             lua: LuaEngine::new().map_err(io::Error::other)?,
         };
         if let Some(file) = read_snapshot_file(dir)? {
-            inner.load(&file, &limits)?;
+            inner.install(Loaded::decode(&file, &limits)?);
             inner.current = Some(file.meta);
         }
         let (events, _) = broadcast::channel(4096);
@@ -211,11 +211,6 @@ impl Inner {
     /// The clock epoch of the last applied proposal.
     pub fn epoch(&self) -> Option<u64> {
         self.epoch
-    }
-
-    fn load(&mut self, file: &SnapshotFile, limits: &Limits) -> io::Result<()> {
-        self.install(Loaded::decode(file, limits)?);
-        Ok(())
     }
 
     /// Puts a decoded snapshot in place; hands back the state it replaces.
