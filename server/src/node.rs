@@ -235,7 +235,7 @@ impl Node {
     /// Proposes on this node (it must lead), stamped with this node's clock, on behalf
     /// of `origin`. Returns the reply and the entry's log index.
     pub async fn propose_local(&self, op: Op, origin: NodeId) -> Result<(Applied, u64), NodeError> {
-        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
+        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op: Arc::new(op) };
         let _counted = self.write_load.start_write();
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));

@@ -9,6 +9,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use fencelock_core::{Command, Reply};
@@ -41,8 +42,12 @@ pub struct Proposal {
     /// that node registers the channels of any waiter the entry queues, because the
     /// waiting connection is there.
     pub origin: NodeId,
-    /// What to apply.
-    pub op: Op,
+    /// What to apply. Shared, not owned: openraft clones every entry it reads from the
+    /// log store (for each follower's AppendEntries, and again for apply), and a
+    /// command's deep clone (its name list, ~250 bytes moved) was 3% of a leader's
+    /// CPU. The shared `Op` is serialized as the `Op` itself, so the log and the wire
+    /// format are unchanged.
+    pub op: Arc<Op>,
 }
 
 /// What an entry does.

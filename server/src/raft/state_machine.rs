@@ -412,7 +412,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                             inner.epoch = Some(proposal.epoch);
                         }
                         let index = entry.log_id.index;
-                        match proposal.op {
+                        // The log store keeps its own reference, so this is the one
+                        // deep copy of the op: the core takes the command by value.
+                        match Arc::unwrap_or_clone(proposal.op) {
                             Op::Core(command) => {
                                 let publish = matches!(command, fencelock_core::Command::Publish { .. });
                                 let out = inner.core.apply(index, proposal.stamp_ms, command);
