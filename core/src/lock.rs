@@ -7,7 +7,6 @@
 //! groups can never each head a queue the other needs: no deadlock. A shared request
 //! never overtakes a queued exclusive one (writer preference: writers never starve).
 
-use imbl::ordmap::Entry;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
@@ -138,6 +137,19 @@ pub(crate) struct Busy {
 impl LockEntry {
     fn free() -> LockEntry {
         LockEntry::Busy(Box::new(Busy { holders: Holders::Free, queue: BTreeSet::new() }))
+    }
+
+    /// A new entry with its first holder: the unboxed form for an exclusive one, with
+    /// no box allocated and dropped on the way.
+    fn with(mode: LockMode, holder: Holder) -> LockEntry {
+        match mode {
+            LockMode::Exclusive => LockEntry::Held(holder),
+            LockMode::Shared => {
+                let mut entry = LockEntry::free();
+                entry.add(mode, holder);
+                entry
+            }
+        }
     }
 
     pub fn holders(&self) -> &[Holder] {
@@ -388,12 +400,12 @@ impl StateMachine {
                 blob.clone().expect("not taken yet")
             };
             let holder = Holder { blob, owner_len, token_len, holds: 1, fence, deadline_ms, session };
-            match self.st.locks.entry(name.clone()) {
-                Entry::Occupied(mut entry) => entry.get_mut().add(mode, holder),
-                Entry::Vacant(entry) => {
-                    let mut lock = LockEntry::free();
-                    lock.add(mode, holder);
-                    entry.insert(lock);
+            // get_mut then insert: imbl's entry API walks the tree three times for a
+            // new name (look, insert, then find the inserted value again).
+            match self.st.locks.get_mut(name) {
+                Some(lock) => lock.add(mode, holder),
+                None => {
+                    self.st.locks.insert(name.clone(), LockEntry::with(mode, holder));
                 }
             }
             self.schedule_shared(deadline_ms, Timer::Holder(name.clone()));
@@ -408,20 +420,25 @@ impl StateMachine {
         let names = self.lock_names(names)?;
         // A holder whose deadline has passed is not found by token: it is gone, even
         // if no entry has swept it yet.
-        let mut fences = Vec::with_capacity(names.len());
+        let mut found = Vec::with_capacity(names.len());
         for name in &names {
             match self.lock_by_token(name, token) {
-                Some(holder) => fences.push(holder.fence),
+                Some(holder) => found.push((holder.fence, holder.holds)),
                 None => return Err(Error::NotHolder { name: name.lossy() }),
             }
         }
+        // Releasing one name touches no other name's holders, so the holds read above
+        // are still current here.
         let mut remaining = u32::MAX;
-        for (name, fence) in names.iter().zip(fences) {
-            let holder = self.lock_holder_mut(name, fence);
-            holder.holds -= 1;
-            remaining = remaining.min(holder.holds);
-            if holder.holds == 0 {
+        for (name, (fence, holds)) in names.iter().zip(found) {
+            if holds > 1 {
+                let holder = self.lock_holder_mut(name, fence);
+                holder.holds -= 1;
+                remaining = remaining.min(holder.holds);
+            } else {
+                remaining = 0;
                 let holder = self.lock_remove_holder(name, fence);
+                assert_eq!(holder.holds, 1, "the last hold is released");
                 if holder.session != 0 {
                     self.disown(holder.session, &Owned::Holder { name: name.clone(), fence });
                 }
@@ -480,14 +497,23 @@ impl StateMachine {
 
     /// Removes a holder and its timer, and marks the name for the pump.
     fn lock_remove_holder(&mut self, name: &Name, fence: u64) -> Holder {
-        let entry = self.st.locks.get_mut(name).expect("lock exists");
-        let holder = entry.remove(fence);
-        let still_used = entry.holders().iter().any(|h| h.deadline_ms == holder.deadline_ms);
-        let waiters = entry.queue_len() > 0;
-        if entry.is_empty() {
-            // Nobody holds and nobody waits: drop the entry now rather than in the pump.
-            self.st.locks.remove(name);
-        }
+        let lone = matches!(self.st.locks.get(name), Some(LockEntry::Held(holder)) if holder.fence == fence);
+        let (holder, still_used, waiters) = if lone {
+            // The only holder, nobody waiting (the common case): the entry goes with it.
+            // `LockEntry::remove` would box the holder first, only to drop the box.
+            let Some(LockEntry::Held(holder)) = self.st.locks.remove(name) else { unreachable!("checked above") };
+            (holder, false, false)
+        } else {
+            let entry = self.st.locks.get_mut(name).expect("lock exists");
+            let holder = entry.remove(fence);
+            let still_used = entry.holders().iter().any(|h| h.deadline_ms == holder.deadline_ms);
+            let waiters = entry.queue_len() > 0;
+            if entry.is_empty() {
+                // Nobody holds and nobody waits: drop the entry now rather than in the pump.
+                self.st.locks.remove(name);
+            }
+            (holder, still_used, waiters)
+        };
         self.unschedule_shared(holder.deadline_ms, Timer::Holder(name.clone()), still_used);
         if waiters {
             self.mark(Dirty::Lock(name.clone()));
