@@ -215,12 +215,14 @@ impl Node {
     /// follower forwards it to the leader, which stamps it with its own clock (one clock
     /// per term keeps lease time flowing) and proposes it on this node's behalf.
     pub async fn propose(&self, op: Op) -> Result<Applied, NodeError> {
+        // Shared from here on: a retry or a forward reuses it instead of copying it.
+        let op = Arc::new(op);
         // No leader known yet, or a new leader that has not committed its first entry
         // (openraft refuses writes until then): retry for up to one election rather
         // than bounce the client at once.
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            match self.propose_local(op.clone(), self.id).await {
+            match self.propose_local(Arc::clone(&op), self.id).await {
                 Err(NodeError::TryAgain) if Instant::now() < deadline => {
                     let wait = self.raft.wait(Some(Duration::from_millis(50)));
                     let _ = wait.metrics(|m| m.current_leader.is_some(), "a leader is known").await;
@@ -234,8 +236,8 @@ impl Node {
 
     /// Proposes on this node (it must lead), stamped with this node's clock, on behalf
     /// of `origin`. Returns the reply and the entry's log index.
-    pub async fn propose_local(&self, op: Op, origin: NodeId) -> Result<(Applied, u64), NodeError> {
-        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op: Arc::new(op) };
+    pub async fn propose_local(&self, op: Arc<Op>, origin: NodeId) -> Result<(Applied, u64), NodeError> {
+        let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
         let _counted = self.write_load.start_write();
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
@@ -252,7 +254,7 @@ impl Node {
 
     /// Sends `op` to the leader over the peer network and waits until this node has
     /// applied the entry too, so its waiter channels exist and reads here see it.
-    async fn forward(&self, leader: NodeId, op: Op) -> Result<Applied, NodeError> {
+    async fn forward(&self, leader: NodeId, op: Arc<Op>) -> Result<Applied, NodeError> {
         let request = crate::raft::network::PeerRequest::Forward { origin: self.id, op };
         let response = self.ask_leader(leader, request, FORWARD_TIMEOUT).await?;
         let (applied, index) = match response {

@@ -48,7 +48,7 @@ pub(crate) enum PeerRequest {
     /// A follower's client write, for the leader to stamp, propose and answer.
     Forward {
         origin: NodeId,
-        op: super::Op,
+        op: Arc<super::Op>,
     },
     /// A membership or leadership change for the leader to run.
     Admin(crate::cluster::AdminOp),
