@@ -285,10 +285,17 @@ impl StateMachine {
                 return Err(Error::ConditionFailed);
             }
         }
+        let mut present = 0;
         for name in &names {
-            self.lock_expire_due(name);
+            present += usize::from(self.lock_expire_due_then_present(name));
         }
-        let survey = self.lock_survey(&names, &request.owner, &request.token, request.mode)?;
+        let survey = if present == 0 {
+            // No name has an entry: all are new and free, which is what the survey would
+            // find, without walking the table for each name again.
+            Survey { reentry_fence: None, new_names: names.len(), free: true }
+        } else {
+            self.lock_survey(&names, &request.owner, &request.token, request.mode)?
+        };
         if let Some(fence) = survey.reentry_fence {
             // A retry of an idempotent acquire that was applied adds no hold; its lease
             // still runs from now, as the client counts it from the retry it sent.
@@ -475,10 +482,19 @@ impl StateMachine {
 
     /// Expires every holder of `name` whose deadline has passed.
     pub(crate) fn lock_expire_due(&mut self, name: &Name) {
-        let Some(entry) = self.st.locks.get(name) else { return };
+        self.lock_expire_due_then_present(name);
+    }
+
+    /// `lock_expire_due`, answering whether `name` still has an entry afterwards. When
+    /// nothing is due that costs no walk beyond the one that looked for due holders.
+    fn lock_expire_due_then_present(&mut self, name: &Name) -> bool {
+        let Some(entry) = self.st.locks.get(name) else { return false };
         let now = self.now();
         let due: Vec<u64> =
             entry.holders().iter().filter(|h| h.deadline_ms != NEVER && h.deadline_ms < now).map(|h| h.fence).collect();
+        if due.is_empty() {
+            return true;
+        }
         for fence in due {
             let holder = self.lock_remove_holder(name, fence);
             if holder.session != 0 {
@@ -486,6 +502,7 @@ impl StateMachine {
             }
             self.emit(Event::Expired { name: name.to_bytes(), fence });
         }
+        self.st.locks.contains_key(name)
     }
 
     /// Takes a grant away because its session ended.
