@@ -287,7 +287,7 @@ impl StateMachine {
         }
         let mut present = 0;
         for name in &names {
-            present += usize::from(self.lock_expire_due_then_present(name));
+            present += usize::from(self.lock_expire_due(name));
         }
         let survey = if present == 0 {
             // No name has an entry: all are new and free, which is what the survey would
@@ -480,14 +480,10 @@ impl StateMachine {
         Ok(Reply::Grant(grant.expect("at least one name")))
     }
 
-    /// Expires every holder of `name` whose deadline has passed.
-    pub(crate) fn lock_expire_due(&mut self, name: &Name) {
-        self.lock_expire_due_then_present(name);
-    }
-
-    /// `lock_expire_due`, answering whether `name` still has an entry afterwards. When
-    /// nothing is due that costs no walk beyond the one that looked for due holders.
-    fn lock_expire_due_then_present(&mut self, name: &Name) -> bool {
+    /// Expires every holder of `name` whose deadline has passed, and answers whether
+    /// `name` still has an entry afterwards. When nothing is due that costs no walk
+    /// beyond the one that looked for due holders.
+    pub(crate) fn lock_expire_due(&mut self, name: &Name) -> bool {
         let Some(entry) = self.st.locks.get(name) else { return false };
         let now = self.now();
         let due: Vec<u64> =

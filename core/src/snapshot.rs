@@ -36,8 +36,9 @@ pub struct FrozenState {
 }
 
 impl FrozenState {
-    /// Appends the same bytes `StateMachine::snapshot_into` would have at the moment
-    /// of the freeze.
+    /// Appends the bytes `StateMachine::snapshot` would have given at the moment of
+    /// the freeze (a caller that wraps the snapshot in a larger image writes it in
+    /// place instead of copying it: 90 MB at 1M locks).
     pub fn snapshot_into(&self, out: &mut Vec<u8>) {
         write_state(&self.st, out);
     }
@@ -53,14 +54,8 @@ impl StateMachine {
     /// Serializes the whole state.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
-        self.snapshot_into(&mut out);
+        write_state(&self.st, &mut out);
         out
-    }
-
-    /// Appends `snapshot()`'s bytes to `out` (a caller that wraps the snapshot in a
-    /// larger image writes it in place instead of copying it: 90 MB at 1M locks).
-    pub fn snapshot_into(&self, out: &mut Vec<u8>) {
-        write_state(&self.st, out);
     }
 
     /// The state as it is now, to encode later: what a server takes under its state

@@ -385,7 +385,9 @@ impl StateMachine {
 
     fn fire(&mut self, timer: Timer) {
         match timer {
-            Timer::Holder(name) => self.lock_expire_due(&name),
+            Timer::Holder(name) => {
+                self.lock_expire_due(&name);
+            }
             Timer::Permit(name) => self.semaphore_expire_due(&name),
             Timer::Leader(name) => self.election_expire_due(&name),
             Timer::Session(id) => self.session_end(id, true),

@@ -89,7 +89,7 @@ pub fn check_syntax(script: &[u8]) -> Result<(), String> {
 
 /// Lowercase hex SHA1 of a script: its EVALSHA name.
 pub fn sha1_hex(script: &[u8]) -> String {
-    Sha1::digest(script).iter().map(|b| format!("{b:02x}")).collect()
+    cmd::lock::lower_hex(&Sha1::digest(script))
 }
 
 const PRELUDE: &str = r#"
