@@ -18,6 +18,8 @@ pub struct Launched {
     pub port: u16,
     /// The Raft node.
     pub node: Arc<Node>,
+    /// The connections' shared state (settings, counters).
+    pub server: Arc<Server>,
     /// The accept loop; it ends only on a listener error.
     pub serving: JoinHandle<std::io::Result<()>>,
 }
@@ -57,6 +59,6 @@ pub async fn launch(settings: &Settings) -> Result<Launched, String> {
         connections_max: settings.maxclients,
     };
     let server = Server::new(Arc::clone(&node), config, port);
-    let serving = tokio::spawn(server.run(listener));
-    Ok(Launched { port, node, serving })
+    let serving = tokio::spawn(Arc::clone(&server).run(listener));
+    Ok(Launched { port, node, server, serving })
 }

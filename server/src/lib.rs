@@ -7,6 +7,7 @@
 //! - `cluster`: membership changes, CLUSTER.STATUS, WAIT, `--join`, hand-off on SIGTERM;
 //! - `node`: Raft startup, proposal stamping, reads, the leader's expiry ticker;
 //! - `server` / `connection`: the listener and one task per client;
+//! - `idle_spin`: the runtime thread's poll before sleeping, on an idle single node;
 //! - `launch`: settings → a serving node (the binary and embedded servers);
 //! - `errors`: the one table from internal errors to RESP errors.
 
@@ -17,6 +18,7 @@ pub mod cmd;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod idle_spin;
 pub mod info;
 pub mod launch;
 pub mod lua;

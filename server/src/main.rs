@@ -2,7 +2,11 @@
 //! 127.0.0.1:6379 with its data in ./fencelock-data.
 
 use clap::Parser;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use fencelock_server::config::{Flags, Settings};
+use fencelock_server::idle_spin::{eventpoll_fds, IdleSpin};
 use fencelock_server::launch::launch;
 
 /// glibc malloc stalled the runtime thread for 40–60 ms at a time in
@@ -38,9 +42,23 @@ fn main() {
     };
     // One thread by default (see `--io-threads`): connections, Raft and apply share it,
     // so a write crosses threads only to the WAL's fsync and back.
-    let runtime = match settings.io_threads {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    // On one thread an idle single node polls briefly before sleeping (see idle_spin).
+    let spin = (settings.io_threads == 1 && settings.idle_spin_us > 0).then(|| IdleSpin::new(settings.idle_spin_us));
+    let epolls_before = eventpoll_fds();
+    let runtime = match (settings.io_threads, &spin) {
+        (1, Some(spin)) => {
+            let hook = Arc::clone(spin);
+            let unpark = Arc::clone(spin);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .on_thread_park(move || {
+                    hook.before_park();
+                })
+                .on_thread_unpark(move || unpark.after_unpark())
+                .build()
+        }
+        (1, None) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        (n, _) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,
@@ -49,14 +67,23 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run(settings)) {
+    if let Some(spin) = &spin {
+        if !spin.find_driver(&epolls_before) {
+            tracing::warn!("the runtime's epoll descriptor was not found: --idle-spin-us has no effect");
+        }
+    }
+    if let Err(e) = runtime.block_on(run(settings, spin)) {
         eprintln!("fencelock: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(settings: Settings, spin: Option<Arc<IdleSpin>>) -> Result<(), String> {
     let launched = launch(&settings).await?;
+    if let Some(spin) = spin {
+        let server = Arc::clone(&launched.server);
+        spin.watch(launched.node.write_load(), move || server.stats.commands.load(Ordering::Relaxed));
+    }
     let port = launched.port;
     // Tests and scripts wait for this line to learn the port (with --port 0).
     println!(
@@ -68,7 +95,7 @@ async fn run(settings: Settings) -> Result<(), String> {
     tracing::info!(port, "ready");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-    let node = std::sync::Arc::clone(&launched.node);
+    let node = Arc::clone(&launched.node);
     tokio::select! {
         served = launched.serving => match served {
             Ok(served) => served.map_err(|e| e.to_string()),

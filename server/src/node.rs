@@ -202,6 +202,11 @@ impl Node {
         Ok(node)
     }
 
+    /// This node's write counter (the runtime's idle poll consults it).
+    pub fn write_load(&self) -> Arc<WriteLoad> {
+        Arc::clone(&self.write_load)
+    }
+
     /// This process's monotonic clock in ms: the stamp on our proposals.
     pub fn stamp_ms(&self) -> u64 {
         let (offset_ms, rate) = self.test_clock;

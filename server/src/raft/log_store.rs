@@ -95,6 +95,12 @@ impl WriteLoad {
         WriteInFlight(Arc::clone(self))
     }
 
+    /// Whether this node is alone and has no client write in flight: the runtime
+    /// thread may poll for the next request before sleeping (`idle_spin`).
+    pub fn idle_solo(&self) -> bool {
+        self.solo.load(Ordering::Relaxed) && self.writes_in_flight.load(Ordering::Relaxed) == 0
+    }
+
     fn lone_write(&self) -> bool {
         self.solo.load(Ordering::Relaxed) && self.writes_in_flight.load(Ordering::Relaxed) <= 1
     }
