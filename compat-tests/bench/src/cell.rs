@@ -70,7 +70,14 @@ struct Shared {
     measuring: AtomicBool,
     stop: AtomicBool,
     ops: AtomicU64,
+    /// The slowest operation since the last progress line, µs.
+    max_us: AtomicU64,
+    /// Operations slower than `SLOW_US` since the last progress line.
+    slow: AtomicU64,
 }
+
+/// An operation slower than this is counted on the progress line: the goals' p99 bound.
+const SLOW_US: u64 = 5_000;
 
 fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
@@ -107,8 +114,13 @@ async fn client_task(
         let done = c.step(&p, n).await?;
         n += 1;
         if s.measuring.load(Ordering::Relaxed) {
-            let _ = hist.record_n(started.elapsed().as_micros().max(1) as u64, done);
+            let took_us = started.elapsed().as_micros().max(1) as u64;
+            let _ = hist.record_n(took_us, done);
             s.ops.fetch_add(done, Ordering::Relaxed);
+            s.max_us.fetch_max(took_us, Ordering::Relaxed);
+            if took_us > SLOW_US {
+                s.slow.fetch_add(done, Ordering::Relaxed);
+            }
         }
     }
     if let Ok(c) = client {
@@ -133,6 +145,8 @@ pub async fn run(
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         ops: AtomicU64::new(0),
+        max_us: AtomicU64::new(0),
+        slow: AtomicU64::new(0),
     });
     let interval = rate.map(|r| Duration::from_secs_f64(p.clients as f64 / r));
     let tasks: Vec<_> =
@@ -157,7 +171,16 @@ pub async fn run(
     while began.elapsed() < measure {
         tokio::time::sleep(Duration::from_secs(1).min(measure.saturating_sub(began.elapsed()))).await;
         let now = s.ops.load(Ordering::Relaxed);
-        eprintln!("    {:>5.1} s: {:>9.0} ops/s", began.elapsed().as_secs_f64(), (now - last) as f64);
+        // The slowest operation and the count over 5 ms, per line: a tail shows which
+        // second it came in, to line it up with the servers' logs.
+        let (max_us, slow) = (s.max_us.swap(0, Ordering::Relaxed), s.slow.swap(0, Ordering::Relaxed));
+        eprintln!(
+            "    {:>5.1} s: {:>9.0} ops/s, slowest {:>8.1} ms, {slow} over {} ms",
+            began.elapsed().as_secs_f64(),
+            (now - last) as f64,
+            max_us as f64 / 1000.0,
+            SLOW_US / 1000
+        );
         last = now;
         if tasks.iter().all(|t| t.is_finished()) {
             break;
