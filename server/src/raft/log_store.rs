@@ -9,8 +9,9 @@
 //!
 //! The disk work runs on its own thread so a sync never blocks the async runtime, and
 //! whatever queued up while one sync ran is committed by the next single sync (group
-//! commit). Truncate and purge go through the same queue, so the log on disk changes in
-//! exactly the order openraft asked. Entries stay decoded in memory between purges
+//! commit). Truncates go through the same queue, so the log on disk changes in exactly
+//! the order openraft asked; a purge writes its marker on a thread of its own first
+//! and then queues the rest (`purge_thread`). Entries stay decoded in memory between purges
 //! (the log is bounded by snapshots), so apply and replication never decode them.
 //!
 //! One exception, for latency: a lone write on a one-member cluster is written and
@@ -50,11 +51,10 @@ enum Job {
         from: u64,
         done: oneshot::Sender<io::Result<()>>,
     },
-    /// Writes the purge marker `(dir, bytes)` durably, then forgets and deletes.
+    /// Forgets the entries through `through` and discards the segments that hold only
+    /// those. Queued by the purge thread once the marker covering them is durable.
     Purge {
         through: u64,
-        marker: (PathBuf, Vec<u8>),
-        done: oneshot::Sender<io::Result<()>>,
     },
 }
 
@@ -128,18 +128,80 @@ struct Inner {
     vote: Option<Vote>,
     last_purged: Option<LogId>,
     jobs: mpsc::Sender<Job>,
+    /// Purges for the purge thread.
+    purges: mpsc::Sender<PurgeJob>,
+    /// The purge and WAL threads, joined when the store closes.
+    purge_thread: Option<std::thread::JoinHandle<()>>,
+    wal_thread: Option<std::thread::JoinHandle<()>>,
     disk: Arc<Disk>,
     load: Arc<WriteLoad>,
+}
+
+impl Drop for Inner {
+    /// Finishes the disk's work before the files can be opened again: every purge
+    /// marker still queued, then the WAL jobs queued behind it. A purge returns before
+    /// its marker is written, so without this a store reopened at once could find the
+    /// older marker (harmless: its log would start earlier) while this store's WAL
+    /// thread still renamed segments in the same directory.
+    fn drop(&mut self) {
+        // Each thread ends when its channel's last sender is gone: the purge thread
+        // holds a WAL sender, so it goes first.
+        drop(std::mem::replace(&mut self.purges, mpsc::channel().0));
+        if let Some(purge) = self.purge_thread.take() {
+            let _ = purge.join();
+        }
+        drop(std::mem::replace(&mut self.jobs, mpsc::channel().0));
+        if let Some(wal) = self.wal_thread.take() {
+            let _ = wal.join();
+        }
+    }
 }
 
 impl Inner {
     /// Queues a job for the WAL thread.
     fn send(&self, job: Job) -> io::Result<()> {
-        self.disk.queued.fetch_add(1, Ordering::AcqRel);
-        self.jobs.send(job).map_err(|_| {
-            self.disk.queued.fetch_sub(1, Ordering::AcqRel);
-            io::Error::other("the WAL thread has stopped")
-        })
+        queue_job(&self.disk, &self.jobs, job)
+    }
+}
+
+/// Queues a job for the WAL thread, counted in `disk.queued` until it is done.
+fn queue_job(disk: &Disk, jobs: &mpsc::Sender<Job>, job: Job) -> io::Result<()> {
+    disk.queued.fetch_add(1, Ordering::AcqRel);
+    jobs.send(job).map_err(|_| {
+        disk.queued.fetch_sub(1, Ordering::AcqRel);
+        io::Error::other("the WAL thread has stopped")
+    })
+}
+
+/// A purge for the purge thread: the marker to make durable, then the WAL's part.
+struct PurgeJob {
+    through: u64,
+    marker: Vec<u8>,
+}
+
+/// The purge thread: writes each purge marker durably, then queues the WAL's part.
+///
+/// openraft awaits `purge` inside its core task, so every write and reply of the node
+/// waited for it. The marker is a small file written atomically (temp file, fsync,
+/// rename, directory fsync), and when `purge` waited for the WAL thread to write it
+/// behind the appends in flight, the node stalled each snapshot: with the bench's
+/// per-second slowest operation beside the servers' logs, the 60–80 ms spikes of the
+/// 3-node half-load cells came in the seconds of the snapshots (every 100,000 entries,
+/// on all three nodes at once) and nowhere else. Now `purge` returns once the entries
+/// are out of memory. Order still makes it safe: a segment is discarded only after
+/// the marker that covers it is durable (this thread queues the WAL job after writing
+/// it, and jobs are taken in order), and a crash before that leaves the entries on
+/// disk, where the log simply starts earlier. Markers are written in purge order,
+/// one thread, so an older one never overwrites a newer.
+fn purge_thread(dir: PathBuf, disk: Arc<Disk>, jobs: mpsc::Sender<Job>, purges: mpsc::Receiver<PurgeJob>) {
+    for PurgeJob { through, marker } in purges {
+        if let Err(e) = write_atomic(&dir, "purged", &marker) {
+            tracing::error!(through, error = %e, "writing the purge marker failed; the log keeps those entries");
+            continue;
+        }
+        if queue_job(&disk, &jobs, Job::Purge { through }).is_err() {
+            return; // the WAL thread has stopped: the store is closing
+        }
     }
 }
 
@@ -203,8 +265,11 @@ fn wal_thread(disk: Arc<Disk>, jobs: mpsc::Receiver<Job>) {
             Some(Job::Truncate { from, done }) => {
                 let _ = done.send(wal.truncate_from(from));
             }
-            Some(Job::Purge { through, marker: (dir, marker), done }) => {
-                let _ = done.send(write_atomic(&dir, "purged", &marker).and_then(|()| wal.purge_through(through)));
+            Some(Job::Purge { through }) => {
+                if let Err(e) = wal.purge_through(through) {
+                    // The entries stay on disk (below the marker, skipped on open).
+                    tracing::error!(through, error = %e, "discarding purged WAL segments failed");
+                }
             }
             Some(Job::Append { .. }) | None => continue,
         }
@@ -232,9 +297,18 @@ impl LogStore {
         let (jobs, receiver) = mpsc::channel();
         let disk = Arc::new(Disk { wal: Mutex::new(wal), queued: AtomicUsize::new(0) });
         let for_thread = Arc::clone(&disk);
-        std::thread::Builder::new().name("fencelock-wal".into()).spawn(move || wal_thread(for_thread, receiver))?;
+        let wal =
+            std::thread::Builder::new().name("fencelock-wal".into()).spawn(move || wal_thread(for_thread, receiver))?;
+        let (purges, purge_receiver) = mpsc::channel();
+        let (purge_dir, purge_disk, purge_jobs) = (dir.to_path_buf(), Arc::clone(&disk), jobs.clone());
+        let purge = std::thread::Builder::new()
+            .name("fencelock-purge".into())
+            .spawn(move || purge_thread(purge_dir, purge_disk, purge_jobs, purge_receiver))?;
         let load = Arc::default();
-        let inner = Inner { entries, first_index, dir: dir.to_path_buf(), vote, last_purged, jobs, disk, load };
+        let (purge_thread, wal_thread) = (Some(purge), Some(wal));
+        let dir = dir.to_path_buf();
+        let inner =
+            Inner { entries, first_index, dir, vote, last_purged, jobs, purges, purge_thread, wal_thread, disk, load };
         Ok(LogStore { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -364,18 +438,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let marker = encode(&log_id)?;
-        let dir = {
-            let mut inner = self.lock();
-            inner.last_purged = Some(log_id);
-            // Up to `--snapshot-every` decoded entries: freeing them here stalled the
-            // runtime thread, so every client, for 20–50 ms at 100,000 entries.
-            let Inner { entries, first_index, .. } = &mut *inner;
-            forget_through(entries, first_index, log_id.index);
-            inner.dir.clone()
-        };
-        // The WAL thread writes the marker (fsyncs, off the runtime thread) and only then
-        // deletes segments: if we crash between the two steps, the entries that remain
-        // are below the marker and skipped on open.
-        self.run(|done| Job::Purge { through: log_id.index, marker: (dir, marker), done }).await
+        let mut inner = self.lock();
+        inner.last_purged = Some(log_id);
+        // Up to `--snapshot-every` decoded entries: freeing them here stalled the
+        // runtime thread, so every client, for 20–50 ms at 100,000 entries.
+        let Inner { entries, first_index, .. } = &mut *inner;
+        forget_through(entries, first_index, log_id.index);
+        // The disk's part runs behind us (see `purge_thread`): openraft waits for this
+        // call in its core task.
+        inner
+            .purges
+            .send(PurgeJob { through: log_id.index, marker })
+            .map_err(|_| io::Error::other("the purge thread has stopped"))
     }
 }
