@@ -36,10 +36,13 @@
 //! taking them, whether `epoll_wait` would return at once. The descriptor is found as
 //! the `eventpoll` file the runtime's construction opened.
 
+use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio::runtime::{Builder, Runtime};
 
 use crate::raft::log_store::WriteLoad;
 
@@ -98,15 +101,27 @@ impl IdleSpin {
         })
     }
 
-    /// Learns the runtime driver's epoll descriptor: the first `eventpoll` file open now
-    /// that was not open in `before` (read just before the runtime was built). Returns
-    /// whether one was found.
-    pub fn find_driver(&self, before: &[RawFd]) -> bool {
-        let Some(fd) = eventpoll_fds().into_iter().find(|fd| !before.contains(fd)) else {
-            return false;
-        };
-        self.epoll_fd.store(fd, Ordering::Relaxed);
-        true
+    /// Builds `builder`'s runtime (one thread) with this poll's park hooks, and learns
+    /// its driver's epoll descriptor: the first `eventpoll` file that building it
+    /// opened. Without one the hooks never poll (`knows_driver` says so).
+    pub fn build(self: &Arc<Self>, builder: &mut Builder) -> io::Result<Runtime> {
+        let before = eventpoll_fds();
+        let (park, unpark) = (Arc::clone(self), Arc::clone(self));
+        let runtime = builder
+            .on_thread_park(move || {
+                park.before_park();
+            })
+            .on_thread_unpark(move || unpark.after_unpark())
+            .build()?;
+        if let Some(fd) = eventpoll_fds().into_iter().find(|fd| !before.contains(fd)) {
+            self.epoll_fd.store(fd, Ordering::Relaxed);
+        }
+        Ok(runtime)
+    }
+
+    /// Whether the runtime's epoll descriptor was found (else nothing ever polls).
+    pub fn knows_driver(&self) -> bool {
+        self.epoll_fd.load(Ordering::Relaxed) >= 0
     }
 
     /// Starts consulting the node's write counter and the count of commands answered.
@@ -119,7 +134,7 @@ impl IdleSpin {
         let Some(watched) = self.watched.get() else { return false };
         let commands = (watched.commands)();
         let since_park = commands.wrapping_sub(self.commands_at_park.swap(commands, Ordering::Relaxed));
-        self.epoll_fd.load(Ordering::Relaxed) >= 0
+        self.knows_driver()
             && watched.load.idle_solo()
             && since_park <= 1
             && self.last_sleep_short.load(Ordering::Relaxed)
@@ -157,7 +172,7 @@ impl IdleSpin {
 }
 
 /// This process's open `eventpoll` descriptors, lowest first.
-pub fn eventpoll_fds() -> Vec<RawFd> {
+fn eventpoll_fds() -> Vec<RawFd> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
     let mut fds: Vec<RawFd> = dir
         .flatten()

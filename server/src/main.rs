@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fencelock_server::config::{Flags, Settings};
-use fencelock_server::idle_spin::{eventpoll_fds, IdleSpin};
+use fencelock_server::idle_spin::IdleSpin;
 use fencelock_server::launch::launch;
 
 /// glibc malloc stalled the runtime thread for 40–60 ms at a time in
@@ -44,19 +44,8 @@ fn main() {
     // so a write crosses threads only to the WAL's fsync and back.
     // On one thread an idle single node polls briefly before sleeping (see idle_spin).
     let spin = (settings.io_threads == 1 && settings.idle_spin_us > 0).then(|| IdleSpin::new(settings.idle_spin_us));
-    let epolls_before = eventpoll_fds();
     let runtime = match (settings.io_threads, &spin) {
-        (1, Some(spin)) => {
-            let hook = Arc::clone(spin);
-            let unpark = Arc::clone(spin);
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .on_thread_park(move || {
-                    hook.before_park();
-                })
-                .on_thread_unpark(move || unpark.after_unpark())
-                .build()
-        }
+        (1, Some(spin)) => spin.build(tokio::runtime::Builder::new_current_thread().enable_all()),
         (1, None) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         (n, _) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     };
@@ -68,7 +57,7 @@ fn main() {
         }
     };
     if let Some(spin) = &spin {
-        if !spin.find_driver(&epolls_before) {
+        if !spin.knows_driver() {
             tracing::warn!("the runtime's epoll descriptor was not found: --idle-spin-us has no effect");
         }
     }

@@ -1,30 +1,22 @@
 //! The idle poll's gates and its use of the runtime's epoll descriptor, on a real
-//! tokio runtime. Its own test binary: `find_driver` takes the first epoll descriptor
-//! opened while the runtime was built, which a test building another runtime on a
+//! tokio runtime. Its own test binary: `IdleSpin::build` takes the first epoll
+//! descriptor opened while the runtime was built, which a test building another runtime on a
 //! parallel thread could otherwise be.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fencelock_server::idle_spin::{eventpoll_fds, IdleSpin, Polled, IDLE_SPIN_US_MAX};
+use fencelock_server::idle_spin::{IdleSpin, Polled, IDLE_SPIN_US_MAX};
 use fencelock_server::raft::log_store::WriteLoad;
 
 #[test]
 fn polls_only_an_idle_lone_node_and_stops_at_an_event() {
     let spin = IdleSpin::new(IDLE_SPIN_US_MAX);
-    let before = eventpoll_fds();
-    let (park, unpark) = (Arc::clone(&spin), Arc::clone(&spin));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_park(move || {
-            park.before_park();
-        })
-        .on_thread_unpark(move || unpark.after_unpark())
-        .build()
-        .unwrap();
     assert_eq!(spin.before_park(), Polled::Skipped, "no driver or node known yet");
-    assert!(spin.find_driver(&before), "the runtime opened an epoll descriptor");
+    let runtime = spin.build(tokio::runtime::Builder::new_current_thread().enable_all()).unwrap();
+    assert!(spin.knows_driver(), "the runtime opened an epoll descriptor");
+    assert_eq!(spin.before_park(), Polled::Skipped, "no node known yet");
     let load = Arc::new(WriteLoad::default());
     let commands = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&commands);
