@@ -83,6 +83,13 @@ fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
+/// The time of day in UTC (`HH:MM:SS.mmm`), as the servers' logs print it.
+fn utc_time_of_day() -> String {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ms = since_epoch.as_millis() % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+}
+
 /// Runs one client until told to stop. With `interval`, operations are scheduled at
 /// that spacing and latency counts from the scheduled start (no coordinated omission).
 async fn client_task(
@@ -175,8 +182,9 @@ pub async fn run(
         // second it came in, to line it up with the servers' logs.
         let (max_us, slow) = (s.max_us.swap(0, Ordering::Relaxed), s.slow.swap(0, Ordering::Relaxed));
         eprintln!(
-            "    {:>5.1} s: {:>9.0} ops/s, slowest {:>8.1} ms, {slow} over {} ms",
+            "    {:>5.1} s ({} UTC): {:>9.0} ops/s, slowest {:>8.1} ms, {slow} over {} ms",
             began.elapsed().as_secs_f64(),
+            utc_time_of_day(),
             (now - last) as f64,
             max_us as f64 / 1000.0,
             SLOW_US / 1000

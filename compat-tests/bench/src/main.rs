@@ -51,6 +51,10 @@ struct Args {
     /// peak (0: skip).
     #[arg(long, default_value_t = 64)]
     half_load_at: usize,
+    /// Pace that cell at this many operations per second instead of half the measured
+    /// peak (0: half the peak). A fixed rate makes runs of two binaries comparable.
+    #[arg(long, default_value_t = 0.0)]
+    paced_rate: f64,
     /// Clients for contended, renew and fence.
     #[arg(long, default_value_t = 64)]
     clients_other: usize,
@@ -178,10 +182,15 @@ async fn run(args: Args) -> Result<(), String> {
                     let peak = cell.ops_per_s;
                     cells.push(cell);
                     if workload == Workload::Lock && n == args.half_load_at {
-                        eprintln!("  {} / lock {} / {n} clients at half of {peak:.0}/s", kind.name(), style.name());
+                        let rate = if args.paced_rate > 0.0 { args.paced_rate } else { peak / 2.0 };
+                        eprintln!(
+                            "  {} / lock {} / {n} clients at {rate:.0}/s (peak {peak:.0}/s)",
+                            kind.name(),
+                            style.name()
+                        );
                         let paced = params(workload, style, n);
-                        if peak > 0.0 {
-                            let run = cell::run(paced.clone(), Some(peak / 2.0), warmup, measure, &t).await;
+                        if rate > 0.0 {
+                            let run = cell::run(paced.clone(), Some(rate), warmup, measure, &t).await;
                             cells.push(settle(run, &paced, kind, &mut failures));
                         }
                     }

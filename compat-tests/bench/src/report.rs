@@ -76,7 +76,10 @@ pub fn goals(cells: &[Cell]) -> String {
         if let Some(half) = find(cells, "fencelock-3", style, 64, false) {
             line(
                 half.p99_us < 5000,
-                format!("fencelock-3 {style} at half of peak ({}): p99 {} µs; goal < 5,000", half.load, half.p99_us),
+                format!(
+                    "fencelock-3 {style} paced at {} (half of peak unless --paced-rate): p99 {} µs; goal < 5,000",
+                    half.load, half.p99_us
+                ),
             );
         }
     }
