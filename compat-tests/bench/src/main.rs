@@ -122,8 +122,20 @@ fn settle(result: Result<cell::Cell, String>, p: &Params, kind: Kind, failures: 
     })
 }
 
+/// A rate flag's value: operations per second, 0 for the flag's default behaviour.
+/// A negative or non-finite rate would silently mean "not set" below, so it is refused.
+fn check_rate(flag: &str, rate: f64) -> Result<f64, String> {
+    if rate.is_finite() && rate >= 0.0 {
+        Ok(rate)
+    } else {
+        Err(format!("bad {flag} {rate} (operations per second, 0 or more)"))
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let (warmup, measure) = (parse_secs(&args.warmup)?, parse_secs(&args.duration)?);
+    check_rate("--paced-rate", args.paced_rate)?;
+    check_rate("--active-rate", args.active_rate)?;
     let clients: Vec<usize> = args
         .clients
         .split(',')
@@ -234,4 +246,19 @@ async fn run(args: Args) -> Result<(), String> {
         return Err(format!("{failures} cell(s) failed; see the table's notes"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_rate;
+
+    #[test]
+    fn rates_below_zero_or_not_finite_are_refused() {
+        assert_eq!(check_rate("--paced-rate", 0.0), Ok(0.0));
+        assert_eq!(check_rate("--paced-rate", 8_000.0), Ok(8_000.0));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let refused = check_rate("--paced-rate", bad).expect_err("refused");
+            assert!(refused.starts_with("bad --paced-rate"), "{refused}");
+        }
+    }
 }
