@@ -281,17 +281,17 @@ impl LogStore {
     /// Opens the log under `dir` (creating it), recovering a torn tail, and starts the
     /// WAL thread.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
-        let wal = Wal::open(&dir.join("log"), SEGMENT_BYTES)?;
+        let mut wal = Wal::open(&dir.join("log"), SEGMENT_BYTES)?;
         let vote = read_small(dir, "vote")?.map(|b| decode(&b)).transpose()?;
         let last_purged: Option<LogId> = read_small(dir, "purged")?.map(|b| decode(&b)).transpose()?;
         // Entries at or below the purge marker are covered by a snapshot: skip them.
         let floor = last_purged.map_or(0, |l| l.index + 1).max(wal.first_index());
-        let mut entries = VecDeque::new();
-        if let Some(last) = wal.last_index() {
-            for index in floor..=last {
-                let payload = wal.get(index).expect("the WAL holds its range");
-                entries.push_back(decode::<Entry>(payload)?);
-            }
+        // The WAL hands over what it found and keeps only where each entry lies.
+        let recovered = wal.take_recovered();
+        let skip = floor.saturating_sub(wal.first_index()) as usize;
+        let mut entries = VecDeque::with_capacity(recovered.len().saturating_sub(skip));
+        for payload in recovered.iter().skip(skip) {
+            entries.push_back(decode::<Entry>(payload)?);
         }
         let first_index = if entries.is_empty() { wal.next_index().max(floor) } else { floor };
         let (jobs, receiver) = mpsc::channel();

@@ -11,8 +11,9 @@
 //! group commit every entry of the batch shares, and no entry is reported durable
 //! before it. On open, the last segment is scanned and a torn or corrupt tail (a crash
 //! mid-write) is cut off; a bad record before the end of an earlier segment is real
-//! corruption and refuses to open. Entries stay in memory between purges, so reads
-//! never touch the disk (the log is bounded by snapshots and purging).
+//! corruption and refuses to open. The log keeps only where each entry lies (for
+//! truncation), not its bytes: the log store holds the decoded entries it serves reads
+//! from, and the payloads found on open are handed to it once (`take_recovered`).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -57,8 +58,12 @@ struct Segment {
 }
 
 /// Where an entry lives, for truncation.
+///
+/// Not its payload: the log store keeps the decoded entry, and a second copy of every
+/// entry written, held until the next purge (up to `--snapshot-every` of them), was
+/// memory that nothing read after start-up.
+#[derive(Clone, Copy)]
 struct Located {
-    payload: Bytes,
     segment: usize,
     offset: u64,
 }
@@ -72,6 +77,9 @@ pub struct Wal {
     /// Index of `entries[0]`.
     first_index: u64,
     entries: VecDeque<Located>,
+    /// The payloads found on open, the first at `first_index`, until they are taken or
+    /// the log changes.
+    recovered: VecDeque<Bytes>,
     /// Discarded segments for the reclaim thread to remove.
     reclaim: mpsc::Sender<PathBuf>,
     /// Segments discarded by this handle: makes each discarded name unique.
@@ -207,9 +215,15 @@ fn drop_gradually<T: Send + 'static>(mut items: VecDeque<T>) {
 /// nothing left, the log starts after `index`.
 pub(crate) fn forget_through<T: Send + 'static>(items: &mut VecDeque<T>, first_index: &mut u64, index: u64) {
     let n = (index + 1).saturating_sub(*first_index).min(items.len() as u64);
-    let mut purged = std::mem::replace(items, VecDeque::with_capacity(items.capacity()));
-    items.extend(purged.drain(n as usize..));
-    drop_gradually(purged);
+    if !std::mem::needs_drop::<T>() {
+        // Nothing to free (the WAL's own positions): moving the front of the ring is
+        // all a purge takes.
+        items.drain(..n as usize);
+    } else if n > 0 {
+        let mut purged = std::mem::replace(items, VecDeque::with_capacity(items.capacity()));
+        items.extend(purged.drain(n as usize..));
+        drop_gradually(purged);
+    }
     *first_index += n;
     if items.is_empty() {
         *first_index = (*first_index).max(index + 1);
@@ -324,6 +338,7 @@ impl Wal {
             active: None,
             first_index: names.first().map_or(0, |(first, _)| *first),
             entries: VecDeque::new(),
+            recovered: VecDeque::new(),
             reclaim: reclaim_tx,
             discarded: 0,
             slow_syncs: SlowSyncs::default(),
@@ -343,6 +358,9 @@ impl Wal {
     fn recover_segment(&mut self, first_index: u64, path: PathBuf, last: bool) -> io::Result<()> {
         let mut data = Vec::new();
         File::open(&path)?.read_to_end(&mut data)?;
+        // The payloads are slices of this buffer: no copy each (they live only until
+        // the log store has decoded them).
+        let data = Bytes::from(data);
         let expected = self.next_index();
         if !self.entries.is_empty() && first_index > expected {
             // Segments before a gap hold only purged history (appends never leave gaps
@@ -351,6 +369,7 @@ impl Wal {
                 self.discard(&old.path)?;
             }
             self.entries.clear();
+            self.recovered.clear();
         } else if !self.entries.is_empty() && first_index != expected {
             return Err(corrupt(format!("segment {} starts at {first_index}, expected {expected}", path.display())));
         }
@@ -373,18 +392,15 @@ impl Wal {
                 break true;
             }
             let at = u64::from_le_bytes(data[offset + 8..offset + 16].try_into().expect("8 bytes"));
-            let payload = &data[offset + 16..offset + 8 + len];
-            if crc(at, payload) != sum {
+            let payload = data.slice(offset + 16..offset + 8 + len);
+            if crc(at, &payload) != sum {
                 break true;
             }
             if at != index {
                 return Err(corrupt(format!("record {at} where {index} was expected in {}", path.display())));
             }
-            self.entries.push_back(Located {
-                payload: Bytes::copy_from_slice(payload),
-                segment,
-                offset: offset as u64,
-            });
+            self.entries.push_back(Located { segment, offset: offset as u64 });
+            self.recovered.push_back(payload);
             index += 1;
             offset += 8 + len;
         };
@@ -419,10 +435,24 @@ impl Wal {
         (!self.entries.is_empty()).then(|| self.next_index() - 1)
     }
 
-    /// The payload of an entry still held.
-    pub fn get(&self, index: u64) -> Option<&Bytes> {
+    /// The payload of an entry as found when the log was opened, until the log changes
+    /// or the payloads are taken.
+    pub fn recovered(&self, index: u64) -> Option<&Bytes> {
         let at = index.checked_sub(self.first_index)?;
-        self.entries.get(usize::try_from(at).ok()?).map(|e| &e.payload)
+        self.recovered.get(usize::try_from(at).ok()?)
+    }
+
+    /// The payloads found when the log was opened, the first at `first_index()` (empty
+    /// once the log has changed). The log keeps none of them after this.
+    pub fn take_recovered(&mut self) -> VecDeque<Bytes> {
+        std::mem::take(&mut self.recovered)
+    }
+
+    /// A change makes the payloads found on open stale.
+    fn forget_recovered(&mut self) {
+        if !self.recovered.is_empty() {
+            self.recovered = VecDeque::new();
+        }
     }
 
     /// Appends entries with consecutive indexes starting at `first` and syncs once.
@@ -439,6 +469,7 @@ impl Wal {
         if payloads.is_empty() {
             return Ok(());
         }
+        self.forget_recovered();
         if self.entries.is_empty() {
             // Nothing held is needed on disk: start clean at `first`, so a segment never
             // holds a gap (purged history followed by entries after a snapshot).
@@ -474,7 +505,7 @@ impl Wal {
             buffer.extend_from_slice(&crc(index, payload).to_le_bytes());
             buffer.extend_from_slice(&index.to_le_bytes());
             buffer.extend_from_slice(payload);
-            self.entries.push_back(Located { payload: payload.clone(), segment, offset });
+            self.entries.push_back(Located { segment, offset });
         }
         self.flush_buffer(&mut buffer)
     }
@@ -551,6 +582,7 @@ impl Wal {
         if index >= self.next_index() {
             return Ok(());
         }
+        self.forget_recovered();
         let keep = index.saturating_sub(self.first_index) as usize;
         let cut = self.entries.get(keep).map(|e| (e.segment, e.offset)).expect("index is held");
         self.entries.truncate(keep);
@@ -585,6 +617,7 @@ impl Wal {
     /// Forgets entries up to and including `index` (a snapshot covers them) and
     /// deletes segments that hold nothing newer. The active segment always stays.
     pub fn purge_through(&mut self, index: u64) -> io::Result<()> {
+        self.forget_recovered();
         forget_through(&mut self.entries, &mut self.first_index, index);
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1].first_index <= index + 1 {
@@ -664,7 +697,7 @@ mod tests {
         let wal = Wal::open(dir.path(), 4096).unwrap();
         assert_eq!((wal.first_index(), wal.last_index()), (1, Some(299)));
         for (i, p) in (1..300).zip(payloads(1..300)) {
-            assert_eq!(wal.get(i), Some(&p));
+            assert_eq!(wal.recovered(i), Some(&p));
         }
         assert!(fs::read_dir(dir.path()).unwrap().count() > 1, "small segments rolled");
     }
@@ -693,7 +726,7 @@ mod tests {
         drop(wal);
         let wal = Wal::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(wal.last_index(), Some(11));
-        assert_eq!(wal.get(10), Some(&payloads(10..11)[0]));
+        assert_eq!(wal.recovered(10), Some(&payloads(10..11)[0]));
     }
 
     #[test]
@@ -735,8 +768,8 @@ mod tests {
         drop(wal);
         let wal = Wal::open(dir.path(), 4096).unwrap();
         assert_eq!(wal.last_index(), Some(44));
-        assert_eq!(wal.get(40), Some(&replaced[0]));
-        assert_eq!(wal.get(39), Some(&payloads(39..40)[0]));
+        assert_eq!(wal.recovered(40), Some(&replaced[0]));
+        assert_eq!(wal.recovered(39), Some(&payloads(39..40)[0]));
     }
 
     #[test]
@@ -747,7 +780,7 @@ mod tests {
         let before = segment_files(dir.path());
         wal.purge_through(250).unwrap();
         assert_eq!(wal.first_index(), 251);
-        assert_eq!(wal.get(250), None);
+        assert_eq!(wal.recovered(250), None);
         assert!(segment_files(dir.path()) < before);
         // The reclaim thread removes what was discarded, off the caller's thread.
         wait_until_no_discarded(dir.path());
@@ -756,7 +789,7 @@ mod tests {
         // Reopening may keep some purged entries of a partly purged segment: the
         // caller's purge marker says which are covered by the snapshot.
         assert!(wal.first_index() <= 251 && wal.last_index() == Some(299));
-        assert_eq!(wal.get(299), Some(&payloads(299..300)[0]));
+        assert_eq!(wal.recovered(299), Some(&payloads(299..300)[0]));
     }
 
     #[test]
@@ -850,7 +883,52 @@ mod tests {
         wal.append(next, &vec![payload.clone(); 300]).unwrap();
         let wal = Wal::open(dir.path(), segment_bytes).unwrap();
         assert_eq!(wal.last_index(), Some(next + 299));
-        assert_eq!(wal.get(next + 299), Some(&payload));
+        assert_eq!(wal.recovered(next + 299), Some(&payload));
+    }
+
+    #[test]
+    fn written_payloads_are_not_kept_and_the_recovered_ones_are_handed_over_once() {
+        // A payload that owns a clone of `alive`: the count falls when it is freed.
+        struct Owner(#[allow(dead_code)] std::sync::Arc<()>, Vec<u8>);
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                &self.1
+            }
+        }
+        let dir = temp();
+        let alive = std::sync::Arc::new(());
+        let mut wal = Wal::open(dir.path(), 1 << 20).unwrap();
+        let batch: Vec<Bytes> =
+            (0..5).map(|i| Bytes::from_owner(Owner(std::sync::Arc::clone(&alive), vec![i; 40]))).collect();
+        wal.append(1, &batch).unwrap();
+        drop(batch);
+        assert_eq!(std::sync::Arc::strong_count(&alive), 1, "the log holds no payload it wrote");
+        assert_eq!(wal.recovered(1), None, "nothing was recovered: the log was empty");
+        drop(wal);
+
+        let mut wal = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(wal.recovered(3), Some(&Bytes::from(vec![2; 40])));
+        let recovered = wal.take_recovered();
+        assert_eq!(recovered.len(), 5);
+        assert_eq!(recovered[4], Bytes::from(vec![4; 40]));
+        assert_eq!(wal.recovered(3), None, "taken once");
+        assert!(wal.take_recovered().is_empty());
+        assert_eq!((wal.first_index(), wal.last_index()), (1, Some(5)), "the positions stay");
+        wal.truncate_from(3).unwrap();
+        assert_eq!(wal.last_index(), Some(2));
+    }
+
+    #[test]
+    fn recovered_payloads_go_stale_at_the_first_change() {
+        let dir = temp();
+        let mut wal = Wal::open(dir.path(), 4096).unwrap();
+        wal.append(1, &payloads(1..4)).unwrap();
+        drop(wal);
+        let mut wal = Wal::open(dir.path(), 4096).unwrap();
+        assert_eq!(wal.recovered(1), Some(&payloads(1..2)[0]));
+        wal.append(4, &payloads(4..5)).unwrap();
+        assert_eq!(wal.recovered(1), None, "an append makes the recovered payloads stale");
+        assert!(wal.take_recovered().is_empty());
     }
 
     #[test]
