@@ -115,3 +115,49 @@ pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>
 pub type CommittedLeaderId = openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>;
 /// The Raft handle.
 pub type Raft = openraft::Raft<TypeConfig, state_machine::SmStore>;
+
+/// Appends the postcard encoding of `value` to `out`.
+///
+/// `postcard::to_stdvec` starts from an empty vector and grows it by doubling: five
+/// allocations for a 100-byte log entry and ten for a replication frame, which made
+/// the encoders' reallocations the largest single source of allocations on a 3-node
+/// leader (`perf` with DWARF call graphs). Encoding into a buffer the caller keeps or
+/// sizes once costs none of those.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(value, AppendTo(out))
+}
+
+/// A postcard output that appends to a borrowed vector.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_into_appends_what_to_stdvec_writes() {
+        let value = (7u64, Bytes::from_static(b"lock-name"), vec![300u32, 1, u32::MAX], Some("text"));
+        let mut out = b"kept".to_vec();
+        encode_into(&value, &mut out).unwrap();
+        assert_eq!(&out[..4], b"kept", "what the buffer held stays in front");
+        assert_eq!(out[4..], postcard::to_stdvec(&value).unwrap()[..]);
+    }
+}

@@ -99,14 +99,26 @@ pub(crate) async fn write_frame<T: Serialize>(
     stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     value: &T,
 ) -> std::io::Result<()> {
-    let body = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
-    if body.len() > FRAME_BYTES_MAX {
-        return Err(std::io::Error::other(format!("frame of {} bytes exceeds {FRAME_BYTES_MAX}", body.len())));
+    write_frame_with(stream, value, &mut Vec::new()).await
+}
+
+/// `write_frame` building the frame in `scratch`, which a sender that writes many frames
+/// keeps between them: a leader's replication stream and a follower's answers then
+/// allocate nothing per frame.
+pub(crate) async fn write_frame_with<T: Serialize>(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    value: &T,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    scratch.clear();
+    scratch.extend_from_slice(&[0; 4]);
+    super::encode_into(value, scratch).map_err(std::io::Error::other)?;
+    let body_len = scratch.len() - 4;
+    if body_len > FRAME_BYTES_MAX {
+        return Err(std::io::Error::other(format!("frame of {body_len} bytes exceeds {FRAME_BYTES_MAX}")));
     }
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await
+    scratch[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    stream.write_all(scratch).await
 }
 
 pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
@@ -239,6 +251,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 input_done: false,
                 unanswered: std::collections::VecDeque::new(),
                 received: bytes::BytesMut::new(),
+                sent: Vec::new(),
                 matched: None,
                 held: None,
             };
@@ -306,6 +319,8 @@ struct Pipeline<'s, S> {
     unanswered: std::collections::VecDeque<(Option<super::LogId>, Option<super::LogId>)>,
     /// Bytes read from the peer and not yet parsed into a frame.
     received: bytes::BytesMut,
+    /// The frame being sent, kept between requests (see `write_frame_with`).
+    sent: Vec<u8>,
     /// The last log id the peer confirmed it holds in this session (`Some(None)`: it
     /// confirmed an empty log); `None` until a request succeeds.
     matched: Option<Option<super::LogId>>,
@@ -397,7 +412,9 @@ where
         let prev = request.prev_log_id;
         let last = request.entries.last().map(|e| e.log_id).or(prev);
         let stream = self.stream.as_mut().expect("present until the session ends");
-        write_frame(stream, &PeerRequest::AppendEntries(request)).await.map_err(|e| Failure::Network(e.to_string()))?;
+        write_frame_with(stream, &PeerRequest::AppendEntries(request), &mut self.sent)
+            .await
+            .map_err(|e| Failure::Network(e.to_string()))?;
         self.unanswered.push_back((prev, last));
         Ok(())
     }
@@ -459,12 +476,13 @@ impl AppendSession {
         let answers = raft.stream_append(input);
         let writer = tokio::spawn(async move {
             let mut answers = std::pin::pin!(answers);
+            let mut scratch = Vec::new();
             while let Some(answer) = answers.next().await {
                 let response = PeerResponse::AppendEntries(match answer {
                     Ok(result) => Ok(AppendEntriesResponse::from(result)),
                     Err(fatal) => Err(fatal.to_string()),
                 });
-                write_frame(&mut out, &response).await.ok()?;
+                write_frame_with(&mut out, &response, &mut scratch).await.ok()?;
             }
             Some(out)
         });

@@ -68,25 +68,25 @@ impl Wire {
                 Wire::Status(s) => line(out, b'+', s.as_bytes()),
                 Wire::StatusOwned(s) => line(out, b'+', s.as_bytes()),
                 Wire::Error(e) => line(out, b'-', sanitize(e).as_bytes()),
-                Wire::Int(i) => line(out, b':', itoa(*i).as_bytes()),
+                Wire::Int(i) => line(out, b':', itoa(*i, &mut [0; 20])),
                 Wire::Bulk(b) => bulk(out, b),
                 Wire::Null | Wire::NullArray if proto == Proto::Resp3 => out.put_slice(b"_\r\n"),
                 Wire::Null => out.put_slice(b"$-1\r\n"),
                 Wire::NullArray => out.put_slice(b"*-1\r\n"),
                 Wire::Array(items) => {
-                    line(out, b'*', itoa(items.len() as i64).as_bytes());
+                    line(out, b'*', itoa(items.len() as i64, &mut [0; 20]));
                     stack.extend(items.iter().rev());
                 }
                 Wire::Sequence(items) => stack.extend(items.iter().rev()),
                 Wire::Push(items) => {
                     let kind = if proto == Proto::Resp3 { b'>' } else { b'*' };
-                    line(out, kind, itoa(items.len() as i64).as_bytes());
+                    line(out, kind, itoa(items.len() as i64, &mut [0; 20]));
                     stack.extend(items.iter().rev());
                 }
                 Wire::Map(pairs) => {
                     match proto {
-                        Proto::Resp3 => line(out, b'%', itoa(pairs.len() as i64).as_bytes()),
-                        Proto::Resp2 => line(out, b'*', itoa(2 * pairs.len() as i64).as_bytes()),
+                        Proto::Resp3 => line(out, b'%', itoa(pairs.len() as i64, &mut [0; 20])),
+                        Proto::Resp2 => line(out, b'*', itoa(2 * pairs.len() as i64, &mut [0; 20])),
                     }
                     for (k, v) in pairs.iter().rev() {
                         stack.push(v);
@@ -106,8 +106,25 @@ impl Wire {
     }
 }
 
-fn itoa(i: i64) -> String {
-    i.to_string()
+/// The decimal text of `i`, written at the end of `buf` (20 bytes hold `i64::MIN`):
+/// every reply's length and count prefixes pass through here, and `to_string` allocated
+/// a `String` for each.
+fn itoa(i: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut rest = i.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 fn line(out: &mut BytesMut, kind: u8, text: &[u8]) {
@@ -118,7 +135,7 @@ fn line(out: &mut BytesMut, kind: u8, text: &[u8]) {
 }
 
 fn bulk(out: &mut BytesMut, data: &[u8]) {
-    line(out, b'$', itoa(data.len() as i64).as_bytes());
+    line(out, b'$', itoa(data.len() as i64, &mut [0; 20]));
     out.reserve(data.len() + 2);
     out.put_slice(data);
     out.put_slice(b"\r\n");
@@ -141,6 +158,13 @@ mod tests {
         let mut out = BytesMut::new();
         w.encode(proto, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn integers_are_written_as_to_string_writes_them() {
+        for i in [0, 1, -1, 9, 10, -10, 99, 1_000_000_007, i64::MAX, i64::MIN, i64::MIN + 1] {
+            assert_eq!(itoa(i, &mut [0; 20]), i.to_string().as_bytes(), "{i}");
+        }
     }
 
     #[test]
