@@ -118,8 +118,17 @@ pub(crate) async fn write_frame_with<T: Serialize>(
         return Err(std::io::Error::other(format!("frame of {body_len} bytes exceeds {FRAME_BYTES_MAX}")));
     }
     scratch[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
-    stream.write_all(scratch).await
+    let written = stream.write_all(scratch).await;
+    if scratch.capacity() > SCRATCH_KEEP_BYTES_MAX {
+        // A catch-up frame of large entries (up to 1,024 of them): not worth keeping
+        // for the small frames that follow.
+        *scratch = Vec::new();
+    }
+    written
 }
+
+/// The largest frame buffer a sender keeps between frames (`write_frame_with`).
+const SCRATCH_KEEP_BYTES_MAX: usize = 1024 * 1024;
 
 pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
@@ -569,5 +578,32 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kept_frame_buffer_is_reused_and_a_large_one_given_back() {
+        let mut scratch = Vec::new();
+        let mut wire: Vec<u8> = Vec::new();
+        write_frame_with(&mut wire, &(1u32, "small"), &mut scratch).await.unwrap();
+        let small = wire.clone();
+        assert_eq!(u32::from_le_bytes(small[..4].try_into().unwrap()) as usize, small.len() - 4);
+        assert_eq!(postcard::from_bytes::<(u32, String)>(&small[4..]).unwrap(), (1, "small".to_string()));
+        let kept = scratch.capacity();
+        assert!(kept > 0, "a small frame's buffer is kept");
+
+        let big = vec![7u8; SCRATCH_KEEP_BYTES_MAX + 1];
+        wire.clear();
+        write_frame_with(&mut wire, &big, &mut scratch).await.unwrap();
+        assert_eq!(postcard::from_bytes::<Vec<u8>>(&wire[4..]).unwrap(), big, "the large frame is whole");
+        assert_eq!(scratch.capacity(), 0, "a buffer over the bound is given back");
+
+        wire.clear();
+        write_frame_with(&mut wire, &(1u32, "small"), &mut scratch).await.unwrap();
+        assert_eq!(wire, small, "the buffer's past holds nothing over");
     }
 }
