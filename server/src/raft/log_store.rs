@@ -401,7 +401,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // allocation per batch, where encoding each entry on its own took several.
         let entries = entries.into_iter();
         let mut encoded = Vec::with_capacity(ENTRY_BYTES_GUESS * entries.size_hint().0.max(1));
-        let mut ends = Vec::with_capacity(entries.size_hint().0);
+        let mut spans = Vec::with_capacity(entries.size_hint().0);
         for entry in entries {
             let index = entry.index();
             first.get_or_insert(index);
@@ -409,8 +409,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 inner.first_index = index;
             }
             assert_eq!(index, inner.next_index(), "appends are contiguous");
+            let from = encoded.len();
             super::encode_into(&entry, &mut encoded).map_err(io::Error::other)?;
-            ends.push(encoded.len());
+            spans.push(from..encoded.len());
             inner.entries.push_back(entry);
         }
         let Some(first) = first else {
@@ -418,8 +419,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let encoded = Bytes::from(encoded);
-        let starts = std::iter::once(0).chain(ends.iter().copied());
-        let payloads: Vec<Bytes> = starts.zip(ends.iter().copied()).map(|(from, to)| encoded.slice(from..to)).collect();
+        let payloads: Vec<Bytes> = spans.into_iter().map(|span| encoded.slice(span)).collect();
         if inner.load.lone_write() && inner.disk.queued.load(Ordering::Acquire) == 0 {
             // The WAL thread is idle and stays so: only appends, truncates and purges
             // queue work, and openraft calls them one at a time. The entries are in the
