@@ -47,7 +47,16 @@ pub struct Proposal {
     /// command's deep clone (its name list, ~250 bytes moved) was 3% of a leader's
     /// CPU. The shared `Op` is serialized as the `Op` itself, so the log and the wire
     /// format are unchanged.
+    #[serde(deserialize_with = "deserialize_shared")]
     pub op: Arc<Op>,
+}
+
+/// Decodes an `Op` straight into its `Arc`. serde's own `Arc<T>` decoder goes
+/// through a `Box<T>` and moves it into a second allocation: two allocations, a
+/// copy and a free for every entry a follower receives, which was 5% of a
+/// follower's CPU (`perf`, DWARF call graphs, 3 nodes at 64 clients).
+pub(crate) fn deserialize_shared<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<Op>, D::Error> {
+    Op::deserialize(deserializer).map(Arc::new)
 }
 
 /// What an entry does.
@@ -159,5 +168,20 @@ mod tests {
         encode_into(&value, &mut out).unwrap();
         assert_eq!(&out[..4], b"kept", "what the buffer held stays in front");
         assert_eq!(out[4..], postcard::to_stdvec(&value).unwrap()[..]);
+    }
+
+    #[test]
+    fn a_proposal_decodes_to_what_was_encoded_with_its_own_op() {
+        let command = Command::Unlock {
+            names: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            token: Bytes::from_static(b"t"),
+        };
+        let proposal = Proposal { epoch: 9, stamp_ms: 1_234, origin: 2, op: Arc::new(Op::Core(command)) };
+        let bytes = postcard::to_stdvec(&proposal).unwrap();
+        // The `Arc` is transparent on the wire: the encoding is the plain `Op`'s.
+        assert_eq!(bytes, postcard::to_stdvec(&(9u64, 1_234u64, 2u64, &*proposal.op)).unwrap());
+        let decoded: Proposal = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, proposal);
+        assert_eq!(Arc::strong_count(&decoded.op), 1, "a decoded op is not shared with anything");
     }
 }
