@@ -53,6 +53,18 @@ const STREAM_SILENCE_MAX: std::time::Duration = std::time::Duration::from_millis
 /// commit instead (see `Pipeline::held`).
 const COMMIT_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Runtime passes a replication stream lets go by between an answer and building
+/// its next request (see `Pipeline::next`).
+///
+/// A round of replication costs about 300 µs of CPU over the three nodes whatever it
+/// carries (wake-ups of the WAL threads and the runtimes, frames, syscalls), so the
+/// entries per round set the cost per write. Building the next request the moment the
+/// last one was answered sent the writes that arrived meanwhile one round later than
+/// needed, in small rounds: 3 nodes on tmpfs, 64 clients, took 24–25k lock cycles/s
+/// at 51–54 µs of server CPU each. Letting the ready tasks run first: 29–31k at 40–44
+/// µs (2, 4 and 8 passes alike; each costs a few µs when nothing is waiting).
+const BATCH_YIELDS: usize = 4;
+
 /// What one node asks another.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum PeerRequest {
@@ -62,6 +74,7 @@ pub(crate) enum PeerRequest {
     /// A follower's client write, for the leader to stamp, propose and answer.
     Forward {
         origin: NodeId,
+        #[serde(deserialize_with = "super::deserialize_shared")]
         op: Arc<super::Op>,
     },
     /// A membership or leadership change for the leader to run.
@@ -359,6 +372,15 @@ where
     /// requests are unanswered is a failure.
     async fn next(&mut self, ttl: std::time::Duration) -> Option<Result<Answer, Failure>> {
         use futures_util::StreamExt;
+        if self.unanswered.is_empty() && self.held.is_none() && !self.input_done {
+            // Before asking openraft for the next request, let the runtime run what is
+            // ready and poll the sockets (a yielded task resumes only after a
+            // non-blocking poll of the I/O driver), so that the client writes that
+            // arrived during the last round are in the log when the request is built.
+            for _ in 0..BATCH_YIELDS {
+                tokio::task::yield_now().await;
+            }
+        }
         loop {
             if let Some(frame) = self.take_frame() {
                 return Some(frame.and_then(|response| self.answer(response)));
