@@ -251,25 +251,25 @@ enum Ready {
 impl StateMachine {
     /// Validates and canonicalizes a name list: non-empty, within the group bound,
     /// sorted and deduplicated (the canonical order of a group).
-    pub(crate) fn lock_names(&self, names: Vec<Bytes>) -> Result<Vec<Name>> {
+    pub(crate) fn lock_names(&self, names: &[Bytes]) -> Result<Vec<Name>> {
         if names.is_empty() {
             return Err(Error::invalid("at least one lock name is required"));
         }
         if names.len() > self.limits.group_size_max {
             return Err(over(Limit::GroupSize, self.limits.group_size_max as u64));
         }
-        for name in &names {
+        for name in names {
             self.check_key(name)?;
         }
-        if let [name] = names.as_slice() {
+        if let [name] = names {
             return Ok(vec![Name::from(name.as_ref())]);
         }
         let sorted: BTreeSet<Name> = names.iter().map(|n| Name::from(n.as_ref())).collect();
         Ok(sorted.into_iter().collect())
     }
 
-    pub(crate) fn lock_acquire(&mut self, request: LockRequest) -> Result<Reply> {
-        let names = self.lock_names(request.names)?;
+    pub(crate) fn lock_acquire(&mut self, request: &LockRequest) -> Result<Reply> {
+        let names = self.lock_names(&request.names)?;
         self.check_owner(&request.owner)?;
         self.check_owner(&request.token)?;
         if request.metadata.len() > self.limits.metadata_bytes_max {
@@ -423,7 +423,7 @@ impl StateMachine {
         Grant { fence, holds: 1, deadline_ms }
     }
 
-    pub(crate) fn lock_release(&mut self, names: Vec<Bytes>, token: &[u8]) -> Result<Reply> {
+    pub(crate) fn lock_release(&mut self, names: &[Bytes], token: &[u8]) -> Result<Reply> {
         let names = self.lock_names(names)?;
         // A holder whose deadline has passed is not found by token: it is gone, even
         // if no entry has swept it yet.
@@ -455,7 +455,7 @@ impl StateMachine {
         Ok(Reply::Int(i64::from(remaining)))
     }
 
-    pub(crate) fn lock_renew(&mut self, names: Vec<Bytes>, token: &[u8], ttl_ms: u64) -> Result<Reply> {
+    pub(crate) fn lock_renew(&mut self, names: &[Bytes], token: &[u8], ttl_ms: u64) -> Result<Reply> {
         self.check_ttl(ttl_ms, false)?;
         let names = self.lock_names(names)?;
         // Expire first: a lease whose deadline has passed is gone and cannot be renewed.

@@ -14,6 +14,7 @@
 //! replicas that apply the same log iterate in the same order and serialize identical
 //! bytes.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
@@ -173,9 +174,14 @@ impl StateMachine {
 
     /// Apply one committed log entry. `log_index` must exceed every index applied
     /// before; `leader_time_ms` is the proposing leader's monotonic clock reading.
-    pub fn apply(&mut self, log_index: u64, leader_time_ms: u64, command: Command) -> Output {
+    ///
+    /// The command may be lent (`&Command`): the commands applied most (LOCK, UNLOCK,
+    /// RENEW) only read theirs, so a caller that keeps the command, as the Raft log
+    /// does, needs no copy of it; any other command is copied for its handler.
+    pub fn apply<C: Borrow<Command>>(&mut self, log_index: u64, leader_time_ms: u64, command: C) -> Output {
+        let command = command.borrow();
         self.begin_entry(log_index, leader_time_ms, matches!(command, Command::Rebase));
-        let reply = self.dispatch(command);
+        let reply = self.dispatch_lent(command);
         let events = self.end_entry();
         Output { reply, events }
     }
@@ -411,15 +417,26 @@ impl StateMachine {
         }
     }
 
+    /// `dispatch` for a lent command: the handlers that only read their command take
+    /// it as it is; the others get a copy.
+    fn dispatch_lent(&mut self, command: &Command) -> Result<Reply> {
+        match command {
+            Command::Lock(request) => self.lock_acquire(request),
+            Command::Unlock { names, token } => self.lock_release(names, token),
+            Command::Renew { names, token, ttl_ms } => self.lock_renew(names, token, *ttl_ms),
+            other => self.dispatch(other.clone()),
+        }
+    }
+
     pub(crate) fn dispatch(&mut self, command: Command) -> Result<Reply> {
         if command.is_read_only() {
             return self.dispatch_read(&command);
         }
         match command {
             Command::Tick | Command::Rebase => Ok(Reply::Ok),
-            Command::Lock(request) => self.lock_acquire(request),
-            Command::Unlock { names, token } => self.lock_release(names, &token),
-            Command::Renew { names, token, ttl_ms } => self.lock_renew(names, &token, ttl_ms),
+            Command::Lock(request) => self.lock_acquire(&request),
+            Command::Unlock { names, token } => self.lock_release(&names, &token),
+            Command::Renew { names, token, ttl_ms } => self.lock_renew(&names, &token, ttl_ms),
             Command::CancelWait { waiter } => {
                 if !self.st.waiters.contains_key(&waiter) {
                     return Err(Error::NoSuchWaiter(waiter));

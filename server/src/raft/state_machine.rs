@@ -19,7 +19,7 @@ use futures_util::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use super::wal::{read_small, write_atomic_with};
 use super::{Applied, LogId, Op, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -142,8 +142,6 @@ pub struct Shared {
     pub inner: Mutex<Inner>,
     /// Waiting connections.
     pub waiters: Waiters,
-    /// Every event, for watchers (lagging receivers drop old events).
-    pub events: broadcast::Sender<Arc<Event>>,
     /// This node's pub/sub subscribers.
     pub pubsub: crate::pubsub::Hub,
     /// This node's watches (OBSERVE) and their history.
@@ -182,12 +180,10 @@ impl SmStore {
             inner.install(Loaded::decode(&file, &limits)?);
             inner.current = Some(file.meta);
         }
-        let (events, _) = broadcast::channel(4096);
         let applied = inner.last_applied.map_or(0, |l| l.index);
         let shared = Shared {
             inner: Mutex::new(inner),
             waiters: Waiters::default(),
-            events,
             pubsub: crate::pubsub::Hub::default(),
             watches: crate::watch::Watches::new(applied),
             local_node: Default::default(),
@@ -267,12 +263,9 @@ impl SmStore {
                 | Event::WaitEnded { waiter, .. } => Some(*waiter),
                 _ => None,
             };
-            match waiter {
-                Some(waiter) => self.shared.waiters.deliver(waiter, event),
-                // No receiver is fine: nobody watches yet.
-                None => {
-                    let _ = self.shared.events.send(Arc::new(event));
-                }
+            // Other events reached their watchers through `record` above.
+            if let Some(waiter) = waiter {
+                self.shared.waiters.deliver(waiter, event);
             }
         }
         delivered
@@ -412,9 +405,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                             inner.epoch = Some(proposal.epoch);
                         }
                         let index = entry.log_id.index;
-                        // The log store keeps its own reference, so this is the one
-                        // deep copy of the op: the core takes the command by value.
-                        match Arc::unwrap_or_clone(proposal.op) {
+                        // The log store keeps its own reference to the op, so the core
+                        // borrows the command (copying only what it keeps).
+                        match &*proposal.op {
                             Op::Core(command) => {
                                 let publish = matches!(command, fencelock_core::Command::Publish { .. });
                                 let out = inner.core.apply(index, proposal.stamp_ms, command);
@@ -435,7 +428,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                             Op::Multi(commands) => {
                                 let out = inner.core.apply_script(index, proposal.stamp_ms, |s| {
                                     Ok::<_, std::convert::Infallible>(
-                                        commands.into_iter().map(|c| s.call(c)).collect::<Vec<_>>(),
+                                        commands.iter().map(|c| s.call(c.clone())).collect::<Vec<_>>(),
                                     )
                                 });
                                 drop(inner);
@@ -446,7 +439,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                             Op::Eval { script, keys, args } => {
                                 let Inner { core, lua, .. } = &mut *inner;
                                 let out =
-                                    core.apply_script(index, proposal.stamp_ms, |s| lua.run(&script, &keys, &args, s));
+                                    core.apply_script(index, proposal.stamp_ms, |s| lua.run(script, keys, args, s));
                                 drop(inner);
                                 self.dispatch(index, out.events);
                                 Applied::Script(out.result)
