@@ -14,7 +14,7 @@
 //! falls behind is disconnected with the reason, and resumes from its last revision.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use fencelock_core::{Event, KeyChange};
@@ -116,7 +116,7 @@ struct Watcher {
 }
 
 struct Inner {
-    history: VecDeque<Arc<Change>>,
+    history: VecDeque<Change>,
     /// History is complete from this revision on.
     start: u64,
     /// The last revision applied.
@@ -174,16 +174,6 @@ impl Watches {
         inner.current = inner.current.max(revision);
         let mut overflowed = Vec::new();
         for change in events.iter().filter_map(|e| Change::from_event(revision, e)) {
-            let change = Arc::new(change);
-            inner.history.push_back(Arc::clone(&change));
-            if inner.history.len() > HISTORY_EVENTS_MAX {
-                // Drop the oldest revision whole: a partial revision cannot be replayed.
-                let oldest = inner.history.front().map_or(0, |c| c.revision);
-                while inner.history.front().is_some_and(|c| c.revision <= oldest) {
-                    inner.history.pop_front();
-                }
-                inner.start = oldest + 1;
-            }
             let mut done = Vec::new();
             for (id, w) in &inner.watchers {
                 if !w.filter.matches(&change) {
@@ -198,6 +188,17 @@ impl Watches {
             }
             for id in done {
                 inner.watchers.remove(&id);
+            }
+            // Kept by value: an `Arc` each was one more allocation for every event
+            // applied, watched or not.
+            inner.history.push_back(change);
+            if inner.history.len() > HISTORY_EVENTS_MAX {
+                // Drop the oldest revision whole: a partial revision cannot be replayed.
+                let oldest = inner.history.front().map_or(0, |c| c.revision);
+                while inner.history.front().is_some_and(|c| c.revision <= oldest) {
+                    inner.history.pop_front();
+                }
+                inner.start = oldest + 1;
             }
         }
         if !overflowed.is_empty() {
@@ -223,12 +224,11 @@ impl Watches {
             if from < inner.start {
                 return Err(WatchError::Compacted { asked: from, start: inner.start });
             }
-            let matching: Vec<Arc<Change>> = inner
+            let matching: Vec<&Change> = inner
                 .history
                 .iter()
                 .filter(|c| c.revision >= from && filter.matches(c))
                 .take(if once { 1 } else { usize::MAX })
-                .cloned()
                 .collect();
             if matching.len() > tx.capacity() {
                 return Err(WatchError::ReplayTooLong(tx.capacity()));
