@@ -248,10 +248,48 @@ enum Ready {
     Gone,
 }
 
+/// A command's lock names, checked, sorted and deduplicated. One name, the common case,
+/// is held without a heap allocation: a vector for it was 2% of a follower's CPU
+/// (DWARF profile, 3 nodes at 64 clients).
+pub(crate) enum Names {
+    One([Name; 1]),
+    Many(Vec<Name>),
+}
+
+impl std::ops::Deref for Names {
+    type Target = [Name];
+
+    fn deref(&self) -> &[Name] {
+        match self {
+            Names::One(name) => name,
+            Names::Many(names) => names,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a Name;
+    type IntoIter = std::slice::Iter<'a, Name>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl Names {
+    /// The names as a vector, for a waiter that keeps them.
+    pub(crate) fn into_vec(self) -> Vec<Name> {
+        match self {
+            Names::One([name]) => vec![name],
+            Names::Many(names) => names,
+        }
+    }
+}
+
 impl StateMachine {
     /// Validates and canonicalizes a name list: non-empty, within the group bound,
     /// sorted and deduplicated (the canonical order of a group).
-    pub(crate) fn lock_names(&self, names: &[Bytes]) -> Result<Vec<Name>> {
+    pub(crate) fn lock_names(&self, names: &[Bytes]) -> Result<Names> {
         if names.is_empty() {
             return Err(Error::invalid("at least one lock name is required"));
         }
@@ -262,10 +300,10 @@ impl StateMachine {
             self.check_key(name)?;
         }
         if let [name] = names {
-            return Ok(vec![Name::from(name.as_ref())]);
+            return Ok(Names::One([Name::from(name.as_ref())]));
         }
         let sorted: BTreeSet<Name> = names.iter().map(|n| Name::from(n.as_ref())).collect();
-        Ok(sorted.into_iter().collect())
+        Ok(Names::Many(sorted.into_iter().collect()))
     }
 
     pub(crate) fn lock_acquire(&mut self, request: &LockRequest) -> Result<Reply> {
@@ -329,7 +367,13 @@ impl StateMachine {
         for name in &names {
             self.mark(Dirty::Lock(name.clone()));
         }
-        let kind = WaiterKind::Lock { names, ident, mode: request.mode, ttl_ms: request.ttl_ms, slot: queue_slot };
+        let kind = WaiterKind::Lock {
+            names: names.into_vec(),
+            ident,
+            mode: request.mode,
+            ttl_ms: request.ttl_ms,
+            slot: queue_slot,
+        };
         let id = self.waiter_insert(Waiter { deadline_ms, session, kind });
         Ok(Reply::Queued(id))
     }
