@@ -436,8 +436,9 @@ impl Wal {
     }
 
     /// The payload of an entry as found when the log was opened, until the log changes
-    /// or the payloads are taken.
-    pub fn recovered(&self, index: u64) -> Option<&Bytes> {
+    /// or the payloads are taken. The tests' view: the log store takes them all at once.
+    #[cfg(test)]
+    fn recovered(&self, index: u64) -> Option<&Bytes> {
         let at = index.checked_sub(self.first_index)?;
         self.recovered.get(usize::try_from(at).ok()?)
     }
@@ -450,9 +451,7 @@ impl Wal {
 
     /// A change makes the payloads found on open stale.
     fn forget_recovered(&mut self) {
-        if !self.recovered.is_empty() {
-            self.recovered = VecDeque::new();
-        }
+        self.recovered = VecDeque::new();
     }
 
     /// Appends entries with consecutive indexes starting at `first` and syncs once.
