@@ -108,6 +108,33 @@ async fn state_survives_reopen(inline: bool) {
     assert_eq!(store.get_log_state().await.expect("log state").last_log_id, Some(log_id(2, 13)));
 }
 
+/// A follower that installs a snapshot beyond its last entry purges past the end of its
+/// log, then appends the entries after the snapshot at once. The append must reach the
+/// WAL after the purge (whose marker is written on another thread first): the WAL
+/// refused the gap when it came first.
+#[tokio::test]
+async fn an_append_right_after_a_purge_past_the_end_of_the_log() {
+    for inline in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("raft");
+        {
+            let mut store = LogStore::open(&path).expect("open");
+            store.write_load().set_solo(inline);
+            append(&mut store, (1..=23).map(|i| blank(1, i)).collect()).await;
+            store.purge(log_id(2, 30)).await.expect("purge past the end");
+            append(&mut store, (31..=33).map(|i| blank(2, i)).collect()).await;
+            store.truncate_after(Some(log_id(2, 32))).await.expect("truncate");
+            append(&mut store, vec![blank(3, 33)]).await;
+            let expected = vec![log_id(2, 31), log_id(2, 32), log_id(3, 33)];
+            assert_eq!(log_ids(&mut store).await, expected, "inline {inline}");
+        }
+        let mut store = LogStore::open(&path).expect("reopen");
+        let state = store.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 30)), "inline {inline}");
+        assert_eq!(log_ids(&mut store).await, vec![log_id(2, 31), log_id(2, 32), log_id(3, 33)], "inline {inline}");
+    }
+}
+
 /// A lone write on a one-member cluster is durable when `append` returns (synced on the
 /// caller's thread); a second write in flight, or a cluster of more, sends appends to
 /// the WAL thread, whose callback comes later. Either way the entries survive reopen.

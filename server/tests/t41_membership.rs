@@ -1,5 +1,6 @@
 //! Growing, shrinking and steering a cluster of real processes on 127.0.0.1: five-node
-//! formation, a node joining from empty through a snapshot, removal (and the removed id
+//! formation, a node joining from empty through a snapshot, a follower that fell behind
+//! the leader's purge catching up through one, removal (and the removed id
 //! refused forever), leadership transfer on request and on SIGTERM, WAIT, READONLY, and
 //! pub/sub across nodes.
 
@@ -133,6 +134,55 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
     assert!(l.raw(&["CLUSTER.PROMOTE", "42"]).contains("not a learner"));
     assert!(l.raw(&["CLUSTER.REMOVE", "42"]).contains("not a member"));
     assert!(l.raw(&["CLUSTER.ADDLEARNER", "6", "127.0.0.1:1"]).contains("already a voter"));
+}
+
+/// A follower that was down while the leader snapshotted and purged its log comes back
+/// behind the leader's first entry: it installs a snapshot beyond its own last entry
+/// (purging past the end of its log), then appends the entries after it. Its WAL could
+/// take that append before the purge and refuse the gap, which stops the node; the race
+/// needs the append to come while the purge marker is being written, so
+/// `an_append_right_after_a_purge_past_the_end_of_the_log` (t05) pins the order itself,
+/// and this runs the whole path on real processes.
+#[test]
+fn a_follower_behind_the_leaders_purge_catches_up_by_snapshot_and_keeps_appending() {
+    let mut servers = start_cluster_with(3, &["--snapshot-every", "200"]);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    until_accepted(&mut l, &["SET", "before", "1"]);
+    // The follower holds entries when it goes down, so the snapshot lands past the
+    // end of a log, not on an empty one.
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let held = info_field(&mut l, "raft_applied_index").parse::<u64>().expect("applied");
+    wait_applied(&mut servers[follower].connect(), held);
+    servers[follower].kill();
+    let mut batch = Vec::new();
+    for i in 0..3_000 {
+        batch.extend(encode(&["SET", &format!("key:{i}"), &format!("value-{i}")]));
+    }
+    l.send(&batch);
+    for _ in 0..3_000 {
+        assert_eq!(l.read(), ok());
+    }
+    wait_until(Duration::from_secs(20), "the leader to purge past the follower's log", || {
+        (status_field(&mut l, "purged_index").parse::<u64>().unwrap_or(0) > held + 1).then_some(())
+    });
+    servers[follower].restart();
+    let target = info_field(&mut l, "raft_applied_index").parse::<u64>().expect("applied");
+    let mut back = servers[follower].connect();
+    wait_applied(&mut back, target);
+    assert!(
+        status_field(&mut back, "snapshot_index").parse::<u64>().unwrap_or(0) > held,
+        "the follower caught up through a snapshot"
+    );
+    // It goes on taking entries: writes after the snapshot reach it.
+    for i in 0..50 {
+        assert_eq!(until_accepted(&mut l, &["SET", "after", &i.to_string()]), ok());
+    }
+    let target = info_field(&mut l, "raft_applied_index").parse::<u64>().expect("applied");
+    wait_applied(&mut back, target);
+    assert_eq!(back.raw(&["GET", "after"]), "$2\r\n49\r\n");
+    assert_eq!(back.raw(&["GET", "key:2999"]), "$10\r\nvalue-2999\r\n");
+    assert!(servers[follower].is_running(), "{}", servers[follower].log_tail(20));
 }
 
 #[test]

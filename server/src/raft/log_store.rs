@@ -112,6 +112,10 @@ struct Disk {
     /// Jobs sent to the WAL thread and not finished. Zero: every earlier change is on
     /// disk, so an inline append cannot overtake one.
     queued: AtomicUsize,
+    /// Jobs given to the purge thread that it has not yet queued for the WAL thread.
+    /// While there are any, every WAL job goes through the purge thread too, so the WAL
+    /// takes them in the order openraft asked (see `Inner::send`).
+    routed: AtomicUsize,
 }
 
 impl Disk {
@@ -158,9 +162,29 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    /// Queues a job for the WAL thread.
+    /// Queues a job for the WAL thread, behind the purges still on the purge thread.
+    ///
+    /// A purge reaches the WAL only after its marker is written, so a job sent straight
+    /// to the WAL could overtake it. For an append after a purge that went past the end
+    /// of the log (a follower installing a snapshot beyond its last entry, then
+    /// receiving the entries after it), that was an error: the WAL still held the old
+    /// entries and refused the gap ("append at 31, log ends before 24"), and openraft
+    /// stops on a storage error.
     fn send(&self, job: Job) -> io::Result<()> {
-        queue_job(&self.disk, &self.jobs, job)
+        if self.disk.routed.load(Ordering::Acquire) == 0 {
+            return queue_job(&self.disk, &self.jobs, job);
+        }
+        self.route(PurgeJob::Wal(job))
+    }
+
+    /// Gives a job to the purge thread, counted in `disk.routed` until it is queued for
+    /// the WAL thread.
+    fn route(&self, job: PurgeJob) -> io::Result<()> {
+        self.disk.routed.fetch_add(1, Ordering::AcqRel);
+        self.purges.send(job).map_err(|_| {
+            self.disk.routed.fetch_sub(1, Ordering::AcqRel);
+            io::Error::other("the purge thread has stopped")
+        })
     }
 }
 
@@ -173,10 +197,12 @@ fn queue_job(disk: &Disk, jobs: &mpsc::Sender<Job>, job: Job) -> io::Result<()> 
     })
 }
 
-/// A purge for the purge thread: the marker to make durable, then the WAL's part.
-struct PurgeJob {
-    through: u64,
-    marker: Vec<u8>,
+/// Work for the purge thread, done in order.
+enum PurgeJob {
+    /// A purge: the marker to make durable, then the WAL's part.
+    Purge { through: u64, marker: Vec<u8> },
+    /// A WAL job sent while purges were on this thread, to queue behind them.
+    Wal(Job),
 }
 
 /// The purge thread: writes each purge marker durably, then queues the WAL's part.
@@ -194,12 +220,21 @@ struct PurgeJob {
 /// disk, where the log simply starts earlier. Markers are written in purge order,
 /// one thread, so an older one never overwrites a newer.
 fn purge_thread(dir: PathBuf, disk: Arc<Disk>, jobs: mpsc::Sender<Job>, purges: mpsc::Receiver<PurgeJob>) {
-    for PurgeJob { through, marker } in purges {
-        if let Err(e) = write_atomic(&dir, "purged", &marker) {
-            tracing::error!(through, error = %e, "writing the purge marker failed; the log keeps those entries");
-            continue;
-        }
-        if queue_job(&disk, &jobs, Job::Purge { through }).is_err() {
+    for job in purges {
+        let queued = match job {
+            PurgeJob::Purge { through, marker } => match write_atomic(&dir, "purged", &marker) {
+                Ok(()) => queue_job(&disk, &jobs, Job::Purge { through }),
+                Err(e) => {
+                    tracing::error!(through, error = %e, "writing the purge marker failed; the log keeps those entries");
+                    Ok(())
+                }
+            },
+            PurgeJob::Wal(job) => queue_job(&disk, &jobs, job),
+        };
+        // Counted out only once queued: a job sent straight to the WAL when this count
+        // is zero comes after everything this thread has passed on.
+        disk.routed.fetch_sub(1, Ordering::AcqRel);
+        if queued.is_err() {
             return; // the WAL thread has stopped: the store is closing
         }
     }
@@ -299,7 +334,7 @@ impl LogStore {
         }
         let first_index = if entries.is_empty() { wal.next_index().max(floor) } else { floor };
         let (jobs, receiver) = mpsc::channel();
-        let disk = Arc::new(Disk { wal: Mutex::new(wal), queued: AtomicUsize::new(0) });
+        let disk = Arc::new(Disk { wal: Mutex::new(wal), queued: AtomicUsize::new(0), routed: AtomicUsize::new(0) });
         let for_thread = Arc::clone(&disk);
         let wal =
             std::thread::Builder::new().name("fencelock-wal".into()).spawn(move || wal_thread(for_thread, receiver))?;
@@ -420,9 +455,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let encoded = Bytes::from(encoded);
         let payloads: Vec<Bytes> = spans.into_iter().map(|span| encoded.slice(span)).collect();
-        if inner.load.lone_write() && inner.disk.queued.load(Ordering::Acquire) == 0 {
-            // The WAL thread is idle and stays so: only appends, truncates and purges
-            // queue work, and openraft calls them one at a time. The entries are in the
+        let idle = inner.disk.queued.load(Ordering::Acquire) == 0 && inner.disk.routed.load(Ordering::Acquire) == 0;
+        if inner.load.lone_write() && idle {
+            // The WAL thread is idle, nothing waits on the purge thread to reach it, and
+            // both stay so: only appends, truncates and purges queue work, and openraft calls them one at a time. The entries are in the
             // cache already, so readers on other threads (`--io-threads` > 1) need not
             // wait for the sync.
             let disk = Arc::clone(&inner.disk);
@@ -458,9 +494,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         forget_through(entries, first_index, log_id.index);
         // The disk's part runs behind us (see `purge_thread`): openraft waits for this
         // call in its core task.
-        inner
-            .purges
-            .send(PurgeJob { through: log_id.index, marker })
-            .map_err(|_| io::Error::other("the purge thread has stopped"))
+        inner.route(PurgeJob::Purge { through: log_id.index, marker })
     }
 }
