@@ -6,7 +6,7 @@
 use std::io;
 
 use fencelock_core::Limits;
-use fencelock_server::raft::log_store::LogStore;
+use fencelock_server::raft::log_store::{LogStore, DECODED_ENTRIES};
 use fencelock_server::raft::state_machine::SmStore;
 use fencelock_server::raft::{Entry, LogId, TypeConfig, Vote};
 use openraft::entry::RaftEntry;
@@ -17,9 +17,11 @@ use tempfile::TempDir;
 
 /// `inline`: the store believes it is a one-member cluster with no client write in
 /// flight, so every append made while the WAL thread is idle is synced on the caller's
-/// thread; otherwise every append goes through the WAL thread.
+/// thread; otherwise every append goes through the WAL thread. `decoded`: how many of the
+/// newest entries stay decoded (the rest are decoded from their bytes when read).
 struct Builder {
     inline: bool,
+    decoded: usize,
 }
 
 fn store_error(e: io::Error) -> StorageError<TypeConfig> {
@@ -31,6 +33,7 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
         let dir = tempfile::Builder::new().prefix("fencelock-suite-").tempdir().map_err(store_error)?;
         let log = LogStore::open(&dir.path().join("raft")).map_err(store_error)?;
         log.write_load().set_solo(self.inline);
+        log.set_decoded_entries(self.decoded);
         let sm = SmStore::open(&dir.path().join("state"), Limits::default()).map_err(store_error)?;
         Ok((dir, log, sm))
     }
@@ -38,12 +41,20 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite() {
-    Suite::test_all(Builder { inline: false }).await.expect("openraft's storage suite passes");
+    Suite::test_all(Builder { inline: false, decoded: DECODED_ENTRIES })
+        .await
+        .expect("openraft's storage suite passes");
+}
+
+/// The suite's logs are short: with one entry decoded, every other read decodes bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_with_one_entry_decoded() {
+    Suite::test_all(Builder { inline: false, decoded: 1 }).await.expect("openraft's storage suite passes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_with_lone_writes_synced_inline() {
-    Suite::test_all(Builder { inline: true }).await.expect("openraft's storage suite passes");
+    Suite::test_all(Builder { inline: true, decoded: DECODED_ENTRIES }).await.expect("openraft's storage suite passes");
 }
 
 // --- Reopen: durability the suite does not check. ---
@@ -133,6 +144,68 @@ async fn an_append_right_after_a_purge_past_the_end_of_the_log() {
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 30)), "inline {inline}");
         assert_eq!(log_ids(&mut store).await, vec![log_id(2, 31), log_id(2, 32), log_id(3, 33)], "inline {inline}");
     }
+}
+
+/// Reads, truncates and purges on both sides of the decoded window's edge (4 entries
+/// decoded of up to 40), against the log ids they must leave.
+#[tokio::test]
+async fn reads_truncates_and_purges_across_the_decoded_window() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = LogStore::open(&dir.path().join("raft")).expect("open");
+    store.set_decoded_entries(4);
+    // Batches of 1, 7 and 32: a batch larger than the window trims within itself.
+    append(&mut store, vec![blank(1, 1)]).await;
+    append(&mut store, (2..=8).map(|i| blank(1, i)).collect()).await;
+    append(&mut store, (9..=40).map(|i| blank(1, i)).collect()).await;
+    let ids = |range: std::ops::RangeInclusive<u64>, term: u64| range.map(move |i| log_id(term, i));
+    for (from, to) in [(1, 40), (1, 36), (36, 37), (37, 40), (30, 41), (40, 40), (5, 5)] {
+        let got: Vec<LogId> =
+            store.try_get_log_entries(from..=to).await.expect("read").iter().map(|e| e.log_id()).collect();
+        assert_eq!(got, ids(from..=to.min(40), 1).collect::<Vec<_>>(), "read {from}..={to}");
+    }
+    // A truncate into the bytes-only part empties the window; the last log id is
+    // still known, and appends continue from there.
+    store.truncate_after(Some(log_id(1, 20))).await.expect("truncate");
+    assert_eq!(store.get_log_state().await.expect("state").last_log_id, Some(log_id(1, 20)));
+    assert_eq!(log_ids(&mut store).await, ids(1..=20, 1).collect::<Vec<_>>());
+    append(&mut store, (21..=22).map(|i| blank(2, i)).collect()).await;
+    let expected: Vec<LogId> = ids(1..=20, 1).chain(ids(21..=22, 2)).collect();
+    assert_eq!(log_ids(&mut store).await, expected);
+    // A truncate inside the window keeps its older part.
+    append(&mut store, (23..=25).map(|i| blank(2, i)).collect()).await;
+    store.truncate_after(Some(log_id(2, 23))).await.expect("truncate");
+    let expected: Vec<LogId> = ids(1..=20, 1).chain(ids(21..=23, 2)).collect();
+    assert_eq!(log_ids(&mut store).await, expected);
+    // A purge into the window, then one past the end.
+    store.purge(log_id(2, 22)).await.expect("purge");
+    assert_eq!(log_ids(&mut store).await, vec![log_id(2, 23)]);
+    assert_eq!(store.get_log_state().await.expect("state").last_log_id, Some(log_id(2, 23)));
+    store.purge(log_id(2, 30)).await.expect("purge past the end");
+    let state = store.get_log_state().await.expect("state");
+    assert_eq!((state.last_log_id, state.last_purged_log_id), (Some(log_id(2, 30)), Some(log_id(2, 30))));
+    append(&mut store, vec![blank(2, 31)]).await;
+    assert_eq!(log_ids(&mut store).await, vec![log_id(2, 31)]);
+    drop(store);
+    // Reopened with the default window, the log reads the same.
+    let mut store = LogStore::open(&dir.path().join("raft")).expect("reopen");
+    assert_eq!(log_ids(&mut store).await, vec![log_id(2, 31)]);
+}
+
+/// A reopened log longer than the decoded window reads whole: the older entries come
+/// back as bytes only.
+#[tokio::test]
+async fn a_reopened_log_longer_than_the_decoded_window_reads_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let total = DECODED_ENTRIES as u64 + 100;
+    {
+        let mut store = LogStore::open(&dir.path().join("raft")).expect("open");
+        for start in (1..=total).step_by(100) {
+            append(&mut store, (start..=(start + 99).min(total)).map(|i| blank(1, i)).collect()).await;
+        }
+    }
+    let mut store = LogStore::open(&dir.path().join("raft")).expect("reopen");
+    assert_eq!(log_ids(&mut store).await, (1..=total).map(|i| log_id(1, i)).collect::<Vec<_>>());
+    assert_eq!(store.get_log_state().await.expect("state").last_log_id, Some(log_id(1, total)));
 }
 
 /// A lone write on a one-member cluster is durable when `append` returns (synced on the
