@@ -12,7 +12,20 @@ use common::cluster::{
     free_port, info_field, run_to_exit, start_cluster, start_cluster_with, status_field, until_accepted, wait_applied,
     wait_for_leader,
 };
-use common::{encode, wait_until, Reply, Server};
+use common::{encode, wait_until, Client, Reply, Server};
+
+/// Sets `key:0` .. `key:{n-1}` to `value-{i}`, pipelined: with `--snapshot-every 200`,
+/// enough for the leader to snapshot and purge its log.
+fn set_keys(c: &mut Client, n: usize) {
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.extend(encode(&["SET", &format!("key:{i}"), &format!("value-{i}")]));
+    }
+    c.send(&batch);
+    for _ in 0..n {
+        assert_eq!(c.read(), ok());
+    }
+}
 
 fn ok() -> Reply {
     Reply::Simple("OK".into())
@@ -55,14 +68,7 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
     let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
     until_accepted(&mut l, &["SET", "warm", "up"]);
-    let mut batch = Vec::new();
-    for i in 0..3_000 {
-        batch.extend(encode(&["SET", &format!("key:{i}"), &format!("value-{i}")]));
-    }
-    l.send(&batch);
-    for _ in 0..3_000 {
-        assert_eq!(l.read(), ok());
-    }
+    set_keys(&mut l, 3_000);
     wait_until(Duration::from_secs(20), "the leader to purge its log", || {
         (status_field(&mut l, "purged_index").parse::<u64>().unwrap_or(0) > 0).then_some(())
     });
@@ -155,14 +161,7 @@ fn a_follower_behind_the_leaders_purge_catches_up_by_snapshot_and_keeps_appendin
     let held = info_field(&mut l, "raft_applied_index").parse::<u64>().expect("applied");
     wait_applied(&mut servers[follower].connect(), held);
     servers[follower].kill();
-    let mut batch = Vec::new();
-    for i in 0..3_000 {
-        batch.extend(encode(&["SET", &format!("key:{i}"), &format!("value-{i}")]));
-    }
-    l.send(&batch);
-    for _ in 0..3_000 {
-        assert_eq!(l.read(), ok());
-    }
+    set_keys(&mut l, 3_000);
     wait_until(Duration::from_secs(20), "the leader to purge past the follower's log", || {
         (status_field(&mut l, "purged_index").parse::<u64>().unwrap_or(0) > held + 1).then_some(())
     });
