@@ -146,6 +146,29 @@ async fn an_append_right_after_a_purge_past_the_end_of_the_log() {
     }
 }
 
+/// The same purge past the end, then a restart before the next append: the WAL still
+/// held the entries below the marker and refused that append as a gap, at every start.
+#[tokio::test]
+async fn an_append_after_a_restart_that_follows_a_purge_past_the_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("raft");
+    {
+        let mut store = LogStore::open(&path).expect("open");
+        append(&mut store, (1..=23).map(|i| blank(1, i)).collect()).await;
+        store.purge(log_id(2, 30)).await.expect("purge past the end");
+    }
+    {
+        let mut store = LogStore::open(&path).expect("reopen");
+        let state = store.get_log_state().await.expect("log state");
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(2, 30)), Some(log_id(2, 30))));
+        assert_eq!(log_ids(&mut store).await, vec![]);
+        append(&mut store, (31..=32).map(|i| blank(2, i)).collect()).await;
+    }
+    let mut store = LogStore::open(&path).expect("reopen again");
+    assert_eq!(log_ids(&mut store).await, vec![log_id(2, 31), log_id(2, 32)]);
+    assert_eq!(store.get_log_state().await.expect("log state").last_purged_log_id, Some(log_id(2, 30)));
+}
+
 /// Reads, truncates and purges on both sides of the decoded window's edge (4 entries
 /// decoded of up to 40), against the log ids they must leave.
 #[tokio::test]

@@ -126,8 +126,8 @@ impl WriteLoad {
 /// The WAL and how many jobs the WAL thread has yet to finish.
 struct Disk {
     wal: Mutex<Wal>,
-    /// Jobs sent to the WAL thread and not finished. Zero: every earlier change is on
-    /// disk, so an inline append cannot overtake one.
+    /// Jobs sent to the WAL thread and not finished. Zero, with `routed` zero too: every
+    /// earlier change is on disk, so an inline append cannot overtake one.
     queued: AtomicUsize,
     /// Jobs given to the purge thread that it has not yet queued for the WAL thread.
     /// While there are any, every WAL job goes through the purge thread too, so the WAL
@@ -350,7 +350,27 @@ impl LogStore {
         // The WAL hands over what it found and keeps only where each entry lies.
         let recovered = wal.take_recovered();
         let skip = floor.saturating_sub(wal.first_index()) as usize;
-        let payloads: VecDeque<Bytes> = recovered.into_iter().skip(skip).collect();
+        if floor > wal.next_index() {
+            // The marker is past every entry on disk: a snapshot was installed beyond the
+            // log and the node restarted before the next append. The WAL forgets those
+            // entries, so that append starts a clean log at `floor`; kept, they made the
+            // WAL refuse it as a gap, at every start.
+            wal.purge_through(floor - 1)?;
+        }
+        // The recovered payloads are slices of whole segment files (64 MiB each, the
+        // preallocated zeros included): copied into one buffer of their own size, so
+        // the files' buffers are freed here rather than at the purge that covers them.
+        let kept = recovered.len().saturating_sub(skip);
+        let mut packed = Vec::with_capacity(recovered.iter().skip(skip).map(Bytes::len).sum());
+        let mut spans = Vec::with_capacity(kept);
+        for payload in recovered.iter().skip(skip) {
+            let from = packed.len();
+            packed.extend_from_slice(payload);
+            spans.push(from..packed.len());
+        }
+        drop(recovered);
+        let packed = Bytes::from(packed);
+        let payloads: VecDeque<Bytes> = spans.into_iter().map(|span| packed.slice(span)).collect();
         // Every recovered entry is decoded once, so a log that does not decode fails
         // here and not when a lagging follower reads it; only the newest are kept.
         let mut decoded = VecDeque::with_capacity(payloads.len().min(DECODED_ENTRIES));
@@ -550,7 +570,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner.payloads.extend(payloads.iter().cloned());
         inner.trim_decoded();
         debug_assert_eq!(inner.decoded.back().map(|e| e.index()), Some(inner.next_index() - 1));
-        let idle = inner.disk.queued.load(Ordering::Acquire) == 0 && inner.disk.routed.load(Ordering::Acquire) == 0;
+        // `routed` first: the purge thread counts a job into `queued` before out of
+        // `routed`, so both read as zero only when nothing is on either thread.
+        let idle = inner.disk.routed.load(Ordering::Acquire) == 0 && inner.disk.queued.load(Ordering::Acquire) == 0;
         if inner.load.lone_write() && idle {
             // The WAL thread is idle, nothing waits on the purge thread to reach it, and
             // both stay so: only appends, truncates and purges queue work, and openraft

@@ -12,8 +12,8 @@
 //! before it. On open, the last segment is scanned and a torn or corrupt tail (a crash
 //! mid-write) is cut off; a bad record before the end of an earlier segment is real
 //! corruption and refuses to open. The log keeps only where each entry lies (for
-//! truncation), not its bytes: the log store holds the decoded entries it serves reads
-//! from, and the payloads found on open are handed to it once (`take_recovered`).
+//! truncation), not its bytes: the log store holds the entries it serves reads from,
+//! and the payloads found on open are handed to it once (`take_recovered`).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -358,8 +358,8 @@ impl Wal {
     fn recover_segment(&mut self, first_index: u64, path: PathBuf, last: bool) -> io::Result<()> {
         let mut data = Vec::new();
         File::open(&path)?.read_to_end(&mut data)?;
-        // The payloads are slices of this buffer: no copy each (they live only until
-        // the log store has decoded them).
+        // The payloads are slices of this buffer: no copy each (the log store copies
+        // the ones it keeps into a buffer of their own size).
         let data = Bytes::from(data);
         let expected = self.next_index();
         if !self.entries.is_empty() && first_index > expected {
