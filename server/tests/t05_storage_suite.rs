@@ -146,29 +146,6 @@ async fn an_append_right_after_a_purge_past_the_end_of_the_log() {
     }
 }
 
-/// The same purge past the end, then a restart before the next append: the WAL still
-/// held the entries below the marker and refused that append as a gap, at every start.
-#[tokio::test]
-async fn an_append_after_a_restart_that_follows_a_purge_past_the_end() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("raft");
-    {
-        let mut store = LogStore::open(&path).expect("open");
-        append(&mut store, (1..=23).map(|i| blank(1, i)).collect()).await;
-        store.purge(log_id(2, 30)).await.expect("purge past the end");
-    }
-    {
-        let mut store = LogStore::open(&path).expect("reopen");
-        let state = store.get_log_state().await.expect("log state");
-        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(2, 30)), Some(log_id(2, 30))));
-        assert_eq!(log_ids(&mut store).await, vec![]);
-        append(&mut store, (31..=32).map(|i| blank(2, i)).collect()).await;
-    }
-    let mut store = LogStore::open(&path).expect("reopen again");
-    assert_eq!(log_ids(&mut store).await, vec![log_id(2, 31), log_id(2, 32)]);
-    assert_eq!(store.get_log_state().await.expect("log state").last_purged_log_id, Some(log_id(2, 30)));
-}
-
 /// Reads, truncates and purges on both sides of the decoded window's edge (4 entries
 /// decoded of up to 40), against the log ids they must leave.
 #[tokio::test]
@@ -263,22 +240,37 @@ async fn a_lone_write_is_synced_before_append_returns() {
 
 #[tokio::test]
 async fn log_store_purged_to_the_end_survives_reopen() {
+    purged_log_survives_reopen(5, log_id(1, 5)).await;
+}
+
+/// The same past the end, then a restart before the next append: the WAL still held
+/// the entries below the marker and refused that append as a gap, at every start.
+#[tokio::test]
+async fn an_append_after_a_restart_that_follows_a_purge_past_the_end() {
+    purged_log_survives_reopen(23, log_id(2, 30)).await;
+}
+
+/// Appends `1..=last`, purges through `purged` (at or past `last`), reopens, appends the
+/// next two entries, and reopens again.
+async fn purged_log_survives_reopen(last: u64, purged: LogId) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("raft");
     {
         let mut store = LogStore::open(&path).expect("open");
-        append(&mut store, (1..=5).map(|i| blank(1, i)).collect()).await;
-        store.purge(log_id(1, 5)).await.expect("purge all");
+        append(&mut store, (1..=last).map(|i| blank(1, i)).collect()).await;
+        store.purge(purged).await.expect("purge all");
     }
+    let (term, next) = (purged.leader_id.term, purged.index + 1);
     let mut store = LogStore::open(&path).expect("reopen");
     let state = store.get_log_state().await.expect("log state");
-    assert_eq!(state.last_purged_log_id, Some(log_id(1, 5)));
-    assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+    assert_eq!(state.last_purged_log_id, Some(purged));
+    assert_eq!(state.last_log_id, Some(purged));
     assert_eq!(log_ids(&mut store).await, vec![]);
-    append(&mut store, vec![blank(1, 6), blank(1, 7)]).await;
+    append(&mut store, vec![blank(term, next), blank(term, next + 1)]).await;
     drop(store);
     let mut store = LogStore::open(&path).expect("reopen again");
-    assert_eq!(log_ids(&mut store).await, vec![log_id(1, 6), log_id(1, 7)]);
+    assert_eq!(log_ids(&mut store).await, vec![log_id(term, next), log_id(term, next + 1)]);
+    assert_eq!(store.get_log_state().await.expect("log state").last_purged_log_id, Some(purged));
 }
 
 #[tokio::test]

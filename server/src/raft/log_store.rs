@@ -350,11 +350,12 @@ impl LogStore {
         // The WAL hands over what it found and keeps only where each entry lies.
         let recovered = wal.take_recovered();
         let skip = floor.saturating_sub(wal.first_index()) as usize;
-        if floor > wal.next_index() {
-            // The marker is past every entry on disk: a snapshot was installed beyond the
-            // log and the node restarted before the next append. The WAL forgets those
-            // entries, so that append starts a clean log at `floor`; kept, they made the
-            // WAL refuse it as a gap, at every start.
+        if floor > wal.first_index() {
+            // The WAL's part of the last purge, done again: a crash can come between the
+            // marker and that part, and even after it the WAL recovers what its active
+            // segment still holds. Past every entry on disk (a snapshot installed beyond
+            // the log), kept entries made the WAL refuse the next append as a gap, at
+            // every start; forgotten, that append starts a clean log at `floor`.
             wal.purge_through(floor - 1)?;
         }
         // The recovered payloads are slices of whole segment files (64 MiB each, the
@@ -459,8 +460,8 @@ impl Inner {
     fn read(&self, first: u64, end: u64) -> io::Result<Vec<Entry>> {
         debug_assert!(self.first_index <= first && first <= end && end <= self.next_index());
         let mut out = Vec::with_capacity((end - first) as usize);
-        let split = self.decoded_first().clamp(first, end);
         let (at, window) = (self.first_index, self.decoded_first());
+        let split = window.clamp(first, end);
         for payload in self.payloads.range((first - at) as usize..(split - at) as usize) {
             out.push(decode::<Entry>(payload)?);
         }
