@@ -90,8 +90,29 @@ fn utc_time_of_day() -> String {
     format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }
 
+/// The resolution of tokio's timer: a sleep ends on the first 1 ms tick at or after
+/// its deadline.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// Where a paced operation due at `due` starts counting, given whether its client was
+/// `idle` at `due` and when the request actually left (`sent`).
+///
+/// An idle client sleeps until the schedule, and tokio's timer fires on the next 1 ms
+/// tick, so up to `TIMER_TICK` of its lateness is this generator's own delay, not the
+/// target's: it counts from when the request left. Any later is counted (a generator
+/// slowed by the target's load is part of the load). A client behind schedule because
+/// its last operation ran long counts from the schedule (no coordinated omission).
+fn counted_from(due: Instant, idle: bool, sent: Instant) -> Instant {
+    if idle {
+        sent.min(due + TIMER_TICK)
+    } else {
+        due
+    }
+}
+
 /// Runs one client until told to stop. With `interval`, operations are scheduled at
-/// that spacing and latency counts from the scheduled start (no coordinated omission).
+/// that spacing and latency counts from the scheduled start (no coordinated omission),
+/// less the timer's rounding when the client was idle at the schedule.
 async fn client_task(
     p: Arc<Params>,
     id: usize,
@@ -111,10 +132,13 @@ async fn client_task(
     while !s.stop.load(Ordering::Relaxed) {
         let started = match interval {
             Some(i) => {
-                tokio::time::sleep_until(next.into()).await;
-                let at = next;
+                let due = next;
                 next += i;
-                at
+                let idle = Instant::now() < due;
+                if idle {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                counted_from(due, idle, Instant::now())
             }
             None => Instant::now(),
         };
@@ -227,4 +251,22 @@ pub async fn run(
         client_cpu_us_per_op: client_cpu_us as f64 / total.len().max(1) as f64,
         note: String::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_latency_counts_from_the_schedule_except_the_timers_rounding() {
+        let due = Instant::now();
+        let us = Duration::from_micros;
+        // Idle, the timer fired 300 µs late: the request left then, and counts from then.
+        assert_eq!(counted_from(due, true, due + us(300)), due + us(300));
+        // Idle, but the generator woke 3 ms late: only the tick is excused.
+        assert_eq!(counted_from(due, true, due + us(3_000)), due + TIMER_TICK);
+        // Behind schedule (the last operation ran long): from the schedule.
+        assert_eq!(counted_from(due, false, due + us(3_000)), due);
+        assert_eq!(counted_from(due, false, due + us(300)), due);
+    }
 }
