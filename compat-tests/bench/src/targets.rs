@@ -134,8 +134,14 @@ pub async fn start(kind: Kind, fencelock: &Path) -> Result<Target, String> {
     match kind {
         Kind::Fencelock => {
             target.port = free_port();
+            // The peer port too: its default (the port + 10,000) falls in Linux's
+            // ephemeral range, where a connection the last cell closed can still hold
+            // it in TIME-WAIT ("Address already in use" after the `connections` cell).
+            let peer_port = free_port().to_string();
             let mut c = Command::new(fencelock);
-            c.args(["--port", &target.port.to_string(), "--maxclients", "20000", "--data-dir"]).arg(root.join("data"));
+            c.args(["--port", &target.port.to_string(), "--peer-port", &peer_port, "--maxclients", "20000"])
+                .arg("--data-dir")
+                .arg(root.join("data"));
             target.children.push(spawn(&mut c, "fencelock")?);
             wait_resp_ready(target.port).await?;
         }
