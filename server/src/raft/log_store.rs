@@ -73,6 +73,11 @@ enum Job {
     Purge {
         through: u64,
     },
+    /// Answers once every job queued before it is done (appends synced): what a vote
+    /// waits for before it is written (`save_vote`).
+    Barrier {
+        done: oneshot::Sender<io::Result<()>>,
+    },
 }
 
 /// How busy this node is with writes: decides whether an append may sync on the
@@ -332,6 +337,9 @@ fn wal_thread(disk: Arc<Disk>, jobs: mpsc::Receiver<Job>) {
                     tracing::error!(through, error = %e, "discarding purged WAL segments failed");
                 }
             }
+            Some(Job::Barrier { done }) => {
+                let _ = done.send(Ok(()));
+            }
             Some(Job::Append { .. }) | None => continue,
         }
         disk.queued.fetch_sub(1, Ordering::AcqRel);
@@ -526,6 +534,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        // Not before the log writes asked for earlier: openraft counts a saved vote as
+        // flushing every write before it (its flushed cursor is ordered by vote first),
+        // so a follower's answer to the old leader, held until its entries are durable,
+        // would go out while they are still in the WAL thread's queue, and a crash
+        // could then lose entries the leader counted as replicated.
+        let idle = {
+            let inner = self.lock();
+            // `routed` first, as in `append`.
+            inner.disk.routed.load(Ordering::Acquire) == 0 && inner.disk.queued.load(Ordering::Acquire) == 0
+        };
+        if !idle {
+            self.run(|done| Job::Barrier { done }).await?;
+        }
         let mut inner = self.lock();
         write_atomic(&inner.dir, "vote", &encode(vote)?)?;
         inner.vote = Some(*vote);
@@ -620,5 +641,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The disk's part runs behind us (see `purge_thread`): openraft waits for this
         // call in its core task.
         inner.route(PurgeJob::Purge { through: log_id.index, marker })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::entry::RaftEntry;
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry::new_blank(openraft::testing::log_id::<TypeConfig>(term, 1, index))
+    }
+
+    /// openraft takes a saved vote as covering every write it asked for before it (its
+    /// flushed cursor is ordered by vote first): a follower's held answer to the old
+    /// leader goes out as soon as a newer vote is saved. So a vote must not reach the
+    /// disk before the appends queued ahead of it, or an answered entry could be missing
+    /// after a crash.
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock, reason = "the test holds the WAL lock to stall the WAL thread")]
+    async fn a_vote_is_saved_only_after_the_appends_queued_before_it_are_durable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        // The WAL thread takes this lock to write and sync: holding it stalls the thread.
+        let disk = Arc::clone(&store.lock().disk);
+        let stalled = disk.wal();
+        let (tx, mut flushed) = TypeConfig::oneshot();
+        store.append(vec![blank(1, 1)], IOFlushed::<TypeConfig>::signal(tx)).await.expect("append");
+        let mut voter = store.clone();
+        let saving = tokio::spawn(async move { voter.save_vote(&Vote::new(2, 1)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!saving.is_finished(), "the vote was saved while the append before it was still unsynced");
+        assert!(flushed.try_recv().is_err(), "the append cannot be durable while the WAL thread is stalled");
+        drop(stalled);
+        saving.await.expect("the task ran").expect("the vote is saved");
+        assert!(
+            matches!(flushed.try_recv(), Ok(Ok(()))),
+            "the append queued before the vote is durable by the time the vote is"
+        );
+        assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
     }
 }
