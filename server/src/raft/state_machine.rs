@@ -166,7 +166,7 @@ fn io_err<E: std::fmt::Display>(e: E) -> io::Error {
 impl SmStore {
     /// Opens the state machine, loading the last snapshot in `dir` if there is one.
     pub fn open(dir: &Path, limits: Limits) -> io::Result<SmStore> {
-        std::fs::create_dir_all(dir)?;
+        crate::raft::wal::create_dir_durably(dir)?;
         let mut inner = Inner {
             core: StateMachine::new(limits.clone()),
             last_applied: None,

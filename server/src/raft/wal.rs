@@ -235,6 +235,25 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and its missing parents, each made durable in its parent: otherwise a
+/// power loss soon after the first start could take the whole directory, with the log
+/// and vote files synced inside it.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    // Bounded by the path's components.
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// Writes a small file atomically: temp file, fsync, rename over, fsync the directory.
 /// A crash leaves either the old content or the new, never a torn mix.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -313,7 +332,7 @@ impl Wal {
     /// Opens (or creates) the log in `dir`, recovering from a torn tail.
     pub fn open(dir: &Path, segment_bytes_max: u64) -> io::Result<Wal> {
         assert!(segment_bytes_max >= 4096, "segments hold at least one page");
-        fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
         let (reclaim_tx, reclaim_rx) = mpsc::channel();
         std::thread::Builder::new().name("fencelock-reclaim".into()).spawn(move || reclaim(reclaim_rx))?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
@@ -386,7 +405,12 @@ impl Wal {
             let len = u32::from_le_bytes(data[offset..offset + 4].try_into().expect("4 bytes")) as usize;
             let sum = u32::from_le_bytes(data[offset + 4..offset + 8].try_into().expect("4 bytes"));
             if len == 0 && sum == 0 {
-                break false;
+                // The end. In the last segment, anything but zeros after it is part of
+                // a batch a crash left half on disk (a later page written, the one with
+                // this header not): cut it like a torn record, or a later write that
+                // ends right where it starts would join it to the log. (Earlier
+                // segments were synced whole before the next one began.)
+                break last && data[offset..].iter().any(|&b| b != 0);
             }
             if !(8..=RECORD_BYTES_MAX).contains(&len) || offset + 8 + len > data.len() {
                 break true;
@@ -586,6 +610,7 @@ impl Wal {
         let cut = self.entries.get(keep).map(|e| (e.segment, e.offset)).expect("index is held");
         self.entries.truncate(keep);
         let (segment, offset) = cut;
+        let later = self.segments.len() > segment + 1;
         while self.segments.len() > segment + 1 {
             let removed = self.segments.pop().expect("more than one");
             fs::remove_file(&removed.path)?;
@@ -594,6 +619,13 @@ impl Wal {
             let removed = self.segments.pop().expect("segment exists");
             fs::remove_file(&removed.path)?;
         } else {
+            if later {
+                // The removals are durable before the cut: a crash that kept the cut
+                // but not them would leave a gap, which open reads as purged history
+                // before the later segments, and the entries kept here would be lost.
+                // (ext4 commits them in order anyway; not every file system does.)
+                sync_dir(&self.dir)?;
+            }
             let segment = self.segments.last_mut().expect("segment exists");
             let file = OpenOptions::new().write(true).open(&segment.path)?;
             file.set_len(offset)?;
@@ -726,6 +758,51 @@ mod tests {
         let wal = Wal::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(wal.last_index(), Some(11));
         assert_eq!(wal.recovered(10), Some(&payloads(10..11)[0]));
+    }
+
+    #[test]
+    fn directories_are_created_with_their_missing_parents() {
+        let dir = temp();
+        let nested = dir.path().join("data").join("raft").join("log");
+        create_dir_durably(&nested).unwrap();
+        assert!(nested.is_dir());
+        create_dir_durably(&nested).unwrap(); // already there: nothing to do
+        let file = dir.path().join("a-file");
+        fs::write(&file, b"x").unwrap();
+        assert!(create_dir_durably(&file.join("below")).is_err(), "a file is not a directory");
+    }
+
+    #[test]
+    fn records_left_past_the_end_of_a_crashed_batch_are_cut_on_open() {
+        // A crash persisted a later page of an unsynced batch but not the one with its
+        // first header: the scan stops at that zero header, and valid-looking records
+        // lie beyond it. Left there, a later write ending right at them (no zero
+        // padding: it ends on a ZERO_AHEAD_BYTES boundary) joins them to the log, and
+        // the next open takes a record nobody acknowledged as the next entry.
+        let dir = temp();
+        let mut wal = Wal::open(dir.path(), 1 << 20).unwrap();
+        wal.append(1, &payloads(1..2)).unwrap();
+        let second_at = wal.segments[0].len;
+        // Entry 2 ends on the boundary, so entry 3 starts on it.
+        let sized = |fill: u8| Bytes::from(vec![fill; (ZERO_AHEAD_BYTES - second_at) as usize - HEADER_BYTES]);
+        wal.append(2, &[sized(b'a')]).unwrap();
+        assert_eq!(wal.segments[0].len, ZERO_AHEAD_BYTES);
+        wal.append(3, &[Bytes::from_static(b"never acknowledged")]).unwrap();
+        let path = wal.segments[0].path.clone();
+        drop(wal);
+        // The crash: entry 2's header never reached the disk; entry 3's page did.
+        let mut data = fs::read(&path).unwrap();
+        data[second_at as usize..second_at as usize + 8].fill(0);
+        fs::write(&path, &data).unwrap();
+
+        let mut wal = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(wal.last_index(), Some(1));
+        // A new entry 2 of the same size ends exactly where the old entry 3 starts.
+        wal.append(2, &[sized(b'b')]).unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(wal.last_index(), Some(2), "the old entry 3 came back");
+        assert_eq!(wal.recovered(2), Some(&sized(b'b')));
     }
 
     #[test]
