@@ -352,11 +352,16 @@ struct Pipeline<'s, S> {
     /// openraft sends one as soon as the commit advances and no new entry is waiting,
     /// so with light load every batch cost a second round trip to each follower: the
     /// entries, then their commit. The next request carries a commit at least as new
-    /// (openraft reads it when it builds the request), so the held one is answered
-    /// here, as the peer would answer it: it names no entry the peer has not already
-    /// confirmed. A follower learns commits up to `COMMIT_HOLD` later when idle; its
-    /// linearizable reads are not delayed, since the leader confirms them with a
-    /// heartbeat round that carries the commit.
+    /// (openraft reads it when it builds the request), so the held one is never sent
+    /// and never answered on its own: the peer's answer to the next request covers it
+    /// (openraft drains every request up to the log id answered). It must not be
+    /// answered here: openraft counts an answer as the peer's acknowledgement at the
+    /// time it built the request, for its leader lease and to confirm linearizable
+    /// reads, and the peer never saw this one (a leader paused between the peer's last
+    /// answer and this request would have renewed its lease on nothing). A follower
+    /// learns commits up to `COMMIT_HOLD` later when idle; its linearizable reads are
+    /// not delayed, since the leader confirms them with a heartbeat round that carries
+    /// the commit.
     held: Option<(AppendEntriesRequest<TypeConfig>, tokio::time::Instant)>,
 }
 
@@ -405,17 +410,14 @@ where
                     Some(request) => {
                         // A request held before this one is replaced by it: `request`
                         // carries the held commit or a newer one, and is itself held by
-                        // the same deadline if it too carries nothing else.
+                        // the same deadline if it too carries nothing else. The replaced
+                        // one gets no answer of its own (see `held`).
                         let replaced = self.held.take();
                         if request.entries.is_empty() && self.matched == Some(request.prev_log_id) {
                             let until = replaced.as_ref().map_or_else(|| tokio::time::Instant::now() + COMMIT_HOLD, |(_, until)| *until);
                             self.held = Some((request, until));
                         } else if let Err(failure) = self.send(request).await {
                             return Some(Err(failure));
-                        }
-                        if let Some((held, _)) = replaced {
-                            let answered = AppendEntriesResponse::Success.into_stream_result(held.prev_log_id, held.prev_log_id);
-                            return Some(Ok((answered, true)));
                         }
                     }
                 },
@@ -606,6 +608,69 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
+    use openraft::entry::RaftEntry;
+    use std::time::Duration;
+
+    fn log_id(index: u64) -> super::super::LogId {
+        openraft::testing::log_id::<TypeConfig>(1, 1, index)
+    }
+
+    fn request(prev: Option<u64>, entries: &[u64]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: prev.map(log_id),
+            entries: entries.iter().map(|&i| super::super::Entry::new_blank(log_id(i))).collect(),
+            leader_commit: prev.map(log_id),
+        }
+    }
+
+    /// openraft takes an answer as the follower's acknowledgement at the time it built
+    /// the request answered (its lease and read-index confirmation count on that), so
+    /// a held commit-only request that a newer one replaces must not be answered here:
+    /// the follower never saw it. Its answer comes with the newer request's.
+    #[tokio::test]
+    async fn a_replaced_commit_only_request_is_answered_only_by_the_follower() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let follower = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut scratch = Vec::new();
+            let success = PeerResponse::AppendEntries(Ok(AppendEntriesResponse::Success));
+            // The first request (entry 1) is answered at once ...
+            let _: PeerRequest = read_frame(&mut stream).await.expect("first request");
+            write_frame_with(&mut stream, &success, &mut scratch).await.expect("answer");
+            // ... the next one (entry 2) only when the test says so.
+            let second: PeerRequest = read_frame(&mut stream).await.expect("second request");
+            let PeerRequest::AppendEntries(second) = second else { panic!("not an AppendEntries") };
+            assert_eq!(second.entries.len(), 1, "the held commit-only request is not sent");
+            released.await.expect("released");
+            write_frame_with(&mut stream, &success, &mut scratch).await.expect("answer");
+            stream
+        });
+        let mut client = PeerClient { target: 2, addr, stream: None, pipeline_depth: 1 };
+        let (input, requests) = tokio::sync::mpsc::unbounded_channel();
+        let requests = futures_util::stream::unfold(requests, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let option = RPCOption::new(Duration::from_secs(5));
+        let mut answers = client.stream_append(Box::pin(requests), option).await.expect("stream");
+
+        input.send(request(None, &[1])).expect("queued");
+        let first = answers.next().await.expect("an answer").expect("no error");
+        assert_eq!(first, Ok(Some(log_id(1))));
+        // A commit-only request (held), then one with an entry, which replaces it.
+        input.send(request(Some(1), &[])).expect("queued");
+        input.send(request(Some(1), &[2])).expect("queued");
+        let early = tokio::time::timeout(Duration::from_millis(200), answers.next()).await;
+        assert!(early.is_err(), "an answer came before the follower answered anything: {early:?}");
+        release.send(()).expect("follower waiting");
+        let second = answers.next().await.expect("an answer").expect("no error");
+        assert_eq!(second, Ok(Some(log_id(2))), "the follower's answer covers the replaced request too");
+        drop(input);
+        assert!(answers.next().await.is_none(), "every request answered");
+        drop(answers);
+        drop(follower.await.expect("follower"));
+    }
 
     #[tokio::test]
     async fn a_kept_frame_buffer_is_reused_and_a_large_one_given_back() {
