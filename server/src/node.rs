@@ -19,7 +19,7 @@ use crate::raft::{Applied, NodeId, Op, Proposal, Raft};
 use bytes::Bytes;
 
 /// Why the node could not serve a request. Clients retry on `TryAgain`.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     /// No leader right now (election in progress), or this node is not it.
     #[error("TRYAGAIN no leader available right now, retry shortly")]
@@ -32,6 +32,13 @@ pub enum NodeError {
     /// in a minority (a write may still commit later if the partition heals first).
     #[error("TRYAGAIN no quorum confirmed the request within {0} ms (this node may be partitioned from the majority)")]
     NoQuorum(u64),
+    /// This node appended the write as leader, then adopted another leader's log
+    /// before it committed: the entry may have committed through the new leader, or not.
+    /// Never retried here (a retry could apply it twice); the client decides.
+    #[error(
+        "TRYAGAIN the leader changed before this write was confirmed; it may have been applied (check before retrying)"
+    )]
+    Discarded,
     /// An admin request the cluster refused; the text is the whole wire error.
     #[error("{0}")]
     Refused(String),
@@ -247,14 +254,7 @@ impl Node {
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
         };
-        match written {
-            Ok(response) => Ok((response.data, response.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader))
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(NodeError::TryAgain),
-            Err(e) => Err(NodeError::Fatal(e.to_string())),
-        }
+        written.map(|response| (response.data, response.log_id.index)).map_err(write_error)
     }
 
     /// Sends `op` to the leader over the peer network and waits until this node has
@@ -264,6 +264,9 @@ impl Node {
         let response = self.ask_leader(leader, request, FORWARD_TIMEOUT).await?;
         let (applied, index) = match response {
             crate::raft::network::PeerResponse::Forward(Ok(done)) => done,
+            crate::raft::network::PeerResponse::Forward(Err(text)) if text == NodeError::Discarded.to_string() => {
+                return Err(NodeError::Discarded)
+            }
             crate::raft::network::PeerResponse::Forward(Err(text)) if text.starts_with("TRYAGAIN") => {
                 return Err(NodeError::TryAgain)
             }
@@ -488,6 +491,19 @@ async fn watch_membership(raft: Raft, load: Arc<WriteLoad>) {
     }
 }
 
+/// What a refused or failed `client_write` means for the client. Only the errors from
+/// before the entry was appended (`ForwardToLeader`) are safe for `propose` to retry
+/// or forward: a discarded entry may still have committed through the new leader.
+fn write_error(e: RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader)
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => NodeError::Discarded,
+        e => NodeError::Fatal(e.to_string()),
+    }
+}
+
 /// How often the leader checks for due deadlines. Expiry is at most this late.
 const TICK_MS: u64 = 10;
 
@@ -523,5 +539,23 @@ async fn expiry_ticker(node: Arc<Node>) {
                 tracing::warn!("expiry tick failed: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::errors::ForwardToLeader;
+
+    #[test]
+    fn only_a_write_refused_before_its_append_is_retried() {
+        let to = |leader_id| ForwardToLeader { leader_id, ..ForwardToLeader::empty() };
+        let refused = |e| write_error(RaftError::APIError(e));
+        assert_eq!(refused(ClientWriteError::ForwardToLeader(to(Some(2)))), NodeError::NotLeader(2));
+        assert_eq!(refused(ClientWriteError::ForwardToLeader(to(None))), NodeError::TryAgain);
+        // Appended, then discarded on a leader change: it may have committed elsewhere.
+        let discarded = refused(ClientWriteError::LogEntryDiscarded(to(Some(2))));
+        assert_eq!(discarded, NodeError::Discarded);
+        assert!(discarded.to_string().starts_with("TRYAGAIN "), "clients see a TRYAGAIN: {discarded}");
     }
 }

@@ -202,8 +202,8 @@ impl Client {
                     if !error.is_try_again() {
                         return Err(error);
                     }
-                    // "no quorum confirmed" means the entry may still commit.
-                    if retry == Retry::Unsafe && text.contains("no quorum") {
+                    // The entry may still commit, or have committed elsewhere.
+                    if retry == Retry::Unsafe && Error::outcome_unknown(&text) {
                         return Err(Error::Unknown(text));
                     }
                     self.rotate(&endpoint);

@@ -70,6 +70,14 @@ impl Error {
         matches!(self, Error::Unavailable(text) if text.starts_with("TRYAGAIN"))
     }
 
+    /// Whether a TRYAGAIN says the write may have been applied all the same: a leader
+    /// that no quorum answered in time (the entry may still commit), or one that lost
+    /// its leadership after appending it (it may have committed through the new one).
+    /// Such a write is not sent again unless it is safe to repeat.
+    pub(crate) fn outcome_unknown(text: &str) -> bool {
+        text.starts_with("TRYAGAIN") && (text.contains("no quorum") || text.contains("may have been applied"))
+    }
+
     /// The kind's stable name (what the bindings call their exception classes after).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -99,6 +107,13 @@ mod tests {
         assert_eq!(Error::from_server("LIMIT too many locks (max 10)").kind(), "LimitExceeded");
         assert_eq!(Error::from_server("NOSESSION session 5 ended").kind(), "NoSession");
         assert!(Error::from_server("TRYAGAIN no leader available right now").is_try_again());
+        assert!(!Error::outcome_unknown("TRYAGAIN no leader available right now, retry shortly"));
+        assert!(Error::outcome_unknown(
+            "TRYAGAIN no quorum confirmed the request within 3000 ms (this node may be partitioned from the majority)"
+        ));
+        assert!(Error::outcome_unknown(
+            "TRYAGAIN the leader changed before this write was confirmed; it may have been applied (check before retrying)"
+        ));
         assert_eq!(Error::from_server("ERR syntax error").kind(), "InvalidRequest");
         assert_eq!(Error::from_server("WRONGPASS invalid password").kind(), "AuthError");
     }
