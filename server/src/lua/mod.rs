@@ -10,10 +10,12 @@
 //!   `dofile`, `require`, `os`, `io`, `debug` and `coroutine` are absent, and the string
 //!   metatable is locked;
 //! - `math.random` is a Park-Miller generator reset before every run, and `tostring`
-//!   of a table or function does not print an address.
+//!   of a table or function does not print an address;
+//! - `pairs`, `next` and `table.foreach` refuse tables keyed by tables or functions,
+//!   whose order follows their addresses.
 //!
-//! A run is bounded by an instruction budget counted by a Lua hook (deterministic on
-//! every replica, unlike a wall-clock limit). A script that errors or exhausts the
+//! A run is bounded by an instruction budget counted by a Lua hook, set afresh for
+//! every run (deterministic on every replica, unlike a wall-clock limit). A script that errors or exhausts the
 //! budget is rolled back whole by `fencelock_core::StateMachine::apply_script`.
 
 use std::cell::RefCell;
@@ -118,8 +120,45 @@ math_copy.random = function(m, n)
   return floor(r * (n - m + 1)) + m
 end
 math_copy.randomseed = function(s) seed = (floor(tonumber(s) or 0) % 2147483646) + 1 end
+-- Lua 5.1 places keys that are tables, functions or coroutines by their address, so
+-- their traversal order differs between replicas (each VM has its own history): a
+-- traversal that would meet one is refused. Checked over the whole table when a
+-- traversal starts, so no replica does part of the loop first (under pcall, that part
+-- would stay), and on every key after that, for keys added during the traversal.
+local raw_next = next
+local function placed_by_address(k)
+  local t = type(k)
+  return t == "table" or t == "function" or t == "userdata" or t == "thread"
+end
+local function refuse(k)
+  error("cannot traverse a table with a " .. type(k) .. " as a key: its order would differ between replicas", 3)
+end
+local function checked_next(t, k)
+  if k == nil then
+    local scan = raw_next(t)
+    while scan ~= nil do
+      if placed_by_address(scan) then refuse(scan) end
+      scan = raw_next(t, scan)
+    end
+  end
+  local nk, nv = raw_next(t, k)
+  if placed_by_address(nk) then refuse(nk) end
+  return nk, nv
+end
+local function checked_pairs(t)
+  if type(t) ~= "table" then error("bad argument #1 to 'pairs' (table expected, got " .. type(t) .. ")", 2) end
+  return checked_next, t, nil
+end
+local table_copy = {}
+for k, v in pairs(table) do table_copy[k] = v end
+table_copy.foreach = function(t, f)
+  for k, v in checked_pairs(t) do
+    local r = f(k, v)
+    if r ~= nil then return r end
+  end
+end
 local base = {
-  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, pcall = pcall,
+  assert = assert, error = error, ipairs = ipairs, next = checked_next, pairs = checked_pairs, pcall = pcall,
   select = select, tonumber = tonumber, type = type, unpack = unpack, xpcall = xpcall,
   _VERSION = _VERSION,
   print = function() end,
@@ -129,7 +168,7 @@ local base = {
     return tostring(v)
   end,
   string = readonly(string, "string"),
-  table = readonly(table, "table"),
+  table = readonly(table_copy, "table"),
   math = readonly(math_copy, "math"),
 }
 getmetatable("").__metatable = false
@@ -149,6 +188,8 @@ pub struct LuaEngine {
     helpers: Table,
     reset_random: Function,
     budget: Arc<AtomicU64>,
+    /// Instructions one run may take (`INSTRUCTIONS_MAX`; tests set less).
+    instructions_max: u64,
     compiled: Compiled,
     runs: ScriptRuns,
 }
@@ -197,16 +238,6 @@ impl LuaEngine {
         env_meta.raw_set("__index", base.clone()).map_err(lua_err)?;
         let helpers = Self::helpers(&lua)?;
         let budget = Arc::new(AtomicU64::new(0));
-        let hook_budget = Arc::clone(&budget);
-        lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
-            if hook_budget.fetch_sub(1, Ordering::Relaxed) <= 1 {
-                return Err(mlua::Error::runtime(format!(
-                    "BUSY script exceeded the instruction limit ({INSTRUCTIONS_MAX}) and was rolled back"
-                )));
-            }
-            Ok(VmState::Continue)
-        })
-        .map_err(lua_err)?;
         Ok(LuaEngine {
             lua,
             base,
@@ -214,6 +245,7 @@ impl LuaEngine {
             helpers,
             reset_random,
             budget,
+            instructions_max: INSTRUCTIONS_MAX,
             compiled: Compiled { by_sha: HashMap::new(), order: VecDeque::new() },
             runs: ScriptRuns::default(),
         })
@@ -297,6 +329,27 @@ impl LuaEngine {
         self.runs
     }
 
+    /// Gives the next run its instruction budget. The hook is set again for every run:
+    /// setting it restarts Lua's instruction count, which otherwise carries over from
+    /// the run before, so the limit would fall up to `HOOK_EVERY` instructions earlier
+    /// or later on a replica whose VM ran other scripts (or none, after a restart), and
+    /// the same script could pass on one replica and be rolled back on another.
+    fn arm_budget(&mut self) -> Result<(), String> {
+        let limit = self.instructions_max;
+        self.budget.store(limit.div_ceil(u64::from(HOOK_EVERY)), Ordering::Relaxed);
+        let budget = Arc::clone(&self.budget);
+        self.lua
+            .set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
+                if budget.fetch_sub(1, Ordering::Relaxed) <= 1 {
+                    return Err(mlua::Error::runtime(format!(
+                        "BUSY script exceeded the instruction limit ({limit}) and was rolled back"
+                    )));
+                }
+                Ok(VmState::Continue)
+            })
+            .map_err(lua_err)
+    }
+
     /// Runs a script in the VM.
     fn run_in_vm(
         &mut self,
@@ -308,7 +361,7 @@ impl LuaEngine {
         let sha = sha1_hex(body);
         let function = self.compile(&sha, body)?;
         self.reset_random.call::<()>(()).map_err(lua_err)?;
-        self.budget.store(INSTRUCTIONS_MAX / u64::from(HOOK_EVERY), Ordering::Relaxed);
+        self.arm_budget()?;
         let raised: RefCell<Option<String>> = RefCell::new(None);
         let script = RefCell::new(script);
         let result = self.lua.scope(|scope| {
@@ -528,7 +581,102 @@ fn to_reply(value: &Value, depth: usize) -> mlua::Result<ScriptReply> {
 
 #[cfg(test)]
 mod tests {
-    use super::format_number;
+    use super::{format_number, LuaEngine, ScriptReply};
+    use bytes::Bytes;
+    use fencelock_core::{Limits, StateMachine};
+
+    /// Runs `script` on `engine` against `sm` as the next entry.
+    fn run(engine: &mut LuaEngine, sm: &mut StateMachine, script: &str, keys: &[&str]) -> Result<ScriptReply, String> {
+        // Log indexes only grow; one counter serves every state machine here.
+        static INDEX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000);
+        run_at(INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed), engine, sm, script, keys)
+    }
+
+    /// Runs `script` on `engine` against `sm` as the entry at `index`.
+    fn run_at(
+        index: u64,
+        engine: &mut LuaEngine,
+        sm: &mut StateMachine,
+        script: &str,
+        keys: &[&str],
+    ) -> Result<ScriptReply, String> {
+        let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k.as_bytes())).collect();
+        sm.apply_script(index, index, |s| engine.run(script.as_bytes(), &keys, &[], s)).result
+    }
+
+    /// A VM with another history: many scripts run, many tables made and dropped, so
+    /// the addresses it hands out and its instruction count are its own.
+    fn used_engine() -> LuaEngine {
+        let mut engine = LuaEngine::new().expect("a VM");
+        let mut sm = StateMachine::new(Limits::default());
+        for i in 0..50 {
+            let script = format!("local t = {{}} for i = 1, {} do t[i] = {{}} end return 1", 100 + i * 37);
+            run(&mut engine, &mut sm, &script, &[]).expect("runs");
+        }
+        engine
+    }
+
+    #[test]
+    fn the_instruction_limit_falls_at_the_same_point_on_every_replica() {
+        let limited = |mut engine: LuaEngine| {
+            engine.instructions_max = 50_000;
+            engine
+        };
+        let mut used = limited(used_engine());
+        let mut sm = StateMachine::new(Limits::default());
+        let (mut passed, mut refused) = (0, 0);
+        for n in (40_000..56_000).step_by(250) {
+            let script = format!("for i = 1, {n} do end return 1");
+            let fresh = run(&mut limited(LuaEngine::new().expect("a VM")), &mut sm, &script, &[]);
+            // `used` runs one more script of its own in between, so its count moves on.
+            let _ = run(&mut used, &mut sm, &format!("for i = 1, {} do end return 1", n % 7_919), &[]);
+            let again = run(&mut used, &mut sm, &script, &[]);
+            assert_eq!(fresh.is_ok(), again.is_ok(), "a loop of {n}: {fresh:?} on a fresh VM, {again:?} on a used one");
+            if fresh.is_ok() {
+                passed += 1
+            } else {
+                refused += 1
+            }
+        }
+        assert!(passed > 0 && refused > 0, "the loops straddle the limit: {passed} passed, {refused} refused");
+        let busy = run(&mut used, &mut sm, "while true do end", &[]).expect_err("over the limit");
+        assert!(busy.starts_with("BUSY script exceeded the instruction limit (50000)"), "{busy}");
+    }
+
+    #[test]
+    fn traversing_a_table_keyed_by_tables_is_refused_alike_on_every_replica() {
+        // Keys placed by address: the order differs with the VM's history, and so would
+        // the order the keys are created in (each new key takes the next fence).
+        let script = "local t = {} \
+            for i = 1, #KEYS do t[{}] = KEYS[i] end \
+            local created = {} \
+            local ok, err = pcall(function() \
+              for _, key in pairs(t) do redis.call('SET', key, '1') created[#created + 1] = key end \
+            end) \
+            if ok then return created end \
+            return {err = err}";
+        let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let (mut fresh, mut used) = (LuaEngine::new().expect("a VM"), used_engine());
+        let (mut one, mut other) = (StateMachine::new(Limits::default()), StateMachine::new(Limits::default()));
+        let first = run_at(1, &mut fresh, &mut one, script, &keys);
+        let second = run_at(1, &mut used, &mut other, script, &keys);
+        assert_eq!(first, second, "the same reply on both replicas");
+        assert_eq!(one.state_hash(), other.state_hash(), "the same state on both replicas");
+        let Ok(ScriptReply::Error(text)) = first else { panic!("refused: {first:?}") };
+        assert!(text.contains("cannot traverse a table with a table as a key"), "{text}");
+        let count = format!("return redis.call('EXISTS', {})", keys.map(|k| format!("'{k}'")).join(", "));
+        assert_eq!(run(&mut fresh, &mut one, &count, &[]), Ok(ScriptReply::Int(0)), "no key was set");
+        for traversal in ["next(t)", "table.foreach(t, print)"] {
+            let script = format!("local t = {{}} t[{{}}] = 1 t.x = 2 return {traversal}");
+            let refused = run(&mut fresh, &mut one, &script, &[]).expect_err("refused");
+            assert!(refused.contains("cannot traverse a table with a table as a key"), "{traversal}: {refused}");
+        }
+        // Strings, numbers and booleans are placed by value: allowed, and ordered alike.
+        let plain = "local t = {x = 1, y = 2, [3] = 3, [true] = 4} local n = 0 \
+            for k, v in pairs(t) do n = n + v end return n";
+        assert_eq!(run(&mut fresh, &mut one, plain, &[]), Ok(ScriptReply::Int(10)));
+        assert_eq!(run(&mut used, &mut other, plain, &[]), Ok(ScriptReply::Int(10)));
+    }
 
     #[test]
     fn numbers_format_as_lua_51_does() {
