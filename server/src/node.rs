@@ -435,9 +435,12 @@ impl Node {
     /// connection that sent READONLY gets (Redis Cluster's stale replica reads).
     pub fn read_local(&self, command: &Command) -> fencelock_core::Result<Reply> {
         let inner = self.sm.shared.inner.lock().expect("not poisoned");
-        // Evaluate at our clock on the replicated time base, so TTLs count down between
-        // writes; only once our epoch is in the log does our clock map onto it.
-        if inner.epoch() == Some(self.epoch) {
+        // The leader evaluates at its clock on the replicated time base, so TTLs count
+        // down between writes; only once its epoch is in the log does its clock map
+        // onto it. Other nodes read at the replicated time. That includes a leader that
+        // just stepped down while its epoch is still the log's: the new leader's first
+        // entry pins time where the log left it, so its clock would run ahead.
+        if inner.epoch() == Some(self.epoch) && self.raft.metrics().borrow_watched().state == ServerState::Leader {
             let now = i128::from(self.stamp_ms()) + inner.core.time_offset_ms();
             return inner.core.read_at(command, now.clamp(0, i128::from(u64::MAX)) as u64);
         }
