@@ -32,6 +32,8 @@ use super::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest frame accepted: a snapshot of millions of locks is a few hundred MB.
 pub const FRAME_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Room reserved for a frame before its bytes arrive; a larger one grows as they do.
+const FRAME_RESERVE_BYTES_MAX: usize = 1024 * 1024;
 /// The most AppendEntries requests `--peer-pipeline` lets one peer connection have
 /// unanswered.
 pub const PIPELINE_DEPTH_MAX: usize = 64;
@@ -155,8 +157,14 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
             format!("frame of {len} bytes is over the limit"),
         ));
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    // Grown as the bytes arrive, not reserved from the length alone: anyone who can
+    // reach the peer port could otherwise make this node reserve 1 GiB per connection
+    // with four bytes.
+    let mut body = Vec::with_capacity(len.min(FRAME_RESERVE_BYTES_MAX));
+    (&mut *stream).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the connection ended inside a frame"));
+    }
     postcard::from_bytes(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
@@ -261,11 +269,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            let ttl = option.hard_ttl().max(STREAM_SILENCE_MAX);
             let stream = match self.stream.take() {
                 Some(stream) => stream,
-                None => self.connect().await.map_err(rpc_error)?,
+                // Bounded: a peer whose packets vanish would otherwise hold this stream
+                // through TCP's connect retries (minutes) after the network heals.
+                None => match tokio::time::timeout(ttl, self.connect()).await {
+                    Ok(connected) => connected.map_err(rpc_error)?,
+                    Err(_) => {
+                        let text = format!("node {} at {}: no connection within {ttl:?}", self.target, self.addr);
+                        return Err(rpc_error(Failure::Unreachable(text)));
+                    }
+                },
             };
-            let ttl = option.hard_ttl().max(STREAM_SILENCE_MAX);
             let pipeline = Pipeline {
                 client: self,
                 stream: Some(stream),
@@ -402,7 +418,7 @@ where
                     None => {
                         self.input_done = true;
                         if let Some((held, _)) = self.held.take() {
-                            if let Err(failure) = self.send(held).await {
+                            if let Err(failure) = self.send(held, ttl).await {
                                 return Some(Err(failure));
                             }
                         }
@@ -416,14 +432,14 @@ where
                         if request.entries.is_empty() && self.matched == Some(request.prev_log_id) {
                             let until = replaced.as_ref().map_or_else(|| tokio::time::Instant::now() + COMMIT_HOLD, |(_, until)| *until);
                             self.held = Some((request, until));
-                        } else if let Err(failure) = self.send(request).await {
+                        } else if let Err(failure) = self.send(request, ttl).await {
                             return Some(Err(failure));
                         }
                     }
                 },
                 _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)), if hold_until.is_some() => {
                     let (held, _) = self.held.take().expect("a request is held");
-                    if let Err(failure) = self.send(held).await {
+                    if let Err(failure) = self.send(held, ttl).await {
                         return Some(Err(failure));
                     }
                 }
@@ -440,14 +456,25 @@ where
         }
     }
 
-    /// Writes one request to the peer and expects its answer.
-    async fn send(&mut self, request: AppendEntriesRequest<TypeConfig>) -> Result<(), Failure> {
+    /// Writes one request to the peer and expects its answer. A peer that takes no
+    /// bytes for `ttl` (its receive window full, or the network gone quiet) fails the
+    /// session, as one that does not answer does.
+    async fn send(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        ttl: std::time::Duration,
+    ) -> Result<(), Failure> {
         let prev = request.prev_log_id;
         let last = request.entries.last().map(|e| e.log_id).or(prev);
         let stream = self.stream.as_mut().expect("present until the session ends");
-        write_frame_with(stream, &PeerRequest::AppendEntries(request), &mut self.sent)
-            .await
-            .map_err(|e| Failure::Network(e.to_string()))?;
+        let request = PeerRequest::AppendEntries(request);
+        let write = write_frame_with(stream, &request, &mut self.sent);
+        match tokio::time::timeout(ttl, write).await {
+            Ok(written) => written.map_err(|e| Failure::Network(e.to_string()))?,
+            Err(_) => {
+                return Err(Failure::Network(format!("node {} took no bytes within {ttl:?}", self.client.target)))
+            }
+        }
         self.unanswered.push_back((prev, last));
         Ok(())
     }
@@ -462,7 +489,7 @@ where
             return Some(Err(Failure::Network(format!("frame of {len} bytes is over the limit"))));
         }
         if self.received.len() < 4 + len {
-            self.received.reserve(4 + len - self.received.len());
+            self.received.reserve((4 + len - self.received.len()).min(FRAME_RESERVE_BYTES_MAX));
             return None;
         }
         let frame = self.received.split_to(4 + len);
@@ -475,6 +502,11 @@ where
             return Err(Failure::Network("an answer to no request".into()));
         };
         match response {
+            PeerResponse::AppendEntries(Ok(AppendEntriesResponse::Conflict)) if prev.is_none() => {
+                // Nothing precedes the log's first entry to conflict with; openraft
+                // would panic on it. No follower sends this.
+                Err(Failure::Network("peer answered Conflict to a request starting the log".into()))
+            }
             PeerResponse::AppendEntries(Ok(response)) => {
                 // A partial success ends the session: openraft resends the rest.
                 let partial = matches!(&response, AppendEntriesResponse::PartialSuccess(done) if *done != last);
@@ -623,6 +655,73 @@ mod tests {
             entries: entries.iter().map(|&i| super::super::Entry::new_blank(log_id(i))).collect(),
             leader_commit: prev.map(log_id),
         }
+    }
+
+    /// A pipeline to a peer listening on `listener`, and the sender of its requests.
+    async fn pipeline_to(
+        addr: String,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<AppendEntriesRequest<TypeConfig>>,
+        BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+    ) {
+        let client = Box::leak(Box::new(PeerClient { target: 2, addr, stream: None, pipeline_depth: 1 }));
+        let (input, requests) = tokio::sync::mpsc::unbounded_channel();
+        let requests = futures_util::stream::unfold(requests, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let option = RPCOption::new(Duration::from_millis(200));
+        (input, client.stream_append(Box::pin(requests), option).await.expect("stream"))
+    }
+
+    #[tokio::test]
+    async fn a_conflict_before_the_first_entry_is_an_error_not_a_panic() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let follower = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let _: PeerRequest = read_frame(&mut stream).await.expect("a request");
+            let conflict = PeerResponse::AppendEntries(Ok(AppendEntriesResponse::Conflict));
+            write_frame(&mut stream, &conflict).await.expect("answer");
+            stream
+        });
+        let (input, mut answers) = pipeline_to(addr).await;
+        input.send(request(None, &[1])).expect("queued");
+        let answer = answers.next().await.expect("an answer");
+        let Err(e) = answer else { panic!("not an error: {answer:?}") };
+        assert!(e.to_string().contains("Conflict to a request starting the log"), "{e}");
+        drop(follower.await.expect("follower"));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_takes_no_bytes_fails_the_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        // Accepts and never reads: the request below is larger than the socket buffers.
+        let follower = tokio::spawn(async move { listener.accept().await.expect("accept").0 });
+        let (input, mut answers) = pipeline_to(addr).await;
+        let entries: Vec<u64> = (1..=1_000_000).collect();
+        input.send(request(None, &entries)).expect("queued");
+        let answer =
+            tokio::time::timeout(Duration::from_secs(20), answers.next()).await.expect("within the silence bound");
+        let Some(Err(e)) = answer else { panic!("not an error: {answer:?}") };
+        assert!(e.to_string().contains("took no bytes within"), "{e}");
+        drop(follower.await.expect("follower"));
+    }
+
+    #[tokio::test]
+    async fn a_frame_longer_than_its_connection_is_an_error() {
+        let (mut near, mut far) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            // Says 512 MiB, sends 3 bytes, closes.
+            far.write_all(&(512u32 << 20).to_le_bytes()).await.expect("length");
+            far.write_all(b"abc").await.expect("bytes");
+        });
+        let read = read_frame::<PeerRequest>(&mut near).await;
+        writer.await.expect("writer");
+        let Err(e) = read else { panic!("read a frame") };
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        let (mut near, mut far) = tokio::io::duplex(64);
+        far.write_all(&(FRAME_BYTES_MAX as u32 + 1).to_le_bytes()).await.expect("length");
+        let Err(over) = read_frame::<PeerRequest>(&mut near).await else { panic!("read a frame over the limit") };
+        assert!(over.to_string().contains("over the limit"), "{over}");
     }
 
     /// openraft takes an answer as the follower's acknowledgement at the time it built
