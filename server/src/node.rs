@@ -39,6 +39,10 @@ pub enum NodeError {
         "TRYAGAIN the leader changed before this write was confirmed; it may have been applied (check before retrying)"
     )]
     Discarded,
+    /// The leader committed a forwarded write, but this node did not apply it within
+    /// `0` ms, so it cannot answer it as its own. Not retried here.
+    #[error("TRYAGAIN the leader committed this write but this node did not apply it within {0} ms; it may have been applied (check before retrying)")]
+    Unconfirmed(u64),
     /// An admin request the cluster refused; the text is the whole wire error.
     #[error("{0}")]
     Refused(String),
@@ -277,7 +281,9 @@ impl Node {
             .wait(Some(FORWARD_TIMEOUT))
             .applied_index_at_least(Some(index), "the forwarded entry is applied here")
             .await
-            .map_err(|_| NodeError::TryAgain)?;
+            // The leader answered, so the write is in: a plain TRYAGAIN would invite
+            // the client to apply it a second time.
+            .map_err(|_| NodeError::Unconfirmed(FORWARD_TIMEOUT.as_millis() as u64))?;
         Ok(applied)
     }
 
@@ -560,5 +566,21 @@ mod tests {
         let discarded = refused(ClientWriteError::LogEntryDiscarded(to(Some(2))));
         assert_eq!(discarded, NodeError::Discarded);
         assert!(discarded.to_string().starts_with("TRYAGAIN "), "clients see a TRYAGAIN: {discarded}");
+    }
+
+    /// The Rust client reports a TRYAGAIN as an unknown outcome (never resent unless
+    /// safe) when it says "no quorum" or "may have been applied": every error after
+    /// which the write may be in the log says one of them.
+    #[test]
+    fn errors_after_which_a_write_may_be_in_the_log_say_so() {
+        for e in [NodeError::Discarded, NodeError::Unconfirmed(10_000), NodeError::NoQuorum(3_000)] {
+            let text = e.to_string();
+            assert!(text.starts_with("TRYAGAIN "), "{text}");
+            assert!(text.contains("may have been applied") || text.contains("no quorum"), "{text}");
+        }
+        for e in [NodeError::TryAgain, NodeError::NotLeader(2)] {
+            let text = e.to_string();
+            assert!(!text.contains("may have been applied") && !text.contains("no quorum"), "{text}");
+        }
     }
 }
