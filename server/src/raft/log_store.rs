@@ -144,6 +144,13 @@ impl Disk {
     fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
         self.wal.lock().expect("the WAL lock is never poisoned: no panics while held")
     }
+
+    /// Nothing is queued on either thread: every earlier change is on disk. `routed`
+    /// is read first: the purge thread counts a job into `queued` before out of
+    /// `routed`, so both read as zero only when nothing is on either thread.
+    fn idle(&self) -> bool {
+        self.routed.load(Ordering::Acquire) == 0 && self.queued.load(Ordering::Acquire) == 0
+    }
 }
 
 struct Inner {
@@ -539,11 +546,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // so a follower's answer to the old leader, held until its entries are durable,
         // would go out while they are still in the WAL thread's queue, and a crash
         // could then lose entries the leader counted as replicated.
-        let idle = {
-            let inner = self.lock();
-            // `routed` first, as in `append`.
-            inner.disk.routed.load(Ordering::Acquire) == 0 && inner.disk.queued.load(Ordering::Acquire) == 0
-        };
+        let idle = self.lock().disk.idle();
         if !idle {
             self.run(|done| Job::Barrier { done }).await?;
         }
@@ -592,10 +595,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner.payloads.extend(payloads.iter().cloned());
         inner.trim_decoded();
         debug_assert_eq!(inner.decoded.back().map(|e| e.index()), Some(inner.next_index() - 1));
-        // `routed` first: the purge thread counts a job into `queued` before out of
-        // `routed`, so both read as zero only when nothing is on either thread.
-        let idle = inner.disk.routed.load(Ordering::Acquire) == 0 && inner.disk.queued.load(Ordering::Acquire) == 0;
-        if inner.load.lone_write() && idle {
+        if inner.load.lone_write() && inner.disk.idle() {
             // The WAL thread is idle, nothing waits on the purge thread to reach it, and
             // both stay so: only appends, truncates and purges queue work, and openraft
             // calls them one at a time. The entries are in the cache already, so readers
