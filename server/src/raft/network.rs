@@ -657,18 +657,24 @@ mod tests {
         }
     }
 
-    /// A pipeline to a peer listening on `listener`, and the sender of its requests.
-    async fn pipeline_to(
-        addr: String,
+    /// A client of the peer at `addr`.
+    fn peer(addr: String) -> PeerClient {
+        PeerClient { target: 2, addr, stream: None, pipeline_depth: 1 }
+    }
+
+    /// A pipelined AppendEntries session of `client` (openraft's `hard_ttl` of
+    /// `hard_ttl`), and the sender that feeds it requests.
+    async fn pipeline(
+        client: &mut PeerClient,
+        hard_ttl: Duration,
     ) -> (
         tokio::sync::mpsc::UnboundedSender<AppendEntriesRequest<TypeConfig>>,
-        BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+        BoxStream<'_, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
     ) {
-        let client = Box::leak(Box::new(PeerClient { target: 2, addr, stream: None, pipeline_depth: 1 }));
         let (input, requests) = tokio::sync::mpsc::unbounded_channel();
         let requests = futures_util::stream::unfold(requests, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-        let option = RPCOption::new(Duration::from_millis(200));
-        (input, client.stream_append(Box::pin(requests), option).await.expect("stream"))
+        let answers = client.stream_append(Box::pin(requests), RPCOption::new(hard_ttl)).await.expect("stream");
+        (input, answers)
     }
 
     #[tokio::test]
@@ -682,7 +688,8 @@ mod tests {
             write_frame(&mut stream, &conflict).await.expect("answer");
             stream
         });
-        let (input, mut answers) = pipeline_to(addr).await;
+        let mut client = peer(addr);
+        let (input, mut answers) = pipeline(&mut client, Duration::from_millis(200)).await;
         input.send(request(None, &[1])).expect("queued");
         let answer = answers.next().await.expect("an answer");
         let Err(e) = answer else { panic!("not an error: {answer:?}") };
@@ -696,7 +703,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         // Accepts and never reads: the request below is larger than the socket buffers.
         let follower = tokio::spawn(async move { listener.accept().await.expect("accept").0 });
-        let (input, mut answers) = pipeline_to(addr).await;
+        let mut client = peer(addr);
+        let (input, mut answers) = pipeline(&mut client, Duration::from_millis(200)).await;
         let entries: Vec<u64> = (1..=1_000_000).collect();
         input.send(request(None, &entries)).expect("queued");
         let answer =
@@ -748,11 +756,8 @@ mod tests {
             write_frame_with(&mut stream, &success, &mut scratch).await.expect("answer");
             stream
         });
-        let mut client = PeerClient { target: 2, addr, stream: None, pipeline_depth: 1 };
-        let (input, requests) = tokio::sync::mpsc::unbounded_channel();
-        let requests = futures_util::stream::unfold(requests, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-        let option = RPCOption::new(Duration::from_secs(5));
-        let mut answers = client.stream_append(Box::pin(requests), option).await.expect("stream");
+        let mut client = peer(addr);
+        let (input, mut answers) = pipeline(&mut client, Duration::from_secs(5)).await;
 
         input.send(request(None, &[1])).expect("queued");
         let first = answers.next().await.expect("an answer").expect("no error");
