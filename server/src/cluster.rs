@@ -10,14 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::node::{Node, NodeError};
+use crate::node::{write_error, Node, NodeError};
 use crate::raft::network::{PeerRequest, PeerResponse};
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::NodeId;
 
 /// A membership or leadership change, as the leader executes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,17 +78,6 @@ fn refused(text: impl Into<String>) -> NodeError {
     NodeError::Refused(text.into())
 }
 
-fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NodeError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader)
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => refused(format!("ERR {e}")),
-        RaftError::APIError(e) => refused(format!("ERR {e}")),
-        RaftError::Fatal(e) => NodeError::Fatal(e.to_string()),
-    }
-}
-
 impl Node {
     /// Runs a membership or leadership change on the leader, forwarding it there if
     /// this node does not lead. Answers a one-line summary.
@@ -98,7 +86,7 @@ impl Node {
             Err(NodeError::NotLeader(leader)) => {
                 match self.ask_leader(leader, PeerRequest::Admin(op), CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT).await? {
                     PeerResponse::Admin(Ok(done)) => Ok(done),
-                    PeerResponse::Admin(Err(text)) if text.starts_with("TRYAGAIN") => Err(NodeError::TryAgain),
+                    // Word for word, a TRYAGAIN too: it may say the change's outcome is unknown.
                     PeerResponse::Admin(Err(text)) => Err(refused(text)),
                     _ => Err(NodeError::Fatal("the leader answered another request".into())),
                 }

@@ -43,7 +43,8 @@ pub enum NodeError {
     /// `0` ms, so it cannot answer it as its own. Not retried here.
     #[error("TRYAGAIN the leader committed this write but this node did not apply it within {0} ms; it may have been applied (check before retrying)")]
     Unconfirmed(u64),
-    /// An admin request the cluster refused; the text is the whole wire error.
+    /// A request the cluster refused: an admin change, or a forwarded write the leader
+    /// answered with its own TRYAGAIN. The text is the whole wire error.
     #[error("{0}")]
     Refused(String),
     /// The node failed (storage error, shutting down).
@@ -268,11 +269,10 @@ impl Node {
         let response = self.ask_leader(leader, request, FORWARD_TIMEOUT).await?;
         let (applied, index) = match response {
             crate::raft::network::PeerResponse::Forward(Ok(done)) => done,
-            crate::raft::network::PeerResponse::Forward(Err(text)) if text == NodeError::Discarded.to_string() => {
-                return Err(NodeError::Discarded)
-            }
+            // Word for word: the leader's TRYAGAIN may say that the write's outcome is
+            // unknown ("no quorum", "may have been applied"), which the client must see.
             crate::raft::network::PeerResponse::Forward(Err(text)) if text.starts_with("TRYAGAIN") => {
-                return Err(NodeError::TryAgain)
+                return Err(NodeError::Refused(text))
             }
             crate::raft::network::PeerResponse::Forward(Err(text)) => return Err(NodeError::Fatal(text)),
             _ => return Err(NodeError::Fatal("the leader answered another request".into())),
@@ -500,16 +500,21 @@ async fn watch_membership(raft: Raft, load: Arc<WriteLoad>) {
     }
 }
 
-/// What a refused or failed `client_write` means for the client. Only the errors from
-/// before the entry was appended (`ForwardToLeader`) are safe for `propose` to retry
-/// or forward: a discarded entry may still have committed through the new leader.
-fn write_error(e: RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>) -> NodeError {
+/// What a refused or failed `client_write` or membership change means for the client.
+/// Only the errors from before the entry was appended (`ForwardToLeader`) are safe for
+/// `propose` to retry or forward: a discarded entry may still have committed through
+/// the new leader.
+pub(crate) fn write_error(
+    e: RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>,
+) -> NodeError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader)
         }
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => NodeError::Discarded,
-        e => NodeError::Fatal(e.to_string()),
+        // A membership change (or a precondition) the cluster refused.
+        RaftError::APIError(e) => NodeError::Refused(format!("ERR {e}")),
+        RaftError::Fatal(e) => NodeError::Fatal(e.to_string()),
     }
 }
 
