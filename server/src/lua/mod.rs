@@ -15,13 +15,13 @@
 //!   whose order follows their addresses.
 //!
 //! A run is bounded by an instruction budget counted by a Lua hook, set afresh for
-//! every run (deterministic on every replica, unlike a wall-clock limit). A script that errors or exhausts the
-//! budget is rolled back whole by `fencelock_core::StateMachine::apply_script`.
+//! every run (deterministic on every replica, unlike a wall-clock limit). A script
+//! that errors or exhausts the budget is rolled back whole by
+//! `fencelock_core::StateMachine::apply_script`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use fencelock_core::{Error as CoreError, Script};
@@ -187,7 +187,6 @@ pub struct LuaEngine {
     env_meta: Table,
     helpers: Table,
     reset_random: Function,
-    budget: Arc<AtomicU64>,
     /// Instructions one run may take (`INSTRUCTIONS_MAX`; tests set less).
     instructions_max: u64,
     compiled: Compiled,
@@ -237,14 +236,12 @@ impl LuaEngine {
         let env_meta = lua.create_table().map_err(lua_err)?;
         env_meta.raw_set("__index", base.clone()).map_err(lua_err)?;
         let helpers = Self::helpers(&lua)?;
-        let budget = Arc::new(AtomicU64::new(0));
         Ok(LuaEngine {
             lua,
             base,
             env_meta,
             helpers,
             reset_random,
-            budget,
             instructions_max: INSTRUCTIONS_MAX,
             compiled: Compiled { by_sha: HashMap::new(), order: VecDeque::new() },
             runs: ScriptRuns::default(),
@@ -336,8 +333,7 @@ impl LuaEngine {
     /// the same script could pass on one replica and be rolled back on another.
     fn arm_budget(&mut self) -> Result<(), String> {
         let limit = self.instructions_max;
-        self.budget.store(limit.div_ceil(u64::from(HOOK_EVERY)), Ordering::Relaxed);
-        let budget = Arc::clone(&self.budget);
+        let budget = AtomicU64::new(limit.div_ceil(u64::from(HOOK_EVERY)));
         self.lua
             .set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
                 if budget.fetch_sub(1, Ordering::Relaxed) <= 1 {
