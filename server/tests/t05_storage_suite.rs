@@ -128,6 +128,7 @@ async fn an_append_right_after_a_purge_past_the_end_of_the_log() {
     for inline in [false, true] {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("raft");
+        let expected = vec![log_id(2, 31), log_id(2, 32), log_id(3, 33)];
         {
             let mut store = LogStore::open(&path).expect("open");
             store.write_load().set_solo(inline);
@@ -136,13 +137,12 @@ async fn an_append_right_after_a_purge_past_the_end_of_the_log() {
             append(&mut store, (31..=33).map(|i| blank(2, i)).collect()).await;
             store.truncate_after(Some(log_id(2, 32))).await.expect("truncate");
             append(&mut store, vec![blank(3, 33)]).await;
-            let expected = vec![log_id(2, 31), log_id(2, 32), log_id(3, 33)];
             assert_eq!(log_ids(&mut store).await, expected, "inline {inline}");
         }
         let mut store = LogStore::open(&path).expect("reopen");
         let state = store.get_log_state().await.expect("log state");
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 30)), "inline {inline}");
-        assert_eq!(log_ids(&mut store).await, vec![log_id(2, 31), log_id(2, 32), log_id(3, 33)], "inline {inline}");
+        assert_eq!(log_ids(&mut store).await, expected, "inline {inline}");
     }
 }
 
