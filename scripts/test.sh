@@ -79,6 +79,10 @@ bench_out="$(mktemp -d)"
     --clients-other 8 --renew-locks 200 --million 2000 --million-clients 4 --connections 200 --active 20 \
     --out "$bench_out" --binary "$CARGO_TARGET_DIR/debug/fencelock"
 test -s "$bench_out/lock.png"
+# A fixed operation count instead of a fixed time (--ops): every cell ends after 300.
+"$CARGO_TARGET_DIR/debug/fencelock-bench" --targets fencelock,redis --workloads lock --clients 2 --half-load-at 2 \
+    --paced-rate 500 --ops 300 --warmup 0.2s --out "$bench_out/ops" --binary "$CARGO_TARGET_DIR/debug/fencelock"
+test "$(grep -c '^| \(fencelock\|redis\) | lock |' "$bench_out/ops/results.md")" = 6
 rm -rf "$bench_out"
 
 step "python binding: build the wheel (maturin) and test it against real servers"

@@ -64,12 +64,31 @@ impl Cell {
     }
 }
 
+/// How much of a cell is measured: `--duration` or `--ops`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// A fixed time.
+    Time(Duration),
+    /// A fixed number of operations over all clients (a pipelined batch that crosses the
+    /// count is recorded whole), for up to `OPS_WINDOW_MAX`.
+    Ops(u64),
+}
+
+/// How long a `Window::Ops` cell may take before it fails: a target that stalls must
+/// not hold the run forever.
+pub const OPS_WINDOW_MAX: Duration = Duration::from_secs(600);
+
 struct Shared {
     ready: AtomicUsize,
     go: AtomicBool,
     measuring: AtomicBool,
     stop: AtomicBool,
+    /// Operations done in the measured window (those past `limit` are not recorded).
     ops: AtomicU64,
+    /// `Window::Ops`: how many operations the window holds.
+    limit: Option<u64>,
+    /// When the operation that filled `limit` finished.
+    filled_at: std::sync::OnceLock<Instant>,
     /// The slowest operation since the last progress line, µs.
     max_us: AtomicU64,
     /// Operations slower than `SLOW_US` since the last progress line.
@@ -110,6 +129,26 @@ fn counted_from(due: Instant, idle: bool, sent: Instant) -> Instant {
     }
 }
 
+/// What a finished step of `done` operations does in the measured window, given the
+/// operations counted `before` it.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// Recorded; the window goes on.
+    Record,
+    /// Recorded, and it completes an op-count window: its end is the window's end.
+    Fills,
+    /// Not recorded: the op-count window was full before it.
+    Full,
+}
+
+fn claim(limit: Option<u64>, before: u64, done: u64) -> Claim {
+    match limit {
+        Some(limit) if before >= limit => Claim::Full,
+        Some(limit) if before + done >= limit => Claim::Fills,
+        _ => Claim::Record,
+    }
+}
+
 /// Runs one client until told to stop. With `interval`, operations are scheduled at
 /// that spacing and latency counts from the scheduled start (no coordinated omission),
 /// less the timer's rounding when the client was idle at the schedule.
@@ -146,8 +185,15 @@ async fn client_task(
         n += 1;
         if s.measuring.load(Ordering::Relaxed) {
             let took_us = started.elapsed().as_micros().max(1) as u64;
+            let before = s.ops.fetch_add(done, Ordering::Relaxed);
+            match claim(s.limit, before, done) {
+                Claim::Full => continue,
+                Claim::Fills => {
+                    let _ = s.filled_at.set(Instant::now());
+                }
+                Claim::Record => {}
+            }
             let _ = hist.record_n(took_us, done);
-            s.ops.fetch_add(done, Ordering::Relaxed);
             s.max_us.fetch_max(took_us, Ordering::Relaxed);
             if took_us > SLOW_US {
                 s.slow.fetch_add(done, Ordering::Relaxed);
@@ -162,13 +208,7 @@ async fn client_task(
 
 /// Runs a cell. `rate` (operations per second over all clients) paces it; `None` runs
 /// every client flat out.
-pub async fn run(
-    p: Params,
-    rate: Option<f64>,
-    warmup: Duration,
-    measure: Duration,
-    t: &Target,
-) -> Result<Cell, String> {
+pub async fn run(p: Params, rate: Option<f64>, warmup: Duration, window: Window, t: &Target) -> Result<Cell, String> {
     let p = Arc::new(p);
     let s = Arc::new(Shared {
         ready: AtomicUsize::new(0),
@@ -176,6 +216,11 @@ pub async fn run(
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         ops: AtomicU64::new(0),
+        limit: match window {
+            Window::Ops(n) => Some(n.max(1)),
+            Window::Time(_) => None,
+        },
+        filled_at: std::sync::OnceLock::new(),
         max_us: AtomicU64::new(0),
         slow: AtomicU64::new(0),
     });
@@ -198,9 +243,20 @@ pub async fn run(
     let cpu_before = t.cpu_us();
     let client_cpu_before = crate::targets::cpu_us_of(std::process::id());
     let began = Instant::now();
-    let mut last = 0;
-    while began.elapsed() < measure {
-        tokio::time::sleep(Duration::from_secs(1).min(measure.saturating_sub(began.elapsed()))).await;
+    let measure = match window {
+        Window::Time(d) => d,
+        Window::Ops(_) => OPS_WINDOW_MAX,
+    };
+    let (mut last, mut last_at) = (0, began);
+    let mut next_line = began + Duration::from_secs(1);
+    while began.elapsed() < measure && s.filled_at.get().is_none() {
+        // An op-count window is checked every 10 ms; progress lines stay one a second.
+        let step = if s.limit.is_some() { Duration::from_millis(10) } else { Duration::from_secs(1) };
+        tokio::time::sleep(step.min(measure.saturating_sub(began.elapsed()))).await;
+        if Instant::now() < next_line && began.elapsed() < measure && s.filled_at.get().is_none() {
+            continue;
+        }
+        next_line += Duration::from_secs(1);
         let now = s.ops.load(Ordering::Relaxed);
         // The slowest operation and the count over 5 ms, per line: a tail shows which
         // second it came in, to line it up with the servers' logs.
@@ -209,17 +265,17 @@ pub async fn run(
             "    {:>5.1} s ({} UTC): {:>9.0} ops/s, slowest {:>8.1} ms, {slow} over {} ms",
             began.elapsed().as_secs_f64(),
             utc_time_of_day(),
-            (now - last) as f64,
+            (now - last) as f64 / last_at.elapsed().as_secs_f64().max(1e-3),
             max_us as f64 / 1000.0,
             SLOW_US / 1000
         );
-        last = now;
+        (last, last_at) = (now, Instant::now());
         if tasks.iter().all(|t| t.is_finished()) {
             break;
         }
     }
     s.measuring.store(false, Ordering::SeqCst);
-    let elapsed = began.elapsed();
+    let elapsed = s.filled_at.get().map_or_else(|| began.elapsed(), |at| at.duration_since(began));
     let cpu_us = t.cpu_us().saturating_sub(cpu_before);
     let client_cpu_us = crate::targets::cpu_us_of(std::process::id()).saturating_sub(client_cpu_before);
     let rss_mib = t.rss_kib().into_iter().max().unwrap_or(0) as f64 / 1024.0;
@@ -234,6 +290,13 @@ pub async fn run(
     }
     if let Some(e) = failure {
         return Err(format!("{} / {} / {}: {e}", t.kind.name(), p.workload.name(), p.style.name()));
+    }
+    if let (Some(limit), None) = (s.limit, s.filled_at.get()) {
+        return Err(format!(
+            "{} of the {limit} operations asked for (--ops) in the {} s limit",
+            total.len(),
+            OPS_WINDOW_MAX.as_secs()
+        ));
     }
     Ok(Cell {
         target: t.kind.name(),
@@ -268,5 +331,17 @@ mod tests {
         // Behind schedule (the last operation ran long): from the schedule.
         assert_eq!(counted_from(due, false, due + us(3_000)), due);
         assert_eq!(counted_from(due, false, due + us(300)), due);
+    }
+
+    #[test]
+    fn an_op_count_window_records_up_to_its_count_and_ends_on_the_step_that_fills_it() {
+        assert_eq!(claim(None, 1_000_000, 1), Claim::Record, "a timed window takes every step");
+        assert_eq!(claim(Some(100), 0, 1), Claim::Record);
+        assert_eq!(claim(Some(100), 98, 1), Claim::Record);
+        assert_eq!(claim(Some(100), 99, 1), Claim::Fills, "the 100th operation ends it");
+        assert_eq!(claim(Some(100), 100, 1), Claim::Full, "the 101st is not recorded");
+        // A pipelined batch that crosses the count is recorded whole and ends the window.
+        assert_eq!(claim(Some(100), 96, 8), Claim::Fills);
+        assert_eq!(claim(Some(100), 104, 8), Claim::Full);
     }
 }

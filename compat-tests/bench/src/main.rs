@@ -35,6 +35,10 @@ struct Args {
     /// Measured time per cell (e.g. 10s).
     #[arg(long, default_value = "5s")]
     duration: String,
+    /// Measure each cell for this many operations instead of for --duration (0: use
+    /// --duration). A cell that does not reach it in 10 minutes fails.
+    #[arg(long, default_value_t = 0)]
+    ops: u64,
     /// Warm-up per cell, not measured.
     #[arg(long, default_value = "1s")]
     warmup: String,
@@ -133,7 +137,11 @@ fn check_rate(flag: &str, rate: f64) -> Result<f64, String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let (warmup, measure) = (parse_secs(&args.warmup)?, parse_secs(&args.duration)?);
+    let warmup = parse_secs(&args.warmup)?;
+    let measure = match args.ops {
+        0 => cell::Window::Time(parse_secs(&args.duration)?),
+        n => cell::Window::Ops(n),
+    };
     check_rate("--paced-rate", args.paced_rate)?;
     check_rate("--active-rate", args.active_rate)?;
     let clients: Vec<usize> = args

@@ -46,7 +46,7 @@ pub async fn million(
     base: Params,
     count: usize,
     warmup: Duration,
-    measure: Duration,
+    measure: crate::cell::Window,
 ) -> Result<Cell, String> {
     let before = largest(&t.rss_kib());
     let filled = Arc::new(AtomicU64::new(0));
@@ -143,7 +143,7 @@ pub async fn connections(
     total: usize,
     rate: Option<f64>,
     warmup: Duration,
-    measure: Duration,
+    measure: crate::cell::Window,
 ) -> Result<Cell, String> {
     let idle_count = total.saturating_sub(base.clients);
     let before = largest(&t.rss_kib());
