@@ -584,6 +584,21 @@ impl Command {
                 | Command::ConfigList { .. }
         )
     }
+
+    /// True for the commands that may share a log entry with others
+    /// ([`crate::StateMachine::apply_group`]): a leader groups concurrent clients' writes
+    /// of these into one entry. They draw no id from the entry's log index (waiter,
+    /// session and queue-slot ids are the index of the entry that made them, so two
+    /// in one entry would collide): try-acquires, releases and renewals of locks, and
+    /// the keyspace writes Redis lock clients send (SET, DEL).
+    pub fn is_groupable(&self) -> bool {
+        match self {
+            Command::Lock(request) => matches!(request.wait, Wait::Try),
+            Command::Unlock { .. } | Command::Renew { .. } | Command::Del { .. } => true,
+            Command::Set(request) => request.session.is_none(),
+            _ => false,
+        }
+    }
 }
 
 /// A successful grant of a lock, permits or leadership.
@@ -769,6 +784,15 @@ pub enum Event {
 pub struct Output {
     /// The reply to the client that proposed the entry.
     pub reply: crate::Result<Reply>,
+    /// Notifications for waiting or watching clients, in the order they happened.
+    pub events: Vec<Event>,
+}
+
+/// What applying a group of commands in one entry produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOutput {
+    /// Each command's reply, in the group's order.
+    pub replies: Vec<crate::Result<Reply>>,
     /// Notifications for waiting or watching clients, in the order they happened.
     pub events: Vec<Event>,
 }

@@ -71,8 +71,9 @@ mod state;
 mod waiter;
 
 pub use command::{
-    CampaignRequest, Command, Condition, Event, Grant, HolderInfo, KeyChange, LockInfo, LockMode, LockRequest, Output,
-    Reply, SemaphoreRequest, SessionId, SetCondition, SetExpiry, SetRequest, Wait, WaitEnd, WaiterId,
+    CampaignRequest, Command, Condition, Event, Grant, GroupOutput, HolderInfo, KeyChange, LockInfo, LockMode,
+    LockRequest, Output, Reply, SemaphoreRequest, SessionId, SetCondition, SetExpiry, SetRequest, Wait, WaitEnd,
+    WaiterId,
 };
 pub use error::{Error, Result};
 pub use limits::{Limit, Limits};

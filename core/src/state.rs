@@ -21,7 +21,7 @@ use bytes::Bytes;
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Event, Output, Reply, SessionId, WaitEnd, WaiterId};
+use crate::command::{Command, Event, GroupOutput, Output, Reply, SessionId, WaitEnd, WaiterId};
 use crate::error::{over, Error, Result};
 use crate::limits::{Limit, Limits};
 use crate::name::Name;
@@ -184,6 +184,35 @@ impl StateMachine {
         let reply = self.dispatch_lent(command);
         let events = self.end_entry();
         Output { reply, events }
+    }
+
+    /// Apply one committed log entry that carries several commands: concurrent writes
+    /// of different clients that the leader grouped to spend one entry (one log
+    /// record, one replication slot, one apply) on all of them. Every command must be
+    /// [`Command::is_groupable`].
+    ///
+    /// Each command sees the state the ones before it left, exactly as if each were an
+    /// entry of its own with the same stamp (what is freed is granted before the next
+    /// runs), with one difference: only the entry's first fence can equal its log
+    /// index; later ones count up from it.
+    pub fn apply_group<C: Borrow<Command>>(
+        &mut self,
+        log_index: u64,
+        leader_time_ms: u64,
+        commands: &[C],
+    ) -> GroupOutput {
+        assert!(commands.iter().all(|c| c.borrow().is_groupable()), "only groupable commands share an entry");
+        self.begin_entry(log_index, leader_time_ms, false);
+        let mut replies = Vec::with_capacity(commands.len());
+        for command in commands {
+            replies.push(self.dispatch_lent(command.borrow()));
+            // What this command freed goes to the waiters before the next command runs,
+            // as the end of its own entry would have done.
+            self.pump();
+        }
+        let events = self.end_entry();
+        assert_eq!(replies.len(), commands.len());
+        GroupOutput { replies, events }
     }
 
     /// The part of applying an entry that comes before its command: advance the clock,

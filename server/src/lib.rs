@@ -28,3 +28,4 @@ pub mod raft;
 pub mod resp;
 pub mod server;
 pub mod watch;
+pub mod write_group;

@@ -112,6 +112,8 @@ pub struct Node {
     /// Writes in flight here, and whether we are alone: the log store syncs a lone
     /// write inline.
     write_load: Arc<WriteLoad>,
+    /// Concurrent client writes being gathered into one entry.
+    groups: crate::write_group::WriteGroups,
 }
 
 fn random_u64() -> u64 {
@@ -207,6 +209,7 @@ impl Node {
             test_clock: config.test_clock,
             forward_pool: Default::default(),
             write_load,
+            groups: Default::default(),
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
@@ -359,11 +362,27 @@ impl Node {
     }
 
     /// Commits a command through the log and returns the core's answer.
-    pub async fn write(&self, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+    ///
+    /// While other writes are in flight here, a groupable command shares a log entry
+    /// with the writes that arrive with it (`write_group`).
+    pub async fn write(self: &Arc<Self>, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+        if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable(&command) {
+            return crate::write_group::write(self, command).await;
+        }
+        self.write_alone(command).await
+    }
+
+    /// Commits one command in an entry of its own.
+    pub(crate) async fn write_alone(&self, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
         match self.propose(Op::Core(command)).await? {
             Applied::Core(reply) => Ok(reply),
             other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),
         }
+    }
+
+    /// The write group being gathered (`write_group`).
+    pub fn groups(&self) -> &crate::write_group::WriteGroups {
+        &self.groups
     }
 
     /// Applies MULTI's queued commands in one entry.

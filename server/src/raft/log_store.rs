@@ -117,6 +117,11 @@ impl WriteLoad {
         WriteInFlight(Arc::clone(self))
     }
 
+    /// Client writes proposed here and not yet answered.
+    pub fn writes_in_flight(&self) -> usize {
+        self.writes_in_flight.load(Ordering::Relaxed)
+    }
+
     /// Whether this node is alone and has no client write in flight: the runtime
     /// thread may poll for the next request before sleeping (`idle_spin`).
     pub fn idle_solo(&self) -> bool {

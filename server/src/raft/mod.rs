@@ -77,6 +77,10 @@ pub enum Op {
     /// MULTI ... EXEC: every command applied in this one entry, each answering on its
     /// own (a failing command does not undo the others, as in Redis).
     Multi(Vec<Command>),
+    /// Concurrent writes of different clients that the leader grouped into one entry
+    /// (`write_group`): each applied in turn, each answering on its own
+    /// (`Applied::Multi`). Only `Command::is_groupable` commands.
+    Group(Vec<Command>),
 }
 
 impl fmt::Display for Proposal {
@@ -95,7 +99,7 @@ pub enum Applied {
     Core(Result<Reply, fencelock_core::Error>),
     /// A script's reply, or its error text (it was rolled back).
     Script(Result<crate::lua::ScriptReply, String>),
-    /// Each queued command's reply, in order.
+    /// Each queued (MULTI) or grouped command's reply, in order.
     Multi(Vec<Result<Reply, fencelock_core::Error>>),
 }
 

@@ -425,6 +425,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                                     reply => Applied::Core(reply),
                                 }
                             }
+                            Op::Group(commands) => {
+                                let out = inner.core.apply_group(index, proposal.stamp_ms, commands);
+                                drop(inner);
+                                self.dispatch(index, out.events);
+                                Applied::Multi(out.replies)
+                            }
                             Op::Multi(commands) => {
                                 let out = inner.core.apply_script(index, proposal.stamp_ms, |s| {
                                     Ok::<_, std::convert::Infallible>(

@@ -1,0 +1,120 @@
+//! Concurrent clients' writes grouped into one log entry (`write_group`): each client
+//! still gets its own answer, fences stay unique, a contended name never has two
+//! holders, and followers apply the grouped entries to the same state.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+
+use common::cluster::{info_field, start_cluster, until_accepted, wait_applied, wait_for_leader};
+use common::{Client, Reply, Server};
+
+const CLIENTS: usize = 24;
+const CYCLES: usize = 40;
+/// Names every client tries for (without WAIT), so grouped try-acquires meet.
+const SHARED: usize = 3;
+
+fn stat(c: &mut Client, field: &str) -> u64 {
+    let info = c.cmd(&["INFO", "stats"]).text();
+    let value = info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).map(str::trim);
+    value.unwrap_or_else(|| panic!("INFO stats has no {field}: {info}")).parse().expect("a count")
+}
+
+/// Every client runs `CYCLES` rounds of: lock and release a name of its own, try a
+/// shared name and release it if granted, SET NX PX and DEL a key of its own. Returns
+/// every fence granted.
+fn run_clients(port: u16) -> Vec<i64> {
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                let mut fences = Vec::new();
+                start.wait();
+                for n in 0..CYCLES {
+                    let (own, token) = (format!("own:{id}"), format!("t{id}-{n}"));
+                    let grant = c.cmd(&["LOCK", &own, "30000", "TOKEN", &token]);
+                    assert!(!grant.is_error() && !grant.is_null(), "client {id}: LOCK {own}: {grant:?}");
+                    fences.push(grant.field("fence").int());
+                    assert_eq!(c.cmd(&["UNLOCK", &own, &token]), Reply::Int(0), "client {id} releases {own}");
+
+                    let shared = format!("shared:{}", n % SHARED);
+                    let grant = c.cmd(&["LOCK", &shared, "30000", "TOKEN", &token]);
+                    if !grant.is_null() {
+                        assert!(!grant.is_error(), "client {id}: LOCK {shared}: {grant:?}");
+                        fences.push(grant.field("fence").int());
+                        // Held by this client alone: nobody else's token releases it,
+                        // and its own does.
+                        assert_eq!(c.cmd(&["UNLOCK", &shared, &token]), Reply::Int(0), "{shared} held by {token}");
+                    }
+
+                    let key = format!("key:{id}");
+                    assert_eq!(c.cmd(&["SET", &key, &token, "NX", "PX", "30000"]), Reply::Simple("OK".into()));
+                    assert_eq!(c.cmd(&["DEL", &key]), Reply::Int(1));
+                }
+                fences
+            })
+        })
+        .collect();
+    threads.into_iter().flat_map(|t| t.join().expect("a client failed")).collect()
+}
+
+fn assert_unique(fences: &[i64]) {
+    let distinct: HashSet<_> = fences.iter().collect();
+    assert_eq!(distinct.len(), fences.len(), "every grant has a fence of its own");
+}
+
+#[test]
+fn concurrent_writes_share_entries_and_each_client_gets_its_own_answer() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let fences = run_clients(server.port());
+    assert!(fences.len() >= CLIENTS * CYCLES);
+    assert_unique(&fences);
+    let (entries, writes) = (stat(&mut c, "fencelock_write_groups"), stat(&mut c, "fencelock_grouped_writes"));
+    assert!(entries > 0, "{CLIENTS} concurrent clients formed no group");
+    assert!(writes >= 2 * entries, "a group carries at least two writes: {writes} in {entries}");
+    // The state is what the clients left: every lock released, every key deleted.
+    for id in 0..CLIENTS {
+        assert!(c.cmd(&["FENCE", &format!("own:{id}")]).is_null(), "own:{id} is still held");
+        assert_eq!(c.cmd(&["EXISTS", &format!("key:{id}")]), Reply::Int(0));
+    }
+    // A later lock still gets a fence above every grouped one.
+    let after = c.cmd(&["LOCK", "after", "1000", "TOKEN", "x"]).field("fence").int();
+    assert!(fences.iter().all(|&f| f < after));
+}
+
+#[test]
+fn followers_apply_grouped_entries_to_the_same_state() {
+    let mut servers = start_cluster(3);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    until_accepted(&mut l, &["SET", "ready", "1"]);
+    let fences = run_clients(servers[leader].port());
+    assert_unique(&fences);
+    assert!(stat(&mut l, "fencelock_write_groups") > 0, "the leader formed no group");
+    // Leave something held so the replicas have state to compare.
+    for id in 0..CLIENTS {
+        l.cmd(&["LOCK", &format!("own:{id}"), "60000", "TOKEN", "kept"]);
+    }
+    let applied: u64 = info_field(&mut l, "raft_applied_index").parse().expect("applied index");
+    let view = |c: &mut Client| -> Vec<String> {
+        let mut out = Vec::new();
+        for id in 0..CLIENTS {
+            out.push(format!("{:?}", c.cmd(&["FENCE", &format!("own:{id}")])));
+            out.push(format!("{:?}", c.cmd(&["EXISTS", &format!("key:{id}")])));
+        }
+        for n in 0..SHARED {
+            out.push(format!("{:?}", c.cmd(&["FENCE", &format!("shared:{n}")])));
+        }
+        out
+    };
+    let expected = view(&mut l);
+    for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let mut f = s.connect();
+        wait_applied(&mut f, applied);
+        assert_eq!(view(&mut f), expected, "follower {i} applied the grouped entries to another state");
+    }
+}
