@@ -1,5 +1,6 @@
 //! Watches: OBSERVE on a connection of its own. A broken connection is resumed on any
-//! node from the revision after the last event seen, so nothing is missed or repeated.
+//! node from the last revision seen, skipping the changes of it already delivered (a
+//! revision can carry several), so nothing is missed or repeated.
 
 use std::time::Duration;
 
@@ -41,8 +42,53 @@ pub struct Watch {
     client: Client,
     target: Target,
     conn: Option<Conn>,
+    /// Where delivery stands, for resuming without a gap or a repeat.
+    cursor: Cursor,
+}
+
+/// The last revision delivered and how many of its changes were, since a revision can
+/// carry several (MULTI, a release that grants several waiters, concurrent writes the
+/// leader grouped into one entry). A resumed watch starts at that revision again and
+/// skips the changes already delivered: every node replays a revision's changes in
+/// the same order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Cursor {
     /// The revision of the last event delivered.
-    last_revision: u64,
+    revision: u64,
+    /// Changes of `revision` delivered; 0 when the watch started after it (the whole
+    /// revision is behind it).
+    seen: usize,
+    /// Changes of `revision` a resumed watch replays that were delivered before it.
+    skip: usize,
+}
+
+impl Cursor {
+    /// The revision to resume from after a lost connection.
+    fn resume_from(&mut self) -> u64 {
+        self.skip = self.seen;
+        if self.seen > 0 {
+            self.revision
+        } else {
+            self.revision + 1
+        }
+    }
+
+    /// Whether a change at `revision` is new (and counts it), or a repeat.
+    fn admit(&mut self, revision: u64) -> bool {
+        if revision > self.revision {
+            *self = Cursor { revision, seen: 1, skip: 0 };
+            return true;
+        }
+        if revision < self.revision || self.seen == 0 {
+            return false;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        self.seen += 1;
+        true
+    }
 }
 
 impl Client {
@@ -52,7 +98,7 @@ impl Client {
             client: self.clone(),
             target,
             conn: None,
-            last_revision: from_revision.map_or(0, |r| r.saturating_sub(1)),
+            cursor: Cursor { revision: from_revision.map_or(0, |r| r.saturating_sub(1)), ..Cursor::default() },
         };
         watch.subscribe(from_revision).await?;
         Ok(watch)
@@ -93,7 +139,8 @@ impl Watch {
                 Ok(Value::Error(e)) => return Err(Error::from_server(&e)),
                 Ok(reply) => {
                     if from.is_none() {
-                        self.last_revision = reply.int("revision").unwrap_or(0) as u64;
+                        self.cursor =
+                            Cursor { revision: reply.int("revision").unwrap_or(0) as u64, ..Cursor::default() };
                     }
                     self.conn = Some(conn);
                     return Ok(());
@@ -107,7 +154,7 @@ impl Watch {
 
     /// The revision of the last event delivered (or the one the watch started at).
     pub fn revision(&self) -> u64 {
-        self.last_revision
+        self.cursor.revision
     }
 
     /// The next change, waiting up to `timeout` (`Ok(None)` if none came). A lost
@@ -116,15 +163,15 @@ impl Watch {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.conn.is_none() {
-                self.subscribe(Some(self.last_revision + 1)).await?;
+                let from = self.cursor.resume_from();
+                self.subscribe(Some(from)).await?;
             }
             let conn = self.conn.as_mut().expect("subscribed above");
             match conn.next_push(deadline).await {
                 Ok(None) => return Ok(None),
                 Ok(Some(Value::Push(items))) => {
                     if let Some(event) = parse_event(&items) {
-                        if event.revision > self.last_revision {
-                            self.last_revision = event.revision;
+                        if self.cursor.admit(event.revision) {
                             return Ok(Some(event));
                         }
                     }
@@ -152,4 +199,37 @@ fn parse_event(items: &[Value]) -> Option<WatchEvent> {
         target: text(items.get(4)?)?,
         candidate: items.get(5).and_then(text),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    #[test]
+    fn every_change_of_a_revision_is_delivered_once_across_a_resume() {
+        let mut c = Cursor { revision: 10, ..Cursor::default() };
+        assert!(!c.admit(10), "the revision the watch started at is not new");
+        assert!(c.admit(11));
+        assert!(c.admit(11), "a second change in the same revision is delivered too");
+        // The connection breaks after two of revision 11's changes: resume at 11 and
+        // skip the two the server replays first.
+        assert_eq!(c.resume_from(), 11);
+        assert!(!c.admit(11));
+        assert!(!c.admit(11));
+        assert!(c.admit(11), "the third change of 11 was not delivered before");
+        assert!(c.admit(12));
+        assert!(!c.admit(11), "older revisions are repeats");
+        // A break right after a whole revision... resumes after it when nothing of the
+        // next was seen; here one change of 12 was, so from 12, skipping one.
+        assert_eq!(c.resume_from(), 12);
+        assert!(!c.admit(12));
+        assert!(c.admit(13));
+    }
+
+    #[test]
+    fn a_fresh_cursor_resumes_after_its_revision() {
+        let mut c = Cursor { revision: 7, ..Cursor::default() };
+        assert_eq!(c.resume_from(), 8);
+        assert!(c.admit(8));
+    }
 }

@@ -161,6 +161,37 @@ async fn sessions_semaphores_elections_and_watches() {
     assert!(b.revision > a.revision);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_delivers_every_change_of_a_revision() {
+    use std::io::{Read, Write};
+    let server = embedded();
+    let c = client(&server).await;
+    let mut keys = c.watch(Target::Prefix("multi/".into()), None).await.unwrap();
+    // MULTI applies both SETs in one log entry: two changes at one revision (as a
+    // release granting several waiters, or writes the leader grouped, give).
+    let mut raw = std::net::TcpStream::connect(server.endpoint()).unwrap();
+    let resp = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        out
+    };
+    let exec = [&["MULTI"][..], &["SET", "multi/a", "1"], &["SET", "multi/b", "2"], &["EXEC"]];
+    raw.write_all(exec.iter().map(|a| resp(a)).collect::<String>().as_bytes()).unwrap();
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&replies).contains("+OK\r\n+OK\r\n") {
+        let n = raw.read(&mut buf).unwrap();
+        assert!(n > 0, "the server closed the connection: {}", String::from_utf8_lossy(&replies));
+        replies.extend_from_slice(&buf[..n]);
+    }
+    let a = keys.next(Duration::from_secs(5)).await.unwrap().expect("the first change");
+    let b = keys.next(Duration::from_secs(5)).await.unwrap().expect("the second change, same revision");
+    assert_eq!((a.target.as_ref(), b.target.as_ref()), (&b"multi/a"[..], &b"multi/b"[..]));
+    assert_eq!(a.revision, b.revision);
+}
+
 #[test]
 fn the_blocking_facade_locks_and_releases() {
     let server = embedded();
