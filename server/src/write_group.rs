@@ -133,6 +133,9 @@ async fn propose(node: &Node, mut group: Vec<Member>) {
     let count = commands.len();
     node.groups().entries.fetch_add(1, Ordering::Relaxed);
     node.groups().writes.fetch_add(count as u64, Ordering::Relaxed);
+    // `propose` counts the entry as one write in flight; the others count too, so the
+    // log store's inline-sync gate ("one client write in flight") stays shut.
+    let _others = node.write_load().start_writes(count - 1);
     match node.propose(Op::Group(commands)).await {
         Ok(Applied::Multi(replies)) if replies.len() == count => {
             for (answer, reply) in answers.into_iter().zip(replies) {

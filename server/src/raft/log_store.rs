@@ -97,11 +97,11 @@ pub struct WriteLoad {
 
 /// Counts one write in flight until dropped (so a cancelled write is counted out too).
 #[derive(Debug)]
-pub struct WriteInFlight(Arc<WriteLoad>);
+pub struct WriteInFlight(Arc<WriteLoad>, usize);
 
 impl Drop for WriteInFlight {
     fn drop(&mut self) {
-        self.0.writes_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.writes_in_flight.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -113,8 +113,15 @@ impl WriteLoad {
 
     /// Counts a write proposed here until the returned guard drops.
     pub fn start_write(self: &Arc<Self>) -> WriteInFlight {
-        self.writes_in_flight.fetch_add(1, Ordering::Relaxed);
-        WriteInFlight(Arc::clone(self))
+        self.start_writes(1)
+    }
+
+    /// Counts `n` client writes in flight (a group entry's) until the guard drops: a
+    /// group is as many writes for the inline-sync gate, so a single node never blocks
+    /// its thread on a group's sync while other clients wait to be read.
+    pub fn start_writes(self: &Arc<Self>, n: usize) -> WriteInFlight {
+        self.writes_in_flight.fetch_add(n, Ordering::Relaxed);
+        WriteInFlight(Arc::clone(self), n)
     }
 
     /// Client writes proposed here and not yet answered.
