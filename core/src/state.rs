@@ -189,7 +189,8 @@ impl StateMachine {
     /// Apply one committed log entry that carries several commands: concurrent writes
     /// of different clients that the leader grouped to spend one entry (one log
     /// record, one replication slot, one apply) on all of them. Every command must be
-    /// [`Command::is_groupable`].
+    /// [`Command::is_groupable`]; one that is not is answered `Invalid` and changes
+    /// nothing (every replica answers the same, so a bad entry cannot stop them).
     ///
     /// Each command sees the state the ones before it left, exactly as if each were an
     /// entry of its own with the same stamp (what is freed is granted before the next
@@ -201,11 +202,15 @@ impl StateMachine {
         leader_time_ms: u64,
         commands: &[C],
     ) -> GroupOutput {
-        assert!(commands.iter().all(|c| c.borrow().is_groupable()), "only groupable commands share an entry");
         self.begin_entry(log_index, leader_time_ms, false);
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands {
-            replies.push(self.dispatch_lent(command.borrow()));
+            let command = command.borrow();
+            if !command.is_groupable() {
+                replies.push(Err(Error::invalid("this command cannot share a log entry with others")));
+                continue;
+            }
+            replies.push(self.dispatch_lent(command));
             // What this command freed goes to the waiters before the next command runs,
             // as the end of its own entry would have done.
             self.pump();

@@ -131,12 +131,17 @@ fn a_release_in_a_group_grants_the_queued_waiter_before_the_next_command_runs() 
 }
 
 #[test]
-#[should_panic(expected = "only groupable commands share an entry")]
-fn a_command_that_draws_an_id_from_the_index_is_refused_in_a_group() {
+fn a_command_that_draws_an_id_from_the_index_is_refused_in_a_group_and_changes_nothing() {
     let mut d = Driver::default();
     // A queued acquire's waiter id is the entry's index: two in one entry would collide.
+    // Such an entry can only come from a bug or a peer that groups differently; every
+    // replica refuses the command the same way instead of stopping.
     let queued_lock = Command::Lock(queued(lock(&["a"], "alice", 10_000), None, 0));
-    d.sm.apply_group(1, d.now_ms, &[queued_lock]);
+    let out = d.sm.apply_group(1, d.now_ms, &[queued_lock, Command::Lock(lock(&["b"], "bob", 10_000))]);
+    assert!(matches!(out.replies[0], Err(fencelock_core::Error::Invalid(_))), "{:?}", out.replies[0]);
+    assert!(matches!(out.replies[1], Ok(Reply::Grant(_))), "the others in the entry still apply");
+    assert_eq!(d.read(Command::Fence { name: b("a") }), Reply::Nil, "a was not granted");
+    d.sm.check_invariants().unwrap();
 }
 
 #[test]

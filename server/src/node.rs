@@ -235,6 +235,9 @@ impl Node {
     /// follower forwards it to the leader, which stamps it with its own clock (one clock
     /// per term keeps lease time flowing) and proposes it on this node's behalf.
     pub async fn propose(&self, op: Op) -> Result<Applied, NodeError> {
+        // Counted from here, forwarded or not: while one is in flight, the next
+        // groupable writes on this node share an entry (a follower forwards the group).
+        let _counted = self.write_load.start_write();
         // Shared from here on: a retry or a forward reuses it instead of copying it.
         let op = Arc::new(op);
         // No leader known yet, or a new leader that has not committed its first entry
@@ -257,8 +260,18 @@ impl Node {
     /// Proposes on this node (it must lead), stamped with this node's clock, on behalf
     /// of `origin`. Returns the reply and the entry's log index.
     pub async fn propose_local(&self, op: Arc<Op>, origin: NodeId) -> Result<(Applied, u64), NodeError> {
+        if let Op::Group(commands) = &*op {
+            // Applying a bad group would only refuse its commands one by one; refusing
+            // it here tells the node that formed it.
+            if !crate::write_group::valid_group(commands) {
+                return Err(NodeError::Refused(format!(
+                    "ERR a group entry holds 2 to {} writes that may share an entry; got {}",
+                    crate::write_group::GROUP_COMMANDS_MAX,
+                    commands.len()
+                )));
+            }
+        }
         let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
-        let _counted = self.write_load.start_write();
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
         };

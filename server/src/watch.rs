@@ -2,10 +2,13 @@
 //! election, each carrying its revision (the log index of the entry that caused it).
 //!
 //! Every node applies the same log, so every node produces the same events with the
-//! same revisions; each keeps the most recent `HISTORY_EVENTS_MAX` of them. A client
-//! that reconnects (to any node) and observes `FROM` the revision after the last one it
-//! saw gets every event it missed, in order, then the live ones with no gap or
-//! duplicate: replay and registration happen under one lock that apply also takes.
+//! same revisions, in the same order within a revision (one revision can carry
+//! several: MULTI, a release granting several waiters, a leader's group of concurrent
+//! writes); each keeps the most recent `HISTORY_EVENTS_MAX` of them. A client that
+//! reconnects (to any node) and observes `FROM` the revision after the last one it saw
+//! in full (or `FROM` that revision, skipping as many of its changes as it got) gets
+//! every event it missed, in order, then the live ones with no gap or duplicate:
+//! replay and registration happen under one lock that apply also takes.
 //! A revision older than the node's history is refused with `COMPACTED`: the client
 //! re-reads the state and observes from now. History starts afresh when a node starts
 //! (at its snapshot) or installs a snapshot.
@@ -176,7 +179,10 @@ impl Watches {
         for change in events.iter().filter_map(|e| Change::from_event(revision, e)) {
             let mut done = Vec::new();
             for (id, w) in &inner.watchers {
-                if !w.filter.matches(&change) {
+                // A connection that overflowed gets nothing more, not even a later
+                // change of this revision: a client resumes from a revision by counting
+                // the changes of it that it got, so what it got must be a prefix.
+                if !w.filter.matches(&change) || overflowed.contains(&w.conn) {
                     continue;
                 }
                 match w.tx.try_send(render(*id, &change)) {
@@ -328,6 +334,22 @@ mod tests {
         w.record(4, &[set("a/3")]);
         let got: Vec<i64> = std::iter::from_fn(|| rx.try_recv().ok()).map(|m| revision_of(&m)).collect();
         assert_eq!(got, [3, 4]);
+    }
+
+    #[test]
+    fn an_overflowing_watcher_gets_a_prefix_of_a_revision_and_nothing_after() {
+        let w = Watches::new(0);
+        let (tx, mut rx) = mpsc::channel(1);
+        w.register(3, key_filter("k/", true), None, false, tx).unwrap();
+        // Three changes in one revision, a queue of one: the first goes, the second
+        // overflows, and the third must not follow it (a client resuming inside the
+        // revision skips as many changes as it got, so what it got must be the first).
+        let (tx_drain, mut drained) = mpsc::channel(8);
+        w.register(4, key_filter("k/", true), None, false, tx_drain).unwrap();
+        assert_eq!(w.record(5, &[set("k/1"), set("k/2"), set("k/3")]), vec![3]);
+        let got: Vec<Wire> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(std::iter::from_fn(|| drained.try_recv().ok()).count(), 3, "the other connection got all");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct WriteGroups {
 fn command_bytes(command: &Command) -> usize {
     let sum = |names: &[bytes::Bytes]| names.iter().map(|n| n.len()).sum::<usize>();
     match command {
+        // A condition can carry a value of up to the bulk limit: such a LOCK goes alone.
+        Command::Lock(r) if r.condition.is_some() => usize::MAX,
         Command::Lock(r) => sum(&r.names) + r.owner.len() + r.token.len() + r.metadata.len(),
         Command::Unlock { names, token } | Command::Renew { names, token, .. } => sum(names) + token.len(),
         Command::Set(r) => r.key.len() + r.value.len(),
@@ -62,6 +64,12 @@ fn command_bytes(command: &Command) -> usize {
 /// Whether `command` may join a group.
 pub fn groupable(command: &Command) -> bool {
     command.is_groupable() && command_bytes(command) <= COMMAND_BYTES_MAX
+}
+
+/// Whether `commands` may be proposed as one group entry: the leader checks a group
+/// before proposing it, whoever formed it (a follower forwards its groups).
+pub fn valid_group(commands: &[Command]) -> bool {
+    (2..=GROUP_COMMANDS_MAX).contains(&commands.len()) && commands.iter().all(groupable)
 }
 
 impl WriteGroups {
@@ -118,7 +126,9 @@ pub async fn write(node: &Arc<Node>, command: Command) -> Answer {
     }
     // The proposing task answers every member; it ends only by answering or by the
     // runtime shutting down.
-    receiver.await.unwrap_or(Err(NodeError::Fatal("the node is shutting down".into())))
+    receiver.await.unwrap_or(Err(NodeError::Fatal(
+        "the node is shutting down; the write may have been applied (check before retrying)".into(),
+    )))
 }
 
 /// Proposes a closed group and answers its members.
@@ -189,5 +199,9 @@ mod tests {
         let big = Command::Unlock { names: vec![Bytes::from(vec![b'x'; COMMAND_BYTES_MAX + 1])], token: Bytes::new() };
         assert!(!groupable(&big));
         assert!(!groupable(&Command::SessionOpen { ttl_ms: 1_000 }));
+        assert!(valid_group(&[unlock("a"), unlock("b")]));
+        assert!(!valid_group(&[unlock("a")]), "one command is a plain entry");
+        assert!(!valid_group(&[unlock("a"), big]));
+        assert!(!valid_group(&vec![unlock("a"); GROUP_COMMANDS_MAX + 1]));
     }
 }

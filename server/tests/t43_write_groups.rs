@@ -95,6 +95,12 @@ fn followers_apply_grouped_entries_to_the_same_state() {
     let fences = run_clients(servers[leader].port());
     assert_unique(&fences);
     assert!(stat(&mut l, "fencelock_write_groups") > 0, "the leader formed no group");
+    // Through a follower: it groups its clients' writes too and forwards each group.
+    let follower = (0..servers.len()).find(|i| *i != leader).expect("a follower");
+    let through_follower = run_clients(servers[follower].port());
+    assert_unique(&through_follower);
+    assert!(through_follower.iter().all(|f| !fences.contains(f)), "fences are unique across both runs");
+    assert!(stat(&mut servers[follower].connect(), "fencelock_write_groups") > 0, "the follower formed no group");
     // Leave something held so the replicas have state to compare.
     for id in 0..CLIENTS {
         l.cmd(&["LOCK", &format!("own:{id}"), "60000", "TOKEN", "kept"]);
