@@ -4,10 +4,10 @@
 //! reply channel, a WAL record, a slot in each follower's AppendEntries with its
 //! decode, append and apply call on every node. At 64 clients the leader proposed
 //! about 60 entries per replication round, one per client. The first writer that finds
-//! no open group opens one and yields once, so the connection tasks already woken by
-//! the same poll of the sockets join it; then it closes the group and proposes all of
-//! it as one `Op::Group` entry, from a task of its own (a client that disconnects must
-//! not take the others' writes with it). Each writer gets its own command's reply.
+//! no open group opens one and spawns a task that yields once, so the connection tasks
+//! already woken by the same poll of the sockets join it; then the task closes the
+//! group and proposes all of it as one `Op::Group` entry (a client that disconnects
+//! must not take the others' writes with it). Each writer gets its own command's reply.
 //!
 //! Only commands that draw no id from the entry's index may share one
 //! (`Command::is_groupable`: try-acquires, releases, renewals, SET, DEL). A writer alone
@@ -146,16 +146,15 @@ async fn propose(node: &Node, mut group: Vec<Member>) {
     // `propose` counts the entry as one write in flight; the others count too, so the
     // log store's inline-sync gate ("one client write in flight") stays shut.
     let _others = node.write_load().start_writes(count - 1);
-    match node.propose(Op::Group(commands)).await {
-        Ok(Applied::Multi(replies)) if replies.len() == count => {
+    let outcome = match node.propose(Op::Group(commands)).await {
+        Ok(Applied::Multi(replies)) if replies.len() == count => Ok(replies),
+        Ok(other) => Err(NodeError::Fatal(format!("unexpected apply result for a group of {count}: {other:?}"))),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(replies) => {
             for (answer, reply) in answers.into_iter().zip(replies) {
                 let _ = answer.send(Ok(reply));
-            }
-        }
-        Ok(other) => {
-            let e = NodeError::Fatal(format!("unexpected apply result for a group of {count}: {other:?}"));
-            for answer in answers {
-                let _ = answer.send(Err(e.clone()));
             }
         }
         Err(e) => {

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
-use common::cluster::{info_field, start_cluster, until_accepted, wait_applied, wait_for_leader};
+use common::cluster::{info_field, section_field, start_cluster, until_accepted, wait_applied, wait_for_leader};
 use common::{Client, Reply, Server};
 
 const CLIENTS: usize = 24;
@@ -16,9 +16,8 @@ const CYCLES: usize = 40;
 const SHARED: usize = 3;
 
 fn stat(c: &mut Client, field: &str) -> u64 {
-    let info = c.cmd(&["INFO", "stats"]).text();
-    let value = info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).map(str::trim);
-    value.unwrap_or_else(|| panic!("INFO stats has no {field}: {info}")).parse().expect("a count")
+    let value = section_field(c, "stats", field);
+    value.parse().unwrap_or_else(|_| panic!("INFO stats has no count {field}: {value:?}"))
 }
 
 /// Every client runs `CYCLES` rounds of: lock and release a name of its own, try a

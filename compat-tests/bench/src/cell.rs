@@ -247,13 +247,14 @@ pub async fn run(p: Params, rate: Option<f64>, warmup: Duration, window: Window,
         Window::Time(d) => d,
         Window::Ops(_) => OPS_WINDOW_MAX,
     };
+    let window_open = || began.elapsed() < measure && s.filled_at.get().is_none();
     let (mut last, mut last_at) = (0, began);
     let mut next_line = began + Duration::from_secs(1);
-    while began.elapsed() < measure && s.filled_at.get().is_none() {
+    while window_open() {
         // An op-count window is checked every 10 ms; progress lines stay one a second.
         let step = if s.limit.is_some() { Duration::from_millis(10) } else { Duration::from_secs(1) };
         tokio::time::sleep(step.min(measure.saturating_sub(began.elapsed()))).await;
-        if Instant::now() < next_line && began.elapsed() < measure && s.filled_at.get().is_none() {
+        if Instant::now() < next_line && window_open() {
             continue;
         }
         next_line += Duration::from_secs(1);

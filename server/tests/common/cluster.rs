@@ -43,7 +43,12 @@ pub fn start_cluster(n: u64) -> Vec<Server> {
 
 /// A field of `INFO replication`.
 pub fn info_field(c: &mut Client, field: &str) -> String {
-    let info = c.cmd(&["INFO", "replication"]).text();
+    section_field(c, "replication", field)
+}
+
+/// A field of an `INFO` section (empty when the section has no such field).
+pub fn section_field(c: &mut Client, section: &str, field: &str) -> String {
+    let info = c.cmd(&["INFO", section]).text();
     info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or_default().trim().to_string()
 }
 
