@@ -788,11 +788,13 @@ pub struct Output {
     pub events: Vec<Event>,
 }
 
-/// What applying a group of commands in one entry produced.
+/// What applying a group of writes in one entry produced: each member's result
+/// (`R` is the command's reply for a group of commands; see
+/// [`crate::StateMachine::apply_group_with`] for groups that also run scripts).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupOutput {
-    /// Each command's reply, in the group's order.
-    pub replies: Vec<crate::Result<Reply>>,
+pub struct GroupOutput<R = crate::Result<Reply>> {
+    /// Each member's result, in the group's order.
+    pub replies: Vec<R>,
     /// Notifications for waiting or watching clients, in the order they happened.
     pub events: Vec<Event>,
 }

@@ -78,6 +78,6 @@ pub use command::{
 pub use error::{Error, Result};
 pub use limits::{Limit, Limits};
 pub use name::Name;
-pub use script::{Script, ScriptOutput};
+pub use script::{GroupMember, Script, ScriptOutput};
 pub use snapshot::{FrozenState, SnapshotError, SNAPSHOT_VERSION};
 pub use state::StateMachine;

@@ -90,6 +90,33 @@ impl Script<'_> {
     }
 }
 
+/// One member of a group entry, as [`StateMachine::apply_group_with`] hands it out:
+/// apply it as a command or as a script body.
+pub struct GroupMember<'a> {
+    pub(crate) sm: &'a mut StateMachine,
+}
+
+impl GroupMember<'_> {
+    /// Applies a command that may share an entry ([`Command::is_groupable`]); any
+    /// other is answered `Invalid` and changes nothing, so every replica answers the
+    /// same and a bad entry cannot stop them.
+    pub fn command(&mut self, command: &Command) -> Result<Reply> {
+        if !command.is_groupable() {
+            return Err(Error::invalid("this command cannot share a log entry with others"));
+        }
+        self.sm.dispatch_lent(command)
+    }
+
+    /// Runs a script body, all or nothing: on `Err`, everything it changed is undone
+    /// and the members before it keep their writes.
+    pub fn script<T, E>(
+        &mut self,
+        body: impl FnOnce(&mut Script<'_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.sm.run_script(body)
+    }
+}
+
 impl StateMachine {
     /// Applies one log entry that runs a script. `body` issues commands through the
     /// `Script` handle; if it returns `Err`, everything it changed is undone.
@@ -100,6 +127,19 @@ impl StateMachine {
         body: impl FnOnce(&mut Script<'_>) -> std::result::Result<T, E>,
     ) -> ScriptOutput<std::result::Result<T, E>> {
         self.begin_entry(log_index, leader_time_ms, false);
+        let result = self.run_script(body);
+        let events = self.end_entry();
+        ScriptOutput { result, events }
+    }
+
+    /// Runs a script body inside the current entry; on `Err`, undoes what it did.
+    fn run_script<T, E>(
+        &mut self,
+        body: impl FnOnce(&mut Script<'_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        // Nothing freed and not yet granted: a rollback clears the pending set, which
+        // must then hold only what this body freed.
+        assert!(self.dirty.is_empty());
         let fence_before = self.st.last_fence;
         let events_before = self.events.len();
         let mut script = Script { sm: self, saved: BTreeMap::new(), calls: 0 };
@@ -108,8 +148,7 @@ impl StateMachine {
         if result.is_err() {
             self.rollback(saved, fence_before, events_before);
         }
-        let events = self.end_entry();
-        ScriptOutput { result, events }
+        result
     }
 
     fn rollback(&mut self, saved: BTreeMap<Name, Option<KeyEntry>>, fence_before: u64, events_before: usize) {

@@ -202,21 +202,33 @@ impl StateMachine {
         leader_time_ms: u64,
         commands: &[C],
     ) -> GroupOutput {
+        self.apply_group_with(log_index, leader_time_ms, commands, |member, command| member.command(command.borrow()))
+    }
+
+    /// Apply one log entry that carries several writes of any kind `each` can apply
+    /// through a [`crate::GroupMember`]: a groupable command, or a script body (all or
+    /// nothing, as [`StateMachine::apply_script`]), one member after the other, each
+    /// answering on its own. The same rules as [`StateMachine::apply_group`] hold: each
+    /// member sees what the ones before it left, what one frees is granted before the
+    /// next runs, and one member's failure leaves the others' writes in place.
+    pub fn apply_group_with<T, R>(
+        &mut self,
+        log_index: u64,
+        leader_time_ms: u64,
+        items: &[T],
+        mut each: impl FnMut(&mut crate::GroupMember<'_>, &T) -> R,
+    ) -> GroupOutput<R> {
         self.begin_entry(log_index, leader_time_ms, false);
-        let mut replies = Vec::with_capacity(commands.len());
-        for command in commands {
-            let command = command.borrow();
-            if !command.is_groupable() {
-                replies.push(Err(Error::invalid("this command cannot share a log entry with others")));
-                continue;
-            }
-            replies.push(self.dispatch_lent(command));
-            // What this command freed goes to the waiters before the next command runs,
-            // as the end of its own entry would have done.
+        let mut replies = Vec::with_capacity(items.len());
+        for item in items {
+            let mut member = crate::script::GroupMember { sm: self };
+            replies.push(each(&mut member, item));
+            // What this member freed goes to the waiters before the next one runs, as
+            // the end of its own entry would have done.
             self.pump();
         }
         let events = self.end_entry();
-        assert_eq!(replies.len(), commands.len());
+        assert_eq!(replies.len(), items.len());
         GroupOutput { replies, events }
     }
 
@@ -453,7 +465,7 @@ impl StateMachine {
 
     /// `dispatch` for a lent command: the handlers that only read their command take
     /// it as it is; the others get a copy.
-    fn dispatch_lent(&mut self, command: &Command) -> Result<Reply> {
+    pub(crate) fn dispatch_lent(&mut self, command: &Command) -> Result<Reply> {
         match command {
             Command::Lock(request) => self.lock_acquire(request),
             Command::Unlock { names, token } => self.lock_release(names, token),

@@ -155,3 +155,121 @@ fn which_commands_may_share_an_entry() {
     assert!(!Command::SessionOpen { ttl_ms: 1_000 }.is_groupable());
     assert!(!Command::Tick.is_groupable());
 }
+
+/// A member of a group that also runs scripts (`apply_group_with`).
+#[derive(Debug, Clone)]
+enum Member {
+    Command(Command),
+    /// redis-py's release script: GET the key, DEL it if it holds the token.
+    Release {
+        key: String,
+        token: String,
+    },
+    /// A script that writes and then fails: all of it must be undone.
+    Failing {
+        key: String,
+    },
+}
+
+type ScriptResult = std::result::Result<Vec<fencelock_core::Result<Reply>>, String>;
+
+#[derive(Debug)]
+enum Answer {
+    Command(fencelock_core::Result<Reply>),
+    Script(ScriptResult),
+}
+
+fn run_script(member: &Member, s: &mut fencelock_core::Script<'_>) -> ScriptResult {
+    match member {
+        Member::Release { key, token } => {
+            let got = s.call(Command::Get { key: b(key) });
+            let mut calls = vec![got.clone()];
+            if got == Ok(Reply::Bulk(b(token))) {
+                calls.push(s.call(Command::Del { keys: vec![b(key)] }));
+            }
+            Ok(calls)
+        }
+        Member::Failing { key } => {
+            let _ = s.call(set_nx_px(key, "failed-writer", 30_000));
+            let _ = s.call(Command::Del { keys: vec![b("kb")] });
+            Err("ERR the script failed after writing".into())
+        }
+        Member::Command(_) => unreachable!("not a script"),
+    }
+}
+
+fn member(kind: u8, name: usize, owner: usize) -> Member {
+    let key = format!("k{}", NAMES[name % 3]);
+    match kind % 8 {
+        6 => Member::Release { key, token: OWNERS[owner % 3].into() },
+        7 => Member::Failing { key },
+        k => Member::Command(command(k, name, owner)),
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_group_with_scripts_answers_and_ends_as_its_members_in_entries_of_their_own(
+        picks in prop::collection::vec((0u8..8, 0usize..3, 0usize..3), 1..24)
+    ) {
+        let members: Vec<Member> = picks.iter().map(|&(k, n, o)| member(k, n, o)).collect();
+        let (mut alone, mut grouped) = (seeded(), seeded());
+
+        let mut answers = Vec::new();
+        let mut events = Vec::new();
+        for m in &members {
+            match m {
+                Member::Command(c) => {
+                    let out = alone.run(c.clone());
+                    answers.push(Answer::Command(out.reply));
+                    events.extend(out.events);
+                }
+                script => {
+                    alone.index += 1;
+                    let out = alone.sm.apply_script(alone.index, alone.now_ms, |s| run_script(script, s));
+                    alone.sm.check_invariants().map_err(TestCaseError::fail)?;
+                    answers.push(Answer::Script(out.result));
+                    events.extend(out.events);
+                }
+            }
+        }
+        grouped.index += 1;
+        let out = grouped.sm.apply_group_with(grouped.index, grouped.now_ms, &members, |g, m| match m {
+            Member::Command(c) => Answer::Command(g.command(c)),
+            script => Answer::Script(g.script(|s| run_script(script, s))),
+        });
+        grouped.sm.check_invariants().map_err(TestCaseError::fail)?;
+
+        prop_assert_eq!(without_fences(format!("{answers:?}")), without_fences(format!("{:?}", out.replies)));
+        prop_assert_eq!(without_fences(format!("{events:?}")), without_fences(format!("{:?}", out.events)));
+        prop_assert_eq!(view(&alone.sm), view(&grouped.sm));
+        // A failed script's key write never shows, in the group or alone.
+        prop_assert!(!view(&grouped.sm).contains("failed-writer"));
+        let after = grant(grouped.ok(Command::Lock(lock(&["fresh"], "erin", 1_000))));
+        let granted = fences(&[], &out.events);
+        prop_assert!(granted.iter().all(|&f| f < after.fence));
+    }
+}
+
+#[test]
+fn a_failing_script_in_a_group_is_undone_alone() {
+    let mut d = seeded();
+    d.index += 1;
+    let members = [
+        Member::Command(set_nx_px("kc", "carol", 30_000)),
+        Member::Failing { key: "ka".into() },
+        Member::Release { key: "kb".into(), token: "bob".into() },
+    ];
+    let out = d.sm.apply_group_with(d.index, d.now_ms, &members, |g, m| match m {
+        Member::Command(c) => Answer::Command(g.command(c)),
+        script => Answer::Script(g.script(|s| run_script(script, s))),
+    });
+    assert!(matches!(&out.replies[0], Answer::Command(Ok(Reply::Ok))), "{:?}", out.replies[0]);
+    assert!(matches!(&out.replies[1], Answer::Script(Err(e)) if e.contains("failed after writing")));
+    // The failed script had deleted kb; the release after it still finds bob's token.
+    assert!(matches!(&out.replies[2], Answer::Script(Ok(calls)) if calls.len() == 2), "{:?}", out.replies[2]);
+    assert_eq!(d.read(Command::Get { key: b("kc") }), Reply::Bulk(b("carol")), "the write before it stays");
+    assert_eq!(d.read(Command::Get { key: b("ka") }), Reply::Nil, "the failed script's write is gone");
+    assert_eq!(d.read(Command::Get { key: b("kb") }), Reply::Nil, "released by the last member");
+    d.sm.check_invariants().unwrap();
+}

@@ -100,9 +100,9 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
         // natively for the lock clients' well-known scripts, or in the Lua VM.
         let runs = server.node.sm.shared.inner.lock().expect("not poisoned").lua.runs();
         // Concurrent writes this node proposed together in one log entry (`write_group`).
-        let (group_entries, grouped_writes) = server.node.groups().counts();
+        let (group_entries, grouped_writes, grouped_scripts) = server.node.groups().counts();
         out += &format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\nfencelock_write_groups:{group_entries}\r\nfencelock_grouped_writes:{grouped_writes}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\nfencelock_write_groups:{group_entries}\r\nfencelock_grouped_writes:{grouped_writes}\r\nfencelock_grouped_scripts:{grouped_scripts}\r\n\r\n",
             server.stats.connections.load(Ordering::Relaxed),
             server.stats.commands.load(Ordering::Relaxed),
             runs.native,

@@ -260,17 +260,9 @@ impl Node {
     /// Proposes on this node (it must lead), stamped with this node's clock, on behalf
     /// of `origin`. Returns the reply and the entry's log index.
     pub async fn propose_local(&self, op: Arc<Op>, origin: NodeId) -> Result<(Applied, u64), NodeError> {
-        if let Op::Group(commands) = &*op {
-            // Applying a bad group would only refuse its commands one by one; refusing
-            // it here tells the node that formed it.
-            if !crate::write_group::valid_group(commands) {
-                return Err(NodeError::Refused(format!(
-                    "ERR a group entry holds 2 to {} writes that may share an entry; got {}",
-                    crate::write_group::GROUP_COMMANDS_MAX,
-                    commands.len()
-                )));
-            }
-        }
+        // Applying a bad group would only refuse its members one by one; refusing it
+        // here tells the node that formed it.
+        crate::write_group::check_group(&op).map_err(NodeError::Refused)?;
         let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
@@ -406,13 +398,18 @@ impl Node {
         }
     }
 
-    /// Runs a script through the log: its reply, or its error text (rolled back).
+    /// Runs a script through the log: its reply, or its error text (rolled back). A
+    /// lock client's well-known script that arrives with other writes in flight shares
+    /// an entry with them (`write_group`).
     pub async fn eval(
-        &self,
+        self: &Arc<Self>,
         script: Bytes,
         keys: Vec<Bytes>,
         args: Vec<Bytes>,
     ) -> Result<Result<ScriptReply, String>, NodeError> {
+        if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable_eval(&script, &keys, &args) {
+            return crate::write_group::eval(self, script, keys, args).await;
+        }
         match self.propose(Op::Eval { script, keys, args }).await? {
             Applied::Script(result) => Ok(result),
             other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),

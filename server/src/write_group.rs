@@ -10,30 +10,35 @@
 //! must not take the others' writes with it). Each writer gets its own command's reply.
 //!
 //! Only commands that draw no id from the entry's index may share one
-//! (`Command::is_groupable`: try-acquires, releases, renewals, SET, DEL). A writer alone
-//! in its group is proposed as a plain entry, as before.
+//! (`Command::is_groupable`: try-acquires, releases, renewals, SET, DEL), and the lock
+//! clients' well-known scripts (`lua::known`: the release and extend scripts that
+//! redis-py and node-redlock send with every cycle). A group of commands only is an
+//! `Op::Group` entry; one that also runs scripts is an `Op::GroupWrites` entry. A writer
+//! alone in its group is proposed as a plain entry, as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use fencelock_core::{Command, Reply};
 use tokio::sync::oneshot;
 
+use crate::lua::ScriptReply;
 use crate::node::{Node, NodeError};
-use crate::raft::{Applied, Op};
+use crate::raft::{Applied, GroupWrite, Op};
 
-/// Commands in one group entry. A bound on the entry (each command is at most
+/// Writes in one group entry. A bound on the entry (each write is at most
 /// `COMMAND_BYTES_MAX`), and at 256 clients a round still forms a few groups.
 pub const GROUP_COMMANDS_MAX: usize = 128;
-/// A command larger than this is proposed on its own: a group entry stays under
+/// A write larger than this is proposed on its own: a group entry stays under
 /// `GROUP_COMMANDS_MAX` × this (8 MiB), far below the WAL's record bound.
 pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
 
-/// One writer's answer.
-type Answer = Result<fencelock_core::Result<Reply>, NodeError>;
+/// One writer's answer: `Applied::Core` for a command, `Applied::Script` for a script.
+type Answer = Result<Applied, NodeError>;
 
 struct Member {
-    command: Command,
+    write: GroupWrite,
     answer: oneshot::Sender<Answer>,
 }
 
@@ -45,18 +50,23 @@ pub struct WriteGroups {
     entries: AtomicU64,
     /// Writes those entries carried.
     writes: AtomicU64,
+    /// Of those writes, the scripts.
+    scripts: AtomicU64,
+}
+
+fn bytes_of(items: &[Bytes]) -> usize {
+    items.iter().map(|n| n.len()).sum()
 }
 
 /// The bytes a command carries, for the group bound (names, tokens, values).
 fn command_bytes(command: &Command) -> usize {
-    let sum = |names: &[bytes::Bytes]| names.iter().map(|n| n.len()).sum::<usize>();
     match command {
         // A condition can carry a value of up to the bulk limit: such a LOCK goes alone.
         Command::Lock(r) if r.condition.is_some() => usize::MAX,
-        Command::Lock(r) => sum(&r.names) + r.owner.len() + r.token.len() + r.metadata.len(),
-        Command::Unlock { names, token } | Command::Renew { names, token, .. } => sum(names) + token.len(),
+        Command::Lock(r) => bytes_of(&r.names) + r.owner.len() + r.token.len() + r.metadata.len(),
+        Command::Unlock { names, token } | Command::Renew { names, token, .. } => bytes_of(names) + token.len(),
         Command::Set(r) => r.key.len() + r.value.len(),
-        Command::Del { keys } => sum(keys),
+        Command::Del { keys } => bytes_of(keys),
         _ => usize::MAX,
     }
 }
@@ -66,35 +76,67 @@ pub fn groupable(command: &Command) -> bool {
     command.is_groupable() && command_bytes(command) <= COMMAND_BYTES_MAX
 }
 
-/// Whether `commands` may be proposed as one group entry: the leader checks a group
-/// before proposing it, whoever formed it (a follower forwards its groups).
-pub fn valid_group(commands: &[Command]) -> bool {
-    (2..=GROUP_COMMANDS_MAX).contains(&commands.len()) && commands.iter().all(groupable)
+/// Whether a script run may join a group: one of the lock clients' well-known scripts
+/// (they run natively, in microseconds, and touch only their KEYS), within the bound.
+pub fn groupable_eval(script: &[u8], keys: &[Bytes], args: &[Bytes]) -> bool {
+    crate::lua::known::recognize(script).is_some()
+        && script.len() + bytes_of(keys) + bytes_of(args) <= COMMAND_BYTES_MAX
+}
+
+fn groupable_write(write: &GroupWrite) -> bool {
+    match write {
+        GroupWrite::Core(command) => groupable(command),
+        GroupWrite::Eval { script, keys, args } => groupable_eval(script, keys, args),
+    }
+}
+
+fn valid_size(len: usize) -> bool {
+    (2..=GROUP_COMMANDS_MAX).contains(&len)
+}
+
+/// Whether `op`, if it is a group entry, may be proposed: the leader checks a group
+/// before proposing it, whoever formed it (a follower forwards its groups). `Err`
+/// names the problem.
+pub fn check_group(op: &Op) -> Result<(), String> {
+    let (len, valid) = match op {
+        Op::Group(commands) => (commands.len(), commands.iter().all(groupable)),
+        Op::GroupWrites(writes) => (writes.len(), writes.iter().all(groupable_write)),
+        _ => return Ok(()),
+    };
+    if valid_size(len) && valid {
+        return Ok(());
+    }
+    Err(format!(
+        "ERR a group entry holds 2 to {GROUP_COMMANDS_MAX} writes that may share an entry, each of at most \
+         {COMMAND_BYTES_MAX} bytes; got {len} writes"
+    ))
 }
 
 impl WriteGroups {
-    /// Adds `command` to the open group, or opens one. Returns the receiver for its
+    /// Adds `write` to the open group, or opens one. Returns the receiver for its
     /// answer and whether this writer opened the group (and must see it proposed); a
-    /// full group hands the command back, to go alone.
-    fn join(&self, command: Command) -> Result<(oneshot::Receiver<Answer>, bool), Box<Command>> {
+    /// full group hands the write back, to go alone.
+    fn join(&self, write: GroupWrite) -> Result<(oneshot::Receiver<Answer>, bool), Box<GroupWrite>> {
         let (answer, receiver) = oneshot::channel();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *open {
-            Some(group) if group.len() >= GROUP_COMMANDS_MAX => Err(Box::new(command)),
+            Some(group) if group.len() >= GROUP_COMMANDS_MAX => Err(Box::new(write)),
             Some(group) => {
-                group.push(Member { command, answer });
+                group.push(Member { write, answer });
                 Ok((receiver, false))
             }
             None => {
-                *open = Some(vec![Member { command, answer }]);
+                *open = Some(vec![Member { write, answer }]);
                 Ok((receiver, true))
             }
         }
     }
 
-    /// Group entries proposed from this node, and the writes they carried.
-    pub fn counts(&self) -> (u64, u64) {
-        (self.entries.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
+    /// Group entries proposed from this node, the writes they carried, and how many
+    /// of those writes were scripts.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let load = |count: &AtomicU64| count.load(Ordering::Relaxed);
+        (load(&self.entries), load(&self.writes), load(&self.scripts))
     }
 
     fn close(&self) -> Vec<Member> {
@@ -105,12 +147,38 @@ impl WriteGroups {
 
 /// Commits `command` (which must be `groupable`) in a group with whatever concurrent
 /// writes join it, and returns its own reply.
-pub async fn write(node: &Arc<Node>, command: Command) -> Answer {
+pub async fn write(node: &Arc<Node>, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
     debug_assert!(groupable(&command));
-    let (receiver, opened) = match node.groups().join(command) {
+    match join(node, GroupWrite::Core(command)).await? {
+        Applied::Core(reply) => Ok(reply),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Runs a script (which must be `groupable_eval`) in a group with whatever concurrent
+/// writes join it: its reply, or its error text (it alone was rolled back).
+pub async fn eval(
+    node: &Arc<Node>,
+    script: Bytes,
+    keys: Vec<Bytes>,
+    args: Vec<Bytes>,
+) -> Result<Result<ScriptReply, String>, NodeError> {
+    debug_assert!(groupable_eval(&script, &keys, &args));
+    match join(node, GroupWrite::Eval { script, keys, args }).await? {
+        Applied::Script(result) => Ok(result),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(applied: &Applied) -> NodeError {
+    NodeError::Fatal(format!("unexpected apply result for a grouped write: {applied:?}"))
+}
+
+async fn join(node: &Arc<Node>, write: GroupWrite) -> Answer {
+    let (receiver, opened) = match node.groups().join(write) {
         Ok(joined) => joined,
         // A full group: this one goes alone rather than wait for the next.
-        Err(command) => return node.write_alone(*command).await,
+        Err(write) => return alone(node, *write).await,
     };
     if opened {
         // The group is closed and proposed by a task of its own, so this writer's
@@ -131,25 +199,53 @@ pub async fn write(node: &Arc<Node>, command: Command) -> Answer {
     )))
 }
 
+/// Proposes one write in an entry of its own.
+async fn alone(node: &Node, write: GroupWrite) -> Answer {
+    match write {
+        GroupWrite::Core(command) => node.write_alone(command).await.map(Applied::Core),
+        GroupWrite::Eval { script, keys, args } => node.propose(Op::Eval { script, keys, args }).await,
+    }
+}
+
 /// Proposes a closed group and answers its members.
 async fn propose(node: &Node, mut group: Vec<Member>) {
     if group.len() == 1 {
-        let Member { command, answer } = group.pop().expect("one member");
-        let _ = answer.send(node.write_alone(command).await);
+        let Member { write, answer } = group.pop().expect("one member");
+        let _ = answer.send(alone(node, write).await);
         return;
     }
-    let (commands, answers): (Vec<Command>, Vec<oneshot::Sender<Answer>>) =
-        group.into_iter().map(|m| (m.command, m.answer)).unzip();
-    let count = commands.len();
+    let (writes, answers): (Vec<GroupWrite>, Vec<oneshot::Sender<Answer>>) =
+        group.into_iter().map(|m| (m.write, m.answer)).unzip();
+    let count = writes.len();
     node.groups().entries.fetch_add(1, Ordering::Relaxed);
     node.groups().writes.fetch_add(count as u64, Ordering::Relaxed);
+    let scripts = writes.iter().filter(|w| matches!(w, GroupWrite::Eval { .. })).count();
+    node.groups().scripts.fetch_add(scripts as u64, Ordering::Relaxed);
     // `propose` counts the entry as one write in flight; the others count too, so the
     // log store's inline-sync gate ("one client write in flight") stays shut.
     let _others = node.write_load().start_writes(count - 1);
-    let outcome = match node.propose(Op::Group(commands)).await {
-        Ok(Applied::Multi(replies)) if replies.len() == count => Ok(replies),
-        Ok(other) => Err(NodeError::Fatal(format!("unexpected apply result for a group of {count}: {other:?}"))),
-        Err(e) => Err(e),
+    let outcome = if scripts == 0 {
+        // Commands only: an entry that nodes predating `GroupWrites` can read too.
+        let commands = writes
+            .into_iter()
+            .filter_map(|w| match w {
+                GroupWrite::Core(command) => Some(command),
+                GroupWrite::Eval { .. } => None,
+            })
+            .collect();
+        match node.propose(Op::Group(commands)).await {
+            Ok(Applied::Multi(replies)) if replies.len() == count => {
+                Ok(replies.into_iter().map(Applied::Core).collect())
+            }
+            Ok(other) => Err(unexpected_for(count, &other)),
+            Err(e) => Err(e),
+        }
+    } else {
+        match node.propose(Op::GroupWrites(writes)).await {
+            Ok(Applied::Group(replies)) if replies.len() == count => Ok(replies),
+            Ok(other) => Err(unexpected_for(count, &other)),
+            Err(e) => Err(e),
+        }
     };
     match outcome {
         Ok(replies) => {
@@ -165,31 +261,48 @@ async fn propose(node: &Node, mut group: Vec<Member>) {
     }
 }
 
+fn unexpected_for(count: usize, applied: &Applied) -> NodeError {
+    NodeError::Fatal(format!("unexpected apply result for a group of {count}: {applied:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn unlock(name: &str) -> Command {
         Command::Unlock { names: vec![Bytes::copy_from_slice(name.as_bytes())], token: Bytes::from_static(b"t") }
     }
 
+    fn release(script: &str, arg: Bytes) -> GroupWrite {
+        GroupWrite::Eval {
+            script: Bytes::from(script.to_owned()),
+            keys: vec![Bytes::from_static(b"k")],
+            args: vec![arg],
+        }
+    }
+
+    fn py_release() -> &'static str {
+        let (_, text) =
+            crate::lua::known::SCRIPTS.iter().find(|(k, _)| *k == crate::lua::known::Known::PyRelease).unwrap();
+        text
+    }
+
     #[test]
     fn the_first_writer_opens_a_group_and_the_others_join_it_up_to_the_bound() {
         let groups = WriteGroups::default();
-        let (_first, opened) = groups.join(unlock("a")).ok().unwrap();
+        let (_first, opened) = groups.join(GroupWrite::Core(unlock("a"))).ok().unwrap();
         assert!(opened);
         let mut receivers = Vec::new();
         for i in 1..GROUP_COMMANDS_MAX {
-            let (receiver, opened) = groups.join(unlock(&format!("n{i}"))).ok().unwrap();
+            let (receiver, opened) = groups.join(GroupWrite::Core(unlock(&format!("n{i}")))).ok().unwrap();
             assert!(!opened);
             receivers.push(receiver);
         }
         // Full: the next writer is refused and goes alone.
-        assert!(groups.join(unlock("late")).is_err());
+        assert!(groups.join(GroupWrite::Core(unlock("late"))).is_err());
         assert_eq!(groups.close().len(), GROUP_COMMANDS_MAX);
         // Closed: the next writer opens a new group.
-        assert!(groups.join(unlock("next")).ok().unwrap().1);
+        assert!(groups.join(GroupWrite::Core(unlock("next"))).ok().unwrap().1);
     }
 
     #[test]
@@ -198,9 +311,30 @@ mod tests {
         let big = Command::Unlock { names: vec![Bytes::from(vec![b'x'; COMMAND_BYTES_MAX + 1])], token: Bytes::new() };
         assert!(!groupable(&big));
         assert!(!groupable(&Command::SessionOpen { ttl_ms: 1_000 }));
-        assert!(valid_group(&[unlock("a"), unlock("b")]));
-        assert!(!valid_group(&[unlock("a")]), "one command is a plain entry");
-        assert!(!valid_group(&[unlock("a"), big]));
-        assert!(!valid_group(&vec![unlock("a"); GROUP_COMMANDS_MAX + 1]));
+        assert!(check_group(&Op::Group(vec![unlock("a"), unlock("b")])).is_ok());
+        let one = check_group(&Op::Group(vec![unlock("a")])).unwrap_err();
+        assert!(one.contains("2 to 128 writes") && one.contains("got 1 writes"), "{one}");
+        assert!(check_group(&Op::Group(vec![unlock("a"), big])).is_err());
+        assert!(check_group(&Op::Group(vec![unlock("a"); GROUP_COMMANDS_MAX + 1])).is_err());
+        assert!(check_group(&Op::Core(unlock("a"))).is_ok(), "not a group: nothing to check");
+    }
+
+    #[test]
+    fn only_the_well_known_scripts_within_the_bound_are_grouped() {
+        let token = Bytes::from_static(b"tok");
+        assert!(groupable_write(&release(py_release(), token.clone())));
+        // One byte different: the VM would run it, so it goes alone.
+        let edited = py_release().replacen("return 0", "return  0", 1);
+        assert!(!groupable_write(&release(&edited, token.clone())));
+        let huge = Bytes::from(vec![b't'; COMMAND_BYTES_MAX]);
+        assert!(!groupable_write(&release(py_release(), huge.clone())));
+        let mixed = |arg: Bytes| Op::GroupWrites(vec![GroupWrite::Core(unlock("a")), release(py_release(), arg)]);
+        assert!(check_group(&mixed(token)).is_ok());
+        assert!(check_group(&mixed(huge)).is_err());
+        assert!(check_group(&Op::GroupWrites(vec![
+            GroupWrite::Core(Command::SessionOpen { ttl_ms: 1 }),
+            GroupWrite::Core(unlock("a"))
+        ]))
+        .is_err());
     }
 }

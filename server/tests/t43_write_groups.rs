@@ -20,9 +20,14 @@ fn stat(c: &mut Client, field: &str) -> u64 {
     value.parse().unwrap_or_else(|_| panic!("INFO stats has no count {field}: {value:?}"))
 }
 
+/// redis-py's `Lock` release script, byte for byte (a well-known script: it may share
+/// an entry with other writes).
+const PY_RELEASE: &str = "\n        local token = redis.call('get', KEYS[1])\n        if not token or token ~= ARGV[1] then\n            return 0\n        end\n        redis.call('del', KEYS[1])\n        return 1\n    ";
+
 /// Every client runs `CYCLES` rounds of: lock and release a name of its own, try a
-/// shared name and release it if granted, SET NX PX and DEL a key of its own. Returns
-/// every fence granted.
+/// shared name and release it if granted, SET NX PX and DEL a key of its own, and a
+/// Redlock cycle (SET NX PX, then the release script by EVALSHA with a stranger's
+/// token and with its own). Returns every fence granted.
 fn run_clients(port: u16) -> Vec<i64> {
     let start = Arc::new(Barrier::new(CLIENTS));
     let threads: Vec<_> = (0..CLIENTS)
@@ -31,6 +36,8 @@ fn run_clients(port: u16) -> Vec<i64> {
             std::thread::spawn(move || {
                 let mut c = Client::connect(port);
                 let mut fences = Vec::new();
+                let Reply::Bulk(sha) = c.cmd(&["SCRIPT", "LOAD", PY_RELEASE]) else { panic!("SCRIPT LOAD") };
+                let sha = String::from_utf8(sha).expect("a hex digest");
                 start.wait();
                 for n in 0..CYCLES {
                     let (own, token) = (format!("own:{id}"), format!("t{id}-{n}"));
@@ -52,6 +59,12 @@ fn run_clients(port: u16) -> Vec<i64> {
                     let key = format!("key:{id}");
                     assert_eq!(c.cmd(&["SET", &key, &token, "NX", "PX", "30000"]), Reply::Simple("OK".into()));
                     assert_eq!(c.cmd(&["DEL", &key]), Reply::Int(1));
+
+                    let redlock = format!("redlock:{id}");
+                    assert_eq!(c.cmd(&["SET", &redlock, &token, "NX", "PX", "30000"]), Reply::Simple("OK".into()));
+                    let release = |c: &mut Client, token: &str| c.cmd(&["EVALSHA", &sha, "1", &redlock, token]);
+                    assert_eq!(release(&mut c, "a-stranger"), Reply::Int(0), "{redlock} released by a stranger");
+                    assert_eq!(release(&mut c, &token), Reply::Int(1), "client {id} releases {redlock}");
                 }
                 fences
             })
@@ -75,10 +88,12 @@ fn concurrent_writes_share_entries_and_each_client_gets_its_own_answer() {
     let (entries, writes) = (stat(&mut c, "fencelock_write_groups"), stat(&mut c, "fencelock_grouped_writes"));
     assert!(entries > 0, "{CLIENTS} concurrent clients formed no group");
     assert!(writes >= 2 * entries, "a group carries at least two writes: {writes} in {entries}");
+    assert!(stat(&mut c, "fencelock_grouped_scripts") > 0, "no release script shared an entry");
     // The state is what the clients left: every lock released, every key deleted.
     for id in 0..CLIENTS {
         assert!(c.cmd(&["FENCE", &format!("own:{id}")]).is_null(), "own:{id} is still held");
         assert_eq!(c.cmd(&["EXISTS", &format!("key:{id}")]), Reply::Int(0));
+        assert_eq!(c.cmd(&["EXISTS", &format!("redlock:{id}")]), Reply::Int(0));
     }
     // A later lock still gets a fence above every grouped one.
     let after = c.cmd(&["LOCK", "after", "1000", "TOKEN", "x"]).field("fence").int();
@@ -99,7 +114,9 @@ fn followers_apply_grouped_entries_to_the_same_state() {
     let through_follower = run_clients(servers[follower].port());
     assert_unique(&through_follower);
     assert!(through_follower.iter().all(|f| !fences.contains(f)), "fences are unique across both runs");
-    assert!(stat(&mut servers[follower].connect(), "fencelock_write_groups") > 0, "the follower formed no group");
+    let mut f = servers[follower].connect();
+    assert!(stat(&mut f, "fencelock_write_groups") > 0, "the follower formed no group");
+    assert!(stat(&mut f, "fencelock_grouped_scripts") > 0, "the follower grouped no release script");
     // Leave something held so the replicas have state to compare.
     for id in 0..CLIENTS {
         l.cmd(&["LOCK", &format!("own:{id}"), "60000", "TOKEN", "kept"]);
@@ -110,6 +127,7 @@ fn followers_apply_grouped_entries_to_the_same_state() {
         for id in 0..CLIENTS {
             out.push(format!("{:?}", c.cmd(&["FENCE", &format!("own:{id}")])));
             out.push(format!("{:?}", c.cmd(&["EXISTS", &format!("key:{id}")])));
+            out.push(format!("{:?}", c.cmd(&["EXISTS", &format!("redlock:{id}")])));
         }
         for n in 0..SHARED {
             out.push(format!("{:?}", c.cmd(&["FENCE", &format!("shared:{n}")])));

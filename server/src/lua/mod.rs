@@ -33,7 +33,7 @@ use crate::cmd::{self, render, Request};
 use crate::errors::core_error_text;
 use crate::resp::Wire;
 
-mod known;
+pub mod known;
 
 /// Instructions one script may run: about a second of Lua on this machine's class of
 /// CPU. Counted in units of `HOOK_EVERY`.

@@ -81,6 +81,28 @@ pub enum Op {
     /// (`write_group`): each applied in turn, each answering on its own
     /// (`Applied::Multi`). Only `Command::is_groupable` commands.
     Group(Vec<Command>),
+    /// As `Group`, for a group that also runs scripts: the release and extend scripts
+    /// Redis lock clients send (`write_group`). Each member answers on its own
+    /// (`Applied::Group`); a script that fails is rolled back alone. A group of
+    /// commands only is still written as `Group`, which nodes that predate this variant
+    /// can read.
+    GroupWrites(Vec<GroupWrite>),
+}
+
+/// One write in an `Op::GroupWrites` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupWrite {
+    /// A command that may share an entry (`Command::is_groupable`).
+    Core(Command),
+    /// A script, all or nothing, as `Op::Eval`.
+    Eval {
+        /// The script's source.
+        script: Bytes,
+        /// KEYS.
+        keys: Vec<Bytes>,
+        /// ARGV.
+        args: Vec<Bytes>,
+    },
 }
 
 impl fmt::Display for Proposal {
@@ -101,6 +123,9 @@ pub enum Applied {
     Script(Result<crate::lua::ScriptReply, String>),
     /// Each queued (MULTI) or grouped command's reply, in order.
     Multi(Vec<Result<Reply, fencelock_core::Error>>),
+    /// Each member's answer of an `Op::GroupWrites` entry, in order: `Core` for a
+    /// command, `Script` for a script.
+    Group(Vec<Applied>),
 }
 
 openraft::declare_raft_types!(

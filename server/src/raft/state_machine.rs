@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::wal::{read_small, write_atomic_with};
-use super::{Applied, LogId, Op, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use super::{Applied, GroupWrite, LogId, Op, Proposal, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::lua::LuaEngine;
 
 /// Where waiting connections receive their one terminal event (grant, pop, barrier
@@ -195,6 +195,65 @@ impl SmStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.shared.inner.lock().expect("state lock is never poisoned: apply does not panic while holding it")
+    }
+
+    /// Applies a normal entry's op at `index` (the epoch already rebased), releasing
+    /// the state lock before events go out.
+    fn apply_op(&self, mut inner: std::sync::MutexGuard<'_, Inner>, index: u64, proposal: &Proposal) -> Applied {
+        // The log store keeps its own reference to the op, so the core
+        // borrows the command (copying only what it keeps).
+        match &*proposal.op {
+            Op::Core(command) => {
+                let publish = matches!(command, fencelock_core::Command::Publish { .. });
+                let out = inner.core.apply(index, proposal.stamp_ms, command);
+                drop(inner);
+                if proposal.origin == self.shared.local_node.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(Reply::Queued(waiter)) = &out.reply {
+                        self.shared.waiters.register(*waiter);
+                    }
+                }
+                let delivered = self.dispatch(index, out.events);
+                match out.reply {
+                    // PUBLISH answers how many of this node's subscribers got it.
+                    Ok(Reply::Int(0)) if publish => Applied::Core(Ok(Reply::Int(delivered as i64))),
+                    reply => Applied::Core(reply),
+                }
+            }
+            Op::Group(commands) => {
+                let out = inner.core.apply_group(index, proposal.stamp_ms, commands);
+                drop(inner);
+                self.dispatch(index, out.events);
+                Applied::Multi(out.replies)
+            }
+            Op::GroupWrites(writes) => {
+                let Inner { core, lua, .. } = &mut *inner;
+                let out = core.apply_group_with(index, proposal.stamp_ms, writes, |member, write| match write {
+                    GroupWrite::Core(command) => Applied::Core(member.command(command)),
+                    GroupWrite::Eval { script, keys, args } => {
+                        Applied::Script(member.script(|s| lua.run(script, keys, args, s)))
+                    }
+                });
+                drop(inner);
+                self.dispatch(index, out.events);
+                Applied::Group(out.replies)
+            }
+            Op::Multi(commands) => {
+                let out = inner.core.apply_script(index, proposal.stamp_ms, |s| {
+                    Ok::<_, std::convert::Infallible>(commands.iter().map(|c| s.call(c.clone())).collect::<Vec<_>>())
+                });
+                drop(inner);
+                self.dispatch(index, out.events);
+                let Ok(replies) = out.result;
+                Applied::Multi(replies)
+            }
+            Op::Eval { script, keys, args } => {
+                let Inner { core, lua, .. } = &mut *inner;
+                let out = core.apply_script(index, proposal.stamp_ms, |s| lua.run(script, keys, args, s));
+                drop(inner);
+                self.dispatch(index, out.events);
+                Applied::Script(out.result)
+            }
+        }
     }
 
     /// Tells the adapter which node it runs on (before any entry is applied).
@@ -404,53 +463,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                             inner.core.rebase(proposal.stamp_ms);
                             inner.epoch = Some(proposal.epoch);
                         }
-                        let index = entry.log_id.index;
-                        // The log store keeps its own reference to the op, so the core
-                        // borrows the command (copying only what it keeps).
-                        match &*proposal.op {
-                            Op::Core(command) => {
-                                let publish = matches!(command, fencelock_core::Command::Publish { .. });
-                                let out = inner.core.apply(index, proposal.stamp_ms, command);
-                                drop(inner);
-                                if proposal.origin == self.shared.local_node.load(std::sync::atomic::Ordering::Relaxed)
-                                {
-                                    if let Ok(Reply::Queued(waiter)) = &out.reply {
-                                        self.shared.waiters.register(*waiter);
-                                    }
-                                }
-                                let delivered = self.dispatch(index, out.events);
-                                match out.reply {
-                                    // PUBLISH answers how many of this node's subscribers got it.
-                                    Ok(Reply::Int(0)) if publish => Applied::Core(Ok(Reply::Int(delivered as i64))),
-                                    reply => Applied::Core(reply),
-                                }
-                            }
-                            Op::Group(commands) => {
-                                let out = inner.core.apply_group(index, proposal.stamp_ms, commands);
-                                drop(inner);
-                                self.dispatch(index, out.events);
-                                Applied::Multi(out.replies)
-                            }
-                            Op::Multi(commands) => {
-                                let out = inner.core.apply_script(index, proposal.stamp_ms, |s| {
-                                    Ok::<_, std::convert::Infallible>(
-                                        commands.iter().map(|c| s.call(c.clone())).collect::<Vec<_>>(),
-                                    )
-                                });
-                                drop(inner);
-                                self.dispatch(index, out.events);
-                                let Ok(replies) = out.result;
-                                Applied::Multi(replies)
-                            }
-                            Op::Eval { script, keys, args } => {
-                                let Inner { core, lua, .. } = &mut *inner;
-                                let out =
-                                    core.apply_script(index, proposal.stamp_ms, |s| lua.run(script, keys, args, s));
-                                drop(inner);
-                                self.dispatch(index, out.events);
-                                Applied::Script(out.result)
-                            }
-                        }
+                        self.apply_op(inner, entry.log_id.index, &proposal)
                     }
                 }
             };
