@@ -451,7 +451,7 @@ impl StateMachine {
     /// Grants every waiter that became grantable. Terminates because each round either
     /// removes a dirty name or grants (and so removes) a waiter, and a grant marks at
     /// most group-size names dirty.
-    fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         while let Some(dirty) = self.dirty.pop() {
             match dirty {
                 Dirty::Lock(name) => self.lock_pump(&name),

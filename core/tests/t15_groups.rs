@@ -68,6 +68,7 @@ fn view(sm: &StateMachine) -> String {
         out += &format!("{:?}\n", sm.read(&Command::LockInfo { name: b(name) }));
         out += &format!("{:?}\n", sm.read(&Command::Get { key: b(&format!("k{name}")) }));
     }
+    out += &format!("{:?}\n", sm.read(&Command::Exists { keys: vec![b("list")] }));
     without_fences(out)
 }
 
@@ -192,6 +193,8 @@ fn run_script(member: &Member, s: &mut fencelock_core::Script<'_>) -> ScriptResu
         Member::Failing { key } => {
             let _ = s.call(set_nx_px(key, "failed-writer", 30_000));
             let _ = s.call(Command::Del { keys: vec![b("kb")] });
+            // A list push marks the key for poppers: the rollback must clear that too.
+            let _ = s.call(Command::Push { key: b("list"), values: vec![b("x")], left: false });
             Err("ERR the script failed after writing".into())
         }
         Member::Command(_) => unreachable!("not a script"),
@@ -271,5 +274,24 @@ fn a_failing_script_in_a_group_is_undone_alone() {
     assert_eq!(d.read(Command::Get { key: b("kc") }), Reply::Bulk(b("carol")), "the write before it stays");
     assert_eq!(d.read(Command::Get { key: b("ka") }), Reply::Nil, "the failed script's write is gone");
     assert_eq!(d.read(Command::Get { key: b("kb") }), Reply::Nil, "released by the last member");
+    d.sm.check_invariants().unwrap();
+}
+
+#[test]
+fn a_member_that_applies_a_command_and_then_a_script_grants_in_between() {
+    // `GroupMember` is public: a caller may apply a command and then run a script in
+    // one member. What the command freed is granted before the script starts, so the
+    // script's rollback cannot drop the pending grant (nor panic every replica).
+    let mut d = seeded();
+    d.index += 1;
+    let items = [()];
+    let out = d.sm.apply_group_with(d.index, d.now_ms, &items, |member, ()| {
+        let released = member.command(&unlock(&["a"], "alice"));
+        let failed = member.script(|s| run_script(&Member::Failing { key: "kc".into() }, s));
+        (released, failed.is_err())
+    });
+    assert_eq!(out.replies[0], (Ok(Reply::Int(0)), true));
+    assert_eq!(fences(&[], &out.events), vec![d.index], "dave got a while alice's release was pending");
+    assert_eq!(d.read(Command::Get { key: b("kc") }), Reply::Nil);
     d.sm.check_invariants().unwrap();
 }

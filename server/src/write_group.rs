@@ -11,8 +11,8 @@
 //!
 //! Only commands that draw no id from the entry's index may share one
 //! (`Command::is_groupable`: try-acquires, releases, renewals, SET, DEL), and the lock
-//! clients' well-known scripts (`lua::known`: the release and extend scripts that
-//! redis-py and node-redlock send with every cycle). A group of commands only is an
+//! clients' well-known scripts (`lua::known`: the six acquire, release and extend
+//! scripts of redis-py and node-redlock) when their native body takes the inputs. A group of commands only is an
 //! `Op::Group` entry; one that also runs scripts is an `Op::GroupWrites` entry. A writer
 //! alone in its group is proposed as a plain entry, as before.
 
@@ -77,9 +77,11 @@ pub fn groupable(command: &Command) -> bool {
 }
 
 /// Whether a script run may join a group: one of the lock clients' well-known scripts
-/// (they run natively, in microseconds, and touch only their KEYS), within the bound.
+/// with inputs its native body takes (it then runs in microseconds and touches only its
+/// KEYS; `known::accepts`), within the bound.
 pub fn groupable_eval(script: &[u8], keys: &[Bytes], args: &[Bytes]) -> bool {
-    crate::lua::known::recognize(script).is_some()
+    use crate::lua::known;
+    known::recognize(script).is_some_and(|which| known::accepts(which, keys, args))
         && script.len() + bytes_of(keys) + bytes_of(args) <= COMMAND_BYTES_MAX
 }
 
@@ -319,6 +321,21 @@ mod tests {
         assert!(check_group(&Op::Core(unlock("a"))).is_ok(), "not a group: nothing to check");
     }
 
+    /// Entries and answers travel between nodes and sit in the log as postcard, which
+    /// numbers enum variants by position: a reorder would make every older log and peer
+    /// unreadable.
+    #[test]
+    fn group_entries_keep_their_wire_numbers() {
+        let op_tag = |op: &Op| postcard::to_stdvec(op).expect("encodes")[0];
+        assert_eq!(op_tag(&Op::Core(unlock("a"))), 0);
+        assert_eq!(op_tag(&Op::Multi(vec![])), 2);
+        assert_eq!(op_tag(&Op::Group(vec![])), 3);
+        assert_eq!(op_tag(&Op::GroupWrites(vec![])), 4);
+        let applied_tag = |a: &Applied| postcard::to_stdvec(a).expect("encodes")[0];
+        assert_eq!(applied_tag(&Applied::Multi(vec![])), 3);
+        assert_eq!(applied_tag(&Applied::Group(vec![])), 4);
+    }
+
     #[test]
     fn only_the_well_known_scripts_within_the_bound_are_grouped() {
         let token = Bytes::from_static(b"tok");
@@ -326,6 +343,9 @@ mod tests {
         // One byte different: the VM would run it, so it goes alone.
         let edited = py_release().replacen("return 0", "return  0", 1);
         assert!(!groupable_write(&release(&edited, token.clone())));
+        // Inputs the native body would decline (no ARGV): the VM would run it, alone.
+        let GroupWrite::Eval { script, keys, .. } = release(py_release(), token.clone()) else { unreachable!() };
+        assert!(!groupable_eval(&script, &keys, &[]));
         let huge = Bytes::from(vec![b't'; COMMAND_BYTES_MAX]);
         assert!(!groupable_write(&release(py_release(), huge.clone())));
         let mixed = |arg: Bytes| Op::GroupWrites(vec![GroupWrite::Core(unlock("a")), release(py_release(), arg)]);

@@ -86,6 +86,26 @@ pub fn recognize(body: &[u8]) -> Option<Known> {
     SCRIPTS.iter().find(|(_, text)| text.as_bytes() == body).map(|(which, _)| *which)
 }
 
+/// Whether `which`'s native body takes these inputs, as far as they alone decide it:
+/// the KEYS and ARGV it reads are there, the key count is within the native bound, and
+/// a number it must add is plain digits. A body may still decline on what it finds in
+/// the state (redis-py's extend, when the sum would not be exact in Lua), and the VM
+/// then runs the script, correctly, only slower. Write groups take a known script only
+/// when this holds, so a group does not wait on the VM.
+pub fn accepts(which: Known, keys: &[Bytes], args: &[Bytes]) -> bool {
+    match which {
+        Known::PyRelease => !keys.is_empty() && !args.is_empty(),
+        Known::PyReacquire => !keys.is_empty() && args.len() >= 2,
+        Known::PyExtend => {
+            !keys.is_empty()
+                && args.len() >= 2
+                && (args.get(2).is_none_or(|replace| replace.as_ref() != b"0") || plain_digits(&args[1]).is_some())
+        }
+        Known::RedlockAcquire | Known::RedlockExtend => args.len() >= 2 && keys.len() <= KEYS_NATIVE_MAX,
+        Known::RedlockRelease => !args.is_empty() && keys.len() <= KEYS_NATIVE_MAX,
+    }
+}
+
 /// Runs `which` natively. `None`: declined before any write; the VM must run it.
 pub fn run(
     which: Known,

@@ -81,8 +81,8 @@ pub enum Op {
     /// (`write_group`): each applied in turn, each answering on its own
     /// (`Applied::Multi`). Only `Command::is_groupable` commands.
     Group(Vec<Command>),
-    /// As `Group`, for a group that also runs scripts: the release and extend scripts
-    /// Redis lock clients send (`write_group`). Each member answers on its own
+    /// As `Group`, for a group that also runs scripts: the well-known acquire, release
+    /// and extend scripts Redis lock clients send (`write_group`). Each member answers on its own
     /// (`Applied::Group`); a script that fails is rolled back alone. A group of
     /// commands only is still written as `Group`, which nodes that predate this variant
     /// can read.
