@@ -15,7 +15,7 @@ use crate::lua::ScriptReply;
 use crate::raft::log_store::{LogStore, WriteLoad};
 use crate::raft::network::Network;
 use crate::raft::state_machine::SmStore;
-use crate::raft::{Applied, NodeId, Op, Proposal, Raft};
+use crate::raft::{Applied, GroupWrite, NodeId, Op, Proposal, Raft};
 use bytes::Bytes;
 
 /// Why the node could not serve a request. Clients retry on `TryAgain`.
@@ -371,17 +371,14 @@ impl Node {
     /// While other writes are in flight here, a groupable command shares a log entry
     /// with the writes that arrive with it (`write_group`).
     pub async fn write(self: &Arc<Self>, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
-        if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable(&command) {
-            return crate::write_group::write(self, command).await;
-        }
-        self.write_alone(command).await
-    }
-
-    /// Commits one command in an entry of its own.
-    pub(crate) async fn write_alone(&self, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
-        match self.propose(Op::Core(command)).await? {
+        let applied = if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable(&command) {
+            crate::write_group::join(self, GroupWrite::Core(command)).await?
+        } else {
+            self.propose(Op::Core(command)).await?
+        };
+        match applied {
             Applied::Core(reply) => Ok(reply),
-            other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -394,7 +391,7 @@ impl Node {
     pub async fn multi(&self, commands: Vec<Command>) -> Result<Vec<fencelock_core::Result<Reply>>, NodeError> {
         match self.propose(Op::Multi(commands)).await? {
             Applied::Multi(replies) => Ok(replies),
-            other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -407,12 +404,15 @@ impl Node {
         keys: Vec<Bytes>,
         args: Vec<Bytes>,
     ) -> Result<Result<ScriptReply, String>, NodeError> {
-        if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable_eval(&script, &keys, &args) {
-            return crate::write_group::eval(self, script, keys, args).await;
-        }
-        match self.propose(Op::Eval { script, keys, args }).await? {
+        let applied =
+            if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable_eval(&script, &keys, &args) {
+                crate::write_group::join(self, GroupWrite::Eval { script, keys, args }).await?
+            } else {
+                self.propose(Op::Eval { script, keys, args }).await?
+            };
+        match applied {
             Applied::Script(result) => Ok(result),
-            other => Err(NodeError::Fatal(format!("unexpected apply result {other:?}"))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -527,6 +527,11 @@ async fn watch_membership(raft: Raft, load: Arc<WriteLoad>) {
             return; // Raft has shut down
         }
     }
+}
+
+/// An answer of another kind than the op's: a bug, never a client error.
+fn unexpected(applied: &Applied) -> NodeError {
+    NodeError::Fatal(format!("unexpected apply result {applied:?}"))
 }
 
 /// What a refused or failed `client_write` or membership change means for the client.

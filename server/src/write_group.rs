@@ -12,18 +12,18 @@
 //! Only commands that draw no id from the entry's index may share one
 //! (`Command::is_groupable`: try-acquires, releases, renewals, SET, DEL), and the lock
 //! clients' well-known scripts (`lua::known`: the six acquire, release and extend
-//! scripts of redis-py and node-redlock) when their native body takes the inputs. A group of commands only is an
-//! `Op::Group` entry; one that also runs scripts is an `Op::GroupWrites` entry. A writer
-//! alone in its group is proposed as a plain entry, as before.
+//! scripts of redis-py and node-redlock) when their native body takes the inputs. A
+//! group of commands only is an `Op::Group` entry; one that also runs scripts is an
+//! `Op::GroupWrites` entry. A writer alone in its group is proposed as a plain entry,
+//! as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fencelock_core::{Command, Reply};
+use fencelock_core::Command;
 use tokio::sync::oneshot;
 
-use crate::lua::ScriptReply;
 use crate::node::{Node, NodeError};
 use crate::raft::{Applied, GroupWrite, Op};
 
@@ -85,15 +85,12 @@ pub fn groupable_eval(script: &[u8], keys: &[Bytes], args: &[Bytes]) -> bool {
         && script.len() + bytes_of(keys) + bytes_of(args) <= COMMAND_BYTES_MAX
 }
 
-fn groupable_write(write: &GroupWrite) -> bool {
+/// Whether `write` may join a group.
+pub fn groupable_write(write: &GroupWrite) -> bool {
     match write {
         GroupWrite::Core(command) => groupable(command),
         GroupWrite::Eval { script, keys, args } => groupable_eval(script, keys, args),
     }
-}
-
-fn valid_size(len: usize) -> bool {
-    (2..=GROUP_COMMANDS_MAX).contains(&len)
 }
 
 /// Whether `op`, if it is a group entry, may be proposed: the leader checks a group
@@ -105,7 +102,7 @@ pub fn check_group(op: &Op) -> Result<(), String> {
         Op::GroupWrites(writes) => (writes.len(), writes.iter().all(groupable_write)),
         _ => return Ok(()),
     };
-    if valid_size(len) && valid {
+    if (2..=GROUP_COMMANDS_MAX).contains(&len) && valid {
         return Ok(());
     }
     Err(format!(
@@ -147,40 +144,15 @@ impl WriteGroups {
     }
 }
 
-/// Commits `command` (which must be `groupable`) in a group with whatever concurrent
-/// writes join it, and returns its own reply.
-pub async fn write(node: &Arc<Node>, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
-    debug_assert!(groupable(&command));
-    match join(node, GroupWrite::Core(command)).await? {
-        Applied::Core(reply) => Ok(reply),
-        other => Err(unexpected(&other)),
-    }
-}
-
-/// Runs a script (which must be `groupable_eval`) in a group with whatever concurrent
-/// writes join it: its reply, or its error text (it alone was rolled back).
-pub async fn eval(
-    node: &Arc<Node>,
-    script: Bytes,
-    keys: Vec<Bytes>,
-    args: Vec<Bytes>,
-) -> Result<Result<ScriptReply, String>, NodeError> {
-    debug_assert!(groupable_eval(&script, &keys, &args));
-    match join(node, GroupWrite::Eval { script, keys, args }).await? {
-        Applied::Script(result) => Ok(result),
-        other => Err(unexpected(&other)),
-    }
-}
-
-fn unexpected(applied: &Applied) -> NodeError {
-    NodeError::Fatal(format!("unexpected apply result for a grouped write: {applied:?}"))
-}
-
-async fn join(node: &Arc<Node>, write: GroupWrite) -> Answer {
+/// Commits `write` (which must be `groupable_write`) in a group with whatever
+/// concurrent writes join it, and returns its own answer: `Applied::Core` for a
+/// command, `Applied::Script` for a script.
+pub async fn join(node: &Arc<Node>, write: GroupWrite) -> Answer {
+    debug_assert!(groupable_write(&write));
     let (receiver, opened) = match node.groups().join(write) {
         Ok(joined) => joined,
         // A full group: this one goes alone rather than wait for the next.
-        Err(write) => return alone(node, *write).await,
+        Err(write) => return node.propose(Op::from(*write)).await,
     };
     if opened {
         // The group is closed and proposed by a task of its own, so this writer's
@@ -201,19 +173,11 @@ async fn join(node: &Arc<Node>, write: GroupWrite) -> Answer {
     )))
 }
 
-/// Proposes one write in an entry of its own.
-async fn alone(node: &Node, write: GroupWrite) -> Answer {
-    match write {
-        GroupWrite::Core(command) => node.write_alone(command).await.map(Applied::Core),
-        GroupWrite::Eval { script, keys, args } => node.propose(Op::Eval { script, keys, args }).await,
-    }
-}
-
 /// Proposes a closed group and answers its members.
 async fn propose(node: &Node, mut group: Vec<Member>) {
     if group.len() == 1 {
         let Member { write, answer } = group.pop().expect("one member");
-        let _ = answer.send(alone(node, write).await);
+        let _ = answer.send(node.propose(Op::from(write)).await);
         return;
     }
     let (writes, answers): (Vec<GroupWrite>, Vec<oneshot::Sender<Answer>>) =

@@ -105,6 +105,16 @@ pub enum GroupWrite {
     },
 }
 
+impl From<GroupWrite> for Op {
+    /// The entry a group member makes when it goes alone.
+    fn from(write: GroupWrite) -> Op {
+        match write {
+            GroupWrite::Core(command) => Op::Core(command),
+            GroupWrite::Eval { script, keys, args } => Op::Eval { script, keys, args },
+        }
+    }
+}
+
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}@{}:{}", self.op, self.epoch, self.stamp_ms)
