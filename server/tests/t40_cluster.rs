@@ -9,16 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    info_field, leader_of, start_cluster, start_cluster_with, until_accepted, wait_applied, wait_for_leader,
+    info_field, leader_of, led_cluster, start_cluster, start_cluster_with, until_accepted, wait_applied,
+    wait_for_leader,
 };
 use common::{wait_until, Client, Reply};
 
 #[test]
 fn three_nodes_form_replicate_forward_and_fail_over_with_locks_intact() {
-    let mut servers = start_cluster(3);
-    let leader = wait_for_leader(&mut servers);
-    let mut l = servers[leader].connect();
-    assert_eq!(until_accepted(&mut l, &["SET", "k", "v"]), Reply::Simple("OK".into()));
+    let (mut servers, leader, mut l) = led_cluster(3, &["SET", "k", "v"]);
     let fence = until_accepted(&mut l, &["LOCK", "orders:1", "60000", "TOKEN", "holder"]).field("fence").int();
     let applied = info_field(&mut l, "raft_applied_index").parse::<u64>().expect("applied index");
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != leader) {

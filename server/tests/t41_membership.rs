@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    free_port, info_field, run_to_exit, start_cluster, start_cluster_with, status_field, until_accepted, wait_applied,
-    wait_for_leader,
+    free_port, info_field, led_cluster, run_to_exit, start_cluster, start_cluster_with, status_field, until_accepted,
+    wait_applied, wait_for_leader,
 };
 use common::{encode, wait_until, Client, Reply, Server};
 
@@ -186,10 +186,7 @@ fn a_follower_behind_the_leaders_purge_catches_up_by_snapshot_and_keeps_appendin
 
 #[test]
 fn leadership_moves_on_request_and_on_sigterm_without_waiting_for_an_election() {
-    let mut servers = start_cluster(3);
-    let leader = wait_for_leader(&mut servers);
-    let mut l = servers[leader].connect();
-    until_accepted(&mut l, &["SET", "k", "v"]);
+    let (mut servers, leader, _) = led_cluster(3, &["SET", "k", "v"]);
     // CLUSTER.TRANSFER sent to a follower, naming the other follower.
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let mut f = servers[followers[0]].connect();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{info_field, start_cluster, until_accepted, wait_for_leader};
+use common::cluster::{info_field, led_cluster, start_cluster, until_accepted, wait_for_leader};
 use common::{encode, wait_until, Client, Reply};
 
 /// Sends `args` until it is granted (not null, not TRYAGAIN); the grant.
@@ -82,10 +82,7 @@ fn a_paused_leader_is_replaced_and_after_resuming_grants_and_confirms_nothing() 
 
 #[test]
 fn a_node_cut_off_in_the_minority_refuses_writes_and_reads() {
-    let mut servers = start_cluster(3);
-    let leader = wait_for_leader(&mut servers);
-    let mut l = servers[leader].connect();
-    until_accepted(&mut l, &["SET", "k", "before"]);
+    let (mut servers, leader, mut l) = led_cluster(3, &["SET", "k", "before"]);
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
 
     // The leader alone: both followers frozen.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
-use common::cluster::{info_field, section_field, start_cluster, until_accepted, wait_applied, wait_for_leader};
+use common::cluster::{info_field, led_cluster, section_field, wait_applied};
 use common::{Client, Reply, Server};
 
 const CLIENTS: usize = 24;
@@ -102,10 +102,7 @@ fn concurrent_writes_share_entries_and_each_client_gets_its_own_answer() {
 
 #[test]
 fn followers_apply_grouped_entries_to_the_same_state() {
-    let mut servers = start_cluster(3);
-    let leader = wait_for_leader(&mut servers);
-    let mut l = servers[leader].connect();
-    until_accepted(&mut l, &["SET", "ready", "1"]);
+    let (servers, leader, mut l) = led_cluster(3, &["SET", "ready", "1"]);
     let fences = run_clients(servers[leader].port());
     assert_unique(&fences);
     assert!(stat(&mut l, "fencelock_write_groups") > 0, "the leader formed no group");

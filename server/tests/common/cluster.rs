@@ -74,6 +74,17 @@ pub fn wait_for_leader(servers: &mut [Server]) -> usize {
     wait_until(Duration::from_secs(10), "a leader", || leader_of(servers))
 }
 
+/// Starts `n` nodes, waits for a leader and for it to accept `first` (a write answered
+/// `+OK`, sent until a new leader stops refusing it): the servers, the leader's index
+/// and a client connected to it.
+pub fn led_cluster(n: u64, first: &[&str]) -> (Vec<Server>, usize, Client) {
+    let mut servers = start_cluster(n);
+    let leader = wait_for_leader(&mut servers);
+    let mut client = servers[leader].connect();
+    assert_eq!(until_accepted(&mut client, first), Reply::Simple("OK".into()), "{first:?} on the leader");
+    (servers, leader, client)
+}
+
 /// Sends a command until it is not refused with TRYAGAIN (a new leader refuses writes
 /// until a quorum has acknowledged it; clients retry TRYAGAIN).
 pub fn until_accepted(c: &mut Client, args: &[&str]) -> Reply {
