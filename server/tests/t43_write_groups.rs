@@ -138,3 +138,73 @@ fn followers_apply_grouped_entries_to_the_same_state() {
         assert_eq!(view(&mut f), expected, "follower {i} applied the grouped entries to another state");
     }
 }
+
+/// node-redlock 5's acquire script, byte for byte (well known: it may share an entry).
+const REDLOCK_ACQUIRE: &str = "\n  -- Return 0 if an entry already exists.\n  for i, key in ipairs(KEYS) do\n    if redis.call(\"exists\", key) == 1 then\n      return 0\n    end\n  end\n\n  -- Create an entry for each provided key.\n  for i, key in ipairs(KEYS) do\n    redis.call(\"set\", key, ARGV[1], \"PX\", ARGV[2])\n  end\n\n  -- Return the number of entries added.\n  return #KEYS\n";
+
+/// A grouped script that raises after its first write: node-redlock's acquire over a
+/// short key and one past the key limit (`exists` reads any name; `set` refuses the
+/// long one after it has set the short one). The script must leave nothing behind, on
+/// any node, while the writes it shared entries with land.
+#[test]
+fn a_grouped_script_that_fails_after_writing_leaves_nothing_and_its_group_lands() {
+    const WRITERS: usize = 12;
+    const ATTEMPTS: usize = 400;
+    let (servers, leader, mut l) = led_cluster(3, &["SET", "ready", "1"]);
+    let port = servers[leader].port();
+    let long_key = "k".repeat(5_000);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(WRITERS + 1));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|id| {
+            let (done, start) = (Arc::clone(&done), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                start.wait();
+                let mut n = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let reply = c.cmd(&["SET", &format!("w:{id}"), &n.to_string()]);
+                    assert_eq!(reply, Reply::Simple("OK".into()), "writer {id}'s SET {n}");
+                }
+                n
+            })
+        })
+        .collect();
+    let mut s = Client::connect(port);
+    let Reply::Bulk(sha) = s.cmd(&["SCRIPT", "LOAD", REDLOCK_ACQUIRE]) else { panic!("SCRIPT LOAD") };
+    let sha = String::from_utf8(sha).expect("a hex digest");
+    assert_eq!(sha, "96da70f7716f27d278a5218544df37fd8b0a5e4c", "node-redlock's acquire, as the client computes it");
+    // `exists` reads a name of any length, so the acquire gets as far as its writes.
+    assert_eq!(s.cmd(&["EXISTS", &long_key]), Reply::Int(0));
+    start.wait();
+    let mut attempts = 0;
+    while attempts < ATTEMPTS {
+        attempts += 1;
+        let part = format!("part:{attempts}");
+        let reply = s.cmd(&["EVALSHA", &sha, "2", &part, &long_key, "tok", "30000"]);
+        let Reply::Error(text) = &reply else { panic!("attempt {attempts}: the acquire raised nothing: {reply:?}") };
+        assert!(text.contains("4096"), "the error names the key limit: {text}");
+        assert_eq!(s.cmd(&["EXISTS", &part]), Reply::Int(0), "attempt {attempts} left {part} set");
+        // Stop once the failing script has shared entries (it is the only script here).
+        if attempts % 25 == 0 && stat(&mut l, "fencelock_grouped_scripts") >= 5 {
+            break;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last: Vec<u64> = writers.into_iter().map(|w| w.join().expect("a writer failed")).collect();
+    let grouped = stat(&mut l, "fencelock_grouped_scripts");
+    assert!(grouped > 0, "in {attempts} attempts beside {WRITERS} writers the script never shared an entry");
+    // Every node: each writer's last value, no part of any attempt.
+    let applied: u64 = info_field(&mut l, "raft_applied_index").parse().expect("applied index");
+    for (i, server) in servers.iter().enumerate() {
+        let mut c = server.connect();
+        wait_applied(&mut c, applied);
+        for (id, n) in last.iter().enumerate() {
+            assert_eq!(c.cmd(&["GET", &format!("w:{id}")]), Reply::Bulk(n.to_string().into_bytes()), "node {i}");
+        }
+        for attempt in 1..=attempts {
+            assert_eq!(c.cmd(&["EXISTS", &format!("part:{attempt}")]), Reply::Int(0), "node {i}: part:{attempt}");
+        }
+    }
+}
