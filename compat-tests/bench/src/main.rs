@@ -158,11 +158,11 @@ async fn run(args: Args) -> Result<(), String> {
     let kinds: Vec<Kind> = args.targets.split(',').map(|t| Kind::parse(t.trim())).collect::<Result<_, _>>()?;
     let fencelock = targets::fencelock_binary(args.binary.clone())?;
     let open_files = scale::raise_open_files();
-    if names.contains(&"connections") && (open_files as usize) < args.connections * 2 + 100 {
-        eprintln!(
-            "note: the open-file limit is {open_files}; `connections` needs about {}",
-            args.connections * 2 + 100
-        );
+    // The load generator and each server hold one end of every connection, each in its
+    // own process (and file table), plus a few dozen files of their own.
+    let per_process = args.connections + 100;
+    if names.contains(&"connections") && (open_files as usize) < per_process {
+        eprintln!("note: the open-file limit is {open_files}; `connections` needs about {per_process} per process");
     }
     let mut cells = Vec::new();
     let mut failures = 0;

@@ -23,7 +23,8 @@ fn largest(kib: &[u64]) -> u64 {
 }
 
 /// Raises this process's open-file limit to its hard limit (children inherit it), so that
-/// 10,000 connections fit on both ends. Returns the new soft limit.
+/// 10,000 connections fit in the load generator and in each server (one end each).
+/// Returns the new soft limit.
 pub fn raise_open_files() -> u64 {
     // SAFETY: getrlimit / setrlimit only read and write the struct passed to them.
     unsafe {
