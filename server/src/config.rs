@@ -35,6 +35,10 @@ pub struct Flags {
     /// Log entries between snapshots [default: 100000].
     #[arg(long, env = "FENCELOCK_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// A snapshot is also taken once the log grows by this many MiB, or by the last
+    /// snapshot's size if that is larger [default: 64].
+    #[arg(long, env = "FENCELOCK_SNAPSHOT_LOG_MIB")]
+    pub snapshot_log_mib: Option<u64>,
     /// Every voter of a static cluster, this node included: `1=host:peer-port,2=...`.
     /// Without it the node runs alone.
     #[arg(long, env = "FENCELOCK_PEERS")]
@@ -86,6 +90,7 @@ pub struct FileSettings {
     peer_port: Option<u16>,
     maxclients: Option<usize>,
     snapshot_every: Option<u64>,
+    snapshot_log_mib: Option<u64>,
     peers: Option<String>,
     join: Option<String>,
     peer_pipeline: Option<usize>,
@@ -112,6 +117,8 @@ pub struct Settings {
     pub maxclients: usize,
     /// Snapshot interval in entries.
     pub snapshot_every: u64,
+    /// Log growth between snapshots, at least, in MiB.
+    pub snapshot_log_mib: u64,
     /// Static cluster members: node id → peer address (empty: a single node).
     pub peers: std::collections::BTreeMap<u64, String>,
     /// A member's client address to join through (`--join`).
@@ -134,6 +141,9 @@ pub struct Settings {
 /// Most runtime threads `--io-threads` accepts (redis-server caps its own at 128; past
 /// the core count more threads only add hand-offs).
 pub const IO_THREADS_MAX: usize = 64;
+/// Largest `--snapshot-log-mib`: 1 TiB of log between snapshots is already more than a
+/// lock server's memory; past it the bound means nothing.
+pub const SNAPSHOT_LOG_MIB_MAX: u64 = 1024 * 1024;
 
 /// Parses `FENCELOCK_TEST_CLOCK`'s `offset_ms:rate`.
 pub fn parse_test_clock(text: &str) -> Result<(u64, f64), String> {
@@ -189,6 +199,7 @@ impl Settings {
             peer_port,
             maxclients: flags.maxclients.or(file.maxclients).unwrap_or(10_000),
             snapshot_every: flags.snapshot_every.or(file.snapshot_every).unwrap_or(100_000),
+            snapshot_log_mib: flags.snapshot_log_mib.or(file.snapshot_log_mib).unwrap_or(64),
             peers: parse_peers(flags.peers.as_deref().or(file.peers.as_deref()).unwrap_or(""))?,
             join: flags.join.or(file.join).filter(|j| !j.is_empty()),
             peer_pipeline: flags.peer_pipeline.or(file.peer_pipeline).unwrap_or(1),
@@ -223,6 +234,12 @@ impl Settings {
         }
         if settings.snapshot_every == 0 {
             return Err("snapshot-every must be at least 1".into());
+        }
+        if !(1..=SNAPSHOT_LOG_MIB_MAX).contains(&settings.snapshot_log_mib) {
+            return Err(format!(
+                "snapshot-log-mib must be 1..={SNAPSHOT_LOG_MIB_MAX}, got {}",
+                settings.snapshot_log_mib
+            ));
         }
         Ok(settings)
     }
@@ -284,6 +301,19 @@ mod tests {
         assert_eq!(e, "idle-spin-us must be 0..=1000, got 1001");
         let s = Settings::resolve(Flags::parse_from(["fencelock", "--port", "0"])).unwrap();
         assert_eq!(s.peer_port, 0, "an ephemeral client port gets an ephemeral peer port");
+    }
+
+    #[test]
+    fn snapshot_log_mib_is_bounded() {
+        assert_eq!(Settings::resolve(Flags::parse_from(["fencelock"])).unwrap().snapshot_log_mib, 64);
+        for good in ["1", "1048576"] {
+            let s = Settings::resolve(Flags::parse_from(["fencelock", "--snapshot-log-mib", good])).unwrap();
+            assert_eq!(s.snapshot_log_mib.to_string(), good);
+        }
+        for bad in ["0", "1048577"] {
+            let e = Settings::resolve(Flags::parse_from(["fencelock", "--snapshot-log-mib", bad])).unwrap_err();
+            assert_eq!(e, format!("snapshot-log-mib must be 1..=1048576, got {bad}"));
+        }
     }
 
     #[test]

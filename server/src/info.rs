@@ -45,14 +45,16 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         out += &format!("role:slave\r\nmaster_link_status:{link}\r\nconnected_slaves:0\r\n");
     }
     out += &format!(
-        "raft_node_id:{}\r\nraft_leader_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\n\r\n",
+        "raft_node_id:{}\r\nraft_leader_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\nraft_log_bytes:{}\r\nraft_snapshot_bytes:{}\r\n\r\n",
         server.node.id,
         status.leader_id.map_or(0, |l| l),
         status.term,
         status.last_log_index,
         status.commit_index,
         status.applied_index,
-        status.snapshot_index
+        status.snapshot_index,
+        server.node.log_bytes.held(),
+        server.node.sm.snapshot_bytes()
     );
     out
 }

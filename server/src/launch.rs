@@ -45,6 +45,7 @@ pub async fn launch(settings: &Settings) -> Result<Launched, String> {
         peer_addr: format!("{}:{}", settings.bind, settings.peer_port),
         limits: Limits::default(),
         snapshot_every_entries: settings.snapshot_every,
+        snapshot_log_bytes_min: settings.snapshot_log_mib * 1024 * 1024,
         peers: settings.peers.clone(),
         join: settings.join.clone(),
         peer_pipeline: settings.peer_pipeline,

@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Entries between snapshots.
     pub snapshot_every_entries: u64,
+    /// Bytes the log may grow by between snapshots, at least (`snapshot_trigger`).
+    pub snapshot_log_bytes_min: u64,
     /// Static cluster members (node id → peer address); empty for a single node.
     pub peers: BTreeMap<NodeId, String>,
     /// A member's client address to join the cluster through (`--join`).
@@ -114,6 +116,8 @@ pub struct Node {
     write_load: Arc<WriteLoad>,
     /// Concurrent client writes being gathered into one entry.
     groups: crate::write_group::WriteGroups,
+    /// The log's size (INFO).
+    pub log_bytes: Arc<crate::raft::log_store::LogBytes>,
 }
 
 fn random_u64() -> u64 {
@@ -129,6 +133,7 @@ impl Node {
         let fatal = |e: &dyn std::fmt::Display| NodeError::Fatal(e.to_string());
         let log = LogStore::open(&config.data_dir.join("raft")).map_err(|e| fatal(&e))?;
         let write_load = log.write_load();
+        let log_bytes = log.log_bytes();
         let sm = SmStore::open(&config.data_dir.join("state"), config.limits.clone()).map_err(|e| fatal(&e))?;
         let raft_config = openraft::Config {
             cluster_name: "fencelock".into(),
@@ -136,7 +141,7 @@ impl Node {
             election_timeout_min: 150,
             election_timeout_max: 300,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: crate::raft::snapshot_trigger::ENTRIES_KEPT,
             max_payload_entries: 1_024,
             // openraft 0.10 lets a restarted leader resume leadership without an
             // election by default. Our state machine is rebuilt from the log after a
@@ -159,6 +164,12 @@ impl Node {
         )
         .await
         .map_err(|e| fatal(&e))?;
+        tokio::spawn(crate::raft::snapshot_trigger::run(
+            raft.clone(),
+            Arc::clone(&log_bytes),
+            sm.clone(),
+            config.snapshot_log_bytes_min,
+        ));
         let slot: crate::raft::network::NodeSlot = Default::default();
         // Every node listens for peers, a single node too: others may join it.
         let advertised = config.peers.get(&config.id).unwrap_or(&config.peer_addr).clone();
@@ -210,6 +221,7 @@ impl Node {
             forward_pool: Default::default(),
             write_load,
             groups: Default::default(),
+            log_bytes,
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));

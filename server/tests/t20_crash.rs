@@ -442,3 +442,49 @@ fn acknowledged_writes_survive_sigkill_with_frequent_snapshots() {
     assert!(data.join("state").join("snapshot").exists(), "no snapshot was written");
     assert!(data.join("raft").join("purged").exists(), "the log was never purged");
 }
+
+fn info_number(c: &mut Client, field: &str) -> u64 {
+    let info = c.cmd(&["INFO", "replication"]).text();
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("INFO has no {field}"));
+    line.trim().parse().unwrap_or_else(|_| panic!("{field}: {line:?}"))
+}
+
+/// A log that outgrows `--snapshot-log-mib` is snapshotted and purged though it holds
+/// far fewer entries than `--snapshot-every`: 48 writes of 128 KiB to 4 keys (6 MiB)
+/// against a 1 MiB floor. The state stays small (4 values), so the bound stays 1 MiB,
+/// and the entries openraft would keep behind each snapshot (all of them: fewer than
+/// 1,000) outweigh it, so the log is purged through the snapshots. Once the writes stop
+/// the log holds at most what came after the last snapshot (under the bound, or there
+/// would be another) and what was kept behind it (under the bound, or it would have
+/// been purged): under 3 MiB, where without the purges it would hold all 6. Then
+/// SIGKILL: the state comes back from the snapshot and what is left of the log.
+#[test]
+fn a_log_that_outgrows_its_bytes_is_snapshotted_and_survives_sigkill() {
+    const WRITES: usize = 48;
+    const KEYS: usize = 4;
+    let value = |i: usize| format!("{i:06}").repeat(128 * 1024 / 6);
+    let mut server = Server::start_with(&["--snapshot-every", "1000000", "--snapshot-log-mib", "1"]);
+    let mut c = server.connect();
+    for i in 0..WRITES {
+        assert_eq!(c.cmd(&["SET", &format!("big:{}", i % KEYS), &value(i)]), Reply::Simple("OK".into()));
+    }
+    let written = (WRITES * 128 * 1024) as u64;
+    let snapshot_index = common::wait_until(Duration::from_secs(20), "a snapshot by size and a purge", || {
+        let (index, bytes) = (info_number(&mut c, "raft_snapshot_index"), info_number(&mut c, "raft_log_bytes"));
+        (index > 0 && bytes < written / 2).then_some(index)
+    });
+    assert!(snapshot_index < 1_000, "a snapshot by size, not by count ({snapshot_index} entries)");
+    let snapshot_bytes = info_number(&mut c, "raft_snapshot_bytes");
+    assert!(snapshot_bytes > 0 && snapshot_bytes < 1 << 20, "a snapshot of 4 values: {snapshot_bytes} B");
+    server.restart();
+    let mut c = server.connect();
+    for (k, i) in (WRITES - KEYS..WRITES).map(|i| (i % KEYS, i)) {
+        let Reply::Bulk(got) = c.cmd(&["GET", &format!("big:{k}")]) else {
+            panic!("big:{k} is gone after the restart")
+        };
+        assert!(got == value(i).into_bytes(), "big:{k} came back with another value than write {i}");
+    }
+}

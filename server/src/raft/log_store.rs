@@ -28,7 +28,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
@@ -53,6 +53,10 @@ use super::{Entry, LogId, TypeConfig, Vote};
 /// VM's noise. A round carries at most a few hundred entries, so 1,024 keeps every read
 /// of replication and apply decoded.
 pub const DECODED_ENTRIES: usize = 1_024;
+/// At most this many bytes of entries (as written) are kept decoded, whatever their
+/// number, and at least the newest entry. Typical entries (a group of lock writes, a
+/// few KB) never reach it; 64 writes of 1 MiB each, a round's worth, still fit.
+pub const DECODED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Segment size: etcd uses 64 MiB. Preallocation makes appends overwrite reserved
 /// blocks instead of growing the file.
@@ -78,6 +82,44 @@ enum Job {
     Barrier {
         done: oneshot::Sender<io::Result<()>>,
     },
+}
+
+/// The log's size in bytes (its entries as the WAL wrote them), for the snapshot
+/// policy (`snapshot_trigger`) and INFO. Updated under the store's lock, read without it.
+#[derive(Debug, Default)]
+pub struct LogBytes {
+    /// Every byte ever appended by this process (truncations not subtracted): growth
+    /// since a moment is the difference of two readings.
+    appended: AtomicU64,
+    /// The bytes the log holds now, in memory and in the WAL: appended, minus what
+    /// truncates and purges removed.
+    held: AtomicU64,
+}
+
+impl LogBytes {
+    /// Bytes appended since this process opened the log.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the log holds now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: u64) {
+        self.appended.fetch_add(bytes, Ordering::Relaxed);
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove(&self, bytes: u64) {
+        let before = self.held.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(before >= bytes, "the log cannot drop more bytes than it holds");
+    }
+}
+
+fn bytes_of<'a>(payloads: impl Iterator<Item = &'a Bytes>) -> u64 {
+    payloads.map(|p| p.len() as u64).sum()
 }
 
 /// How busy this node is with writes: decides whether an append may sync on the
@@ -185,6 +227,7 @@ struct Inner {
     wal_thread: Option<std::thread::JoinHandle<()>>,
     disk: Arc<Disk>,
     load: Arc<WriteLoad>,
+    bytes: Arc<LogBytes>,
 }
 
 impl Drop for Inner {
@@ -402,11 +445,11 @@ impl LogStore {
         // Every recovered entry is decoded once, so a log that does not decode fails
         // here and not when a lagging follower reads it; only the newest are kept.
         let mut decoded = VecDeque::with_capacity(payloads.len().min(DECODED_ENTRIES));
-        for payload in &payloads {
-            if decoded.len() == DECODED_ENTRIES {
-                decoded.pop_front();
+        for (n, payload) in payloads.iter().enumerate() {
+            let entry = decode::<Entry>(payload)?;
+            if payloads.len() - n <= DECODED_ENTRIES {
+                decoded.push_back(entry);
             }
-            decoded.push_back(decode::<Entry>(payload)?);
         }
         let first_index = if payloads.is_empty() { wal.next_index().max(floor) } else { floor };
         let (jobs, receiver) = mpsc::channel();
@@ -420,9 +463,11 @@ impl LogStore {
             .name("fencelock-purge".into())
             .spawn(move || purge_thread(purge_dir, purge_disk, purge_jobs, purge_receiver))?;
         let load = Arc::default();
+        let bytes = Arc::new(LogBytes::default());
+        bytes.held.store(bytes_of(payloads.iter()), Ordering::Relaxed);
         let (purge_thread, wal_thread) = (Some(purge), Some(wal));
         let dir = dir.to_path_buf();
-        let inner = Inner {
+        let mut inner = Inner {
             payloads,
             decoded,
             decoded_max: DECODED_ENTRIES,
@@ -436,7 +481,9 @@ impl LogStore {
             wal_thread,
             disk,
             load,
+            bytes,
         };
+        inner.trim_decoded();
         Ok(LogStore { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -452,6 +499,11 @@ impl LogStore {
     /// writes and says whether it is alone.
     pub fn write_load(&self) -> Arc<WriteLoad> {
         Arc::clone(&self.lock().load)
+    }
+
+    /// The log's size, kept current by this store.
+    pub fn log_bytes(&self) -> Arc<LogBytes> {
+        Arc::clone(&self.lock().bytes)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -478,7 +530,18 @@ impl Inner {
     /// Drops the decoded entries older than the window, on this thread (see
     /// [`DECODED_ENTRIES`]); their bytes stay in `payloads`.
     fn trim_decoded(&mut self) {
-        let excess = self.decoded.len().saturating_sub(self.decoded_max);
+        // The window is also bounded by its entries' size: a write may carry up to
+        // 1 MiB, and 1,024 such entries held decoded (beside their bytes) were a GB.
+        let mut kept = 0;
+        let mut bytes = 0;
+        for payload in self.payloads.iter().rev().take(self.decoded.len().min(self.decoded_max)) {
+            bytes += payload.len();
+            if kept > 0 && bytes > DECODED_BYTES_MAX {
+                break;
+            }
+            kept += 1;
+        }
+        let excess = self.decoded.len() - kept;
         self.decoded.drain(..excess);
     }
 
@@ -604,6 +667,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let encoded = Bytes::from(encoded);
         let payloads: Vec<Bytes> = spans.into_iter().map(|span| encoded.slice(span)).collect();
+        inner.bytes.add(encoded.len() as u64);
         inner.payloads.extend(payloads.iter().cloned());
         inner.trim_decoded();
         debug_assert_eq!(inner.decoded.back().map(|e| e.index()), Some(inner.next_index() - 1));
@@ -631,6 +695,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // An emptied cache takes its first index from the next append.
             let keep = from.saturating_sub(inner.first_index) as usize;
             let keep_decoded = from.saturating_sub(inner.decoded_first()) as usize;
+            let removed = bytes_of(inner.payloads.iter().skip(keep));
+            inner.bytes.remove(removed);
             inner.payloads.truncate(keep);
             inner.decoded.truncate(keep_decoded);
         }
@@ -648,6 +714,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // covers nearly the whole log, and then frees at most the window here.
         let purged_decoded = (log_id.index + 1).saturating_sub(inner.decoded_first()).min(inner.decoded.len() as u64);
         inner.decoded.drain(..purged_decoded as usize);
+        let purged = (log_id.index + 1).saturating_sub(inner.first_index).min(inner.payloads.len() as u64);
+        let removed = bytes_of(inner.payloads.iter().take(purged as usize));
+        inner.bytes.remove(removed);
         let Inner { payloads, first_index, .. } = &mut *inner;
         forget_through(payloads, first_index, log_id.index);
         // The disk's part runs behind us (see `purge_thread`): openraft waits for this
@@ -696,5 +765,59 @@ mod tests {
             "the append queued before the vote is durable by the time the vote is"
         );
         assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+    }
+
+    /// An entry of about `bytes` bytes (an UNLOCK with a token that size).
+    fn sized(index: u64, bytes: usize) -> Entry {
+        let command = fencelock_core::Command::Unlock { names: vec![], token: Bytes::from(vec![b'x'; bytes]) };
+        let proposal =
+            super::super::Proposal { epoch: 1, stamp_ms: 0, origin: 1, op: Arc::new(super::super::Op::Core(command)) };
+        Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), proposal)
+    }
+
+    async fn append_synced(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, flushed) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::<TypeConfig>::signal(tx)).await.expect("append");
+        flushed.await.expect("the WAL thread answers").expect("synced");
+    }
+
+    /// The snapshot policy reads the log's size: it must follow appends, truncates and
+    /// purges, and count what a restart recovers. And large entries are not all kept
+    /// decoded: the window stops at `DECODED_BYTES_MAX`, while every entry stays readable.
+    #[tokio::test]
+    async fn the_log_counts_its_bytes_and_keeps_a_bounded_window_decoded() {
+        const ENTRY_BYTES: usize = 9 << 20;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        let bytes = store.log_bytes();
+        assert_eq!((bytes.appended(), bytes.held()), (0, 0));
+        append_synced(&mut store, (1..=9).map(|i| sized(i, ENTRY_BYTES)).collect()).await;
+        let each = store.lock().payloads[0].len() as u64;
+        assert!(each > ENTRY_BYTES as u64 && each < ENTRY_BYTES as u64 + 100, "{each}");
+        assert_eq!((bytes.appended(), bytes.held()), (9 * each, 9 * each));
+        let decoded = store.lock().decoded.len();
+        assert_eq!(decoded, (DECODED_BYTES_MAX as u64 / each) as usize, "the window holds what fits in its bytes");
+        let all = store.try_get_log_entries(1..10).await.expect("every entry reads back, decoded or not");
+        assert_eq!(all.iter().map(|e| e.index()).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
+        assert_eq!(all[0], sized(1, ENTRY_BYTES));
+
+        store.truncate_after(Some(openraft::testing::log_id::<TypeConfig>(1, 1, 7))).await.expect("truncate");
+        assert_eq!((bytes.appended(), bytes.held()), (9 * each, 7 * each), "a truncate gives back 2 entries");
+        store.purge(openraft::testing::log_id::<TypeConfig>(1, 1, 3)).await.expect("purge");
+        assert_eq!(bytes.held(), 4 * each, "a purge through 3 gives back 3 more");
+        append_synced(&mut store, vec![blank(1, 8)]).await;
+        let small = store.lock().payloads.back().expect("the blank").len() as u64;
+        assert_eq!(
+            store.lock().decoded.len(),
+            5,
+            "the four large entries left fit in the window, the small one beside"
+        );
+        assert_eq!(bytes.held(), 4 * each + small);
+        drop(store);
+
+        let store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.log_bytes().held(), 4 * each + small, "a restart counts what it recovered");
+        assert_eq!(store.log_bytes().appended(), 0, "growth is counted from the start of this process");
+        assert!(store.lock().decoded.len() <= (DECODED_BYTES_MAX as u64 / each) as usize + 1);
     }
 }

@@ -1,6 +1,7 @@
 //! Raft glue: openraft's type configuration, the durable log store (`wal` +
-//! `log_store`), the state-machine adapter over fencelock-core (`state_machine`) and
-//! the peer network (`network`).
+//! `log_store`), the state-machine adapter over fencelock-core (`state_machine`), the
+//! peer network (`network`), and the snapshot policy by the log's size
+//! (`snapshot_trigger`).
 //!
 //! ```text
 //!   connection --client_write(Proposal{stamp, cmd})--> openraft --append--> LogStore (WAL, fdatasync)
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod log_store;
 pub mod network;
+pub mod snapshot_trigger;
 pub mod state_machine;
 pub mod wal;
 

@@ -148,6 +148,9 @@ pub struct Shared {
     pub watches: crate::watch::Watches,
     /// This node's id: waiter channels are registered for entries it originated.
     local_node: std::sync::atomic::AtomicU64,
+    /// The size of the last snapshot built, installed or loaded (0: none yet): the
+    /// snapshot policy lets the log grow by this much before the next one.
+    snapshot_bytes: std::sync::atomic::AtomicU64,
     dir: PathBuf,
     limits: Limits,
 }
@@ -176,9 +179,11 @@ impl SmStore {
             current: None,
             lua: LuaEngine::new().map_err(io::Error::other)?,
         };
+        let mut snapshot_bytes = 0;
         if let Some(file) = read_snapshot_file(dir)? {
             inner.install(Loaded::decode(&file, &limits)?);
             inner.current = Some(file.meta);
+            snapshot_bytes = file.data.len() as u64;
         }
         let applied = inner.last_applied.map_or(0, |l| l.index);
         let shared = Shared {
@@ -187,10 +192,17 @@ impl SmStore {
             pubsub: crate::pubsub::Hub::default(),
             watches: crate::watch::Watches::new(applied),
             local_node: Default::default(),
+            snapshot_bytes: snapshot_bytes.into(),
             dir: dir.to_path_buf(),
             limits,
         };
         Ok(SmStore { shared: Arc::new(shared) })
+    }
+
+    /// The size in bytes of the last snapshot this node built, installed or loaded (0:
+    /// none yet).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.shared.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -388,6 +400,7 @@ impl SmStore {
         let file = SnapshotFile { meta, data };
         write_snapshot_file(&self.shared.dir, &file)?;
         self.lock().current = Some(file.meta.clone());
+        self.shared.snapshot_bytes.store(file.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             index = file.meta.last_log_id.map_or(0, |l| l.index),
             bytes = file.data.len(),
@@ -406,6 +419,7 @@ impl SmStore {
         drop(replaced);
         self.shared.watches.reset(file.meta.last_log_id.map_or(0, |l| l.index));
         write_snapshot_file(&self.shared.dir, &file)?;
+        self.shared.snapshot_bytes.store(file.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.lock().current = Some(file.meta);
         Ok(())
     }
