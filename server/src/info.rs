@@ -53,7 +53,7 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         status.commit_index,
         status.applied_index,
         status.snapshot_index,
-        server.node.log_bytes.held(),
+        server.node.log_size.held(),
         server.node.sm.snapshot_bytes()
     );
     out

@@ -117,7 +117,7 @@ pub struct Node {
     /// Concurrent client writes being gathered into one entry.
     groups: crate::write_group::WriteGroups,
     /// The log's size (INFO).
-    pub log_bytes: Arc<crate::raft::log_store::LogBytes>,
+    pub log_size: crate::raft::log_store::LogSize,
 }
 
 fn random_u64() -> u64 {
@@ -133,7 +133,7 @@ impl Node {
         let fatal = |e: &dyn std::fmt::Display| NodeError::Fatal(e.to_string());
         let log = LogStore::open(&config.data_dir.join("raft")).map_err(|e| fatal(&e))?;
         let write_load = log.write_load();
-        let log_bytes = log.log_bytes();
+        let log_size = log.size();
         let sm = SmStore::open(&config.data_dir.join("state"), config.limits.clone()).map_err(|e| fatal(&e))?;
         let raft_config = openraft::Config {
             cluster_name: "fencelock".into(),
@@ -166,7 +166,7 @@ impl Node {
         .map_err(|e| fatal(&e))?;
         tokio::spawn(crate::raft::snapshot_trigger::run(
             raft.clone(),
-            Arc::clone(&log_bytes),
+            log_size.clone(),
             sm.clone(),
             config.snapshot_log_bytes_min,
         ));
@@ -221,7 +221,7 @@ impl Node {
             forward_pool: Default::default(),
             write_load,
             groups: Default::default(),
-            log_bytes,
+            log_size,
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));

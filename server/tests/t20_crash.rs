@@ -481,6 +481,11 @@ fn a_log_that_outgrows_its_bytes_is_snapshotted_and_survives_sigkill() {
     assert!(snapshot_bytes > 0 && snapshot_bytes < 1 << 20, "a snapshot of 4 values: {snapshot_bytes} B");
     server.restart();
     let mut c = server.connect();
+    let recovered = info_number(&mut c, "raft_log_bytes");
+    assert!(
+        recovered > 0 && recovered < written / 2,
+        "the restarted node holds and counts what was left: {recovered} B"
+    );
     for (k, i) in (WRITES - KEYS..WRITES).map(|i| (i % KEYS, i)) {
         let Reply::Bulk(got) = c.cmd(&["GET", &format!("big:{k}")]) else {
             panic!("big:{k} is gone after the restart")

@@ -29,7 +29,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use openraft::entry::RaftEntry;
@@ -55,8 +55,8 @@ use super::{Entry, LogId, TypeConfig, Vote};
 pub const DECODED_ENTRIES: usize = 1_024;
 /// At most this many bytes of entries (as written) are kept decoded, whatever their
 /// number, and at least the newest entry. Typical entries (a group of lock writes, a
-/// few KB) never reach it; 64 writes of 1 MiB each, a round's worth, still fit.
-pub const DECODED_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// few KB) never reach it; 63 writes of 1 MiB each (about a round's worth) still fit.
+pub const DECODED_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Segment size: etcd uses 64 MiB. Preallocation makes appends overwrite reserved
 /// blocks instead of growing the file.
@@ -84,42 +84,51 @@ enum Job {
     },
 }
 
-/// The log's size in bytes (its entries as the WAL wrote them), for the snapshot
-/// policy (`snapshot_trigger`) and INFO. Updated under the store's lock, read without it.
-#[derive(Debug, Default)]
-pub struct LogBytes {
-    /// Every byte ever appended by this process (truncations not subtracted): growth
-    /// since a moment is the difference of two readings.
-    appended: AtomicU64,
-    /// The bytes the log holds now, in memory and in the WAL: appended, minus what
-    /// truncates and purges removed.
-    held: AtomicU64,
+/// A handle on a log store's size, for the snapshot policy (`snapshot_trigger`) and
+/// INFO. It does not keep the store open.
+#[derive(Clone, Debug)]
+pub struct LogSize {
+    store: Weak<Mutex<Inner>>,
+    /// The bytes the log holds now (its entries as the WAL wrote them, without the
+    /// WAL's framing), set under the store's lock at every change and read without it.
+    held: Arc<AtomicU64>,
 }
 
-impl LogBytes {
-    /// Bytes appended since this process opened the log.
-    pub fn appended(&self) -> u64 {
-        self.appended.load(Ordering::Relaxed)
-    }
-
+impl LogSize {
     /// Bytes the log holds now.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
     }
 
-    fn add(&self, bytes: u64) {
-        self.appended.fetch_add(bytes, Ordering::Relaxed);
-        self.held.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    fn remove(&self, bytes: u64) {
-        let before = self.held.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(before >= bytes, "the log cannot drop more bytes than it holds");
+    /// Bytes of the entries after `after` (None: from the log's start) through
+    /// `through` that the log still holds; None once the store is closed.
+    pub fn between(&self, after: Option<u64>, through: u64) -> Option<u64> {
+        let store = self.store.upgrade()?;
+        let inner = store.lock().ok()?;
+        let from = after.map_or(inner.start, |index| inner.end_of(index));
+        Some(inner.end_of(through).saturating_sub(from))
     }
 }
 
-fn bytes_of<'a>(payloads: impl Iterator<Item = &'a Bytes>) -> u64 {
-    payloads.map(|p| p.len() as u64).sum()
+/// Where the newest `k` entries of a log begin, for entries that end at `ends` (the
+/// first beginning at `start`); `k` is at most `ends.len()`.
+fn begin_of_newest(ends: &VecDeque<u64>, start: u64, k: usize) -> u64 {
+    if k == ends.len() {
+        start
+    } else {
+        ends[ends.len() - k - 1]
+    }
+}
+
+/// How many of the newest entries, ending at `ends` (the first beginning at `start`),
+/// a decoded window keeps: at most `entries` and `bytes` of them, at least one if any.
+fn decoded_window(ends: &VecDeque<u64>, start: u64, entries: usize, bytes: u64) -> usize {
+    let Some(&last) = ends.back() else { return 0 };
+    let mut kept = 1;
+    while kept < entries.min(ends.len()) && last - begin_of_newest(ends, start, kept + 1) <= bytes {
+        kept += 1;
+    }
+    kept
 }
 
 /// How busy this node is with writes: decides whether an append may sync on the
@@ -211,10 +220,17 @@ struct Inner {
     /// Every entry from `first_index` on, as the WAL wrote it (slices of the batch
     /// buffers that were written).
     payloads: VecDeque<Bytes>,
+    /// Where each of `payloads` ends in the stream of every byte this log has held
+    /// (`start` is where the first begins): the size of any run of entries without a
+    /// walk. Truncated and purged with `payloads`.
+    ends: VecDeque<u64>,
+    start: u64,
     /// The newest entries, decoded: the last `decoded.len()` of `payloads`, at most
-    /// `decoded_max` once an append returns.
+    /// `decoded_max` of them and `decoded_bytes_max` of their bytes (but at least one)
+    /// once an append returns.
     decoded: VecDeque<Entry>,
     decoded_max: usize,
+    decoded_bytes_max: u64,
     first_index: u64,
     dir: PathBuf,
     vote: Option<Vote>,
@@ -227,7 +243,7 @@ struct Inner {
     wal_thread: Option<std::thread::JoinHandle<()>>,
     disk: Arc<Disk>,
     load: Arc<WriteLoad>,
-    bytes: Arc<LogBytes>,
+    held: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -444,10 +460,18 @@ impl LogStore {
         let payloads: VecDeque<Bytes> = spans.into_iter().map(|span| packed.slice(span)).collect();
         // Every recovered entry is decoded once, so a log that does not decode fails
         // here and not when a lagging follower reads it; only the newest are kept.
-        let mut decoded = VecDeque::with_capacity(payloads.len().min(DECODED_ENTRIES));
+        let ends: VecDeque<u64> = payloads
+            .iter()
+            .scan(0, |end, payload| {
+                *end += payload.len() as u64;
+                Some(*end)
+            })
+            .collect();
+        let window = decoded_window(&ends, 0, DECODED_ENTRIES, DECODED_BYTES_MAX);
+        let mut decoded = VecDeque::with_capacity(window);
         for (n, payload) in payloads.iter().enumerate() {
             let entry = decode::<Entry>(payload)?;
-            if payloads.len() - n <= DECODED_ENTRIES {
+            if payloads.len() - n <= window {
                 decoded.push_back(entry);
             }
         }
@@ -463,14 +487,16 @@ impl LogStore {
             .name("fencelock-purge".into())
             .spawn(move || purge_thread(purge_dir, purge_disk, purge_jobs, purge_receiver))?;
         let load = Arc::default();
-        let bytes = Arc::new(LogBytes::default());
-        bytes.held.store(bytes_of(payloads.iter()), Ordering::Relaxed);
+        let held = Arc::new(AtomicU64::new(ends.back().copied().unwrap_or(0)));
         let (purge_thread, wal_thread) = (Some(purge), Some(wal));
         let dir = dir.to_path_buf();
-        let mut inner = Inner {
+        let inner = Inner {
             payloads,
+            ends,
+            start: 0,
             decoded,
             decoded_max: DECODED_ENTRIES,
+            decoded_bytes_max: DECODED_BYTES_MAX,
             first_index,
             dir,
             vote,
@@ -481,9 +507,8 @@ impl LogStore {
             wal_thread,
             disk,
             load,
-            bytes,
+            held,
         };
-        inner.trim_decoded();
         Ok(LogStore { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -501,9 +526,9 @@ impl LogStore {
         Arc::clone(&self.lock().load)
     }
 
-    /// The log's size, kept current by this store.
-    pub fn log_bytes(&self) -> Arc<LogBytes> {
-        Arc::clone(&self.lock().bytes)
+    /// A handle on the log's size (it does not keep the store open).
+    pub fn size(&self) -> LogSize {
+        LogSize { store: Arc::downgrade(&self.inner), held: Arc::clone(&self.lock().held) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -532,17 +557,32 @@ impl Inner {
     fn trim_decoded(&mut self) {
         // The window is also bounded by its entries' size: a write may carry up to
         // 1 MiB, and 1,024 such entries held decoded (beside their bytes) were a GB.
-        let mut kept = 0;
-        let mut bytes = 0;
-        for payload in self.payloads.iter().rev().take(self.decoded.len().min(self.decoded_max)) {
-            bytes += payload.len();
-            if kept > 0 && bytes > DECODED_BYTES_MAX {
+        // From the oldest decoded entry, one lookup each: an append trims what it added.
+        let last = self.ends.back().copied().unwrap_or(self.start);
+        while self.decoded.len() > 1 {
+            let k = self.decoded.len();
+            let bytes = last - begin_of_newest(&self.ends, self.start, k);
+            if k <= self.decoded_max && bytes <= self.decoded_bytes_max {
                 break;
             }
-            kept += 1;
+            self.decoded.pop_front();
         }
-        let excess = self.decoded.len() - kept;
-        self.decoded.drain(..excess);
+    }
+
+    /// Where entry `index` ends in the byte stream (`start` below the log, the last
+    /// entry's end above it).
+    fn end_of(&self, index: u64) -> u64 {
+        if index < self.first_index {
+            return self.start;
+        }
+        let last = self.ends.back().copied().unwrap_or(self.start);
+        self.ends.get((index - self.first_index) as usize).copied().unwrap_or(last)
+    }
+
+    /// Publishes the bytes held, after a change.
+    fn publish_size(&self) {
+        let held = self.ends.back().map_or(0, |end| end - self.start);
+        self.held.store(held, Ordering::Relaxed);
     }
 
     /// The entries `first..end` (within the log): decoded from their bytes where older
@@ -667,8 +707,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let encoded = Bytes::from(encoded);
         let payloads: Vec<Bytes> = spans.into_iter().map(|span| encoded.slice(span)).collect();
-        inner.bytes.add(encoded.len() as u64);
+        let mut end = inner.ends.back().copied().unwrap_or(inner.start);
+        for payload in &payloads {
+            end += payload.len() as u64;
+            inner.ends.push_back(end);
+        }
         inner.payloads.extend(payloads.iter().cloned());
+        inner.publish_size();
         inner.trim_decoded();
         debug_assert_eq!(inner.decoded.back().map(|e| e.index()), Some(inner.next_index() - 1));
         if inner.load.lone_write() && inner.disk.idle() {
@@ -695,10 +740,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // An emptied cache takes its first index from the next append.
             let keep = from.saturating_sub(inner.first_index) as usize;
             let keep_decoded = from.saturating_sub(inner.decoded_first()) as usize;
-            let removed = bytes_of(inner.payloads.iter().skip(keep));
-            inner.bytes.remove(removed);
             inner.payloads.truncate(keep);
+            inner.ends.truncate(keep);
             inner.decoded.truncate(keep_decoded);
+            inner.publish_size();
         }
         self.run(|done| Job::Truncate { from, done }).await
     }
@@ -714,11 +759,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // covers nearly the whole log, and then frees at most the window here.
         let purged_decoded = (log_id.index + 1).saturating_sub(inner.decoded_first()).min(inner.decoded.len() as u64);
         inner.decoded.drain(..purged_decoded as usize);
-        let purged = (log_id.index + 1).saturating_sub(inner.first_index).min(inner.payloads.len() as u64);
-        let removed = bytes_of(inner.payloads.iter().take(purged as usize));
-        inner.bytes.remove(removed);
+        let purged = (log_id.index + 1).saturating_sub(inner.first_index).min(inner.ends.len() as u64) as usize;
+        if purged > 0 {
+            inner.start = inner.ends[purged - 1];
+            inner.ends.drain(..purged);
+        }
         let Inner { payloads, first_index, .. } = &mut *inner;
         forget_through(payloads, first_index, log_id.index);
+        debug_assert_eq!(inner.ends.len(), inner.payloads.len());
+        inner.publish_size();
         // The disk's part runs behind us (see `purge_thread`): openraft waits for this
         // call in its core task.
         inner.route(PurgeJob::Purge { through: log_id.index, marker })
@@ -782,42 +831,47 @@ mod tests {
     }
 
     /// The snapshot policy reads the log's size: it must follow appends, truncates and
-    /// purges, and count what a restart recovers. And large entries are not all kept
-    /// decoded: the window stops at `DECODED_BYTES_MAX`, while every entry stays readable.
+    /// purges, measure any run of entries, and count what a restart recovers. And large
+    /// entries are not all kept decoded: the window stops at its byte bound, while every
+    /// entry stays readable.
     #[tokio::test]
-    async fn the_log_counts_its_bytes_and_keeps_a_bounded_window_decoded() {
-        const ENTRY_BYTES: usize = 9 << 20;
+    async fn the_log_measures_its_entries_and_keeps_a_bounded_window_decoded() {
+        const ENTRY_BYTES: usize = 256 << 10;
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = LogStore::open(dir.path()).expect("open");
-        let bytes = store.log_bytes();
-        assert_eq!((bytes.appended(), bytes.held()), (0, 0));
+        store.lock().decoded_bytes_max = 1 << 20;
+        let size = store.size();
+        assert_eq!((size.held(), size.between(None, 100)), (0, Some(0)));
         append_synced(&mut store, (1..=9).map(|i| sized(i, ENTRY_BYTES)).collect()).await;
         let each = store.lock().payloads[0].len() as u64;
         assert!(each > ENTRY_BYTES as u64 && each < ENTRY_BYTES as u64 + 100, "{each}");
-        assert_eq!((bytes.appended(), bytes.held()), (9 * each, 9 * each));
-        let decoded = store.lock().decoded.len();
-        assert_eq!(decoded, (DECODED_BYTES_MAX as u64 / each) as usize, "the window holds what fits in its bytes");
+        assert_eq!(size.held(), 9 * each);
+        assert_eq!(size.between(None, 9), Some(9 * each));
+        assert_eq!(size.between(Some(3), 5), Some(2 * each), "entries 4 and 5");
+        assert_eq!(size.between(Some(8), 20), Some(each), "past the end: what there is");
+        assert_eq!(store.lock().decoded.len(), 3, "the window holds what fits in 1 MiB");
         let all = store.try_get_log_entries(1..10).await.expect("every entry reads back, decoded or not");
         assert_eq!(all.iter().map(|e| e.index()).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
         assert_eq!(all[0], sized(1, ENTRY_BYTES));
 
         store.truncate_after(Some(openraft::testing::log_id::<TypeConfig>(1, 1, 7))).await.expect("truncate");
-        assert_eq!((bytes.appended(), bytes.held()), (9 * each, 7 * each), "a truncate gives back 2 entries");
+        assert_eq!(size.held(), 7 * each, "a truncate gives back 2 entries");
+        assert_eq!(store.lock().decoded.len(), 1, "the window lost its 2 newest");
         store.purge(openraft::testing::log_id::<TypeConfig>(1, 1, 3)).await.expect("purge");
-        assert_eq!(bytes.held(), 4 * each, "a purge through 3 gives back 3 more");
+        assert_eq!(size.held(), 4 * each, "a purge through 3 gives back 3 more");
+        assert_eq!(size.between(None, 5), Some(2 * each), "below the log counts nothing");
         append_synced(&mut store, vec![blank(1, 8)]).await;
         let small = store.lock().payloads.back().expect("the blank").len() as u64;
-        assert_eq!(
-            store.lock().decoded.len(),
-            5,
-            "the four large entries left fit in the window, the small one beside"
-        );
-        assert_eq!(bytes.held(), 4 * each + small);
+        assert_eq!(size.held(), 4 * each + small);
+        assert_eq!(size.between(Some(7), 8), Some(small));
+        assert_eq!(store.lock().decoded.len(), 2, "a small entry joins the window");
         drop(store);
+        assert_eq!(size.between(None, 8), None, "the handle does not keep a closed store");
 
         let store = LogStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.log_bytes().held(), 4 * each + small, "a restart counts what it recovered");
-        assert_eq!(store.log_bytes().appended(), 0, "growth is counted from the start of this process");
-        assert!(store.lock().decoded.len() <= (DECODED_BYTES_MAX as u64 / each) as usize + 1);
+        let size = store.size();
+        assert_eq!(size.held(), 4 * each + small, "a restart counts what it recovered");
+        assert_eq!(size.between(Some(5), 8), Some(2 * each + small));
+        assert_eq!(store.lock().decoded.len(), 5, "the default window takes every entry left");
     }
 }
