@@ -85,9 +85,10 @@ pub async fn run(raft: Raft, log: LogSize, sm: SmStore, log_bytes_min: u64) {
         }
         let Some(at) = at else { continue };
         // The entries kept behind the snapshot, weighed once openraft's own purge after
-        // it has run (the first entry left is then at most ENTRIES_KEPT behind it).
+        // it has run: it purges through `at - ENTRIES_KEPT`, so the first entry left is
+        // then at most ENTRIES_KEPT - 1 behind the snapshot.
         let first_left = purged.map(|p| p.index + 1);
-        let purge_done = first_left.unwrap_or(0) >= at.saturating_sub(ENTRIES_KEPT);
+        let purge_done = first_left.unwrap_or(0) >= at.saturating_sub(ENTRIES_KEPT - 1);
         if purge_done && first_left.unwrap_or(0) <= at && weighed != Some(at) {
             weighed = Some(at);
             let Some(kept) = log.between(purged.map(|p| p.index), at) else { return };
