@@ -444,12 +444,8 @@ fn acknowledged_writes_survive_sigkill_with_frequent_snapshots() {
 }
 
 fn info_number(c: &mut Client, field: &str) -> u64 {
-    let info = c.cmd(&["INFO", "replication"]).text();
-    let line = info
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("INFO has no {field}"));
-    line.trim().parse().unwrap_or_else(|_| panic!("{field}: {line:?}"))
+    let value = common::cluster::info_field(c, field);
+    value.parse().unwrap_or_else(|_| panic!("INFO replication {field}: {value:?}"))
 }
 
 /// A log that outgrows `--snapshot-log-mib` is snapshotted and purged though it holds

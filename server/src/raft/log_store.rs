@@ -28,7 +28,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -89,15 +89,13 @@ enum Job {
 #[derive(Clone, Debug)]
 pub struct LogSize {
     store: Weak<Mutex<Inner>>,
-    /// The bytes the log holds now (its entries as the WAL wrote them, without the
-    /// WAL's framing), set under the store's lock at every change and read without it.
-    held: Arc<AtomicU64>,
 }
 
 impl LogSize {
-    /// Bytes the log holds now.
+    /// Bytes the log holds now (its entries as the WAL wrote them, without the WAL's
+    /// framing); 0 once the store is closed.
     pub fn held(&self) -> u64 {
-        self.held.load(Ordering::Relaxed)
+        self.between(None, u64::MAX).unwrap_or(0)
     }
 
     /// Bytes of the entries after `after` (None: from the log's start) through
@@ -120,15 +118,31 @@ fn begin_of_newest(ends: &VecDeque<u64>, start: u64, k: usize) -> u64 {
     }
 }
 
-/// How many of the newest entries, ending at `ends` (the first beginning at `start`),
-/// a decoded window keeps: at most `entries` and `bytes` of them, at least one if any.
+/// Whether a decoded window of the newest `k` entries (ending at `ends`, the first
+/// beginning at `start`) is within `entries` of them and `bytes` of their bytes.
+fn window_fits(ends: &VecDeque<u64>, start: u64, k: usize, entries: usize, bytes: u64) -> bool {
+    let last = ends.back().copied().unwrap_or(start);
+    k <= entries && last - begin_of_newest(ends, start, k) <= bytes
+}
+
+/// How many of the newest entries a decoded window keeps: the most that fit
+/// (`window_fits`), and at least one if there is one.
 fn decoded_window(ends: &VecDeque<u64>, start: u64, entries: usize, bytes: u64) -> usize {
-    let Some(&last) = ends.back() else { return 0 };
-    let mut kept = 1;
-    while kept < entries.min(ends.len()) && last - begin_of_newest(ends, start, kept + 1) <= bytes {
+    let mut kept = ends.len().min(1);
+    while kept < ends.len() && window_fits(ends, start, kept + 1, entries, bytes) {
         kept += 1;
     }
     kept
+}
+
+/// Appends the ends of `payloads`, which follow the entries `ends` already holds (or
+/// begin at `start` when it holds none).
+fn extend_ends<'a>(ends: &mut VecDeque<u64>, start: u64, payloads: impl Iterator<Item = &'a Bytes>) {
+    let mut end = ends.back().copied().unwrap_or(start);
+    for payload in payloads {
+        end += payload.len() as u64;
+        ends.push_back(end);
+    }
 }
 
 /// How busy this node is with writes: decides whether an append may sync on the
@@ -243,7 +257,6 @@ struct Inner {
     wal_thread: Option<std::thread::JoinHandle<()>>,
     disk: Arc<Disk>,
     load: Arc<WriteLoad>,
-    held: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -460,13 +473,8 @@ impl LogStore {
         let payloads: VecDeque<Bytes> = spans.into_iter().map(|span| packed.slice(span)).collect();
         // Every recovered entry is decoded once, so a log that does not decode fails
         // here and not when a lagging follower reads it; only the newest are kept.
-        let ends: VecDeque<u64> = payloads
-            .iter()
-            .scan(0, |end, payload| {
-                *end += payload.len() as u64;
-                Some(*end)
-            })
-            .collect();
+        let mut ends = VecDeque::with_capacity(payloads.len());
+        extend_ends(&mut ends, 0, payloads.iter());
         let window = decoded_window(&ends, 0, DECODED_ENTRIES, DECODED_BYTES_MAX);
         let mut decoded = VecDeque::with_capacity(window);
         for (n, payload) in payloads.iter().enumerate() {
@@ -487,7 +495,6 @@ impl LogStore {
             .name("fencelock-purge".into())
             .spawn(move || purge_thread(purge_dir, purge_disk, purge_jobs, purge_receiver))?;
         let load = Arc::default();
-        let held = Arc::new(AtomicU64::new(ends.back().copied().unwrap_or(0)));
         let (purge_thread, wal_thread) = (Some(purge), Some(wal));
         let dir = dir.to_path_buf();
         let inner = Inner {
@@ -507,7 +514,6 @@ impl LogStore {
             wal_thread,
             disk,
             load,
-            held,
         };
         Ok(LogStore { inner: Arc::new(Mutex::new(inner)) })
     }
@@ -528,7 +534,7 @@ impl LogStore {
 
     /// A handle on the log's size (it does not keep the store open).
     pub fn size(&self) -> LogSize {
-        LogSize { store: Arc::downgrade(&self.inner), held: Arc::clone(&self.lock().held) }
+        LogSize { store: Arc::downgrade(&self.inner) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -558,13 +564,9 @@ impl Inner {
         // The window is also bounded by its entries' size: a write may carry up to
         // 1 MiB, and 1,024 such entries held decoded (beside their bytes) were a GB.
         // From the oldest decoded entry, one lookup each: an append trims what it added.
-        let last = self.ends.back().copied().unwrap_or(self.start);
-        while self.decoded.len() > 1 {
-            let k = self.decoded.len();
-            let bytes = last - begin_of_newest(&self.ends, self.start, k);
-            if k <= self.decoded_max && bytes <= self.decoded_bytes_max {
-                break;
-            }
+        while self.decoded.len() > 1
+            && !window_fits(&self.ends, self.start, self.decoded.len(), self.decoded_max, self.decoded_bytes_max)
+        {
             self.decoded.pop_front();
         }
     }
@@ -577,12 +579,6 @@ impl Inner {
         }
         let last = self.ends.back().copied().unwrap_or(self.start);
         self.ends.get((index - self.first_index) as usize).copied().unwrap_or(last)
-    }
-
-    /// Publishes the bytes held, after a change.
-    fn publish_size(&self) {
-        let held = self.ends.back().map_or(0, |end| end - self.start);
-        self.held.store(held, Ordering::Relaxed);
     }
 
     /// The entries `first..end` (within the log): decoded from their bytes where older
@@ -707,13 +703,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let encoded = Bytes::from(encoded);
         let payloads: Vec<Bytes> = spans.into_iter().map(|span| encoded.slice(span)).collect();
-        let mut end = inner.ends.back().copied().unwrap_or(inner.start);
-        for payload in &payloads {
-            end += payload.len() as u64;
-            inner.ends.push_back(end);
-        }
+        let Inner { ends, start, .. } = &mut *inner;
+        extend_ends(ends, *start, payloads.iter());
         inner.payloads.extend(payloads.iter().cloned());
-        inner.publish_size();
         inner.trim_decoded();
         debug_assert_eq!(inner.decoded.back().map(|e| e.index()), Some(inner.next_index() - 1));
         if inner.load.lone_write() && inner.disk.idle() {
@@ -743,7 +735,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             inner.payloads.truncate(keep);
             inner.ends.truncate(keep);
             inner.decoded.truncate(keep_decoded);
-            inner.publish_size();
         }
         self.run(|done| Job::Truncate { from, done }).await
     }
@@ -767,7 +758,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Inner { payloads, first_index, .. } = &mut *inner;
         forget_through(payloads, first_index, log_id.index);
         debug_assert_eq!(inner.ends.len(), inner.payloads.len());
-        inner.publish_size();
         // The disk's part runs behind us (see `purge_thread`): openraft waits for this
         // call in its core task.
         inner.route(PurgeJob::Purge { through: log_id.index, marker })
