@@ -383,12 +383,7 @@ impl Node {
     /// While other writes are in flight here, a groupable command shares a log entry
     /// with the writes that arrive with it (`write_group`).
     pub async fn write(self: &Arc<Self>, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
-        let applied = if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable(&command) {
-            crate::write_group::join(self, GroupWrite::Core(command)).await?
-        } else {
-            self.propose(Op::Core(command)).await?
-        };
-        match applied {
+        match self.write_or_join(GroupWrite::Core(command)).await? {
             Applied::Core(reply) => Ok(reply),
             other => Err(unexpected(&other)),
         }
@@ -397,6 +392,16 @@ impl Node {
     /// The write group being gathered (`write_group`).
     pub fn groups(&self) -> &crate::write_group::WriteGroups {
         &self.groups
+    }
+
+    /// Proposes `write` in an entry of its own, or, while other writes are in flight
+    /// here and it may share one, in the open group (`write_group`).
+    async fn write_or_join(self: &Arc<Self>, write: GroupWrite) -> Result<Applied, NodeError> {
+        if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable_write(&write) {
+            crate::write_group::join(self, write).await
+        } else {
+            self.propose(Op::from(write)).await
+        }
     }
 
     /// Applies MULTI's queued commands in one entry.
@@ -416,13 +421,7 @@ impl Node {
         keys: Vec<Bytes>,
         args: Vec<Bytes>,
     ) -> Result<Result<ScriptReply, String>, NodeError> {
-        let applied =
-            if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable_eval(&script, &keys, &args) {
-                crate::write_group::join(self, GroupWrite::Eval { script, keys, args }).await?
-            } else {
-                self.propose(Op::Eval { script, keys, args }).await?
-            };
-        match applied {
+        match self.write_or_join(GroupWrite::Eval { script, keys, args }).await? {
             Applied::Script(result) => Ok(result),
             other => Err(unexpected(&other)),
         }
