@@ -125,6 +125,21 @@ impl Node {
                 if let Some(known) = membership.get_node(&id).filter(|n| &n.addr != addr) {
                     return Err(refused(format!("ERR node {id} is already a learner at {}", known.addr)));
                 }
+                // The log it must replay may hold entries of the cluster's level
+                // (`levels`): an older build would stop on the first one.
+                let cluster_level = self.levels.cluster();
+                let its_level = match crate::raft::levels::probe(addr).await {
+                    crate::raft::levels::Probe::Answered(level) => Some(level),
+                    crate::raft::levels::Probe::Older => Some(0),
+                    // Not reachable: adding it fails below if it stays so.
+                    crate::raft::levels::Probe::Unreachable => None,
+                };
+                if let Some(level) = its_level.filter(|level| *level < cluster_level) {
+                    return Err(refused(format!(
+                        "ERR node {id} runs an older fencelock (protocol level {level}) than this cluster \
+                         (level {cluster_level}); upgrade it first"
+                    )));
+                }
                 let added =
                     tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft.add_learner(id, BasicNode::new(addr), true));
                 match added.await {

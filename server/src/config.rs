@@ -73,6 +73,11 @@ pub struct Flags {
     /// the membership (`1=host:port,...`; one proxy per link lets a harness cut links).
     #[arg(long, env = "FENCELOCK_PEER_ROUTE", hide = true)]
     pub peer_route: Option<String>,
+    /// Test harnesses only: the protocol level this node reports to its peers (0 to
+    /// stand in for a build from before the level exchange, which holds the cluster's
+    /// write groups off; see docs/CLUSTER.md, "Rolling upgrades").
+    #[arg(long, env = "FENCELOCK_PROTOCOL_LEVEL", hide = true)]
+    pub protocol_level: Option<u32>,
     /// A TOML file with any of the settings above (snake_case keys).
     #[arg(long, env = "FENCELOCK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -136,6 +141,8 @@ pub struct Settings {
     /// Test only (`FENCELOCK_TEST_CLOCK=offset_ms:rate`): this node's clock runs from
     /// `offset_ms` at `rate` times real time, to model clock skew and drift.
     pub test_clock: (u64, f64),
+    /// Test only: the protocol level this node reports (`raft::levels`).
+    pub protocol_level: u32,
 }
 
 /// Most runtime threads `--io-threads` accepts (redis-server caps its own at 128; past
@@ -207,6 +214,7 @@ impl Settings {
             idle_spin_us: flags.idle_spin_us.or(file.idle_spin_us).unwrap_or(200),
             peer_listen: flags.peer_listen,
             peer_routes: parse_peers(flags.peer_route.as_deref().unwrap_or(""))?,
+            protocol_level: flags.protocol_level.unwrap_or(crate::raft::levels::PROTOCOL_LEVEL),
             test_clock: match std::env::var("FENCELOCK_TEST_CLOCK") {
                 Ok(text) if !text.is_empty() => parse_test_clock(&text)?,
                 _ => (0, 1.0),
@@ -218,6 +226,13 @@ impl Settings {
         }
         if !(1..=IO_THREADS_MAX).contains(&settings.io_threads) {
             return Err(format!("io-threads must be 1..={IO_THREADS_MAX}, got {}", settings.io_threads));
+        }
+        let level_max = crate::raft::levels::PROTOCOL_LEVEL;
+        if settings.protocol_level > level_max {
+            return Err(format!(
+                "protocol-level must be 0..={level_max} (this build's), got {}",
+                settings.protocol_level
+            ));
         }
         let spin_max = crate::idle_spin::IDLE_SPIN_US_MAX;
         if settings.idle_spin_us > spin_max {
@@ -273,6 +288,17 @@ mod tests {
         assert!(parse_peers("1=a:1,1=b:2").is_err());
         let flags = Flags::parse_from(["fencelock", "--node-id", "4", "--peers", "1=a:1,2=b:2"]);
         assert!(Settings::resolve(flags).unwrap_err().contains("must include"));
+    }
+
+    #[test]
+    fn the_protocol_level_is_at_most_this_builds() {
+        let level = crate::raft::levels::PROTOCOL_LEVEL;
+        assert_eq!(Settings::resolve(Flags::parse_from(["fencelock"])).unwrap().protocol_level, level);
+        let s = Settings::resolve(Flags::parse_from(["fencelock", "--protocol-level", "0"])).unwrap();
+        assert_eq!(s.protocol_level, 0);
+        let above = (level + 1).to_string();
+        let e = Settings::resolve(Flags::parse_from(["fencelock", "--protocol-level", &above])).unwrap_err();
+        assert_eq!(e, format!("protocol-level must be 0..={level} (this build's), got {above}"));
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         out += &format!("role:slave\r\nmaster_link_status:{link}\r\nconnected_slaves:0\r\n");
     }
     out += &format!(
-        "raft_node_id:{}\r\nraft_leader_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\nraft_log_bytes:{}\r\nraft_snapshot_bytes:{}\r\n\r\n",
+        "raft_node_id:{}\r\nraft_leader_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\nraft_log_bytes:{}\r\nraft_snapshot_bytes:{}\r\nprotocol_level:{}\r\ncluster_protocol_level:{}\r\n\r\n",
         server.node.id,
         status.leader_id.map_or(0, |l| l),
         status.term,
@@ -54,7 +54,9 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         status.applied_index,
         status.snapshot_index,
         server.node.log_size.held(),
-        server.node.sm.snapshot_bytes()
+        server.node.sm.snapshot_bytes(),
+        server.node.levels.own(),
+        server.node.levels.cluster()
     );
     out
 }
@@ -102,13 +104,17 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
         // natively for the lock clients' well-known scripts, or in the Lua VM.
         let runs = server.node.sm.shared.inner.lock().expect("not poisoned").lua.runs();
         // Concurrent writes this node proposed together in one log entry (`write_group`).
-        let (group_entries, grouped_writes, grouped_scripts) = server.node.groups().counts();
+        let groups = server.node.groups().counts();
         out += &format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\nfencelock_write_groups:{group_entries}\r\nfencelock_grouped_writes:{grouped_writes}\r\nfencelock_grouped_scripts:{grouped_scripts}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\nfencelock_write_groups:{}\r\nfencelock_grouped_writes:{}\r\nfencelock_grouped_scripts:{}\r\nfencelock_refused_groups:{}\r\n\r\n",
             server.stats.connections.load(Ordering::Relaxed),
             server.stats.commands.load(Ordering::Relaxed),
             runs.native,
-            runs.vm
+            runs.vm,
+            groups.entries,
+            groups.writes,
+            groups.scripts,
+            groups.refused
         );
     }
     if wanted("replication") {

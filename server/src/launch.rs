@@ -51,6 +51,7 @@ pub async fn launch(settings: &Settings) -> Result<Launched, String> {
         peer_pipeline: settings.peer_pipeline,
         peer_listen: settings.peer_listen.clone(),
         peer_routes: settings.peer_routes.clone(),
+        protocol_level: settings.protocol_level,
         test_clock: settings.test_clock,
     };
     let node = Node::start(node_config).await.map_err(|e| e.to_string())?;

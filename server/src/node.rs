@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub peer_routes: BTreeMap<NodeId, String>,
     /// Test only: `(offset_ms, rate)` of this node's clock.
     pub test_clock: (u64, f64),
+    /// The protocol level this node answers (`levels`): `PROTOCOL_LEVEL`, or in tests 0
+    /// to stand in for an older build.
+    pub protocol_level: u32,
 }
 
 /// How long a write waits for a leader to be known before answering TRYAGAIN.
@@ -118,6 +121,8 @@ pub struct Node {
     groups: crate::write_group::WriteGroups,
     /// The log's size (INFO).
     pub log_size: crate::raft::log_store::LogSize,
+    /// This node's protocol level and the cluster's (`levels`).
+    pub levels: Arc<crate::raft::levels::Levels>,
 }
 
 fn random_u64() -> u64 {
@@ -183,7 +188,12 @@ impl Node {
             (Some((host, _)), Ok(bound)) => format!("{host}:{}", bound.port()),
             _ => listen_addr.clone(),
         };
-        tokio::spawn(crate::raft::network::serve_peers(listener, Arc::new(raft.clone()), Arc::clone(&slot)));
+        tokio::spawn(crate::raft::network::serve_peers(
+            listener,
+            Arc::new(raft.clone()),
+            Arc::clone(&slot),
+            config.protocol_level,
+        ));
         if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
             match &config.join {
                 // A joining node waits to be added: the leader's log brings the membership.
@@ -222,10 +232,17 @@ impl Node {
             write_load,
             groups: Default::default(),
             log_size,
+            levels: Arc::new(crate::raft::levels::Levels::new(config.protocol_level)),
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
         tokio::spawn(watch_membership(node.raft.clone(), Arc::clone(&node.write_load)));
+        tokio::spawn(crate::raft::levels::run(
+            node.raft.clone(),
+            node.id,
+            Arc::clone(&node.levels),
+            Arc::clone(&node.peer_routes),
+        ));
         Ok(node)
     }
 
@@ -247,11 +264,16 @@ impl Node {
     /// follower forwards it to the leader, which stamps it with its own clock (one clock
     /// per term keeps lease time flowing) and proposes it on this node's behalf.
     pub async fn propose(&self, op: Op) -> Result<Applied, NodeError> {
+        // Shared from here on: a retry or a forward reuses it instead of copying it.
+        self.propose_shared(Arc::new(op)).await
+    }
+
+    /// `propose` for an op the caller keeps a handle on (a group, which is proposed
+    /// again write by write if the leader refuses it).
+    pub async fn propose_shared(&self, op: Arc<Op>) -> Result<Applied, NodeError> {
         // Counted from here, forwarded or not: while one is in flight, the next
         // groupable writes on this node share an entry (a follower forwards the group).
         let _counted = self.write_load.start_write();
-        // Shared from here on: a retry or a forward reuses it instead of copying it.
-        let op = Arc::new(op);
         // No leader known yet, or a new leader that has not committed its first entry
         // (openraft refuses writes until then): retry for up to one election rather
         // than bounce the client at once.
@@ -274,7 +296,7 @@ impl Node {
     pub async fn propose_local(&self, op: Arc<Op>, origin: NodeId) -> Result<(Applied, u64), NodeError> {
         // Applying a bad group would only refuse its members one by one; refusing it
         // here tells the node that formed it.
-        crate::write_group::check_group(&op).map_err(NodeError::Refused)?;
+        crate::write_group::check_group(&op, self.levels.groups_allowed()).map_err(NodeError::Refused)?;
         let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));
@@ -397,7 +419,12 @@ impl Node {
     /// Proposes `write` in an entry of its own, or, while other writes are in flight
     /// here and it may share one, in the open group (`write_group`).
     async fn write_or_join(self: &Arc<Self>, write: GroupWrite) -> Result<Applied, NodeError> {
-        if self.write_load.writes_in_flight() > 0 && crate::write_group::groupable_write(&write) {
+        // Groups only once every member reads them (`levels`): during a rolling upgrade
+        // an older member would stop on the first one.
+        if self.write_load.writes_in_flight() > 0
+            && self.levels.groups_allowed()
+            && crate::write_group::groupable_write(&write)
+        {
             crate::write_group::join(self, write).await
         } else {
             self.propose(Op::from(write)).await

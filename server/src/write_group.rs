@@ -42,6 +42,19 @@ struct Member {
     answer: oneshot::Sender<Answer>,
 }
 
+/// What `WriteGroups::counts` reports (INFO stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Group entries proposed from this node.
+    pub entries: u64,
+    /// Writes those entries carried.
+    pub writes: u64,
+    /// Of those writes, the scripts.
+    pub scripts: u64,
+    /// Entries the leader refused (their writes then went alone).
+    pub refused: u64,
+}
+
 /// The group being gathered, if any, and counts for INFO.
 #[derive(Default)]
 pub struct WriteGroups {
@@ -52,6 +65,8 @@ pub struct WriteGroups {
     writes: AtomicU64,
     /// Of those writes, the scripts.
     scripts: AtomicU64,
+    /// Group entries the leader refused, whose writes then went alone.
+    refused: AtomicU64,
 }
 
 fn bytes_of(items: &[Bytes]) -> usize {
@@ -93,22 +108,38 @@ pub fn groupable_write(write: &GroupWrite) -> bool {
     }
 }
 
-/// Whether `op`, if it is a group entry, may be proposed: the leader checks a group
-/// before proposing it, whoever formed it (a follower forwards its groups). `Err`
-/// names the problem.
-pub fn check_group(op: &Op) -> Result<(), String> {
+/// How a group the leader refused before proposing it is answered: nothing of it was
+/// applied, so the node that formed it proposes each of its writes alone.
+pub const GROUP_REFUSED: &str = "ERR group refused:";
+
+/// Whether `op`, if it is a group entry, may be proposed by a leader whose cluster
+/// reads groups (`groups_allowed`, from `levels`): the leader checks a group before
+/// proposing it, whoever formed it (a follower forwards its groups, and its view of
+/// the members' levels may lag the leader's). `Err` names the problem.
+pub fn check_group(op: &Op, groups_allowed: bool) -> Result<(), String> {
     let (len, valid) = match op {
         Op::Group(commands) => (commands.len(), commands.iter().all(groupable)),
         Op::GroupWrites(writes) => (writes.len(), writes.iter().all(groupable_write)),
         _ => return Ok(()),
     };
+    if !groups_allowed {
+        return Err(format!(
+            "{GROUP_REFUSED} not every member of the cluster reads write groups yet (an older build is a member)"
+        ));
+    }
     if (2..=GROUP_COMMANDS_MAX).contains(&len) && valid {
         return Ok(());
     }
     Err(format!(
-        "ERR a group entry holds 2 to {GROUP_COMMANDS_MAX} writes that may share an entry, each of at most \
-         {COMMAND_BYTES_MAX} bytes; got {len} writes"
+        "{GROUP_REFUSED} a group entry holds 2 to {GROUP_COMMANDS_MAX} writes that may share an entry, each of at \
+         most {COMMAND_BYTES_MAX} bytes; got {len} writes"
     ))
+}
+
+/// Whether `error` is a leader's refusal of a whole group (`check_group`), told
+/// directly or through a forward.
+fn refused_group(error: &NodeError) -> bool {
+    matches!(error, NodeError::Refused(text) | NodeError::Fatal(text) if text.starts_with(GROUP_REFUSED))
 }
 
 impl WriteGroups {
@@ -131,11 +162,16 @@ impl WriteGroups {
         }
     }
 
-    /// Group entries proposed from this node, the writes they carried, and how many
-    /// of those writes were scripts.
-    pub fn counts(&self) -> (u64, u64, u64) {
+    /// Group entries proposed from this node, the writes they carried, how many of
+    /// those writes were scripts, and how many entries the leader refused.
+    pub fn counts(&self) -> GroupCounts {
         let load = |count: &AtomicU64| count.load(Ordering::Relaxed);
-        (load(&self.entries), load(&self.writes), load(&self.scripts))
+        GroupCounts {
+            entries: load(&self.entries),
+            writes: load(&self.writes),
+            scripts: load(&self.scripts),
+            refused: load(&self.refused),
+        }
     }
 
     fn close(&self) -> Vec<Member> {
@@ -190,33 +226,38 @@ async fn propose(node: &Node, mut group: Vec<Member>) {
     // `propose` counts the entry as one write in flight; the others count too, so the
     // log store's inline-sync gate ("one client write in flight") stays shut.
     let _others = node.write_load().start_writes(count - 1);
-    let outcome = if scripts == 0 {
-        // Commands only: an entry that nodes predating `GroupWrites` can read too.
-        let commands = writes
-            .into_iter()
-            .filter_map(|w| match w {
-                GroupWrite::Core(command) => Some(command),
-                GroupWrite::Eval { .. } => None,
-            })
-            .collect();
-        match node.propose(Op::Group(commands)).await {
-            Ok(Applied::Multi(replies)) if replies.len() == count => {
-                Ok(replies.into_iter().map(Applied::Core).collect())
-            }
-            Ok(other) => Err(unexpected_for(count, &other)),
-            Err(e) => Err(e),
-        }
+    // Commands only: an entry that nodes predating `GroupWrites` can read too.
+    let op = Arc::new(if scripts == 0 {
+        Op::Group(
+            writes
+                .into_iter()
+                .filter_map(|w| match w {
+                    GroupWrite::Core(command) => Some(command),
+                    GroupWrite::Eval { .. } => None,
+                })
+                .collect(),
+        )
     } else {
-        match node.propose(Op::GroupWrites(writes)).await {
-            Ok(Applied::Group(replies)) if replies.len() == count => Ok(replies),
-            Ok(other) => Err(unexpected_for(count, &other)),
-            Err(e) => Err(e),
+        Op::GroupWrites(writes)
+    });
+    let outcome = match node.propose_shared(Arc::clone(&op)).await {
+        Ok(Applied::Multi(replies)) if scripts == 0 && replies.len() == count => {
+            Ok(replies.into_iter().map(|reply| Ok(Applied::Core(reply))).collect())
         }
+        Ok(Applied::Group(replies)) if scripts > 0 && replies.len() == count => {
+            Ok(replies.into_iter().map(Ok).collect())
+        }
+        Ok(other) => Err(unexpected_for(count, &other)),
+        Err(e) if refused_group(&e) => {
+            node.groups().refused.fetch_add(1, Ordering::Relaxed);
+            Ok(alone(node, &op).await)
+        }
+        Err(e) => Err(e),
     };
     match outcome {
         Ok(replies) => {
             for (answer, reply) in answers.into_iter().zip(replies) {
-                let _ = answer.send(Ok(reply));
+                let _ = answer.send(reply);
             }
         }
         Err(e) => {
@@ -225,6 +266,18 @@ async fn propose(node: &Node, mut group: Vec<Member>) {
             }
         }
     }
+}
+
+/// Proposes each write of a group the leader refused in an entry of its own, all at
+/// once, and returns their answers in the group's order. The leader refused the group
+/// before proposing it, so none of it was applied.
+async fn alone(node: &Node, group: &Op) -> Vec<Answer> {
+    let writes: Vec<GroupWrite> = match group {
+        Op::Group(commands) => commands.iter().cloned().map(GroupWrite::Core).collect(),
+        Op::GroupWrites(writes) => writes.clone(),
+        other => unreachable!("only groups are refused as groups, not {other:?}"),
+    };
+    futures_util::future::join_all(writes.into_iter().map(|write| node.propose(Op::from(write)))).await
 }
 
 fn unexpected_for(count: usize, applied: &Applied) -> NodeError {
@@ -277,12 +330,29 @@ mod tests {
         let big = Command::Unlock { names: vec![Bytes::from(vec![b'x'; COMMAND_BYTES_MAX + 1])], token: Bytes::new() };
         assert!(!groupable(&big));
         assert!(!groupable(&Command::SessionOpen { ttl_ms: 1_000 }));
-        assert!(check_group(&Op::Group(vec![unlock("a"), unlock("b")])).is_ok());
-        let one = check_group(&Op::Group(vec![unlock("a")])).unwrap_err();
+        assert!(check_group(&Op::Group(vec![unlock("a"), unlock("b")]), true).is_ok());
+        let one = check_group(&Op::Group(vec![unlock("a")]), true).unwrap_err();
         assert!(one.contains("2 to 128 writes") && one.contains("got 1 writes"), "{one}");
-        assert!(check_group(&Op::Group(vec![unlock("a"), big])).is_err());
-        assert!(check_group(&Op::Group(vec![unlock("a"); GROUP_COMMANDS_MAX + 1])).is_err());
-        assert!(check_group(&Op::Core(unlock("a"))).is_ok(), "not a group: nothing to check");
+        assert!(check_group(&Op::Group(vec![unlock("a"), big]), true).is_err());
+        assert!(check_group(&Op::Group(vec![unlock("a"); GROUP_COMMANDS_MAX + 1]), true).is_err());
+        assert!(check_group(&Op::Core(unlock("a")), true).is_ok(), "not a group: nothing to check");
+    }
+
+    #[test]
+    fn a_leader_whose_cluster_does_not_read_groups_refuses_them_and_the_refusal_is_recognised() {
+        let group = Op::Group(vec![unlock("a"), unlock("b")]);
+        let refused = check_group(&group, false).unwrap_err();
+        assert!(refused.starts_with(GROUP_REFUSED) && refused.contains("older build"), "{refused}");
+        assert!(check_group(&Op::Core(unlock("a")), false).is_ok(), "a write alone is never refused as a group");
+        // Told directly (the leader formed it) or through a forward (a follower did).
+        assert!(refused_group(&NodeError::Refused(refused.clone())));
+        assert!(refused_group(&NodeError::Fatal(refused)));
+        let bounds = check_group(&Op::Group(vec![unlock("a")]), true).unwrap_err();
+        assert!(refused_group(&NodeError::Refused(bounds)));
+        // Anything else may have been applied: never proposed again.
+        assert!(!refused_group(&NodeError::Discarded));
+        assert!(!refused_group(&NodeError::Refused("TRYAGAIN no quorum".into())));
+        assert!(!refused_group(&NodeError::Fatal("disk full".into())));
     }
 
     /// Entries and answers travel between nodes and sit in the log as postcard, which
@@ -313,12 +383,12 @@ mod tests {
         let huge = Bytes::from(vec![b't'; COMMAND_BYTES_MAX]);
         assert!(!groupable_write(&release(py_release(), huge.clone())));
         let mixed = |arg: Bytes| Op::GroupWrites(vec![GroupWrite::Core(unlock("a")), release(py_release(), arg)]);
-        assert!(check_group(&mixed(token)).is_ok());
-        assert!(check_group(&mixed(huge)).is_err());
-        assert!(check_group(&Op::GroupWrites(vec![
-            GroupWrite::Core(Command::SessionOpen { ttl_ms: 1 }),
-            GroupWrite::Core(unlock("a"))
-        ]))
+        assert!(check_group(&mixed(token), true).is_ok());
+        assert!(check_group(&mixed(huge), true).is_err());
+        assert!(check_group(
+            &Op::GroupWrites(vec![GroupWrite::Core(Command::SessionOpen { ttl_ms: 1 }), GroupWrite::Core(unlock("a"))]),
+            true
+        )
         .is_err());
     }
 }

@@ -91,6 +91,9 @@ pub(crate) enum PeerRequest {
         data: Vec<u8>,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Which entry kinds the node reads (`levels`). Last, so that the variants above
+    /// keep their numbers: an older build cannot decode it and closes the connection.
+    Level,
 }
 
 /// The answer; errors travel as text (the receiver reports them as network errors).
@@ -108,6 +111,8 @@ pub(crate) enum PeerResponse {
     Vote(Result<VoteResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
+    /// The node's protocol level (`levels::PROTOCOL_LEVEL`).
+    Level(u32),
 }
 
 pub(crate) async fn write_frame<T: Serialize>(
@@ -563,7 +568,11 @@ impl AppendSession {
 }
 
 /// Serves peers' RPCs on `listener` until it fails.
-pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot) {
+///
+/// `own_level` is what this node answers a `PeerRequest::Level` with; at 0 it stands in
+/// for a build from before that request (tests), and closes the connection as such a
+/// build does on a request it cannot decode.
+pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot, own_level: u32) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
@@ -628,6 +637,8 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot)
                     PeerRequest::TransferLeader(req) => {
                         PeerResponse::TransferLeader(raft.handle_transfer_leader(req).await.map_err(|e| e.to_string()))
                     }
+                    PeerRequest::Level if own_level == 0 => return,
+                    PeerRequest::Level => PeerResponse::Level(own_level),
                 };
                 if write_frame(stream, &response).await.is_err() {
                     return;

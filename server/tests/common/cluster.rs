@@ -12,8 +12,13 @@ pub use fencelock_testkit::free_port;
 /// fails to start (its peer port was taken meanwhile), the cluster starts again on
 /// other ports.
 pub fn start_cluster_with(n: u64, extra: &[&str]) -> Vec<Server> {
+    start_cluster_each(n, |_| extra.iter().map(|s| s.to_string()).collect())
+}
+
+/// As `start_cluster_with`, with flags of its own for each node (`extra_of(id)`).
+pub fn start_cluster_each(n: u64, extra_of: impl Fn(u64) -> Vec<String>) -> Vec<Server> {
     for _ in 0..3 {
-        if let Some(servers) = try_start_cluster(n, extra) {
+        if let Some(servers) = try_start_cluster(n, &extra_of) {
             return servers;
         }
         eprintln!("a node failed to start; starting the cluster again on other ports");
@@ -21,13 +26,13 @@ pub fn start_cluster_with(n: u64, extra: &[&str]) -> Vec<Server> {
     panic!("the cluster did not start in 3 attempts");
 }
 
-fn try_start_cluster(n: u64, extra: &[&str]) -> Option<Vec<Server>> {
+fn try_start_cluster(n: u64, extra_of: &impl Fn(u64) -> Vec<String>) -> Option<Vec<Server>> {
     let peers: Vec<String> = (1..=n).map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
     let peers = peers.join(",");
     let handles: Vec<_> = (1..=n)
         .map(|id| {
             let mut args: Vec<String> = vec!["--node-id".into(), id.to_string(), "--peers".into(), peers.clone()];
-            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(extra_of(id));
             std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
         })
         .collect();

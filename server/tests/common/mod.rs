@@ -109,6 +109,13 @@ impl Server {
         }
     }
 
+    /// Crash (SIGKILL) and start again on the same data directory with these flags
+    /// instead of the first start's (another build's settings, in upgrade tests).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     /// Crash (SIGKILL) and start again on the same data directory. The port changes.
     pub fn restart(&mut self) {
         self.kill();

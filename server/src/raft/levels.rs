@@ -1,0 +1,248 @@
+//! Protocol levels: which log entries every member of the cluster can read.
+//!
+//! A node stops on the first log entry it cannot decode, and a leader cannot decode a
+//! forwarded request of a kind newer than its build. During a rolling upgrade the
+//! cluster runs two builds at once, so an entry kind a build adds may be written only
+//! once every member reads it (etcd's cluster version, for the same reason). Each node
+//! asks every other member for its level (`PeerRequest::Level`) and keeps the lowest:
+//! the cluster's level. A build from before this request cannot decode it and closes
+//! the connection: it counts as level 0. A member not heard from yet counts as 0 too.
+//!
+//! | level | reads |
+//! |---|---|
+//! | 0 | every entry but write groups (builds before the level exchange, which may or may not read groups) |
+//! | 1 | write groups: `Op::Group`, `Op::GroupWrites`, and a forwarded group as one request |
+//!
+//! A node joins a cluster only at the cluster's level or above (`cluster::admin_local`):
+//! the log it must replay may hold entries of that level. Downgrading a member below
+//! the level of entries already in the log is not supported (as in etcd without its
+//! downgrade procedure).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+
+use super::network::{read_frame, write_frame, PeerRequest, PeerResponse};
+use super::{NodeId, Raft};
+
+/// This build's level: it reads every entry kind up to this one.
+pub const PROTOCOL_LEVEL: u32 = 1;
+/// The level from which concurrent writes share log entries (`write_group`).
+pub const GROUPS_FROM_LEVEL: u32 = 1;
+
+/// How often every other member is asked again: a member that was down, or that
+/// restarted with another build, is heard from within this.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long one member has to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What asking a member for its level found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// It answered its level.
+    Answered(u32),
+    /// It accepted the connection and closed it without an answer: a build from
+    /// before the level exchange.
+    Older,
+    /// It could not be reached or did not answer in time: nothing learned.
+    Unreachable,
+}
+
+/// Asks the member at `addr` for its level, on a connection of its own (an older
+/// build closes the connection it cannot decode a request on).
+pub async fn probe(addr: &str) -> Probe {
+    let asked = async {
+        let mut stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(_) => return Probe::Unreachable,
+        };
+        let _ = stream.set_nodelay(true);
+        if write_frame(&mut stream, &PeerRequest::Level).await.is_err() {
+            return Probe::Unreachable;
+        }
+        match read_frame::<PeerResponse>(&mut stream).await {
+            Ok(PeerResponse::Level(level)) => Probe::Answered(level),
+            // Another answer would be a bug on that side; read it as the least it reads.
+            Ok(_) => Probe::Older,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Probe::Older,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Probe::Older,
+            Err(_) => Probe::Unreachable,
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, asked).await.unwrap_or(Probe::Unreachable)
+}
+
+/// This node's level and what it knows of the others'.
+pub struct Levels {
+    own: u32,
+    /// The lowest level of the current members, this node included.
+    cluster: AtomicU32,
+    /// Member → (the address it was asked at, the level it answered).
+    known: Mutex<BTreeMap<NodeId, (String, u32)>>,
+}
+
+impl Levels {
+    /// Levels for a node of level `own` (`PROTOCOL_LEVEL` but in tests, which stand in
+    /// for an older build with 0). The cluster's level starts at 0: nobody asked yet.
+    pub fn new(own: u32) -> Levels {
+        assert!(own <= PROTOCOL_LEVEL, "a build cannot claim a level it does not read");
+        Levels { own, cluster: AtomicU32::new(0), known: Mutex::default() }
+    }
+
+    /// This node's own level (what it answers a `PeerRequest::Level` with).
+    pub fn own(&self) -> u32 {
+        self.own
+    }
+
+    /// The lowest level among the current members, as this node last learned it.
+    pub fn cluster(&self) -> u32 {
+        self.cluster.load(Ordering::Relaxed)
+    }
+
+    /// Whether every member reads write groups.
+    pub fn groups_allowed(&self) -> bool {
+        self.cluster() >= GROUPS_FROM_LEVEL
+    }
+
+    /// Records what asking `id` at `addr` found.
+    fn record(&self, id: NodeId, addr: &str, probe: Probe) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        match probe {
+            Probe::Answered(level) => {
+                known.insert(id, (addr.to_string(), level));
+            }
+            Probe::Older => {
+                known.insert(id, (addr.to_string(), 0));
+            }
+            // A member that is down keeps the level it last answered at this address: it
+            // cannot take entries meanwhile, and it is asked again once it is back.
+            Probe::Unreachable => {
+                if known.get(&id).is_some_and(|(at, _)| at != addr) {
+                    known.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Recomputes the cluster's level over `members` (id → address; this node's own
+    /// entry counts as its own level) and returns it.
+    fn settle(&self, self_id: NodeId, members: &BTreeMap<NodeId, String>) -> u32 {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|id, _| members.contains_key(id));
+        let level = members
+            .iter()
+            .map(|(id, addr)| match known.get(id) {
+                _ if *id == self_id => self.own,
+                Some((at, level)) if at == addr => *level,
+                _ => 0,
+            })
+            .fold(self.own, u32::min);
+        self.cluster.store(level, Ordering::Relaxed);
+        level
+    }
+}
+
+/// Asks every other member for its level, now and every `PROBE_EVERY` or when the
+/// membership changes, and keeps `levels` up to date. Ends when Raft shuts down.
+pub async fn run(raft: Raft, self_id: NodeId, levels: Arc<Levels>, routes: Arc<BTreeMap<NodeId, String>>) {
+    let mut metrics = raft.server_metrics();
+    let mut last = None;
+    loop {
+        let members: BTreeMap<NodeId, String> = {
+            let watched = metrics.borrow_watched();
+            let membership = watched.membership_config.membership();
+            membership
+                .nodes()
+                .map(|(id, node)| (*id, routes.get(id).cloned().unwrap_or_else(|| node.addr.clone())))
+                .collect()
+        };
+        let others = members.iter().filter(|(id, _)| **id != self_id);
+        let probes =
+            futures_util::future::join_all(others.map(|(id, addr)| async move { (*id, addr, probe(addr).await) }));
+        for (id, addr, found) in probes.await {
+            levels.record(id, addr, found);
+        }
+        let level = levels.settle(self_id, &members);
+        if last != Some(level) {
+            tracing::info!(level, own = levels.own(), groups = level >= GROUPS_FROM_LEVEL, "cluster protocol level");
+            last = Some(level);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(list: &[(NodeId, &str)]) -> BTreeMap<NodeId, String> {
+        list.iter().map(|(id, addr)| (*id, addr.to_string())).collect()
+    }
+
+    #[test]
+    fn the_cluster_reads_what_its_lowest_member_reads_and_an_unheard_member_counts_as_zero() {
+        let levels = Levels::new(PROTOCOL_LEVEL);
+        let three = members(&[(1, "a:1"), (2, "b:1"), (3, "c:1")]);
+        // Alone, this node's own level.
+        assert_eq!(levels.settle(1, &members(&[(1, "a:1")])), PROTOCOL_LEVEL);
+        assert!(levels.groups_allowed());
+        // Members not heard from yet.
+        assert_eq!(levels.settle(1, &three), 0);
+        assert!(!levels.groups_allowed());
+        levels.record(2, "b:1", Probe::Answered(PROTOCOL_LEVEL));
+        assert_eq!(levels.settle(1, &three), 0, "node 3 is still unheard");
+        levels.record(3, "c:1", Probe::Answered(PROTOCOL_LEVEL));
+        assert_eq!(levels.settle(1, &three), PROTOCOL_LEVEL);
+        // Down: the last answer stands. Restarted as an older build: 0.
+        levels.record(3, "c:1", Probe::Unreachable);
+        assert_eq!(levels.settle(1, &three), PROTOCOL_LEVEL);
+        levels.record(3, "c:1", Probe::Older);
+        assert_eq!(levels.settle(1, &three), 0);
+        // Removed from the membership: it no longer counts.
+        assert_eq!(levels.settle(1, &members(&[(1, "a:1"), (2, "b:1")])), PROTOCOL_LEVEL);
+        // A member at a new address is unheard until it answers there.
+        levels.record(2, "b:2", Probe::Unreachable);
+        assert_eq!(levels.settle(1, &members(&[(1, "a:1"), (2, "b:2")])), 0);
+    }
+
+    #[test]
+    fn a_node_standing_in_for_an_older_build_holds_the_cluster_at_its_level() {
+        let levels = Levels::new(0);
+        levels.record(2, "b:1", Probe::Answered(PROTOCOL_LEVEL));
+        assert_eq!(levels.settle(1, &members(&[(1, "a:1"), (2, "b:1")])), 0);
+        assert_eq!(levels.settle(1, &members(&[(1, "a:1")])), 0);
+    }
+
+    #[tokio::test]
+    async fn probes_tell_an_answer_from_an_older_build_from_nobody_there() {
+        use tokio::io::AsyncReadExt;
+        // An older build reads the request, cannot decode it, and closes.
+        let older = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let older_addr = older.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = older.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf).await;
+        });
+        assert_eq!(probe(&older_addr).await, Probe::Older);
+        // Nobody listening.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone_addr = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        assert_eq!(probe(&gone_addr).await, Probe::Unreachable);
+        // A listener that never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let _held = tokio::spawn(async move {
+            let (_stream, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        assert_eq!(probe(&silent_addr).await, Probe::Unreachable);
+    }
+}

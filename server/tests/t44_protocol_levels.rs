@@ -1,0 +1,246 @@
+//! Rolling upgrades (`raft::levels`): a member of an older build holds the cluster's
+//! write groups off (it would stop on the first one), they start once it is upgraded,
+//! and a node of an older build cannot join a cluster whose log may hold groups.
+//! `--protocol-level 0` makes a node stand in for a build from before the level
+//! exchange: it closes the connection on the request, as such a build does.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::cluster::{
+    info_field, run_to_exit, section_field, start_cluster_each, until_accepted, wait_applied, wait_for_leader,
+};
+use common::{wait_until, Client, Reply, Server};
+
+const CLIENTS: usize = 16;
+const CYCLES: usize = 25;
+
+fn stat(c: &mut Client, field: &str) -> u64 {
+    let value = section_field(c, "stats", field);
+    value.parse().unwrap_or_else(|_| panic!("INFO stats has no count {field}: {value:?}"))
+}
+
+fn level(server: &Server) -> String {
+    info_field(&mut server.connect(), "cluster_protocol_level")
+}
+
+/// `CLIENTS` concurrent clients lock and release names of their own and set and delete
+/// keys, `CYCLES` times each, all through `port`; every answer is checked.
+fn run_clients(port: u16, tag: &str) {
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (start, tag) = (Arc::clone(&start), tag.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                start.wait();
+                for n in 0..CYCLES {
+                    let (name, token) = (format!("{tag}:lock:{id}"), format!("{tag}-{id}-{n}"));
+                    let grant = c.cmd(&["LOCK", &name, "30000", "TOKEN", &token]);
+                    assert!(!grant.is_error() && !grant.is_null(), "client {id}: LOCK {name}: {grant:?}");
+                    assert_eq!(c.cmd(&["UNLOCK", &name, &token]), Reply::Int(0), "client {id} releases {name}");
+                    let key = format!("{tag}:key:{id}");
+                    assert_eq!(c.cmd(&["SET", &key, &token, "NX", "PX", "30000"]), Reply::Simple("OK".into()));
+                    assert_eq!(c.cmd(&["DEL", &key]), Reply::Int(1));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client failed");
+    }
+}
+
+#[test]
+fn an_older_member_holds_write_groups_off_until_it_is_upgraded() {
+    let older = 3u64;
+    let mut servers =
+        start_cluster_each(3, |id| if id == older { vec!["--protocol-level".into(), "0".into()] } else { Vec::new() });
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    let old = (older - 1) as usize;
+    assert_eq!(info_field(&mut servers[old].connect(), "protocol_level"), "0");
+    for s in &servers {
+        assert_eq!(level(s), "0", "a cluster with an older member is at level 0");
+    }
+
+    // Concurrent writes through the leader and through the other follower: all
+    // answered, none grouped anywhere.
+    let follower = (0..3).find(|i| *i != leader && *i != old).unwrap_or(old);
+    run_clients(servers[leader].port(), "a");
+    run_clients(servers[follower].port(), "b");
+    for (i, s) in servers.iter().enumerate() {
+        assert_eq!(stat(&mut s.connect(), "fencelock_write_groups"), 0, "node {} grouped writes", i + 1);
+    }
+
+    // The older member is upgraded: restarted as this build on its data directory.
+    let peers = peers_of(&servers);
+    servers[old].restart_with(&["--node-id", &older.to_string(), "--peers", &peers]);
+    for s in &servers {
+        wait_until(Duration::from_secs(10), "every node to see the cluster at level 1", || {
+            (level(s) == "1").then_some(())
+        });
+    }
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    run_clients(servers[leader].port(), "c");
+    assert!(stat(&mut l, "fencelock_write_groups") > 0, "no group once every member reads them");
+    // The upgraded node applied the grouped entries to the same state.
+    let applied: u64 = info_field(&mut l, "raft_applied_index").parse().expect("applied index");
+    let mut upgraded = servers[old].connect();
+    wait_applied(&mut upgraded, applied);
+    for id in 0..CLIENTS {
+        for tag in ["a", "b", "c"] {
+            assert!(upgraded.cmd(&["FENCE", &format!("{tag}:lock:{id}")]).is_null());
+            assert_eq!(upgraded.cmd(&["EXISTS", &format!("{tag}:key:{id}")]), Reply::Int(0));
+        }
+    }
+}
+
+/// The `--peers` list the cluster was started with, read back from a node.
+fn peers_of(servers: &[Server]) -> String {
+    let mut c = servers[0].connect();
+    let status = c.cmd(&["CLUSTER.STATUS"]).text();
+    let mut peers: Vec<String> = status
+        .lines()
+        .filter_map(|line| {
+            // "member:id=<id>,addr=<host:port>,role=...,"
+            let mut fields = line.strip_prefix("member:")?.split(',');
+            let id = fields.next()?.strip_prefix("id=")?;
+            let addr = fields.next()?.strip_prefix("addr=")?;
+            Some(format!("{id}={addr}"))
+        })
+        .collect();
+    peers.sort();
+    assert_eq!(peers.len(), servers.len(), "CLUSTER.STATUS names every member: {status}");
+    peers.join(",")
+}
+
+#[test]
+fn a_node_of_an_older_build_cannot_join_a_cluster_that_writes_groups() {
+    let server = Server::start();
+    let mut c = server.connect();
+    assert_eq!(until_accepted(&mut c, &["SET", "k", "v"]), Reply::Simple("OK".into()));
+    assert_eq!(level(&server), "1", "a node alone is at its own level");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (code, stderr) = run_to_exit(
+        &[
+            "--node-id",
+            "2",
+            "--peer-port",
+            &common::cluster::free_port().to_string(),
+            "--join",
+            &format!("127.0.0.1:{}", server.port()),
+            "--protocol-level",
+            "0",
+        ],
+        &dir.path().join("data"),
+    );
+    assert_ne!(code, 0, "an older node joined: {stderr}");
+    assert!(
+        stderr.contains("runs an older fencelock (protocol level 0) than this cluster (level 1)"),
+        "the refusal names the levels: {stderr}"
+    );
+    // The cluster is unchanged and still alone at its level.
+    assert_eq!(c.cmd(&["GET", "k"]), Reply::Bulk(b"v".to_vec()));
+    assert_eq!(level(&server), "1");
+}
+
+/// A TCP relay to `target` that can be told to close every new connection at once
+/// (what a build from before the level exchange does with the level request), while
+/// the connections it relays already go on.
+struct Relay {
+    port: u16,
+    refuse: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(target: String) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a relay");
+        let port = listener.local_addr().expect("its address").port();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let refusing = Arc::clone(&refuse);
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                if refusing.load(Ordering::SeqCst) {
+                    continue; // dropped: closed without an answer
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(&target) else { continue };
+                let pump = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    })
+                };
+                pump(inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone"));
+                pump(outbound, inbound);
+            }
+        });
+        Relay { port, refuse }
+    }
+
+    fn refuse_new_connections(&self) {
+        self.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_group_the_leader_refuses_is_proposed_write_by_write() {
+    // Nodes 1 and 2 reach node 3 through relays. Whichever of them leads is then made
+    // to see node 3 as an older build (its relay closes the level request), while the
+    // other still sees it as this build: that follower forms groups, the leader refuses
+    // them, and the follower proposes each write alone.
+    let ports: Vec<u16> = (0..3).map(|_| common::cluster::free_port()).collect();
+    let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+    let peers = peers.join(",");
+    let relays: Vec<Relay> = (0..2).map(|_| Relay::start(format!("127.0.0.1:{}", ports[2]))).collect();
+    let handles: Vec<_> = (1..=3u64)
+        .map(|id| {
+            let mut args = vec!["--node-id".to_string(), id.to_string(), "--peers".into(), peers.clone()];
+            if id < 3 {
+                args.extend(["--peer-route".into(), format!("3=127.0.0.1:{}", relays[id as usize - 1].port)]);
+            }
+            std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        })
+        .collect();
+    let mut servers: Vec<Server> = handles.into_iter().map(|h| h.join().expect("a node started")).collect();
+    let mut leader = wait_for_leader(&mut servers);
+    if leader == 2 {
+        let mut c = servers[2].connect();
+        let moved = until_accepted(&mut c, &["CLUSTER.TRANSFER", "1"]);
+        assert!(!moved.is_error(), "CLUSTER.TRANSFER 1: {moved:?}");
+        leader = wait_until(Duration::from_secs(10), "node 1 to lead", || {
+            let l = common::cluster::leader_of(&mut servers)?;
+            (l != 2).then_some(l)
+        });
+    }
+    let follower = 1 - leader;
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    for s in &servers {
+        wait_until(Duration::from_secs(10), "every node at level 1", || (level(s) == "1").then_some(()));
+    }
+
+    relays[leader].refuse_new_connections();
+    wait_until(Duration::from_secs(10), "the leader to see an older member", || {
+        (level(&servers[leader]) == "0").then_some(())
+    });
+    assert_eq!(level(&servers[follower]), "1", "the follower still sees every member at level 1");
+
+    run_clients(servers[follower].port(), "f");
+    let mut f = servers[follower].connect();
+    let (formed, refused) = (stat(&mut f, "fencelock_write_groups"), stat(&mut f, "fencelock_refused_groups"));
+    assert!(formed > 0, "the follower formed no group");
+    assert!(refused > 0, "the leader refused none of the follower's {formed} groups");
+    assert_eq!(stat(&mut l, "fencelock_write_groups"), 0, "the leader grouped writes at level 0");
+    // Every write went in: nothing is left held or set, and a fresh lock still works.
+    for id in 0..CLIENTS {
+        assert!(l.cmd(&["FENCE", &format!("f:lock:{id}")]).is_null());
+        assert_eq!(l.cmd(&["EXISTS", &format!("f:key:{id}")]), Reply::Int(0));
+    }
+}
