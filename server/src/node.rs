@@ -43,6 +43,11 @@ pub enum NodeError {
     /// `0` ms, so it cannot answer it as its own. Not retried here.
     #[error("TRYAGAIN the leader committed this write but this node did not apply it within {0} ms; it may have been applied (check before retrying)")]
     Unconfirmed(u64),
+    /// A forwarded write went out to the leader, and then the leader changed, the
+    /// connection failed or no answer came within `0` ms: it may have been applied.
+    /// Not retried here.
+    #[error("TRYAGAIN the leader did not answer this forwarded write within {0} ms (it failed, changed or was cut off); it may have been applied (check before retrying)")]
+    ForwardUnanswered(u64),
     /// A request the cluster refused: an admin change, or a forwarded write the leader
     /// answered with its own TRYAGAIN. The text is the whole wire error.
     #[error("{0}")]
@@ -346,7 +351,9 @@ impl Node {
     }
 
     /// One request to the leader over the peer network, answered within `ttl`. A
-    /// leader that is gone, slow or unknown is TRYAGAIN for the client.
+    /// leader that is gone, slow or unknown is TRYAGAIN for the client; for a forwarded
+    /// write that may have reached it, a TRYAGAIN that says it may have been applied
+    /// (`ForwardUnanswered`), since a client retries a plain TRYAGAIN.
     pub(crate) async fn ask_leader(
         &self,
         leader: NodeId,
@@ -366,30 +373,47 @@ impl Node {
         // changing is expected, and the old leader still answers.)
         let expect_change = matches!(request, crate::raft::network::PeerRequest::Admin(_));
         let superseded = wait.metrics(|m| !expect_change && m.current_leader != Some(leader), "the leader changed");
-        tokio::select! {
-            answered = tokio::time::timeout(ttl, self.exchange(&addr, &request)) => match answered {
-                Ok(Ok(response)) => Ok(response),
-                _ => Err(NodeError::TryAgain),
+        // Set once the request may have left this node: from then on a forwarded
+        // write's outcome is unknown if no answer comes.
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        let outcome = tokio::select! {
+            answered = tokio::time::timeout(ttl, self.exchange(&addr, &request, &sent)) => match answered {
+                Ok(Ok(response)) => return Ok(response),
+                _ => NodeError::TryAgain,
             },
-            _ = superseded => Err(NodeError::TryAgain),
+            _ = superseded => NodeError::TryAgain,
+        };
+        let forwarded = matches!(request, crate::raft::network::PeerRequest::Forward { .. });
+        if forwarded && sent.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(NodeError::ForwardUnanswered(ttl.as_millis() as u64));
         }
+        Err(outcome)
     }
 
-    /// One request/response to a peer over a pooled connection.
+    /// One request/response to a peer over a pooled connection; `sent` is set before
+    /// the request is written.
     async fn exchange(
         &self,
         addr: &str,
         request: &crate::raft::network::PeerRequest,
+        sent: &std::sync::atomic::AtomicBool,
     ) -> std::io::Result<crate::raft::network::PeerResponse> {
-        let pooled = self.forward_pool.lock().expect("not poisoned").get_mut(addr).and_then(Vec::pop);
-        let mut stream = match pooled {
-            Some(stream) => stream,
-            None => {
-                let stream = tokio::net::TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                stream
+        let mut stream = loop {
+            let pooled = self.forward_pool.lock().expect("not poisoned").get_mut(addr).and_then(Vec::pop);
+            match pooled {
+                // One the peer has closed meanwhile (it restarted) reads as ended: a
+                // request written to it would be lost, and a forwarded write reported
+                // as possibly applied when it never arrived.
+                Some(stream) if pooled_is_open(&stream) => break stream,
+                Some(_) => continue,
+                None => {
+                    let stream = tokio::net::TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    break stream;
+                }
             }
         };
+        sent.store(true, std::sync::atomic::Ordering::Relaxed);
         crate::raft::network::write_frame(&mut stream, request).await?;
         let response = crate::raft::network::read_frame(&mut stream).await?;
         let mut pool = self.forward_pool.lock().expect("not poisoned");
@@ -567,6 +591,13 @@ async fn watch_membership(raft: Raft, load: Arc<WriteLoad>) {
     }
 }
 
+/// Whether an idle pooled peer connection is still open: nothing to read yet. (The
+/// peer never sends unasked, so readable means closed, or a protocol fault.)
+fn pooled_is_open(stream: &tokio::net::TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// An answer of another kind than the op's: a bug, never a client error.
 fn unexpected(applied: &Applied) -> NodeError {
     NodeError::Fatal(format!("unexpected apply result {applied:?}"))
@@ -650,7 +681,12 @@ mod tests {
     /// which the write may be in the log says one of them.
     #[test]
     fn errors_after_which_a_write_may_be_in_the_log_say_so() {
-        for e in [NodeError::Discarded, NodeError::Unconfirmed(10_000), NodeError::NoQuorum(3_000)] {
+        for e in [
+            NodeError::Discarded,
+            NodeError::Unconfirmed(10_000),
+            NodeError::NoQuorum(3_000),
+            NodeError::ForwardUnanswered(10_000),
+        ] {
             let text = e.to_string();
             assert!(text.starts_with("TRYAGAIN "), "{text}");
             assert!(text.contains("may have been applied") || text.contains("no quorum"), "{text}");

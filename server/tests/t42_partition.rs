@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{info_field, led_cluster, start_cluster, until_accepted, wait_for_leader};
-use common::{encode, wait_until, Client, Reply};
+use common::{encode, wait_until, Client, Relay, Reply, Server};
 
 /// Sends `args` until it is granted (not null, not TRYAGAIN); the grant.
 fn lock_until_granted(c: &mut Client, args: &[&str]) -> Reply {
@@ -127,4 +127,46 @@ fn a_node_cut_off_in_the_minority_refuses_writes_and_reads() {
     servers[leader].signal("CONT");
     servers[other].signal("CONT");
     assert_eq!(until_accepted(&mut f, &["SET", "k", "after"]), Reply::Simple("OK".into()));
+}
+
+#[test]
+fn a_forwarded_write_whose_answer_is_lost_is_reported_as_possibly_applied() {
+    // Every node reaches every other through a relay of its own.
+    let ports: Vec<u16> = (0..3).map(|_| common::cluster::free_port()).collect();
+    let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+    let peers = peers.join(",");
+    let relays: Vec<Vec<Option<Relay>>> = (0..3)
+        .map(|from| (0..3).map(|to| (from != to).then(|| Relay::start(format!("127.0.0.1:{}", ports[to])))).collect())
+        .collect();
+    let handles: Vec<_> = (0..3usize)
+        .map(|from| {
+            let routes: Vec<String> = (0..3)
+                .filter_map(|to| relays[from][to].as_ref().map(|r| format!("{}=127.0.0.1:{}", to + 1, r.port)))
+                .collect();
+            let args = [
+                "--node-id".to_string(),
+                (from + 1).to_string(),
+                "--peers".into(),
+                peers.clone(),
+                "--peer-route".into(),
+                routes.join(","),
+            ];
+            std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        })
+        .collect();
+    let mut servers: Vec<Server> = handles.into_iter().map(|h| h.join().expect("a node started")).collect();
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+
+    // The follower's forwards reach the leader, which commits them, but its answers
+    // never come back: the write went in, so a plain TRYAGAIN (which clients resend)
+    // would apply it twice.
+    relays[follower][leader].as_ref().expect("a relay").drop_answers();
+    let mut c = servers[follower].connect();
+    c.set_read_timeout(Duration::from_secs(30));
+    let Reply::Error(e) = c.cmd(&["INCR", "n"]) else { panic!("the forwarded INCR was answered") };
+    assert!(e.starts_with("TRYAGAIN") && e.contains("may have been applied"), "{e}");
+    assert_eq!(l.cmd(&["GET", "n"]), Reply::Bulk(b"1".to_vec()), "applied once, on the leader");
 }

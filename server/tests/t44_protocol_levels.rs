@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::cluster::{
     info_field, run_to_exit, section_field, start_cluster_each, until_accepted, wait_applied, wait_for_leader,
 };
-use common::{wait_until, Client, Reply, Server};
+use common::{wait_until, Client, Relay, Reply, Server};
 
 const CLIENTS: usize = 16;
 const CYCLES: usize = 25;
@@ -147,46 +147,6 @@ fn a_node_of_an_older_build_cannot_join_a_cluster_that_writes_groups() {
     // The cluster is unchanged and still alone at its level.
     assert_eq!(c.cmd(&["GET", "k"]), Reply::Bulk(b"v".to_vec()));
     assert_eq!(level(&server), "1");
-}
-
-/// A TCP relay to `target` that can be told to close every new connection at once
-/// (what a build from before the level exchange does with the level request), while
-/// the connections it relays already go on.
-struct Relay {
-    port: u16,
-    refuse: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Relay {
-    fn start(target: String) -> Relay {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a relay");
-        let port = listener.local_addr().expect("its address").port();
-        let refuse = Arc::new(AtomicBool::new(false));
-        let refusing = Arc::clone(&refuse);
-        std::thread::spawn(move || {
-            for inbound in listener.incoming() {
-                let Ok(inbound) = inbound else { return };
-                if refusing.load(Ordering::SeqCst) {
-                    continue; // dropped: closed without an answer
-                }
-                let Ok(outbound) = std::net::TcpStream::connect(&target) else { continue };
-                let pump = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    })
-                };
-                pump(inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone"));
-                pump(outbound, inbound);
-            }
-        });
-        Relay { port, refuse }
-    }
-
-    fn refuse_new_connections(&self) {
-        self.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 #[test]

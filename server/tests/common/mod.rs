@@ -570,3 +570,67 @@ pub fn parse_all(bytes: &[u8]) -> Vec<Reply> {
     }
     out
 }
+
+/// A TCP relay to a target address, for peer routes (`--peer-route`): it can close
+/// every new connection at once (what a build from before the level exchange does
+/// with a request it cannot decode), or stop passing the target's answers back, while
+/// passing everything else.
+pub struct Relay {
+    /// Where to connect to reach the target through the relay.
+    pub port: u16,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// Starts relaying connections made to `port` to `target`.
+    pub fn start(target: String) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a relay");
+        let port = listener.local_addr().expect("its address").port();
+        let (refuse, mute) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (refusing, muting) = (Arc::clone(&refuse), Arc::clone(&mute));
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                if refusing.load(Ordering::SeqCst) {
+                    continue; // dropped: closed without an answer
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(&target) else { continue };
+                let pump =
+                    |mut from: std::net::TcpStream, mut to: std::net::TcpStream, mute: Option<Arc<AtomicBool>>| {
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16 * 1024];
+                            loop {
+                                let n = match from.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                if mute.as_ref().is_some_and(|m| m.load(Ordering::SeqCst)) {
+                                    continue; // swallowed
+                                }
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        })
+                    };
+                pump(inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone"), None);
+                pump(outbound, inbound, Some(Arc::clone(&muting)));
+            }
+        });
+        Relay { port, refuse, mute }
+    }
+
+    /// Closes every connection made from now on without relaying it.
+    pub fn refuse_new_connections(&self) {
+        self.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on, drops what the target sends back; requests still reach it.
+    pub fn drop_answers(&self) {
+        self.mute.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
