@@ -66,7 +66,9 @@ impl StateMachine {
         if let Wait::Queue { wait_ms, .. } = request.wait {
             self.check_wait(wait_ms)?;
         }
-        let session = self.session_check(request.session, 1)?;
+        // Live for any campaign; counted against the session's limit only when it
+        // would add a leadership or a wait (below): a retry of a won campaign adds none.
+        let session = self.session_check(request.session, 0)?;
         let name = Name::from(request.name.as_ref());
         self.election_expire_due(&name);
         if let Some(leader) = self.st.elections.get(&name).and_then(|e| e.leader.as_ref()) {
@@ -74,9 +76,14 @@ impl StateMachine {
                 if leader.ident.token() != request.token.as_ref() {
                     return Err(Error::TokenMismatch);
                 }
+                // Leadership stays bound to the session it was won under (as a lock).
+                if leader.session != session {
+                    return Err(Error::HeldDifferently);
+                }
                 return Ok(Reply::Grant(Grant { fence: leader.fence, holds: 1, deadline_ms: leader.deadline_ms }));
             }
         }
+        self.session_check(request.session, 1)?;
         if self.election_find(&name, |i| i.owner() == request.candidate.as_ref()).is_some() {
             return Err(Error::invalid("candidate is already campaigning"));
         }

@@ -21,9 +21,9 @@ pub enum Error {
         /// The lock, semaphore or election the token does not hold.
         name: String,
     },
-    /// A reentrant acquire named a different mode, or a group that does not match the
-    /// group it already holds.
-    #[error("already held by this owner in a different mode or group")]
+    /// A reentrant acquire named a different mode, a group that does not match the
+    /// group it already holds, or another session (or none where it holds one).
+    #[error("already held by this owner in a different mode, group or session")]
     HeldDifferently,
     /// The same owner asked again with another token: reentrancy needs both to match.
     #[error("held by this owner under a different token")]

@@ -317,7 +317,9 @@ impl StateMachine {
         if let Wait::Queue { wait_ms, .. } = request.wait {
             self.check_wait(wait_ms)?;
         }
-        let session = self.session_check(request.session, names.len())?;
+        // The session must be live for any acquire; its lock count is checked only for
+        // names it would add (below): a retried acquire adds none.
+        let session = self.session_check(request.session, 0)?;
         if let Some(condition) = &request.condition {
             if !self.condition_holds(condition) {
                 return Err(Error::ConditionFailed);
@@ -332,13 +334,14 @@ impl StateMachine {
             // find, without walking the table for each name again.
             Survey { reentry_fence: None, new_names: names.len(), free: true }
         } else {
-            self.lock_survey(&names, &request.owner, &request.token, request.mode)?
+            self.lock_survey(&names, &request.owner, &request.token, request.mode, session)?
         };
         if let Some(fence) = survey.reentry_fence {
             // A retry of an idempotent acquire that was applied adds no hold; its lease
             // still runs from now, as the client counts it from the retry it sent.
             return Ok(Reply::Grant(self.lock_reenter(&names, fence, request.ttl_ms, !request.idempotent)?));
         }
+        self.session_check(request.session, names.len())?;
         self.check_entries(survey.new_names)?;
         let ident = Ident::new(&request.owner, &request.token, &request.metadata);
         if survey.free {
@@ -379,10 +382,21 @@ impl StateMachine {
     }
 
     /// One look at each name: whether `owner` already holds every name (as one grant,
-    /// in `mode`, with `token`: a reentrant acquire; holding some of them, or
-    /// differently, is an error), how many names are new to the table, and whether
-    /// all of them are free for `mode` with nobody queued.
-    fn lock_survey(&self, names: &[Name], owner: &[u8], token: &[u8], mode: LockMode) -> Result<Survey> {
+    /// in `mode`, with `token`, under `session`: a reentrant acquire; holding some of
+    /// them, or differently, is an error), how many names are new to the table, and
+    /// whether all of them are free for `mode` with nobody queued.
+    ///
+    /// A grant held under another session (or none) is held differently: answering it
+    /// as this request's would leave the lock bound to the other session, revoked when
+    /// that one ends while the caller counts on the session it named.
+    fn lock_survey(
+        &self,
+        names: &[Name],
+        owner: &[u8],
+        token: &[u8],
+        mode: LockMode,
+        session: SessionId,
+    ) -> Result<Survey> {
         let mut survey = Survey { reentry_fence: None, new_names: 0, free: true };
         let mut held = 0;
         let mut fence = 0;
@@ -396,7 +410,7 @@ impl StateMachine {
             if holder.token() != token {
                 return Err(Error::TokenMismatch);
             }
-            if entry.mode() != Some(mode) || (held > 0 && holder.fence != fence) {
+            if entry.mode() != Some(mode) || (held > 0 && holder.fence != fence) || holder.session != session {
                 return Err(Error::HeldDifferently);
             }
             fence = holder.fence;

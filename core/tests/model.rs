@@ -549,7 +549,10 @@ impl Model {
                     if h.token != *token {
                         return Ok(MReply::Err(Error::TokenMismatch));
                     }
-                    if self.held_mode(n) != Some(*mode) || (held > 0 && h.fence != fence) {
+                    if self.held_mode(n) != Some(*mode)
+                        || (held > 0 && h.fence != fence)
+                        || h.session != session.unwrap_or(0)
+                    {
                         return Ok(MReply::Err(Error::HeldDifferently));
                     }
                     fence = h.fence;

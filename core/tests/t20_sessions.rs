@@ -144,3 +144,61 @@ fn ephemeral_key_with_its_own_ttl_expires_first() {
         Reply::Array(vec![Reply::Int(60_000), Reply::Int(59_899), Reply::Int(0)])
     );
 }
+
+#[test]
+fn acquiring_again_under_another_session_is_refused_and_the_grant_stays_with_its_own() {
+    let mut d = Driver::default();
+    let first = open(&mut d, 1_000);
+    let second = open(&mut d, 10_000);
+    let mut l = lock(&["job"], "alice", 0);
+    l.session = Some(first);
+    let fence = grant(d.ok(Command::Lock(l.clone()))).fence;
+    // A client that reconnected under a new session must not be told it holds `job`
+    // there: the grant would still end with the first session.
+    let mut again = l.clone();
+    again.session = Some(second);
+    assert_eq!(d.err(Command::Lock(again)), Error::HeldDifferently);
+    // Nor without a session, on a lease of its own.
+    let mut leased = l.clone();
+    leased.session = None;
+    leased.ttl_ms = 30_000;
+    assert_eq!(d.err(Command::Lock(leased)), Error::HeldDifferently);
+    // The same session still re-enters.
+    assert_eq!(grant(d.ok(Command::Lock(l))).fence, fence);
+    // And the lock ends with its own session, not the other one.
+    let events = d.advance(1_001);
+    assert!(events.contains(&Event::Revoked { name: b("job"), fence, session: first }), "{events:?}");
+    assert_eq!(d.read(Command::Fence { name: b("job") }), Reply::Nil);
+}
+
+#[test]
+fn a_retried_acquire_is_answered_even_when_its_session_is_at_its_lock_limit() {
+    let limits = fencelock_core::Limits { locks_per_session_max: 1, ..Default::default() };
+    let mut d = Driver { sm: fencelock_core::StateMachine::new(limits), ..Default::default() };
+    let s = open(&mut d, 10_000);
+    let mut l = lock(&["a"], "alice", 0);
+    l.session = Some(s);
+    l.idempotent = true;
+    let fence = grant(d.ok(Command::Lock(l.clone()))).fence;
+    // The retry adds no lock to the session, so the limit does not refuse it.
+    assert_eq!(grant(d.ok(Command::Lock(l.clone()))).fence, fence);
+    let mut other = l;
+    other.names = vec![b("b")];
+    assert!(matches!(d.err(Command::Lock(other)), Error::LimitExceeded { .. }), "a new lock is still limited");
+}
+
+#[test]
+fn campaigning_again_under_another_session_is_refused() {
+    let mut d = Driver::default();
+    let first = open(&mut d, 1_000);
+    let second = open(&mut d, 10_000);
+    let mut c = campaign("election", "alice", 0);
+    c.session = Some(first);
+    let fence = grant(d.ok(Command::Campaign(c.clone()))).fence;
+    let mut again = c.clone();
+    again.session = Some(second);
+    assert_eq!(d.err(Command::Campaign(again)), Error::HeldDifferently);
+    assert_eq!(grant(d.ok(Command::Campaign(c))).fence, fence, "the same session still gets its grant");
+    let events = d.advance(1_001);
+    assert!(events.contains(&Event::LeaderChanged { name: b("election"), leader: None }), "{events:?}");
+}
