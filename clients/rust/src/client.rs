@@ -187,6 +187,7 @@ impl Client {
             }
             let mut conn = match self.take_conn().await {
                 Ok(conn) => conn,
+                Err(ConnError::Auth(e)) => return Err(Error::Auth(e)),
                 Err(ConnError::NotSent(e) | ConnError::Lost(e) | ConnError::Protocol(e)) => {
                     self.rotate(&self.endpoint());
                     last_problem = e;
@@ -228,6 +229,8 @@ impl Client {
                     sleep_backoff(&mut backoff, deadline).await;
                 }
                 Err(ConnError::Protocol(e)) => return Err(Error::Protocol(e)),
+                // Only the handshake answers this, and an open connection has done it.
+                Err(ConnError::Auth(e)) => return Err(Error::Auth(e)),
             }
         }
     }

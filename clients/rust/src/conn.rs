@@ -18,6 +18,9 @@ pub(crate) enum ConnError {
     Lost(String),
     /// The peer broke the protocol.
     Protocol(String),
+    /// The server refused the password (NOAUTH / WRONGPASS): no other node or retry
+    /// will take it either.
+    Auth(String),
 }
 
 /// The most bytes buffered for one reply before the connection is dropped.
@@ -53,10 +56,13 @@ impl Conn {
             None => vec![b"HELLO", b"3"],
         };
         match conn.request(&hello, timeout).await {
+            Ok(Value::Error(e)) if e.starts_with("WRONGPASS") || e.starts_with("NOAUTH") => Err(ConnError::Auth(e)),
             Ok(Value::Error(e)) => Err(ConnError::NotSent(format!("{endpoint}: {e}"))),
             Ok(_) => Ok(conn),
             // The handshake changes nothing on the server: a failure is "not sent".
-            Err(ConnError::Lost(e) | ConnError::NotSent(e) | ConnError::Protocol(e)) => Err(ConnError::NotSent(e)),
+            Err(ConnError::Lost(e) | ConnError::NotSent(e) | ConnError::Protocol(e) | ConnError::Auth(e)) => {
+                Err(ConnError::NotSent(e))
+            }
         }
     }
 

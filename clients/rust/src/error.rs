@@ -53,6 +53,11 @@ impl Error {
     pub fn from_server(text: &str) -> Error {
         let code = text.split(' ').next().unwrap_or("");
         let text = text.to_string();
+        // The server says so when a failure left the write possibly applied (a node
+        // shutting down under it, for one) whatever the code: never "invalid".
+        if code != "TRYAGAIN" && text.contains("may have been applied") {
+            return Error::Unknown(text);
+        }
         match code {
             "NOTHOLDER" => Error::NotHolder(text),
             "TOKENMISMATCH" | "HELDDIFFERENTLY" | "LOCKED" => Error::Conflict(text),
@@ -107,6 +112,9 @@ mod tests {
         assert_eq!(Error::from_server("LIMIT too many locks (max 10)").kind(), "LimitExceeded");
         assert_eq!(Error::from_server("NOSESSION session 5 ended").kind(), "NoSession");
         assert!(Error::from_server("TRYAGAIN no leader available right now").is_try_again());
+        let shutting =
+            "ERR node failure: the node is shutting down; the write may have been applied (check before retrying)";
+        assert_eq!(Error::from_server(shutting).kind(), "OutcomeUnknown");
         assert!(!Error::outcome_unknown("TRYAGAIN no leader available right now, retry shortly"));
         assert!(Error::outcome_unknown(
             "TRYAGAIN no quorum confirmed the request within 3000 ms (this node may be partitioned from the majority)"

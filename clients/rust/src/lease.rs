@@ -19,39 +19,61 @@ use crate::error::Error;
 use crate::resp::Value;
 
 /// The shared state of one held thing.
+///
+/// A lock held under a session has a state of its own whose `parent` is the session's:
+/// it is valid only while both are, and letting go of the lock (or losing it) leaves
+/// the session and its other locks alone.
 #[derive(Debug)]
 pub(crate) struct LeaseState {
     valid_until: Mutex<Instant>,
     lost: watch::Sender<Option<String>>,
+    parent: Option<Arc<LeaseState>>,
 }
+
+/// The window of a thing with no lease of its own (a lock held by a session alone):
+/// its parent's sets the limit.
+const NO_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl LeaseState {
     pub fn new(valid_until: Instant) -> Arc<LeaseState> {
-        Arc::new(LeaseState { valid_until: Mutex::new(valid_until), lost: watch::channel(None).0 })
+        Arc::new(LeaseState { valid_until: Mutex::new(valid_until), lost: watch::channel(None).0, parent: None })
     }
 
+    /// A state under `parent`, with a window of its own (`None`: only the parent's).
+    pub fn child(parent: &Arc<LeaseState>, valid_until: Option<Instant>) -> Arc<LeaseState> {
+        let own = valid_until.unwrap_or_else(|| Instant::now() + NO_LEASE);
+        Arc::new(LeaseState {
+            valid_until: Mutex::new(own),
+            lost: watch::channel(None).0,
+            parent: Some(Arc::clone(parent)),
+        })
+    }
+
+    /// The end of the window: its own, or its parent's if that ends first.
     pub fn valid_until(&self) -> Instant {
-        *self.valid_until.lock().expect("not poisoned")
+        let own = *self.valid_until.lock().expect("not poisoned");
+        self.parent.as_ref().map_or(own, |p| own.min(p.valid_until()))
     }
 
-    /// Moves the window forward (never back).
+    /// Moves its own window forward (never back).
     pub fn extend(&self, until: Instant) {
         let mut v = self.valid_until.lock().expect("not poisoned");
         *v = (*v).max(until);
     }
 
     pub fn is_valid(&self) -> bool {
-        self.lost.borrow().is_none() && Instant::now() < self.valid_until()
+        self.lost_reason().is_none() && Instant::now() < self.valid_until()
     }
 
     pub fn remaining(&self) -> Duration {
-        if self.lost.borrow().is_some() {
+        if self.lost_reason().is_some() {
             return Duration::ZERO;
         }
         self.valid_until().saturating_duration_since(Instant::now())
     }
 
-    /// Marks it lost (the first reason wins) and wakes every waiter.
+    /// Marks it lost (the first reason wins) and wakes every waiter. A parent is not
+    /// touched.
     pub fn set_lost(&self, reason: String) {
         self.lost.send_if_modified(|lost| {
             if lost.is_none() {
@@ -63,8 +85,13 @@ impl LeaseState {
         });
     }
 
+    /// Why it was lost: its own reason, or its parent's.
     pub fn lost_reason(&self) -> Option<String> {
-        self.lost.borrow().clone()
+        if let Some(reason) = self.lost.borrow().clone() {
+            return Some(reason);
+        }
+        let parent = self.parent.as_ref()?.lost_reason()?;
+        Some(format!("its session was lost: {parent}"))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
@@ -77,26 +104,47 @@ impl LeaseState {
 #[derive(Debug, Clone)]
 pub struct LostSignal {
     rx: watch::Receiver<Option<String>>,
+    parent_rx: Option<watch::Receiver<Option<String>>>,
     state: Arc<LeaseState>,
 }
 
 impl LostSignal {
     pub(crate) fn new(state: &Arc<LeaseState>) -> LostSignal {
-        LostSignal { rx: state.subscribe(), state: Arc::clone(state) }
+        LostSignal {
+            rx: state.subscribe(),
+            parent_rx: state.parent.as_ref().map(|p| p.subscribe()),
+            state: Arc::clone(state),
+        }
     }
 
     /// Waits until it is lost (renewal refused or failing until the validity ran out,
-    /// or the validity ran out on the client's clock); the reason.
+    /// the validity ran out on the client's clock, or, for a lock held under a session,
+    /// the session was lost); the reason.
     pub async fn wait(&mut self) -> String {
         loop {
-            if let Some(reason) = self.rx.borrow_and_update().clone() {
+            self.rx.borrow_and_update();
+            if let Some(parent) = self.parent_rx.as_mut() {
+                parent.borrow_and_update();
+            }
+            if let Some(reason) = self.state.lost_reason() {
                 return reason;
             }
             let until = self.state.valid_until();
+            let parent_changed = async {
+                match self.parent_rx.as_mut() {
+                    Some(parent) => parent.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = self.rx.changed() => {
                     if changed.is_err() {
                         return "the client dropped the guard".into();
+                    }
+                }
+                changed = parent_changed => {
+                    if changed.is_err() {
+                        return "the client dropped the session".into();
                     }
                 }
                 _ = tokio::time::sleep_until(until) => {

@@ -32,7 +32,9 @@ pub struct LockOptions {
     /// Renew in the background.
     pub auto_renew: bool,
     /// Hold it under a session instead of a TTL (with `ttl` zero): it lives as long as
-    /// the session, and is valid while the session is.
+    /// the session, and is valid while the session is. With a `ttl` as well, it is
+    /// valid while both are (the server revokes it when the session ends). Releasing
+    /// or losing the lock leaves the session and its other locks alone.
     pub session: Option<SessionRef>,
 }
 
@@ -278,10 +280,13 @@ impl Client {
             None => return Err(unexpected("LOCK", &reply)),
         };
         let holds = reply.int("holds").unwrap_or(1) as u64;
-        let state = match &o.session {
-            // Valid while the session is: the same window and lost signal.
-            Some(session) if ttl_ms == 0 => Arc::clone(&session.state),
-            _ => LeaseState::new(sent + o.ttl.mul_f64(1.0 - self.options().drift)),
+        let own_window = (ttl_ms > 0).then(|| sent + o.ttl.mul_f64(1.0 - self.options().drift));
+        let state = match (&o.session, own_window) {
+            // Valid while the session is, and while its own lease is if it has one; let
+            // go of on its own (releasing it leaves the session and its other locks).
+            (Some(session), own) => LeaseState::child(&session.state, own),
+            // Without a session the lease is never zero (`ttl_ms` above).
+            (None, own) => LeaseState::new(own.unwrap_or(sent)),
         };
         let keepalive = (o.auto_renew && ttl_ms > 0).then(|| {
             let renew =

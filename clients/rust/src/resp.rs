@@ -171,8 +171,10 @@ fn value(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, Prot
             match kind {
                 b'>' => Value::Push(items),
                 b'%' => Value::Map(pairs_of(items)),
-                // An attribute annotates the reply that follows it: skip to that one.
-                b'|' => return value(buf, at, depth),
+                // An attribute annotates the reply that follows it: skip to that one,
+                // one level deeper, so a run of attributes meets the depth bound rather
+                // than the end of the stack.
+                b'|' => return value(buf, at, depth + 1),
                 _ => Value::Array(items),
             }
         }
@@ -229,6 +231,11 @@ mod tests {
         assert!(parse(&mut BytesMut::from(&b"?x\r\n"[..])).is_err());
         let deep = "*1\r\n".repeat(40) + ":1\r\n";
         assert!(parse(&mut BytesMut::from(deep.as_bytes())).is_err(), "depth is bounded");
+        // A long run of attributes (each annotating the next) is bounded the same way,
+        // not by the stack.
+        let attributes = format!("{}:1\r\n", "|0\r\n".repeat(200_000));
+        assert!(parse(&mut BytesMut::from(attributes.as_bytes())).is_err(), "a run of attributes is bounded");
+        assert_eq!(one(b"|1\r\n+ttl\r\n:3\r\n:1\r\n"), Value::Int(1), "one attribute is skipped");
         assert!(parse(&mut BytesMut::from(&b"$999999999999\r\n"[..])).is_err(), "bulk length is bounded");
     }
 

@@ -128,6 +128,7 @@ impl Watch {
             i += 1;
             let mut conn = match Conn::open(endpoint, o.password.as_deref(), o.connect_timeout).await {
                 Ok(conn) => conn,
+                Err(ConnError::Auth(e)) => return Err(Error::Auth(e)),
                 Err(ConnError::NotSent(e) | ConnError::Lost(e) | ConnError::Protocol(e)) => {
                     problem = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -145,6 +146,7 @@ impl Watch {
                     self.conn = Some(conn);
                     return Ok(());
                 }
+                Err(ConnError::Auth(e)) => return Err(Error::Auth(e)),
                 Err(ConnError::NotSent(e) | ConnError::Lost(e) | ConnError::Protocol(e)) => problem = e,
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -115,6 +115,31 @@ async fn server_errors_map_to_their_kinds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_under_a_session_goes_with_the_session_and_is_let_go_of_alone() {
+    let server = embedded();
+    let c = client(&server).await;
+    let session = c.session(Duration::from_secs(3)).await.unwrap();
+    // Releasing one of the session's locks leaves the session and its other locks.
+    let one = c.lock("s:one", LockOptions::default().session(&session)).await.unwrap();
+    let two = c.lock("s:two", LockOptions::default().session(&session)).await.unwrap();
+    assert!(one.release().await.unwrap());
+    assert!(session.is_valid() && two.is_valid(), "releasing one lock lost the session: {:?}", two.lost_reason());
+    // A lock with a lease of its own, longer than the session's, under the session: the
+    // server revokes it when the session ends, so the client must stop trusting it then
+    // (not 30 s later).
+    let mut options = LockOptions::ttl(Duration::from_secs(30));
+    options.session = Some(session.reference());
+    let leased = c.lock("s:leased", options).await.unwrap();
+    let mut lost = leased.lost_signal();
+    let other = client(&server).await;
+    other.command(&[b"SESSION.CLOSE", session.id().to_string().as_bytes()]).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), lost.wait()).await.expect("lost with its session");
+    assert!(reason.contains("session"), "{reason}");
+    assert!(!leased.is_valid() && !two.is_valid() && !session.is_valid());
+    assert_eq!(c.fence(b"s:leased").await.unwrap(), None, "the server revoked it with the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_semaphores_elections_and_watches() {
     let server = embedded();
     let c = client(&server).await;

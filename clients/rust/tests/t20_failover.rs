@@ -35,10 +35,15 @@ impl Drop for Node {
 }
 
 fn start(id: u64, peers: &str, dir: &std::path::Path) -> Node {
+    start_with(id, peers, dir, &[])
+}
+
+fn start_with(id: u64, peers: &str, dir: &std::path::Path, extra: &[&str]) -> Node {
     let data = dir.join(format!("n{id}"));
     let mut child = Command::new(binary())
         .args(["--port", "0", "--bind", "127.0.0.1", "--node-id", &id.to_string(), "--peers", peers, "--data-dir"])
         .arg(&data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -98,4 +103,19 @@ async fn a_held_lock_survives_the_leader_being_killed() {
     assert!(lock.release().await.unwrap());
     next.release().await.unwrap();
     nodes.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_an_auth_error_at_once_not_unavailable_after_the_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(1, &format!("1=127.0.0.1:{}", free_port()), dir.path(), &["--requirepass", "secret"]);
+    let endpoint = format!("127.0.0.1:{}", node.port);
+    let started = Instant::now();
+    let wrong = Options { password: Some("wrong".into()), ..Options::new([endpoint.clone()]) };
+    let e = Client::connect(wrong).await.unwrap_err();
+    assert_eq!(e.kind(), "AuthError", "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "refused after {:?}", started.elapsed());
+    let right = Options { password: Some("secret".into()), ..Options::new([endpoint]) };
+    let client = Client::connect(right).await.expect("the right password connects");
+    client.lock("k", LockOptions::ttl(Duration::from_secs(5))).await.unwrap().release().await.unwrap();
 }
