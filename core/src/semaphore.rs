@@ -57,6 +57,15 @@ impl StateMachine {
             if sem.holders.iter().any(|h| h.ident.token() == request.token.as_ref()) {
                 return Err(Error::invalid("this token already holds permits of the semaphore"));
             }
+            // Nor may a token wait twice: both would be granted under it, and RENEW,
+            // RELEASE and the disconnect undo would act on one of them only.
+            let waiting = sem.queue.iter().any(|&(_, id)| {
+                matches!(&self.st.waiters[&id].kind,
+                    WaiterKind::Permit { ident, .. } if ident.token() == request.token.as_ref())
+            });
+            if waiting {
+                return Err(Error::invalid("this token already waits for permits of the semaphore"));
+            }
         }
         let ident = Ident::new(&request.owner, &request.token, &[]);
         let (used, queued) = self.st.semaphores.get(&name).map_or((0, 0), |s| (s.used, s.queue.len()));

@@ -174,3 +174,18 @@ fn election_leader_lease_expires_and_renews() {
     let out = d.run(Command::Resign { name: b("e"), token: b("n3-token") });
     assert_eq!(out.events, vec![Event::WaitEnded { waiter: w3, reason: WaitEnd::Cancelled }]);
 }
+
+#[test]
+fn a_token_that_waits_for_permits_cannot_wait_again() {
+    let mut d = Driver::default();
+    let mut all = sem("s", 2, 2, "x", 30_000);
+    all.token = b("x");
+    grant(d.ok(Command::SemAcquire(all)));
+    let mut waiting = sem("s", 2, 1, "t", 30_000);
+    waiting.token = b("t");
+    waiting.wait = Wait::Queue { wait_ms: None, priority: 0 };
+    assert!(matches!(d.ok(Command::SemAcquire(waiting.clone())), Reply::Queued(_)));
+    // The same token again would be granted a second permit under it once x lets go.
+    let Error::Invalid(text) = d.err(Command::SemAcquire(waiting)) else { panic!("refused as invalid") };
+    assert!(text.contains("already waits"), "{text}");
+}
