@@ -156,6 +156,10 @@ impl Client {
         let endpoint = self.endpoint();
         let reused = {
             let mut idle = self.inner.idle.lock().expect("not poisoned");
+            // One the server has closed meanwhile (it restarted) is dropped here: a
+            // request sent on it would be reported as possibly applied although the
+            // server never read it.
+            idle.retain(Conn::is_open);
             idle.iter().position(|c| c.endpoint == endpoint).map(|i| idle.swap_remove(i))
         };
         match reused {

@@ -66,6 +66,13 @@ impl Conn {
         }
     }
 
+    /// Whether an idle connection is still open: nothing to read yet. (An idle
+    /// connection is owed nothing, so readable means closed, or a server fault.)
+    pub fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Sends one command and waits up to `timeout` for its reply (pushes that come
     /// first are kept in `pushes`).
     pub async fn request(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Value, ConnError> {

@@ -35,13 +35,14 @@ impl Drop for Node {
 }
 
 fn start(id: u64, peers: &str, dir: &std::path::Path) -> Node {
-    start_with(id, peers, dir, &[])
+    start_with(id, peers, dir, &["--port", "0"])
 }
 
+/// Starts node `id` with `extra` flags, which must include `--port`.
 fn start_with(id: u64, peers: &str, dir: &std::path::Path, extra: &[&str]) -> Node {
     let data = dir.join(format!("n{id}"));
     let mut child = Command::new(binary())
-        .args(["--port", "0", "--bind", "127.0.0.1", "--node-id", &id.to_string(), "--peers", peers, "--data-dir"])
+        .args(["--bind", "127.0.0.1", "--node-id", &id.to_string(), "--peers", peers, "--data-dir"])
         .arg(&data)
         .args(extra)
         .stdout(Stdio::piped())
@@ -108,7 +109,8 @@ async fn a_held_lock_survives_the_leader_being_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_an_auth_error_at_once_not_unavailable_after_the_retries() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_with(1, &format!("1=127.0.0.1:{}", free_port()), dir.path(), &["--requirepass", "secret"]);
+    let node =
+        start_with(1, &format!("1=127.0.0.1:{}", free_port()), dir.path(), &["--port", "0", "--requirepass", "secret"]);
     let endpoint = format!("127.0.0.1:{}", node.port);
     let started = Instant::now();
     let wrong = Options { password: Some("wrong".into()), ..Options::new([endpoint.clone()]) };
@@ -118,4 +120,21 @@ async fn a_wrong_password_is_an_auth_error_at_once_not_unavailable_after_the_ret
     let right = Options { password: Some("secret".into()), ..Options::new([endpoint]) };
     let client = Client::connect(right).await.expect("the right password connects");
     client.lock("k", LockOptions::ttl(Duration::from_secs(5))).await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_the_server_restarted_is_sent_on_a_fresh_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (peers, port) = (format!("1=127.0.0.1:{}", free_port()), free_port().to_string());
+    let node = start_with(1, &peers, dir.path(), &["--port", &port]);
+    let client =
+        Client::connect(Options { discover: false, ..Options::new([format!("127.0.0.1:{port}")]) }).await.unwrap();
+    client.command(&[b"SET", b"n", b"0"]).await.unwrap();
+    // Restarted on the same port and data: the client's idle connection is closed.
+    drop(node);
+    let _node = start_with(1, &peers, dir.path(), &["--port", &port]);
+    // Not retried once sent, so a request on the dead idle connection would come back
+    // as an unknown outcome although the server never read it.
+    let value = client.command(&[b"INCR", b"n"]).await.expect("sent on a fresh connection");
+    assert_eq!(value, fencelock_client::resp::Value::Int(1));
 }
