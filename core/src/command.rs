@@ -585,6 +585,22 @@ impl Command {
         )
     }
 
+    /// Whether applying it may queue a waiter (`Reply::Queued`): a blocking acquire,
+    /// campaign or pop, or a barrier. The server records which node queued each one.
+    pub fn may_wait(&self) -> bool {
+        match self {
+            Command::Lock(request) => !matches!(request.wait, Wait::Try),
+            Command::SemAcquire(request) => !matches!(request.wait, Wait::Try),
+            Command::Campaign(request) => !matches!(request.wait, Wait::Try),
+            Command::QueuePop { wait, .. } => !matches!(wait, Wait::Try),
+            Command::BlockingPop { .. }
+            | Command::BarrierWait { .. }
+            | Command::BarrierEnter { .. }
+            | Command::BarrierLeave { .. } => true,
+            _ => false,
+        }
+    }
+
     /// True for the commands that may share a log entry with others
     /// ([`crate::StateMachine::apply_group`]): a leader groups concurrent clients' writes
     /// of these into one entry. They draw no id from the entry's log index (waiter,

@@ -186,6 +186,23 @@ impl StateMachine {
         Output { reply, events }
     }
 
+    /// Apply one committed log entry that ends several waits at once (the server's
+    /// record of which node queued them says their connections are gone: the node
+    /// restarted or left). Waits that already ended are skipped. The reply is how many
+    /// ended.
+    pub fn apply_cancel_waits(&mut self, log_index: u64, leader_time_ms: u64, waiters: &[WaiterId]) -> Output {
+        self.begin_entry(log_index, leader_time_ms, false);
+        let mut ended = 0;
+        for &waiter in waiters {
+            if self.st.waiters.contains_key(&waiter) {
+                self.wait_end(waiter, WaitEnd::Cancelled);
+                ended += 1;
+            }
+        }
+        let events = self.end_entry();
+        Output { reply: Ok(Reply::Int(ended)), events }
+    }
+
     /// Apply one committed log entry that carries several commands: concurrent writes
     /// of different clients that the leader grouped to spend one entry (one log
     /// record, one replication slot, one apply) on all of them. Every command must be

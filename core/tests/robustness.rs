@@ -160,7 +160,10 @@ proptest! {
             let read_only = command.is_read_only();
             let read = read_only.then(|| sm.read(&command));
             let fence_before = sm.last_fence();
+            let may_wait = command.may_wait();
             let out = sm.apply(index as u64 + 1, stamp, command);
+            // The server records the origin of every waiter by this test.
+            prop_assert!(may_wait || !matches!(out.reply, Ok(fencelock_core::Reply::Queued(_))), "{:?}", out.reply);
             if let Err(e) = sm.check_invariants() {
                 return Err(TestCaseError::fail(format!("after entry {}: {e}", index + 1)));
             }

@@ -128,6 +128,9 @@ pub struct Node {
     pub log_size: crate::raft::log_store::LogSize,
     /// This node's protocol level and the cluster's (`levels`).
     pub levels: Arc<crate::raft::levels::Levels>,
+    /// Set once the waits of this node's previous run have been ended (or that was
+    /// given up): a wait queued before would be ended with them.
+    previous_waits_ended: tokio::sync::watch::Sender<bool>,
 }
 
 fn random_u64() -> u64 {
@@ -238,10 +241,12 @@ impl Node {
             groups: Default::default(),
             log_size,
             levels: Arc::new(crate::raft::levels::Levels::new(config.protocol_level)),
+            previous_waits_ended: tokio::sync::watch::channel(false).0,
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
         tokio::spawn(watch_membership(node.raft.clone(), Arc::clone(&node.write_load)));
+        tokio::spawn(end_previous_waits(Arc::clone(&node)));
         tokio::spawn(crate::raft::levels::run(
             node.raft.clone(),
             node.id,
@@ -429,6 +434,16 @@ impl Node {
     /// While other writes are in flight here, a groupable command shares a log entry
     /// with the writes that arrive with it (`write_group`).
     pub async fn write(self: &Arc<Self>, command: Command) -> Result<fencelock_core::Result<Reply>, NodeError> {
+        if command.may_wait() && !*self.previous_waits_ended.borrow() {
+            // Queued before the entry that ends the previous run's waits, it would be
+            // ended with them (`end_previous_waits`); that entry commits within
+            // milliseconds of a leader and every member's level being known.
+            let mut ended = self.previous_waits_ended.subscribe();
+            let waited = tokio::time::timeout(PREVIOUS_WAITS_GATE, ended.wait_for(|done| *done)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return Err(NodeError::TryAgain);
+            }
+        }
         match self.write_or_join(GroupWrite::Core(command)).await? {
             Applied::Core(reply) => Ok(reply),
             other => Err(unexpected(&other)),
@@ -580,6 +595,50 @@ pub struct NodeStatus {
 
 /// Tells the log store whether this node is its cluster's only member, whenever the
 /// membership changes (server metrics change only with state, leader or membership).
+/// How long a starting node keeps trying to end its previous run's waits. It needs a
+/// leader and every member's level (`levels`; a member that is down at the start is
+/// not heard from); past this its blocking commands are served without it, and the
+/// previous run's waits end only by their own bound.
+const END_WAITS_FOR: Duration = Duration::from_secs(10);
+/// How long a blocking command waits for that before answering TRYAGAIN.
+const PREVIOUS_WAITS_GATE: Duration = Duration::from_secs(5);
+
+/// Ends the waits this node's previous run queued (`Op::CancelWaitsOf`): their
+/// connections died with that process, and nothing else ends them. Until this commits,
+/// a lock can be granted to one of them (held by nobody until its lease runs out) and
+/// a queue item popped for one is lost. This run's blocking commands wait for it
+/// (`Node::write`), since one queued before it would be ended too.
+async fn end_previous_waits(node: Arc<Node>) {
+    end_previous_waits_now(&node).await;
+    node.previous_waits_ended.send_replace(true);
+}
+
+async fn end_previous_waits_now(node: &Node) {
+    let deadline = Instant::now() + END_WAITS_FOR;
+    while Instant::now() < deadline {
+        if node.levels.cluster() < crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
+            // Not every member reads the entry yet (or none has answered yet).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        match node.propose(Op::CancelWaitsOf { origin: node.id }).await {
+            Ok(Applied::Core(Ok(Reply::Int(ended)))) => {
+                tracing::info!(ended, "waits left by this node's previous run ended");
+                return;
+            }
+            Ok(other) => {
+                tracing::warn!("ending the previous run's waits answered {other:?}");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("ending the previous run's waits: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    tracing::warn!("could not end the waits left by this node's previous run within {} s", END_WAITS_FOR.as_secs());
+}
+
 async fn watch_membership(raft: Raft, load: Arc<WriteLoad>) {
     let mut metrics = raft.server_metrics();
     loop {

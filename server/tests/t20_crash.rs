@@ -489,3 +489,39 @@ fn a_log_that_outgrows_its_bytes_is_snapshotted_and_survives_sigkill() {
         assert!(got == value(i).into_bytes(), "big:{k} came back with another value than write {i}");
     }
 }
+
+/// The `blocked_clients` count of INFO clients.
+fn blocked_clients(c: &mut Client) -> u64 {
+    let info = c.cmd(&["INFO", "clients"]).text();
+    info.lines().find_map(|l| l.strip_prefix("blocked_clients:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn waits_left_by_a_killed_node_end_when_it_restarts() {
+    let mut server = Server::start();
+    let mut c = server.connect();
+    assert!(c.cmd(&["LOCK", "res", "60000", "TOKEN", "a"]).get("fence").is_some(), "granted");
+    // Two clients block: one queued for the lock, one for a queue item.
+    let mut lock_waiter = server.connect();
+    lock_waiter.send_cmd(&["LOCK", "res", "60000", "TOKEN", "b", "WAIT", "FOREVER"]);
+    let mut popper = server.connect();
+    popper.send_cmd(&["QUEUE.POP", "jobs", "WAIT", "FOREVER"]);
+    common::wait_until(Duration::from_secs(10), "both clients to block", || {
+        (blocked_clients(&mut c) == 2).then_some(())
+    });
+
+    // Their process dies with them; the waits are in the replicated state.
+    server.restart();
+    common::wait_until(Duration::from_secs(20), "the restarted node to end its previous run's waits", || {
+        server.log_tail(200).contains("waits left by this node's previous run ended ended=2").then_some(())
+    });
+    let mut c = server.connect();
+    // Not popped for a client that is gone: the item stays.
+    assert_eq!(c.cmd(&["QUEUE.PUSH", "jobs", "x"]), Reply::Int(1));
+    assert_eq!(c.cmd(&["QUEUE.LEN", "jobs"]), Reply::Int(1), "the item went to a wait whose client is gone");
+    // Not granted to a client that is gone: free once its holder lets go.
+    assert_eq!(c.cmd(&["UNLOCK", "res", "a"]), Reply::Int(0));
+    assert!(c.cmd(&["FENCE", "res"]).is_null(), "the lock was granted to a wait whose client is gone");
+    assert!(c.cmd(&["LOCK", "res", "1000", "TOKEN", "c"]).get("fence").is_some(), "a new client gets it at once");
+    drop((lock_waiter, popper));
+}

@@ -11,7 +11,7 @@
 //! | level | reads |
 //! |---|---|
 //! | 0 | every entry but write groups (builds before the level exchange, which may or may not read groups) |
-//! | 1 | write groups: `Op::Group`, `Op::GroupWrites`, and a forwarded group as one request |
+//! | 1 | write groups: `Op::Group`, `Op::GroupWrites`, and a forwarded group as one request; `Op::CancelWaitsOf` (a restarted or removed node's waits end) |
 //!
 //! A node joins a cluster only at the cluster's level or above (`cluster::admin_local`):
 //! the log it must replay may hold entries of that level. Downgrading a member below
@@ -32,10 +32,15 @@ use super::{NodeId, Raft};
 pub const PROTOCOL_LEVEL: u32 = 1;
 /// The level from which concurrent writes share log entries (`write_group`).
 pub const GROUPS_FROM_LEVEL: u32 = 1;
+/// The level from which a node ends the waits its previous run left (`Op::CancelWaitsOf`).
+pub const CANCEL_WAITS_FROM_LEVEL: u32 = 1;
 
 /// How often every other member is asked again: a member that was down, or that
 /// restarted with another build, is heard from within this.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often while some member is below this node's level or unheard (at start, the
+/// peers are coming up): blocking commands wait for the level (`Node::write`).
+const PROBE_EVERY_UNSETTLED: Duration = Duration::from_millis(100);
 /// How long one member has to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -170,8 +175,9 @@ pub async fn run(raft: Raft, self_id: NodeId, levels: Arc<Levels>, routes: Arc<B
             tracing::info!(level, own = levels.own(), groups = level >= GROUPS_FROM_LEVEL, "cluster protocol level");
             last = Some(level);
         }
+        let every = if level < levels.own() { PROBE_EVERY_UNSETTLED } else { PROBE_EVERY };
         tokio::select! {
-            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             changed = metrics.changed() => if changed.is_err() { return },
         }
     }

@@ -90,6 +90,16 @@ pub enum Op {
     /// commands only is still written as `Group`, which nodes that predate this variant
     /// can read.
     GroupWrites(Vec<GroupWrite>),
+    /// Ends every wait that a connection of node `origin` queued before this entry
+    /// (`SmStore`'s waiter origins): proposed by a node when it starts (its previous
+    /// run's connections are gone, and nothing else would end their waits: a queue
+    /// item popped for one would be lost, a lock granted to one held by nobody), and by
+    /// the leader for a node it removes. Answers `Applied::Core(Ok(Reply::Int(n)))`,
+    /// the waits ended. From protocol level 1 (`levels`).
+    CancelWaitsOf {
+        /// The node whose earlier waits end.
+        origin: NodeId,
+    },
 }
 
 /// One write in an `Op::GroupWrites` entry.

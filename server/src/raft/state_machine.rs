@@ -63,13 +63,18 @@ impl Waiters {
     }
 }
 
-/// The snapshot body.
+/// The snapshot body. The waiter origins follow it (`ImageWriter::finish`): builds
+/// from before them read the image and ignore what follows (postcard stops at the
+/// image's end), and an image without them reads as no origins.
 #[derive(Serialize, Deserialize)]
 struct Image {
     epoch: Option<u64>,
     core: Vec<u8>,
     retired: std::collections::BTreeSet<u64>,
 }
+
+/// Which node's connection queued each live waiter (waiter id → node id).
+pub type WaiterOrigins = std::collections::BTreeMap<u64, u64>;
 
 /// Writes `postcard(Image { epoch, core: core.snapshot(), retired })` without a second
 /// copy of the core's bytes (about 90 MB at 1M locks): the core snapshots straight into
@@ -97,7 +102,7 @@ impl ImageWriter {
         self
     }
 
-    fn finish(mut self, retired: &std::collections::BTreeSet<u64>) -> io::Result<Vec<u8>> {
+    fn finish(mut self, retired: &std::collections::BTreeSet<u64>, origins: &WaiterOrigins) -> io::Result<Vec<u8>> {
         let body_at = self.prefix_at + VARINT_MAX;
         let body_len = (self.out.len() - body_at) as u64;
         let prefix = postcard::to_stdvec(&body_len).map_err(io_err)?;
@@ -106,6 +111,7 @@ impl ImageWriter {
         self.out.copy_within(body_at.., end);
         self.out.truncate(self.out.len() - (VARINT_MAX - prefix.len()));
         postcard::to_io(retired, &mut self.out).map_err(io_err)?;
+        postcard::to_io(origins, &mut self.out).map_err(io_err)?;
         Ok(self.out)
     }
 }
@@ -129,6 +135,10 @@ pub struct Inner {
     /// memberships that name it, and could form a second quorum (openraft's "node ids
     /// must not be reused").
     pub retired: std::collections::BTreeSet<u64>,
+    /// Which node queued each live waiter, so that a restarted or removed node's
+    /// waits can be ended (`Op::CancelWaitsOf`). Replicated: every node applies the
+    /// same entries, and snapshots carry it.
+    pub waiter_origins: WaiterOrigins,
     /// The last snapshot's metadata. Its data lives only in the file: at a million
     /// held locks it is about 90 MB, read back only for a follower that needs it.
     current: Option<SnapshotMeta>,
@@ -176,6 +186,7 @@ impl SmStore {
             membership: StoredMembership::default(),
             epoch: None,
             retired: Default::default(),
+            waiter_origins: Default::default(),
             current: None,
             lua: LuaEngine::new().map_err(io::Error::other)?,
         };
@@ -218,6 +229,9 @@ impl SmStore {
             Op::Core(command) => {
                 let publish = matches!(command, fencelock_core::Command::Publish { .. });
                 let out = inner.core.apply(index, proposal.stamp_ms, command);
+                if let Ok(Reply::Queued(waiter)) = &out.reply {
+                    inner.waiter_origins.insert(*waiter, proposal.origin);
+                }
                 drop(inner);
                 if proposal.origin == self.shared.local_node.load(std::sync::atomic::Ordering::Relaxed) {
                     if let Ok(Reply::Queued(waiter)) = &out.reply {
@@ -265,6 +279,23 @@ impl SmStore {
                 self.dispatch(index, out.events);
                 Applied::Script(out.result)
             }
+            Op::CancelWaitsOf { origin } => {
+                // Every waiter this node queued before this entry (ids are the indexes
+                // of the entries that queued them).
+                let ended: Vec<u64> = inner
+                    .waiter_origins
+                    .iter()
+                    .filter(|(waiter, from)| **from == *origin && **waiter < index)
+                    .map(|(waiter, _)| *waiter)
+                    .collect();
+                for waiter in &ended {
+                    inner.waiter_origins.remove(waiter);
+                }
+                let out = inner.core.apply_cancel_waits(index, proposal.stamp_ms, &ended);
+                drop(inner);
+                self.dispatch(index, out.events);
+                Applied::Core(out.reply)
+            }
         }
     }
 
@@ -284,6 +315,7 @@ impl Inner {
     fn install(&mut self, loaded: Loaded) -> StateMachine {
         self.epoch = loaded.epoch;
         self.retired = loaded.retired;
+        self.waiter_origins = loaded.waiter_origins;
         self.last_applied = loaded.last_applied;
         self.membership = loaded.membership;
         std::mem::replace(&mut self.core, loaded.core)
@@ -295,17 +327,22 @@ struct Loaded {
     core: StateMachine,
     epoch: Option<u64>,
     retired: std::collections::BTreeSet<u64>,
+    waiter_origins: WaiterOrigins,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
 
 impl Loaded {
     fn decode(file: &SnapshotFile, limits: &Limits) -> io::Result<Loaded> {
-        let image: Image = postcard::from_bytes(&file.data).map_err(io_err)?;
+        let (image, rest): (Image, &[u8]) = postcard::take_from_bytes(&file.data).map_err(io_err)?;
+        // Images from before the waiter origins end here.
+        let waiter_origins =
+            if rest.is_empty() { WaiterOrigins::new() } else { postcard::from_bytes(rest).map_err(io_err)? };
         Ok(Loaded {
             core: StateMachine::restore(limits.clone(), &image.core).map_err(io_err)?,
             epoch: image.epoch,
             retired: image.retired,
+            waiter_origins,
             last_applied: file.meta.last_log_id,
             membership: file.meta.last_membership.clone(),
         })
@@ -316,6 +353,7 @@ impl SmStore {
     /// Hands each event to the waiter it names, pub/sub messages to subscribers, the
     /// rest to the broadcast for watchers. Returns how many subscribers got messages.
     fn dispatch(&self, revision: u64, events: Vec<Event>) -> usize {
+        self.forget_ended_waiters(&events);
         for conn in self.shared.watches.record(revision, &events) {
             // Its queue is full: dropping its senders closes it, with the reason.
             self.shared.pubsub.detach(conn);
@@ -344,6 +382,25 @@ impl SmStore {
 }
 
 impl SmStore {
+    /// Drops the origins of the waiters whose wait `events` end (granted, popped,
+    /// passed, or ended).
+    fn forget_ended_waiters(&self, events: &[Event]) {
+        let ended = |e: &Event| match e {
+            Event::Granted { waiter, .. }
+            | Event::Popped { waiter, .. }
+            | Event::BarrierPassed { waiter }
+            | Event::WaitEnded { waiter, .. } => Some(*waiter),
+            _ => None,
+        };
+        if !events.iter().any(|e| ended(e).is_some()) {
+            return;
+        }
+        let mut inner = self.lock();
+        for waiter in events.iter().filter_map(ended) {
+            inner.waiter_origins.remove(&waiter);
+        }
+    }
+
     /// Pub/sub notifications for RESP2 clients: Redis's keyspace notifications
     /// (`__keyspace@0__:<key>` → event, `__keyevent@0__:<event>` → key) and
     /// `__election__:<name>` → the new leader's candidate id (empty: nobody leads).
@@ -390,12 +447,13 @@ impl SmStore {
         // idle machine and 1.5 s on 3 loaded nodes, and every apply and read waited:
         // a one-thread node stopped answering heartbeats, and an election followed.
         let started = std::time::Instant::now();
-        let (frozen, epoch, retired, meta, locked) = {
+        let (frozen, epoch, retired, origins, meta, locked) = {
             let inner = self.lock();
             let meta = SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
-            (inner.core.freeze(), inner.epoch, inner.retired.clone(), meta, started.elapsed())
+            let origins = inner.waiter_origins.clone();
+            (inner.core.freeze(), inner.epoch, inner.retired.clone(), origins, meta, started.elapsed())
         };
-        let data = ImageWriter::start(epoch)?.core(&frozen).finish(&retired)?;
+        let data = ImageWriter::start(epoch)?.core(&frozen).finish(&retired, &origins)?;
         drop(frozen);
         let file = SnapshotFile { meta, data };
         write_snapshot_file(&self.shared.dir, &file)?;
@@ -513,13 +571,14 @@ mod tests {
     use bytes::Bytes;
     use fencelock_core::StateMachine;
 
-    use super::{Image, ImageWriter};
+    use super::{Image, ImageWriter, Loaded, SnapshotFile, WaiterOrigins};
     use crate::cmd::{self, Request};
 
-    /// The image written in place is byte for byte the serde encoding it replaces
-    /// (snapshot files written before it still load, and after it by older readers).
+    /// The image written in place is byte for byte the serde encoding it replaces,
+    /// followed by the waiter origins: snapshot files written before them still load
+    /// (with none), and older readers read the image and stop before them.
     #[test]
-    fn the_image_written_in_place_is_the_postcard_encoding() {
+    fn the_image_written_in_place_is_the_postcard_encoding_then_the_waiter_origins() {
         for keys in [0usize, 3, 2_000] {
             let mut core = StateMachine::default();
             for i in 0..keys {
@@ -531,9 +590,22 @@ mod tests {
                 let retired: std::collections::BTreeSet<u64> = retired.into_iter().collect();
                 let expected = postcard::to_stdvec(&Image { epoch, core: core.snapshot(), retired: retired.clone() })
                     .expect("encodes");
-                let written =
-                    ImageWriter::start(epoch).expect("starts").core(&core.freeze()).finish(&retired).expect("finishes");
-                assert_eq!(written, expected, "{keys} keys, epoch {epoch:?}");
+                let origins: WaiterOrigins = [(5, 1), (9, 3)].into_iter().collect();
+                let written = ImageWriter::start(epoch)
+                    .expect("starts")
+                    .core(&core.freeze())
+                    .finish(&retired, &origins)
+                    .expect("finishes");
+                assert_eq!(&written[..expected.len()], &expected[..], "{keys} keys, epoch {epoch:?}");
+                let (old, rest): (Image, &[u8]) = postcard::take_from_bytes(&written).expect("an older reader");
+                assert_eq!((old.epoch, old.retired), (epoch, retired.clone()));
+                assert_eq!(postcard::from_bytes::<WaiterOrigins>(rest).expect("origins"), origins);
+                let limits = fencelock_core::Limits::default();
+                let file = |data: Vec<u8>| SnapshotFile { meta: Default::default(), data };
+                let loaded = Loaded::decode(&file(written), &limits).expect("loads");
+                assert_eq!(loaded.waiter_origins, origins);
+                let before = Loaded::decode(&file(expected), &limits).expect("a file from before the origins loads");
+                assert!(before.waiter_origins.is_empty());
             }
         }
     }
