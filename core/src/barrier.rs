@@ -72,6 +72,9 @@ impl StateMachine {
     ) -> Result<Reply> {
         self.barrier_check(name, parties, &participant, double)?;
         self.check_wait(wait_ms)?;
+        if !self.st.barriers.contains_key(name) {
+            self.check_entries(1)?;
+        }
         let name = Name::from(name);
         let barrier = self.st.barriers.entry(name.clone()).or_insert(Barrier {
             parties,

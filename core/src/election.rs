@@ -87,6 +87,9 @@ impl StateMachine {
         if self.election_find(&name, |i| i.owner() == request.candidate.as_ref()).is_some() {
             return Err(Error::invalid("candidate is already campaigning"));
         }
+        if !self.st.elections.contains_key(&name) {
+            self.check_entries(1)?;
+        }
         let ident = Ident::new(&request.candidate, &request.token, &request.value);
         let election = self.st.elections.get(&name);
         let queued = election.map_or(0, |e| e.queue.len());

@@ -33,7 +33,8 @@ pub enum Limit {
     BarrierParties,
     /// Open sessions.
     Sessions,
-    /// Keys in the keyspace plus names in the lock table.
+    /// Named entries of every table: keys, locks, semaphores, counters, queues,
+    /// barriers, elections and config entries.
     Entries,
 }
 
@@ -86,8 +87,8 @@ pub struct Limits {
     pub barrier_parties_max: u32,
     /// Default 1,000,000 open sessions.
     pub sessions_max: usize,
-    /// Default 20,000,000 keys plus lock names: about 6 GB of table at the measured
-    /// ~300 bytes per entry.
+    /// Default 20,000,000 named entries (keys, lock names, and the names of every other
+    /// table): about 6 GB of table at the measured ~300 bytes per entry.
     pub entries_max: usize,
     /// Default 100,000 expirations handled by one log entry. Anything still due is
     /// treated as expired on access and swept by the next entry, so one entry's apply

@@ -30,8 +30,11 @@ pub(crate) struct Queue {
 impl StateMachine {
     pub(crate) fn counter_add(&mut self, name: &[u8], delta: i64) -> Result<Reply> {
         self.check_key(name)?;
-        let current = self.st.counters.get(name).copied().unwrap_or(0);
-        let value = current.checked_add(delta).ok_or(Error::Overflow)?;
+        let current = self.st.counters.get(name).copied();
+        let value = current.unwrap_or(0).checked_add(delta).ok_or(Error::Overflow)?;
+        if current.is_none() && value != 0 {
+            self.check_entries(1)?;
+        }
         if value == 0 {
             // A counter at zero is the same as no counter; keep the table small.
             self.st.counters.remove(name);
@@ -58,6 +61,9 @@ impl StateMachine {
         let len = self.st.queues.get(name).map_or(0, |q| q.items.len());
         if len + values.len() > self.limits.queue_length_max {
             return Err(over(Limit::QueueLength, self.limits.queue_length_max as u64));
+        }
+        if !self.st.queues.contains_key(name) {
+            self.check_entries(1)?;
         }
         let session = self.session_check(session, values.len())?;
         let name = Name::from(name);
@@ -101,6 +107,9 @@ impl StateMachine {
         self.check_wait(wait_ms)?;
         if poppers >= self.limits.waiters_per_lock_max {
             return Err(over(Limit::WaitersPerLock, self.limits.waiters_per_lock_max as u64));
+        }
+        if !self.st.queues.contains_key(&name) {
+            self.check_entries(1)?;
         }
         let queue_slot = slot(priority, self.index);
         self.st.queues.entry(name.clone()).or_default().poppers.insert(queue_slot);

@@ -50,6 +50,9 @@ impl StateMachine {
         let session = self.session_check(request.session, 1)?;
         let name = Name::from(request.name.as_ref());
         self.semaphore_expire_due(&name);
+        if !self.st.semaphores.contains_key(&name) {
+            self.check_entries(1)?;
+        }
         if let Some(sem) = self.st.semaphores.get(&name) {
             if sem.limit != request.limit {
                 return Err(Error::invalid("semaphore exists with a different limit"));

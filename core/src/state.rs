@@ -431,7 +431,17 @@ impl StateMachine {
 
     /// Refuses a new lock name or key when the tables are full.
     pub(crate) fn check_entries(&self, adding: usize) -> Result<()> {
-        let used = self.st.keys.len() + self.st.locks.len() + self.st.configs.len();
+        let st = &self.st;
+        // Every named table counts: a loop creating counters or queues under new names
+        // must meet the bound as keys do.
+        let used = st.keys.len()
+            + st.locks.len()
+            + st.configs.len()
+            + st.semaphores.len()
+            + st.counters.len()
+            + st.queues.len()
+            + st.barriers.len()
+            + st.elections.len();
         if used + adding > self.limits.entries_max {
             return Err(over(Limit::Entries, self.limits.entries_max as u64));
         }

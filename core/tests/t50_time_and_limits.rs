@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use fencelock_core::{Command, Error, Event, Limit, Limits, Reply, StateMachine, Wait};
+use fencelock_core::{CampaignRequest, Command, Error, Event, Limit, Limits, Reply, StateMachine, Wait};
 
 #[test]
 fn clock_is_the_largest_stamp_and_never_goes_back() {
@@ -156,6 +156,20 @@ fn every_limit_is_refused_with_its_name() {
     assert_eq!(limit_of(d.err(Command::Lock(lock(&["z"], "o", 100)))), Limit::Entries);
     // Overwriting an existing key is not a new entry.
     d.ok(Command::Set(set("k1", "v2")));
+    // Every other table's names count too: none can be created past the bound.
+    let full = [
+        Command::CounterAdd { name: b("c"), delta: 1 },
+        Command::QueuePush { name: b("q"), values: vec![b("1")], priority: 0, session: None },
+        Command::QueuePop { name: b("q"), wait: Wait::Queue { wait_ms: Some(100), priority: 0 } },
+        Command::SemAcquire(sem("s", 2, 1, "o", 100)),
+        Command::Campaign(CampaignRequest { value: Bytes::new(), ..campaign("e", "o", 100) }),
+        Command::BarrierWait { name: b("b"), parties: 2, participant: b("p"), wait_ms: None },
+    ];
+    for command in full {
+        assert_eq!(limit_of(d.err(command.clone())), Limit::Entries, "{command:?}");
+    }
+    // A counter back at zero is no entry (so adding 0 to a new one creates nothing).
+    assert_eq!(d.ok(Command::CounterAdd { name: b("c"), delta: 0 }), Reply::Int(0));
     // The error text names the limit and its value.
     let text = d.err(Command::Set(set("k2", "v"))).to_string();
     assert_eq!(text, "entries limit exceeded (max 3)");
