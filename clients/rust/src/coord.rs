@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::client::{push_wait, random_token, unexpected, Client, Retry};
 use crate::error::{Error, Result};
-use crate::lease::{spawn_keepalive, LeaseState, LostSignal, Renewal};
+use crate::lease::{renew_if_late, spawn_keepalive, LeaseState, LostSignal, Renewal};
 use crate::lock::Held;
 use crate::resp::Value;
 
@@ -108,6 +108,7 @@ impl Client {
             ok: |v| v.int("fence").is_some(),
             ttl: a.ttl,
         };
+        renew_if_late(self, &state, &renewal).await;
         let keepalive = Some(spawn_keepalive(self.clone(), Arc::clone(&state), renewal));
         Ok(Some(Held {
             client: self.clone(),

@@ -169,6 +169,27 @@ pub(crate) struct Renewal {
     pub ttl: Duration,
 }
 
+/// Renews at once when the grant arrived late: the window counts from before the
+/// request was sent (the server's lease started later, when it granted), so a grant
+/// that took most of its TTL to come (a long WAIT behind a holder, a slow failover)
+/// would leave a window that ends before the first renewal, and the lock be reported
+/// lost while the server holds it. A renewal that succeeds moves the window to its own
+/// send time; one that fails leaves it to the keep-alive. RENEW never revives a lease
+/// the server let expire, so this cannot extend a lock that was lost.
+pub(crate) async fn renew_if_late(client: &Client, state: &LeaseState, renewal: &Renewal) {
+    let lifetime = renewal.ttl.mul_f64(1.0 - client.options().drift);
+    if state.remaining() * 3 >= lifetime * 2 {
+        return;
+    }
+    let args: Vec<&[u8]> = renewal.args.iter().map(|a| a.as_ref()).collect();
+    let sent = Instant::now();
+    if let Ok(value) = client.call(&args, Retry::Safe, Duration::ZERO).await {
+        if (renewal.ok)(&value) {
+            state.extend(sent + lifetime);
+        }
+    }
+}
+
 /// Renews every third of the TTL, extending the window from each renewal's send time;
 /// marks the lease lost when the server refuses (not the holder, no session) or when
 /// renewals keep failing until the window closes.

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::client::{push_wait, random_token, unexpected, Client, Retry};
 use crate::error::{Error, Result};
-use crate::lease::{spawn_keepalive, LeaseState, LostSignal, Renewal};
+use crate::lease::{renew_if_late, spawn_keepalive, LeaseState, LostSignal, Renewal};
 use crate::resp::Value;
 use crate::session::{Session, SessionRef};
 
@@ -288,15 +288,15 @@ impl Client {
             // Without a session the lease is never zero (`ttl_ms` above).
             (None, own) => LeaseState::new(own.unwrap_or(sent)),
         };
-        let keepalive = (o.auto_renew && ttl_ms > 0).then(|| {
+        let keepalive = if o.auto_renew && ttl_ms > 0 {
             let renew =
                 with_also(vec!["RENEW".into(), names[0].clone(), token.clone(), ttl_ms.to_string().into()], &names);
-            spawn_keepalive(
-                self.clone(),
-                Arc::clone(&state),
-                Renewal { args: renew, ok: |v| v.int("fence").is_some(), ttl: o.ttl },
-            )
-        });
+            let renewal = Renewal { args: renew, ok: |v| v.int("fence").is_some(), ttl: o.ttl };
+            renew_if_late(self, &state, &renewal).await;
+            Some(spawn_keepalive(self.clone(), Arc::clone(&state), renewal))
+        } else {
+            None
+        };
         Ok(Some(Lock {
             held: Held {
                 client: self.clone(),

@@ -115,6 +115,26 @@ async fn server_errors_map_to_their_kinds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_waited_most_of_its_ttl_is_not_reported_lost() {
+    let server = embedded();
+    let (a, b) = (client(&server).await, client(&server).await);
+    let ttl = Duration::from_secs(3);
+    let held = a.lock("late", LockOptions::ttl(ttl)).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let lock = b.lock("late", LockOptions::ttl(ttl).wait(Duration::from_secs(10))).await.unwrap();
+        (b, lock)
+    });
+    // The holder lets go after most of the waiter's TTL has passed since it asked.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(held.release().await.unwrap());
+    let (_b, lock) = waiter.await.unwrap();
+    // Its window counted from the request would end about 0.5 s after the grant.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(lock.is_valid(), "reported lost although the server holds it: {:?}", lock.lost_reason());
+    assert_eq!(a.fence(b"late").await.unwrap(), Some(lock.fence()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_under_a_session_goes_with_the_session_and_is_let_go_of_alone() {
     let server = embedded();
     let c = client(&server).await;
