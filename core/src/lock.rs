@@ -320,11 +320,6 @@ impl StateMachine {
         // The session must be live for any acquire; its lock count is checked only for
         // names it would add (below): a retried acquire adds none.
         let session = self.session_check(request.session, 0)?;
-        if let Some(condition) = &request.condition {
-            if !self.condition_holds(condition) {
-                return Err(Error::ConditionFailed);
-            }
-        }
         let mut present = 0;
         for name in &names {
             present += usize::from(self.lock_expire_due(name));
@@ -340,6 +335,14 @@ impl StateMachine {
             // A retry of an idempotent acquire that was applied adds no hold; its lease
             // still runs from now, as the client counts it from the retry it sent.
             return Ok(Reply::Grant(self.lock_reenter(&names, fence, request.ttl_ms, !request.idempotent)?));
+        }
+        // A condition gates taking the lock, not holding it: checked after the
+        // reentry above, so a retried acquire whose first attempt was applied is
+        // answered with its grant although the condition has changed since.
+        if let Some(condition) = &request.condition {
+            if !self.condition_holds(condition) {
+                return Err(Error::ConditionFailed);
+            }
         }
         self.session_check(request.session, names.len())?;
         self.check_entries(survey.new_names)?;

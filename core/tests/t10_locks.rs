@@ -221,7 +221,17 @@ fn conditional_acquire_checks_a_key_or_a_fence() {
     grant(d.ok(Command::Lock(on_fence)));
     let mut absent = lock(&["c"], "carol", 10_000);
     absent.condition = Some(key_equals("missing", None));
-    grant(d.ok(Command::Lock(absent)));
+    grant(d.ok(Command::Lock(absent.clone())));
+    // A retry of that acquire (its reply lost) after the condition stopped holding is
+    // answered with the grant it holds, not CONDFAILED.
+    d.ok(Command::Set(set("missing", "now here")));
+    absent.idempotent = true;
+    let again = grant(d.ok(Command::Lock(absent.clone())));
+    assert_eq!(Some(again.fence), Some(int(d.read(Command::Fence { name: b("c") })) as u64));
+    // Anyone else is still held to it.
+    let mut other = lock(&["d"], "dave", 10_000);
+    other.condition = absent.condition;
+    assert_eq!(d.err(Command::Lock(other)), Error::ConditionFailed);
 }
 
 #[test]
