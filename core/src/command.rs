@@ -720,6 +720,11 @@ pub enum Event {
         key: Bytes,
         /// The element.
         value: Bytes,
+        /// A queue item's priority (0 for a list element): what it is pushed back
+        /// with if its client has gone.
+        priority: i32,
+        /// The session a queue item belonged to (0: none, and for a list element).
+        session: SessionId,
     },
     /// A barrier let this waiter through.
     BarrierPassed {

@@ -586,7 +586,7 @@ impl StateMachine {
                 Ok(Reply::Bulk(v)) => v,
                 other => panic!("non-empty list pops an element, got {other:?}"),
             };
-            self.emit(Event::Popped { waiter: id, key: key.to_bytes(), value });
+            self.emit(Event::Popped { waiter: id, key: key.to_bytes(), value, priority: 0, session: 0 });
         }
     }
 }

@@ -81,13 +81,16 @@ impl StateMachine {
         Ok(Reply::Int(len as i64))
     }
 
-    fn queue_take_first(&mut self, name: &Name) -> Option<Bytes> {
+    /// The first item: its value, priority and session.
+    fn queue_take_first(&mut self, name: &Name) -> Option<(Bytes, i32, SessionId)> {
         let queue = self.st.queues.get_mut(name)?;
         let (item_slot, item) = queue.items.pop_first()?;
         if item.session != 0 {
             self.disown(item.session, &Owned::Item { name: name.clone(), slot: item_slot });
         }
-        Some(item.value)
+        // The slot holds the negated priority (`queue_push`), which fits an i32.
+        let priority = i32::try_from(-item_slot.0).expect("a priority pushed as an i32");
+        Some((item.value, priority, item.session))
     }
 
     pub(crate) fn queue_pop(&mut self, name: &[u8], wait: Wait) -> Result<Reply> {
@@ -95,7 +98,7 @@ impl StateMachine {
         let name = Name::from(name);
         let poppers = self.st.queues.get(&name).map_or(0, |q| q.poppers.len());
         if poppers == 0 {
-            if let Some(value) = self.queue_take_first(&name) {
+            if let Some((value, _, _)) = self.queue_take_first(&name) {
                 self.queue_gc(&name);
                 return Ok(Reply::Bulk(value));
             }
@@ -150,8 +153,8 @@ impl StateMachine {
             let waiter = self.waiter_take(id);
             let WaiterKind::QueuePop { slot: queue_slot, .. } = waiter.kind else { panic!("queue pop waiter") };
             self.st.queues.get_mut(name).expect("exists").poppers.remove(&queue_slot);
-            let value = self.queue_take_first(name).expect("non-empty");
-            self.emit(Event::Popped { waiter: id, key: name.to_bytes(), value });
+            let (value, priority, session) = self.queue_take_first(name).expect("non-empty");
+            self.emit(Event::Popped { waiter: id, key: name.to_bytes(), value, priority, session });
         }
         self.queue_gc(name);
     }

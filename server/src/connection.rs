@@ -374,12 +374,16 @@ async fn core_command(
             Waited::Event(Event::BarrierPassed { .. }) => Some(Wire::Status("OK")),
             Waited::Event(Event::WaitEnded { .. }) => Some(render::render(Reply::Nil, shape)),
             Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),
-            Waited::Gone(Some(Event::Popped { key, value, .. })) => {
+            Waited::Gone(Some(Event::Popped { key, value, priority, session, .. })) => {
                 // Popped for a client that is gone: put the element back, so an
-                // acknowledged push is never lost (a queue item goes to the back of
-                // priority 0: its own priority is not in the event).
+                // acknowledged push is not lost. A queue item goes back with its
+                // priority (behind the items of that priority) and its session; if the
+                // session has ended meanwhile, the push is refused and the item goes, as
+                // it would have with the session. (A queue filled to its length limit
+                // meanwhile refuses it too.)
                 let back = if shape == Shape::QueuePop {
-                    Command::QueuePush { name: key, values: vec![value], priority: 0, session: None }
+                    let session = (session != 0).then_some(session);
+                    Command::QueuePush { name: key, values: vec![value], priority, session }
                 } else {
                     Command::Push { key, values: vec![value], left: pop_left }
                 };
