@@ -253,6 +253,16 @@ impl Node {
             Arc::clone(&node.levels),
             Arc::clone(&node.peer_routes),
         ));
+        // Serve once the previous run's waits are ended (milliseconds once a leader and
+        // the members' levels are known): until then blocking commands wait for it, and
+        // one that waited would queue behind requests other nodes took meanwhile.
+        let mut ended = node.previous_waits_ended.subscribe();
+        if tokio::time::timeout(STARTUP_WAITS_WAIT, ended.wait_for(|done| *done)).await.is_err() {
+            tracing::info!(
+                "serving before the previous run's waits are ended (blocking commands wait for that, up to {} s)",
+                PREVIOUS_WAITS_GATE.as_secs()
+            );
+        }
         Ok(node)
     }
 
@@ -602,6 +612,8 @@ pub struct NodeStatus {
 const END_WAITS_FOR: Duration = Duration::from_secs(10);
 /// How long a blocking command waits for that before answering TRYAGAIN.
 const PREVIOUS_WAITS_GATE: Duration = Duration::from_secs(5);
+/// How long a starting node waits for it before it serves.
+const STARTUP_WAITS_WAIT: Duration = Duration::from_secs(2);
 
 /// Ends the waits this node's previous run queued (`Op::CancelWaitsOf`): their
 /// connections died with that process, and nothing else ends them. Until this commits,
@@ -618,7 +630,7 @@ async fn end_previous_waits_now(node: &Node) {
     while Instant::now() < deadline {
         if node.levels.cluster() < crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
             // Not every member reads the entry yet (or none has answered yet).
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
         match node.propose(Op::CancelWaitsOf { origin: node.id }).await {
