@@ -90,9 +90,10 @@ pub struct Limits {
     /// Default 20,000,000 named entries (keys, lock names, and the names of every other
     /// table): about 6 GB of table at the measured ~300 bytes per entry.
     pub entries_max: usize,
-    /// Default 100,000 expirations handled by one log entry. Anything still due is
-    /// treated as expired on access and swept by the next entry, so one entry's apply
-    /// time stays bounded even when a million leases end at once.
+    /// Default 100,000 expirations handled by one log entry (a session that ends counts
+    /// once plus once per thing it owns). Anything still due is treated as expired on
+    /// access and swept by the next entry, so one entry's apply time stays bounded even
+    /// when a million leases end at once.
     pub expirations_per_apply_max: usize,
 }
 

@@ -450,15 +450,25 @@ impl StateMachine {
 
     /// Expires what is due at the clock, at most `expirations_per_apply_max` of it.
     /// Whatever is left reads as expired and is expired on access or by the next entry.
+    ///
+    /// A session's expiry counts as one expiration per thing it owns as well: one
+    /// session can own up to `locks_per_session_max` resources, and 100,000 sessions
+    /// ending together would otherwise release a billion of them in one apply.
     fn expire_due(&mut self) {
         let now = self.now();
-        for _ in 0..self.limits.expirations_per_apply_max {
+        let mut budget = self.limits.expirations_per_apply_max;
+        while budget > 0 {
             let Some((deadline, timer)) = self.st.deadlines.get_min().cloned() else { return };
             if deadline >= now {
                 return;
             }
+            let cost = match &timer {
+                Timer::Session(id) => 1 + self.st.sessions.get(id).map_or(0, |s| s.owned.len()),
+                _ => 1,
+            };
             self.fire(timer.clone());
             assert!(!self.st.deadlines.contains(&(deadline, timer)), "firing a timer removes it");
+            budget = budget.saturating_sub(cost);
         }
     }
 

@@ -207,3 +207,33 @@ fn read_at_counts_down_between_writes_but_never_before_the_log() {
     // The state itself did not move.
     assert_eq!(d.read(Command::PTtl { key: b("k") }), Reply::Int(1_000));
 }
+
+#[test]
+fn a_session_that_expires_counts_every_thing_it_owns_against_the_entry_budget() {
+    let limits = Limits { expirations_per_apply_max: 5, ..Limits::default() };
+    let mut d = Driver::with(StateMachine::new(limits));
+    // Three sessions of four locks each, all ending at the same instant.
+    let mut sessions = Vec::new();
+    for s in 0..3 {
+        let id = int(d.ok(Command::SessionOpen { ttl_ms: 100 })) as u64;
+        for l in 0..4 {
+            let mut request = lock(&[&format!("s{s}-l{l}")], "o", 0);
+            request.session = Some(id);
+            d.ok(Command::Lock(request));
+        }
+        sessions.push(id);
+    }
+    // One session and its four locks fill the budget of 5: one entry ends one session,
+    // not all three with their twelve locks.
+    let events = d.advance(101);
+    let ended = |events: &[Event]| events.iter().filter(|e| matches!(e, Event::SessionEnded { .. })).count();
+    assert_eq!(ended(&events), 1, "{events:?}");
+    let mut total = ended(&events);
+    for _ in 0..5 {
+        total += ended(&d.run(Command::Tick).events);
+    }
+    assert_eq!(total, 3, "the others end in the entries after");
+    for s in 0..3 {
+        assert_eq!(d.read(Command::Fence { name: b(&format!("s{s}-l0")) }), Reply::Nil);
+    }
+}
