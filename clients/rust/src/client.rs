@@ -181,6 +181,26 @@ impl Client {
     /// Sends a command, retrying across nodes while that is safe. `wait` is how long
     /// the server may legitimately hold the reply back (a blocking acquire).
     pub(crate) async fn call(&self, args: &[&[u8]], retry: Retry, wait: Duration) -> Result<Value> {
+        self.call_tracked(args, retry, wait).await.0
+    }
+
+    /// `call`, also saying whether an attempt before the one answered may have been
+    /// applied (its reply was lost, or the server said it may have been): a release
+    /// retried after such an attempt that finds the lock gone cannot tell whether it
+    /// released it itself.
+    pub(crate) async fn call_tracked(&self, args: &[&[u8]], retry: Retry, wait: Duration) -> (Result<Value>, bool) {
+        let mut maybe_applied = false;
+        let result = self.call_noting(args, retry, wait, &mut maybe_applied).await;
+        (result, maybe_applied)
+    }
+
+    async fn call_noting(
+        &self,
+        args: &[&[u8]],
+        retry: Retry,
+        wait: Duration,
+        maybe_applied: &mut bool,
+    ) -> Result<Value> {
         let o = &self.inner.options;
         let deadline = tokio::time::Instant::now() + o.retry_for + wait;
         let mut backoff = BACKOFF_MIN;
@@ -208,8 +228,11 @@ impl Client {
                         return Err(error);
                     }
                     // The entry may still commit, or have committed elsewhere.
-                    if retry == Retry::Unsafe && Error::outcome_unknown(&text) {
-                        return Err(Error::Unknown(text));
+                    if Error::outcome_unknown(&text) {
+                        if retry == Retry::Unsafe {
+                            return Err(Error::Unknown(text));
+                        }
+                        *maybe_applied = true;
                     }
                     self.rotate(&endpoint);
                     last_problem = text;
@@ -224,6 +247,7 @@ impl Client {
                     if retry == Retry::Unsafe {
                         return Err(Error::Unknown(e));
                     }
+                    *maybe_applied = true;
                     last_problem = e;
                     sleep_backoff(&mut backoff, deadline).await;
                 }

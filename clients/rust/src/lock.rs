@@ -90,7 +90,8 @@ pub(crate) struct Held {
 
 impl Held {
     /// Sends the release; true if this call released it, false if it was no longer
-    /// held (expired or taken over).
+    /// held (expired or taken over), `Error::Unknown` if a retried release found it
+    /// gone after an attempt whose reply was lost (that attempt may have released it).
     pub async fn release(&mut self) -> Result<bool> {
         self.released = true;
         if let Some(k) = self.keepalive.take() {
@@ -98,11 +99,17 @@ impl Held {
         }
         self.state.set_lost("released".into());
         let args: Vec<&[u8]> = self.release.iter().map(|a| a.as_ref()).collect();
-        match self.client.call(&args, Retry::Safe, Duration::ZERO).await {
-            Ok(Value::Int(_) | Value::Simple(_)) => Ok(true),
-            Ok(other) => Err(unexpected("release", &other)),
-            Err(Error::NotHolder(_)) => Ok(false),
-            Err(e) => Err(e),
+        match self.client.call_tracked(&args, Retry::Safe, Duration::ZERO).await {
+            (Ok(Value::Int(_) | Value::Simple(_)), _) => Ok(true),
+            (Ok(other), _) => Err(unexpected("release", &other)),
+            // An earlier attempt may have released it: "no longer held" would then say
+            // it was taken over, a false alarm about the work it protected.
+            (Err(Error::NotHolder(text)), true) => Err(Error::Unknown(format!(
+                "the release may have been applied by an attempt whose reply was lost, or the lock had \
+                 already expired: {text}"
+            ))),
+            (Err(Error::NotHolder(_)), false) => Ok(false),
+            (Err(e), _) => Err(e),
         }
     }
 }
@@ -196,7 +203,9 @@ impl Lock {
         });
     }
 
-    /// Releases it: true if it was still held, false if it had expired or been taken.
+    /// Releases it: true if it was still held, false if it had expired or been taken;
+    /// `Error::Unknown` (OutcomeUnknown) when a retry cannot tell, after an attempt whose
+    /// reply was lost.
     pub async fn release(mut self) -> Result<bool> {
         self.held.release().await
     }
