@@ -39,6 +39,11 @@ pub struct Flags {
     /// snapshot's size if that is larger [default: 64].
     #[arg(long, env = "FENCELOCK_SNAPSHOT_LOG_MIB")]
     pub snapshot_log_mib: Option<u64>,
+    /// How long a member may go unheard before the leader ends the waits its clients
+    /// queued (blocking LOCK, QUEUE.POP, BLPOP, ...), so that nothing is granted or
+    /// popped for a client on a node that is gone (1000..=86400000) [default: 30000].
+    #[arg(long, env = "FENCELOCK_SILENT_NODE_MS")]
+    pub silent_node_ms: Option<u64>,
     /// Every voter of a static cluster, this node included: `1=host:peer-port,2=...`.
     /// Without it the node runs alone.
     #[arg(long, env = "FENCELOCK_PEERS")]
@@ -96,6 +101,7 @@ pub struct FileSettings {
     maxclients: Option<usize>,
     snapshot_every: Option<u64>,
     snapshot_log_mib: Option<u64>,
+    silent_node_ms: Option<u64>,
     peers: Option<String>,
     join: Option<String>,
     peer_pipeline: Option<usize>,
@@ -124,6 +130,8 @@ pub struct Settings {
     pub snapshot_every: u64,
     /// Log growth between snapshots, at least, in MiB.
     pub snapshot_log_mib: u64,
+    /// How long a member may go unheard before the leader ends its clients' waits.
+    pub silent_node_ms: u64,
     /// Static cluster members: node id → peer address (empty: a single node).
     pub peers: std::collections::BTreeMap<u64, String>,
     /// A member's client address to join through (`--join`).
@@ -207,6 +215,7 @@ impl Settings {
             maxclients: flags.maxclients.or(file.maxclients).unwrap_or(10_000),
             snapshot_every: flags.snapshot_every.or(file.snapshot_every).unwrap_or(100_000),
             snapshot_log_mib: flags.snapshot_log_mib.or(file.snapshot_log_mib).unwrap_or(64),
+            silent_node_ms: flags.silent_node_ms.or(file.silent_node_ms).unwrap_or(30_000),
             peers: parse_peers(flags.peers.as_deref().or(file.peers.as_deref()).unwrap_or(""))?,
             join: flags.join.or(file.join).filter(|j| !j.is_empty()),
             peer_pipeline: flags.peer_pipeline.or(file.peer_pipeline).unwrap_or(1),
@@ -256,9 +265,21 @@ impl Settings {
                 settings.snapshot_log_mib
             ));
         }
+        if !(SILENT_NODE_MS_MIN..=SILENT_NODE_MS_MAX).contains(&settings.silent_node_ms) {
+            return Err(format!(
+                "silent-node-ms must be {SILENT_NODE_MS_MIN}..={SILENT_NODE_MS_MAX}, got {}",
+                settings.silent_node_ms
+            ));
+        }
         Ok(settings)
     }
 }
+
+/// Shortest `--silent-node-ms`: below a second a slow disk or a GC-like pause of a
+/// healthy member would end its clients' waits.
+pub const SILENT_NODE_MS_MIN: u64 = 1_000;
+/// Longest `--silent-node-ms`: a day.
+pub const SILENT_NODE_MS_MAX: u64 = 86_400_000;
 
 #[cfg(test)]
 mod tests {
@@ -327,6 +348,19 @@ mod tests {
         assert_eq!(e, "idle-spin-us must be 0..=1000, got 1001");
         let s = Settings::resolve(Flags::parse_from(["fencelock", "--port", "0"])).unwrap();
         assert_eq!(s.peer_port, 0, "an ephemeral client port gets an ephemeral peer port");
+    }
+
+    #[test]
+    fn silent_node_ms_is_bounded() {
+        assert_eq!(Settings::resolve(Flags::parse_from(["fencelock"])).unwrap().silent_node_ms, 30_000);
+        for good in ["1000", "86400000"] {
+            let s = Settings::resolve(Flags::parse_from(["fencelock", "--silent-node-ms", good])).unwrap();
+            assert_eq!(s.silent_node_ms.to_string(), good);
+        }
+        for bad in ["999", "86400001"] {
+            let e = Settings::resolve(Flags::parse_from(["fencelock", "--silent-node-ms", bad])).unwrap_err();
+            assert_eq!(e, format!("silent-node-ms must be 1000..=86400000, got {bad}"));
+        }
     }
 
     #[test]

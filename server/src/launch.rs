@@ -46,6 +46,7 @@ pub async fn launch(settings: &Settings) -> Result<Launched, String> {
         limits: Limits::default(),
         snapshot_every_entries: settings.snapshot_every,
         snapshot_log_bytes_min: settings.snapshot_log_mib * 1024 * 1024,
+        silent_node: std::time::Duration::from_millis(settings.silent_node_ms),
         peers: settings.peers.clone(),
         join: settings.join.clone(),
         peer_pipeline: settings.peer_pipeline,

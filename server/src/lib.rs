@@ -8,6 +8,7 @@
 //! - `node`: Raft startup, proposal stamping, reads, the leader's expiry ticker;
 //! - `server` / `connection`: the listener and one task per client;
 //! - `idle_spin`: the runtime thread's poll before sleeping, on an idle single node;
+//! - `silent_nodes`: the leader ends the waits of a member it no longer hears from;
 //! - `launch`: settings → a serving node (the binary and embedded servers);
 //! - `errors`: the one table from internal errors to RESP errors.
 
@@ -27,5 +28,6 @@ pub mod pubsub;
 pub mod raft;
 pub mod resp;
 pub mod server;
+pub mod silent_nodes;
 pub mod watch;
 pub mod write_group;

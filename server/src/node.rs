@@ -72,6 +72,9 @@ pub struct NodeConfig {
     pub snapshot_every_entries: u64,
     /// Bytes the log may grow by between snapshots, at least (`snapshot_trigger`).
     pub snapshot_log_bytes_min: u64,
+    /// How long a member may go unheard before the leader ends its clients' waits
+    /// (`silent_nodes`).
+    pub silent_node: Duration,
     /// Static cluster members (node id → peer address); empty for a single node.
     pub peers: BTreeMap<NodeId, String>,
     /// A member's client address to join the cluster through (`--join`).
@@ -247,6 +250,7 @@ impl Node {
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
         tokio::spawn(watch_membership(node.raft.clone(), Arc::clone(&node.write_load)));
         tokio::spawn(end_previous_waits(Arc::clone(&node)));
+        tokio::spawn(crate::silent_nodes::run(Arc::clone(&node), config.silent_node));
         tokio::spawn(crate::raft::levels::run(
             node.raft.clone(),
             node.id,

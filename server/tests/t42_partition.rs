@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{info_field, led_cluster, start_cluster, until_accepted, wait_for_leader};
+use common::cluster::{info_field, led_cluster, start_cluster, start_cluster_with, until_accepted, wait_for_leader};
 use common::{encode, wait_until, Client, Relay, Reply, Server};
 
 /// Sends `args` until it is granted (not null, not TRYAGAIN); the grant.
@@ -169,4 +169,39 @@ fn a_forwarded_write_whose_answer_is_lost_is_reported_as_possibly_applied() {
     let Reply::Error(e) = c.cmd(&["INCR", "n"]) else { panic!("the forwarded INCR was answered") };
     assert!(e.starts_with("TRYAGAIN") && e.contains("may have been applied"), "{e}");
     assert_eq!(l.cmd(&["GET", "n"]), Reply::Bulk(b"1".to_vec()), "applied once, on the leader");
+}
+
+#[test]
+fn the_leader_ends_the_waits_of_a_member_it_no_longer_hears_from() {
+    let mut servers = start_cluster_with(3, &["--silent-node-ms", "1500"]);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (gone, alive) = (followers[0], followers[1]);
+    // A client on each follower blocks for an item of its own queue.
+    let mut doomed = servers[gone].connect();
+    doomed.send_cmd(&["QUEUE.POP", "jobs", "WAIT", "FOREVER"]);
+    let mut waiting = servers[alive].connect();
+    waiting.set_read_timeout(Duration::from_secs(20));
+    waiting.send_cmd(&["QUEUE.POP", "other", "WAIT", "FOREVER"]);
+    for i in [gone, alive] {
+        let mut c = servers[i].connect();
+        wait_until(Duration::from_secs(10), "the client to block", || {
+            c.cmd(&["INFO", "clients"]).text().contains("blocked_clients:1").then_some(())
+        });
+    }
+
+    // One follower dies and stays down: nothing else would end its client's wait.
+    servers[gone].kill();
+    drop(doomed);
+    wait_until(Duration::from_secs(20), "the leader to end the silent member's waits", || {
+        servers[leader].log_tail(200).contains("ended the waits of a silent member").then_some(())
+    });
+    // Its wait takes no item: the push stays in the queue.
+    assert_eq!(l.cmd(&["QUEUE.PUSH", "jobs", "x"]), Reply::Int(1));
+    assert_eq!(l.cmd(&["QUEUE.LEN", "jobs"]), Reply::Int(1), "an item went to the wait of a node that is gone");
+    // The live follower's client still waits, and gets its item.
+    l.cmd(&["QUEUE.PUSH", "other", "y"]);
+    assert_eq!(waiting.read(), Reply::Bulk(b"y".to_vec()));
 }
