@@ -202,7 +202,8 @@ impl Client {
         maybe_applied: &mut bool,
     ) -> Result<Value> {
         let o = &self.inner.options;
-        let deadline = tokio::time::Instant::now() + o.retry_for + wait;
+        // Saturating: `retry_for` is the caller's, and may be anything.
+        let deadline = tokio::time::Instant::now() + o.retry_for.saturating_add(wait).min(WAIT_LOCAL_MAX * 2);
         let mut backoff = BACKOFF_MIN;
         let mut last_problem = String::from("no attempt made");
         loop {
@@ -220,7 +221,7 @@ impl Client {
                 }
             };
             let endpoint = conn.endpoint.clone();
-            match conn.request(args, o.request_timeout + wait).await {
+            match conn.request(args, o.request_timeout.saturating_add(wait).min(WAIT_LOCAL_MAX * 2)).await {
                 Ok(Value::Error(text)) => {
                     self.put_back(conn);
                     let error = Error::from_server(&text);
@@ -307,6 +308,9 @@ impl Client {
 
 /// Appends an acquire's wait option and returns how long the server may hold the reply:
 /// `None` is a try (no option), `Duration::MAX` is `WAIT FOREVER`.
+/// The longest a reply is waited for locally: past the server's one-year bound on waits.
+const WAIT_LOCAL_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub(crate) fn push_wait(args: &mut Vec<Bytes>, wait: Option<Duration>) -> Duration {
     match wait {
         Some(w) if w == Duration::MAX => {
@@ -315,7 +319,9 @@ pub(crate) fn push_wait(args: &mut Vec<Bytes>, wait: Option<Duration>) -> Durati
         }
         Some(w) => {
             args.extend(["WAIT".into(), w.as_millis().max(1).to_string().into()]);
-            w
+            // The server refuses a wait past its bound (a year) with LIMIT; locally the
+            // time allowed for the reply is capped so no deadline overflows.
+            w.min(WAIT_LOCAL_MAX)
         }
         None => Duration::ZERO,
     }

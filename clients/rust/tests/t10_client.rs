@@ -112,6 +112,13 @@ async fn server_errors_map_to_their_kinds() {
     assert!(matches!(e, Error::Invalid(_)), "{e:?}");
     let e = c.lock("x", LockOptions::ttl(Duration::ZERO)).await.unwrap_err();
     assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    // A wait far past anything the server takes is its error, not a panic on an
+    // overflowing deadline.
+    let far = LockOptions::ttl(Duration::from_secs(10)).wait(Duration::from_secs(u64::MAX));
+    let e = c.lock("x", far).await.unwrap_err();
+    assert!(e.kind() == "InvalidRequest" && e.to_string().contains("WAIT"), "{e:?}");
+    let years = LockOptions::ttl(Duration::from_secs(10)).wait(Duration::from_secs(10 * 365 * 24 * 3600));
+    assert_eq!(c.lock("x", years).await.unwrap_err().kind(), "LimitExceeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
