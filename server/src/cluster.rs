@@ -196,10 +196,8 @@ impl Node {
                 // Its clients' waits would otherwise last until they time out (forever
                 // for WAIT FOREVER), taking grants and queue items nobody receives.
                 if self.levels.cluster() >= crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
-                    match self.propose(crate::raft::Op::CancelWaitsOf { origin: id }).await {
-                        Ok(crate::raft::Applied::Core(Ok(fencelock_core::Reply::Int(n)))) if n > 0 => {
-                            tracing::info!(node = id, waits = n, "ended the removed node's waits");
-                        }
+                    match self.end_waits_of(id).await {
+                        Ok(n) if n > 0 => tracing::info!(node = id, waits = n, "ended the removed node's waits"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(node = id, "could not end the removed node's waits: {e}"),
                     }

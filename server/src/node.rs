@@ -629,6 +629,20 @@ async fn end_previous_waits(node: Arc<Node>) {
     node.previous_waits_ended.send_replace(true);
 }
 
+impl Node {
+    /// Ends every wait a connection of node `origin` queued so far
+    /// (`Op::CancelWaitsOf`) and returns how many ended. Proposed for this node's own
+    /// previous run at start, for a removed member, and for a silent one
+    /// (`silent_nodes`); the callers check first that every member reads the entry
+    /// (`levels::CANCEL_WAITS_FROM_LEVEL`).
+    pub(crate) async fn end_waits_of(&self, origin: NodeId) -> Result<i64, NodeError> {
+        match self.propose(Op::CancelWaitsOf { origin }).await? {
+            Applied::Core(Ok(Reply::Int(ended))) => Ok(ended),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
 async fn end_previous_waits_now(node: &Node) {
     let deadline = Instant::now() + END_WAITS_FOR;
     while Instant::now() < deadline {
@@ -637,13 +651,9 @@ async fn end_previous_waits_now(node: &Node) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        match node.propose(Op::CancelWaitsOf { origin: node.id }).await {
-            Ok(Applied::Core(Ok(Reply::Int(ended)))) => {
+        match node.end_waits_of(node.id).await {
+            Ok(ended) => {
                 tracing::info!(ended, "waits left by this node's previous run ended");
-                return;
-            }
-            Ok(other) => {
-                tracing::warn!("ending the previous run's waits answered {other:?}");
                 return;
             }
             Err(e) => {

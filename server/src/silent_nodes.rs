@@ -19,7 +19,7 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
 use crate::node::Node;
-use crate::raft::{Applied, NodeId, Op};
+use crate::raft::NodeId;
 
 /// How often the leader looks.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -65,8 +65,8 @@ pub async fn run(node: Arc<Node>, silent_after: Duration) {
                 ended.insert(id);
                 continue;
             }
-            match node.propose(Op::CancelWaitsOf { origin: id }).await {
-                Ok(Applied::Core(Ok(fencelock_core::Reply::Int(waits)))) => {
+            match node.end_waits_of(id).await {
+                Ok(waits) => {
                     tracing::info!(
                         node = id,
                         waits,
@@ -75,7 +75,6 @@ pub async fn run(node: Arc<Node>, silent_after: Duration) {
                     );
                     ended.insert(id);
                 }
-                Ok(other) => tracing::warn!(node = id, "ending a silent member's waits answered {other:?}"),
                 Err(e) => tracing::info!(node = id, "could not end a silent member's waits yet: {e}"),
             }
         }
