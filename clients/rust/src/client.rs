@@ -202,8 +202,10 @@ impl Client {
         maybe_applied: &mut bool,
     ) -> Result<Value> {
         let o = &self.inner.options;
-        // Saturating: `retry_for` is the caller's, and may be anything.
-        let deadline = tokio::time::Instant::now() + o.retry_for.saturating_add(wait).min(WAIT_LOCAL_MAX * 2);
+        // Saturating and capped: `retry_for` and `request_timeout` are the caller's, and
+        // may be anything; no deadline may overflow.
+        let plus_wait = |d: Duration| d.saturating_add(wait).min(WAIT_LOCAL_MAX * 2);
+        let deadline = tokio::time::Instant::now() + plus_wait(o.retry_for);
         let mut backoff = BACKOFF_MIN;
         let mut last_problem = String::from("no attempt made");
         loop {
@@ -221,7 +223,7 @@ impl Client {
                 }
             };
             let endpoint = conn.endpoint.clone();
-            match conn.request(args, o.request_timeout.saturating_add(wait).min(WAIT_LOCAL_MAX * 2)).await {
+            match conn.request(args, plus_wait(o.request_timeout)).await {
                 Ok(Value::Error(text)) => {
                     self.put_back(conn);
                     let error = Error::from_server(&text);
@@ -306,11 +308,11 @@ impl Client {
     }
 }
 
-/// Appends an acquire's wait option and returns how long the server may hold the reply:
-/// `None` is a try (no option), `Duration::MAX` is `WAIT FOREVER`.
 /// The longest a reply is waited for locally: past the server's one-year bound on waits.
 const WAIT_LOCAL_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// Appends an acquire's wait option and returns how long the server may hold the reply:
+/// `None` is a try (no option), `Duration::MAX` is `WAIT FOREVER`.
 pub(crate) fn push_wait(args: &mut Vec<Bytes>, wait: Option<Duration>) -> Duration {
     match wait {
         Some(w) if w == Duration::MAX => {
