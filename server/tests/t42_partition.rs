@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{info_field, led_cluster, start_cluster, start_cluster_with, until_accepted, wait_for_leader};
-use common::{encode, wait_until, Client, Relay, Reply, Server};
+use common::{encode, wait_until, Client, Reply, Server};
+use fencelock_testkit::Relay;
 
 /// Sends `args` until it is granted (not null, not TRYAGAIN); the grant.
 fn lock_until_granted(c: &mut Client, args: &[&str]) -> Reply {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::cluster::{
     info_field, run_to_exit, section_field, start_cluster_each, until_accepted, wait_applied, wait_for_leader,
 };
-use common::{wait_until, Client, Relay, Reply, Server};
+use common::{wait_until, Client, Reply, Server};
+use fencelock_testkit::Relay;
 
 const CLIENTS: usize = 16;
 const CYCLES: usize = 25;

@@ -3,8 +3,10 @@
 
 #![deny(missing_docs)]
 
-use std::net::TcpListener;
-use std::sync::Mutex;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A port nobody listens on right now, for a server the caller is about to start.
 ///
@@ -45,4 +47,114 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), ports.len());
     }
+}
+
+/// A TCP relay on 127.0.0.1 to a target address, for tests that put something between
+/// a client (or a peer, with `--peer-route`) and a server: it passes bytes both ways
+/// until told to fail in one of three ways.
+pub struct Relay {
+    /// Where to connect to reach the target through the relay.
+    pub port: u16,
+    faults: std::sync::Arc<Faults>,
+}
+
+/// What a relay has been told to do, shared with its threads.
+#[derive(Default)]
+struct Faults {
+    /// Close every new connection without relaying it.
+    refuse: AtomicBool,
+    /// Drop every answer the target sends.
+    mute: AtomicBool,
+    /// Pass the next request of some connection on, then cut that connection unanswered.
+    cut_next: AtomicBool,
+}
+
+/// What to do with one chunk read on one direction of a relayed connection.
+enum Chunk {
+    Pass,
+    /// Swallow it.
+    Drop,
+    /// Pass it, give the target 300 ms to act on it, then close both sides.
+    PassThenCut,
+}
+
+impl Relay {
+    /// Starts relaying connections made to `port` to `target`.
+    pub fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a relay");
+        let port = listener.local_addr().expect("its address").port();
+        let faults = Arc::new(Faults::default());
+        let shared = Arc::clone(&faults);
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                if shared.refuse.load(Ordering::SeqCst) {
+                    continue; // dropped: closed without an answer
+                }
+                let Ok(outbound) = TcpStream::connect(&target) else { continue };
+                // Set on this connection once its answers are to be lost.
+                let cut = Arc::new(AtomicBool::new(false));
+                let (faults, cutting) = (Arc::clone(&shared), Arc::clone(&cut));
+                pump(inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone"), move || {
+                    if faults.cut_next.swap(false, Ordering::SeqCst) {
+                        cutting.store(true, Ordering::SeqCst);
+                        return Chunk::PassThenCut;
+                    }
+                    Chunk::Pass
+                });
+                let faults = Arc::clone(&shared);
+                pump(outbound, inbound, move || {
+                    if faults.mute.load(Ordering::SeqCst) || cut.load(Ordering::SeqCst) {
+                        return Chunk::Drop;
+                    }
+                    Chunk::Pass
+                });
+            }
+        });
+        Relay { port, faults }
+    }
+
+    /// Closes every connection made from now on without relaying it (what a server
+    /// does with a request it cannot decode).
+    pub fn refuse_new_connections(&self) {
+        self.faults.refuse.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, drops what the target sends back; requests still reach it.
+    pub fn drop_answers(&self) {
+        self.faults.mute.store(true, Ordering::SeqCst);
+    }
+
+    /// Passes the next request on, gives the target 300 ms to act on it, then closes
+    /// that connection without its answer: applied, and the reply lost.
+    pub fn cut_after_next_request(&self) {
+        self.faults.cut_next.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` a chunk at a time on a thread of its own, until either side
+/// ends; `each` decides every chunk's fate.
+fn pump(mut from: TcpStream, mut to: TcpStream, each: impl Fn() -> Chunk + Send + 'static) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = each();
+            if matches!(chunk, Chunk::Drop) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if matches!(chunk, Chunk::PassThenCut) {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let _ = from.shutdown(Shutdown::Both);
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
 }

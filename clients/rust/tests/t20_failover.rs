@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fencelock_client::{Client, LockOptions, Options};
-use fencelock_testkit::free_port;
+use fencelock_testkit::{free_port, Relay};
 
 /// The `fencelock` binary cargo built beside this test (target/<profile>/fencelock), or
 /// `$FENCELOCK_BIN`.
@@ -139,86 +139,17 @@ async fn a_write_after_the_server_restarted_is_sent_on_a_fresh_connection() {
     assert_eq!(value, fencelock_client::resp::Value::Int(1));
 }
 
-/// A relay to `target` that, once armed, passes the next request on and closes the
-/// connection before any reply comes back: the request applied, its reply lost.
-struct CuttingRelay {
-    port: u16,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl CuttingRelay {
-    fn start(target: String) -> CuttingRelay {
-        use std::io::{Read, Write};
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let arming = std::sync::Arc::clone(&armed);
-        std::thread::spawn(move || {
-            for inbound in listener.incoming() {
-                let Ok(mut inbound) = inbound else { return };
-                let Ok(mut outbound) = std::net::TcpStream::connect(&target) else { continue };
-                let arming = std::sync::Arc::clone(&arming);
-                // Set for this connection once its next request is to go unanswered.
-                let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let cutting = std::sync::Arc::clone(&cut);
-                let (mut from_server, mut to_client) = (outbound.try_clone().unwrap(), inbound.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64 * 1024];
-                    loop {
-                        let n = match from_server.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if cutting.load(Ordering::SeqCst) {
-                            continue; // the reply is lost
-                        }
-                        if to_client.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to_client.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64 * 1024];
-                    loop {
-                        let n = match inbound.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let cutting_now = arming.swap(false, Ordering::SeqCst);
-                        if cutting_now {
-                            cut.store(true, Ordering::SeqCst);
-                        }
-                        if outbound.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        if cutting_now {
-                            // Let the server apply it, then drop both sides unanswered.
-                            std::thread::sleep(Duration::from_millis(300));
-                            let _ = inbound.shutdown(std::net::Shutdown::Both);
-                            let _ = outbound.shutdown(std::net::Shutdown::Both);
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        CuttingRelay { port, armed }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_whose_reply_was_lost_is_not_reported_as_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(1, &format!("1=127.0.0.1:{}", free_port()), dir.path());
-    let relay = CuttingRelay::start(format!("127.0.0.1:{}", node.port));
+    let relay = Relay::start(format!("127.0.0.1:{}", node.port));
     let endpoint = format!("127.0.0.1:{}", relay.port);
     let client = Client::connect(Options { discover: false, ..Options::new([endpoint]) }).await.unwrap();
     let lock = client.lock("job", LockOptions { auto_renew: false, ..LockOptions::ttl(Duration::from_secs(30)) });
     let lock = lock.await.unwrap();
     // The UNLOCK is applied and its reply lost; the retry finds the lock gone.
-    relay.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    relay.cut_after_next_request();
     let e = lock.release().await.expect_err("not a plain 'no longer held'");
     assert_eq!(e.kind(), "OutcomeUnknown", "{e:?}");
     assert_eq!(client.fence(b"job").await.unwrap(), None, "released");
