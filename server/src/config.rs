@@ -350,30 +350,29 @@ mod tests {
         assert_eq!(s.peer_port, 0, "an ephemeral client port gets an ephemeral peer port");
     }
 
-    #[test]
-    fn silent_node_ms_is_bounded() {
-        assert_eq!(Settings::resolve(Flags::parse_from(["fencelock"])).unwrap().silent_node_ms, 30_000);
-        for good in ["1000", "86400000"] {
-            let s = Settings::resolve(Flags::parse_from(["fencelock", "--silent-node-ms", good])).unwrap();
-            assert_eq!(s.silent_node_ms.to_string(), good);
+    /// `--{flag}` defaults to `default`, takes `lo` and `hi`, and refuses one past
+    /// either end, naming the range.
+    fn assert_bounded(flag: &str, field: fn(&Settings) -> u64, default: u64, lo: u64, hi: u64) {
+        assert_eq!(field(&Settings::resolve(Flags::parse_from(["fencelock"])).unwrap()), default);
+        let option = format!("--{flag}");
+        for good in [lo, hi] {
+            let s = Settings::resolve(Flags::parse_from(["fencelock", &option, &good.to_string()])).unwrap();
+            assert_eq!(field(&s), good);
         }
-        for bad in ["999", "86400001"] {
-            let e = Settings::resolve(Flags::parse_from(["fencelock", "--silent-node-ms", bad])).unwrap_err();
-            assert_eq!(e, format!("silent-node-ms must be 1000..=86400000, got {bad}"));
+        for bad in [lo - 1, hi + 1] {
+            let e = Settings::resolve(Flags::parse_from(["fencelock", &option, &bad.to_string()])).unwrap_err();
+            assert_eq!(e, format!("{flag} must be {lo}..={hi}, got {bad}"));
         }
     }
 
     #[test]
+    fn silent_node_ms_is_bounded() {
+        assert_bounded("silent-node-ms", |s| s.silent_node_ms, 30_000, 1_000, 86_400_000);
+    }
+
+    #[test]
     fn snapshot_log_mib_is_bounded() {
-        assert_eq!(Settings::resolve(Flags::parse_from(["fencelock"])).unwrap().snapshot_log_mib, 64);
-        for good in ["1", "1048576"] {
-            let s = Settings::resolve(Flags::parse_from(["fencelock", "--snapshot-log-mib", good])).unwrap();
-            assert_eq!(s.snapshot_log_mib.to_string(), good);
-        }
-        for bad in ["0", "1048577"] {
-            let e = Settings::resolve(Flags::parse_from(["fencelock", "--snapshot-log-mib", bad])).unwrap_err();
-            assert_eq!(e, format!("snapshot-log-mib must be 1..=1048576, got {bad}"));
-        }
+        assert_bounded("snapshot-log-mib", |s| s.snapshot_log_mib, 64, 1, 1_048_576);
     }
 
     #[test]
