@@ -1,15 +1,20 @@
 //! Barriers: a counting barrier (`BarrierWait`: the N-th arrival lets everyone through,
 //! then it resets) and a double barrier (`BarrierEnter` waits until N have entered,
 //! `BarrierLeave` waits until all of them have left), as in ZooKeeper's recipes.
+//!
+//! A double-barrier participant may enter under a session (`BarrierEnterSession`): the
+//! session owns its membership (`Owned::Member`, and `State::barrier_sessions` finds
+//! the session from the participant), and when the session ends the participant
+//! leaves, so one that crashed does not keep the others waiting forever.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Event, Reply, WaitEnd, WaiterId};
+use crate::command::{Event, Reply, SessionId, WaitEnd, WaiterId};
 use crate::error::{over, Error, Result};
 use crate::limits::Limit;
 use crate::name::Name;
-use crate::state::{StateMachine, NEVER};
+use crate::state::{Owned, StateMachine, NEVER};
 use crate::waiter::{Waiter, WaiterKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,12 +74,15 @@ impl StateMachine {
         participant: Bytes,
         wait_ms: Option<u64>,
         double: bool,
+        session: Option<SessionId>,
     ) -> Result<Reply> {
+        debug_assert!(double || session.is_none(), "only a double barrier's members are owned");
         self.barrier_check(name, parties, &participant, double)?;
         self.check_wait(wait_ms)?;
         if !self.st.barriers.contains_key(name) {
             self.check_entries(1)?;
         }
+        let session = self.session_check(session, 1)?;
         let name = Name::from(name);
         let barrier = self.st.barriers.entry(name.clone()).or_insert(Barrier {
             parties,
@@ -84,7 +92,8 @@ impl StateMachine {
             leavers: Vec::new(),
         });
         if barrier.members.len() + 1 == parties as usize {
-            barrier.members.push((participant, 0));
+            barrier.members.push((participant.clone(), 0));
+            self.barrier_bind(&name, participant, session);
             self.barrier_release_members(&name);
             if double {
                 self.st.barriers.get_mut(&name).expect("barrier").released = true;
@@ -100,8 +109,30 @@ impl StateMachine {
         let deadline_ms = wait_ms.map_or(NEVER, |ms| self.deadline_after(ms));
         let kind = WaiterKind::BarrierArrive { name: name.clone(), participant: participant.clone() };
         let id = self.waiter_insert(Waiter { deadline_ms, session: 0, kind });
-        self.st.barriers.get_mut(&name).expect("barrier").members.push((participant, id));
+        self.st.barriers.get_mut(&name).expect("barrier").members.push((participant.clone(), id));
+        self.barrier_bind(&name, participant, session);
         Ok(Reply::Queued(id))
+    }
+
+    /// Records that `session` (0: none) owns `participant`'s membership.
+    fn barrier_bind(&mut self, name: &Name, participant: Bytes, session: SessionId) {
+        if session == 0 {
+            return;
+        }
+        self.own(session, Owned::Member { name: name.clone(), participant: participant.clone() });
+        let bound = self.st.barrier_sessions.entry(name.clone()).or_default().insert(participant, session);
+        assert!(bound.is_none(), "a participant is at a barrier once");
+    }
+
+    /// `participant` is no longer at the barrier: its session, if any, no longer owns
+    /// its membership.
+    fn barrier_unbind(&mut self, name: &Name, participant: &[u8]) {
+        let Some(bound) = self.st.barrier_sessions.get_mut(name) else { return };
+        let Some(session) = bound.remove(participant) else { return };
+        if bound.is_empty() {
+            self.st.barrier_sessions.remove(name);
+        }
+        self.disown(session, &Owned::Member { name: name.clone(), participant: Bytes::copy_from_slice(participant) });
     }
 
     pub(crate) fn barrier_wait(
@@ -111,7 +142,7 @@ impl StateMachine {
         participant: Bytes,
         wait_ms: Option<u64>,
     ) -> Result<Reply> {
-        self.barrier_arrive(name, parties, participant, wait_ms, false)
+        self.barrier_arrive(name, parties, participant, wait_ms, false, None)
     }
 
     pub(crate) fn barrier_enter(
@@ -121,34 +152,32 @@ impl StateMachine {
         participant: Bytes,
         wait_ms: Option<u64>,
     ) -> Result<Reply> {
-        self.barrier_arrive(name, parties, participant, wait_ms, true)
+        self.barrier_arrive(name, parties, participant, wait_ms, true, None)
+    }
+
+    pub(crate) fn barrier_enter_session(
+        &mut self,
+        name: &[u8],
+        parties: u32,
+        participant: Bytes,
+        wait_ms: Option<u64>,
+        session: SessionId,
+    ) -> Result<Reply> {
+        self.barrier_arrive(name, parties, participant, wait_ms, true, Some(session))
     }
 
     pub(crate) fn barrier_leave(&mut self, name: &[u8], participant: &[u8], wait_ms: Option<u64>) -> Result<Reply> {
         self.check_wait(wait_ms)?;
         let name = Name::from(name);
-        let Some(barrier) = self.st.barriers.get_mut(&name).filter(|b| b.double) else {
+        let Some(barrier) = self.st.barriers.get(&name).filter(|b| b.double) else {
             return Err(Error::NotHolder { name: name.lossy() });
         };
         let Some(at) = barrier.members.iter().position(|(p, _)| p.as_ref() == participant) else {
             return Err(Error::NotHolder { name: name.lossy() });
         };
-        let (_, entering) = barrier.members.remove(at);
-        if !barrier.released {
-            // Leaving before everyone entered withdraws the entry.
-            if entering != 0 {
-                self.waiter_take(entering);
-                self.emit(Event::WaitEnded { waiter: entering, reason: WaitEnd::Cancelled });
-            }
-            self.barrier_gc(&name);
-            return Ok(Reply::Ok);
-        }
-        if barrier.members.is_empty() {
-            let barrier = self.st.barriers.remove(&name).expect("barrier");
-            for id in barrier.leavers {
-                self.waiter_take(id);
-                self.emit(Event::BarrierPassed { waiter: id });
-            }
+        // Before everyone entered, leaving withdraws the entry; after, the last one out
+        // goes on at once.
+        if !self.barrier_depart(&name, at, WaitEnd::Cancelled) {
             return Ok(Reply::Ok);
         }
         if wait_ms == Some(0) {
@@ -161,11 +190,47 @@ impl StateMachine {
         Ok(Reply::Queued(id))
     }
 
+    /// Takes member `at` out of the barrier. Before everyone has entered, that withdraws
+    /// its entry (a wait on entry ends with `reason`); after, the last one out lets every
+    /// leaver through. Returns whether others are still inside a barrier being left:
+    /// the one leaving waits for them.
+    fn barrier_depart(&mut self, name: &Name, at: usize, reason: WaitEnd) -> bool {
+        let barrier = self.st.barriers.get_mut(name).expect("barrier");
+        let (participant, entering) = barrier.members.remove(at);
+        let (released, others) = (barrier.released, !barrier.members.is_empty());
+        self.barrier_unbind(name, &participant);
+        if !released {
+            if entering != 0 {
+                self.waiter_take(entering);
+                self.emit(Event::WaitEnded { waiter: entering, reason });
+            }
+            self.barrier_gc(name);
+            return false;
+        }
+        if !others {
+            let barrier = self.st.barriers.remove(name).expect("barrier");
+            for id in barrier.leavers {
+                self.waiter_take(id);
+                self.emit(Event::BarrierPassed { waiter: id });
+            }
+        }
+        others
+    }
+
+    /// The session owning `participant`'s membership ended: the participant leaves (and
+    /// waits for nobody).
+    pub(crate) fn barrier_session_ended(&mut self, name: &Name, participant: &[u8]) {
+        let barrier = self.st.barriers.get(name).expect("an owned member's barrier");
+        let at = barrier.members.iter().position(|(p, _)| p.as_ref() == participant).expect("owned member");
+        self.barrier_depart(name, at, WaitEnd::SessionEnded);
+    }
+
     /// An entering participant gave up (timeout or cancel): it is no longer present.
     pub(crate) fn barrier_withdraw(&mut self, name: &Name, participant: &[u8], id: WaiterId) {
         let barrier = self.st.barriers.get_mut(name).expect("barrier");
         let at = barrier.members.iter().position(|(p, w)| p.as_ref() == participant && *w == id).expect("member");
         barrier.members.remove(at);
+        self.barrier_unbind(name, participant);
         self.barrier_gc(name);
     }
 

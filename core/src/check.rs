@@ -121,6 +121,16 @@ impl StateMachine {
                     queued.insert(id);
                 }
             }
+            if let Some(bound) = st.barrier_sessions.get(name) {
+                ensure!(barrier.double && !bound.is_empty(), "barrier {name:?}: owned members of a counting barrier");
+                for (participant, &session) in bound {
+                    ensure!(
+                        barrier.members.iter().any(|(p, _)| p == participant),
+                        "owned participant {participant:?} is not at barrier {name:?}"
+                    );
+                    owned.insert((session, Owned::Member { name: name.clone(), participant: participant.clone() }));
+                }
+            }
             for &id in &barrier.leavers {
                 ensure!(
                     matches!(st.waiters.get(&id).map(|w| &w.kind), Some(WaiterKind::BarrierLeave { name: n, .. }) if n == name),
@@ -128,6 +138,9 @@ impl StateMachine {
                 );
                 queued.insert(id);
             }
+        }
+        for name in st.barrier_sessions.keys() {
+            ensure!(st.barriers.contains_key(name), "owned members of a missing barrier {name:?}");
         }
         for (name, election) in &st.elections {
             if let Some(leader) = &election.leader {

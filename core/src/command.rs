@@ -553,6 +553,59 @@ pub enum Command {
         /// The candidate identity to lead next.
         to: Bytes,
     },
+    /// Double barrier: enter as `BarrierEnter` does, as a member the session owns. If
+    /// the session ends before the participant has left, it leaves then, as the
+    /// ephemeral node of ZooKeeper's recipe goes with its client: a participant that
+    /// crashed cannot wedge the barrier. Newer than the variants above: a server
+    /// writes it only once every member of its cluster reads it.
+    BarrierEnterSession {
+        /// The barrier.
+        name: Bytes,
+        /// How many must enter.
+        parties: u32,
+        /// Who enters.
+        participant: Bytes,
+        /// Wait bound.
+        wait_ms: Option<u64>,
+        /// The owning session.
+        session: SessionId,
+    },
+    /// Puts back an element that a blocking pop took for a client that had gone by the
+    /// time the pop was applied (the server proposes it when it finds the connection
+    /// closed), where it was taken from. The element was counted against the length
+    /// limit before, so the limit does not refuse it; a queue item whose session has
+    /// ended meanwhile, or a list key that now holds another type, drops it. Replies
+    /// 1 if the element is back, 0 if dropped. Newer than the variants above, as
+    /// `BarrierEnterSession`.
+    PutBack {
+        /// The list key or queue.
+        key: Bytes,
+        /// The element.
+        value: Bytes,
+        /// Where it goes.
+        to: PutBackTo,
+    },
+}
+
+/// Where `Command::PutBack` returns an element.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutBackTo {
+    /// A list, at the end it was popped from.
+    List {
+        /// The head (LPOP / BLPOP) rather than the tail.
+        left: bool,
+    },
+    /// A queue, with the item's priority and session, into the slot it left if the
+    /// queue still has that slot free (ahead of the items pushed after it), else
+    /// behind the items of its priority.
+    Queue {
+        /// The item's priority.
+        priority: i32,
+        /// The sequence number of the slot it was taken from.
+        seq: u64,
+        /// Its session (0: none).
+        session: SessionId,
+    },
 }
 
 impl Command {
@@ -596,6 +649,7 @@ impl Command {
             Command::BlockingPop { .. }
             | Command::BarrierWait { .. }
             | Command::BarrierEnter { .. }
+            | Command::BarrierEnterSession { .. }
             | Command::BarrierLeave { .. } => true,
             _ => false,
         }
@@ -725,6 +779,8 @@ pub enum Event {
         priority: i32,
         /// The session a queue item belonged to (0: none, and for a list element).
         session: SessionId,
+        /// The sequence number of the queue slot it left (0 for a list element).
+        seq: u64,
     },
     /// A barrier let this waiter through.
     BarrierPassed {

@@ -478,8 +478,19 @@ impl StateMachine {
         if len + values.len() > self.limits.queue_length_max {
             return Err(over(Limit::QueueLength, self.limits.queue_length_max as u64));
         }
-        let name = if existing.is_none() {
+        if existing.is_none() {
             self.check_entries(1)?;
+        }
+        let fresh = existing.is_none();
+        // The reply counts the pushed elements even if blocked poppers take them next,
+        // as Redis does.
+        Ok(Reply::Int(self.list_extend(key, fresh, values, left) as i64))
+    }
+
+    /// Pushes checked `values` onto the list at `key` (`fresh`: there is none yet) and
+    /// wakes its poppers. Returns the length.
+    fn list_extend(&mut self, key: &[u8], fresh: bool, values: Vec<Bytes>, left: bool) -> usize {
+        let name = if fresh {
             self.key_write(key, Value::List(VecDeque::new()))
         } else {
             self.emit(Event::KeyChanged { key: Bytes::copy_from_slice(key), change: KeyChange::Set });
@@ -494,10 +505,19 @@ impl StateMachine {
             }
         }
         let len = list.len();
-        // The reply counts the pushed elements even if blocked poppers take them next,
-        // as Redis does.
         self.mark(Dirty::List(name));
-        Ok(Reply::Int(len as i64))
+        len
+    }
+
+    /// Returns an element a blocking pop took for a client that had gone to the end it
+    /// came from (`Command::PutBack`), past the length and entry limits it was counted
+    /// against before. False, and dropped, if the key now holds another type.
+    pub(crate) fn list_put_back(&mut self, key: &[u8], value: Bytes, left: bool) -> bool {
+        self.key_expire_if_due(key);
+        let Ok(existing) = self.list_live(key) else { return false };
+        let fresh = existing.is_none();
+        self.list_extend(key, fresh, vec![value], left);
+        true
     }
 
     pub(crate) fn list_pop(&mut self, key: &[u8], count: Option<u64>, left: bool) -> Result<Reply> {
@@ -586,7 +606,7 @@ impl StateMachine {
                 Ok(Reply::Bulk(v)) => v,
                 other => panic!("non-empty list pops an element, got {other:?}"),
             };
-            self.emit(Event::Popped { waiter: id, key: key.to_bytes(), value, priority: 0, session: 0 });
+            self.emit(Event::Popped { waiter: id, key: key.to_bytes(), value, priority: 0, session: 0, seq: 0 });
         }
     }
 }

@@ -72,8 +72,8 @@ mod waiter;
 
 pub use command::{
     CampaignRequest, Command, Condition, Event, Grant, GroupOutput, HolderInfo, KeyChange, LockInfo, LockMode,
-    LockRequest, Output, Reply, SemaphoreRequest, SessionId, SetCondition, SetExpiry, SetRequest, Wait, WaitEnd,
-    WaiterId,
+    LockRequest, Output, PutBackTo, Reply, SemaphoreRequest, SessionId, SetCondition, SetExpiry, SetRequest, Wait,
+    WaitEnd, WaiterId,
 };
 pub use error::{Error, Result};
 pub use limits::{Limit, Limits};

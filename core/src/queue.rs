@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Event, Reply, SessionId, Wait};
+use crate::command::{Event, PutBackTo, Reply, SessionId, Wait};
 use crate::error::{over, Error, Result};
 use crate::limits::Limit;
 use crate::name::Name;
@@ -81,8 +81,8 @@ impl StateMachine {
         Ok(Reply::Int(len as i64))
     }
 
-    /// The first item: its value, priority and session.
-    fn queue_take_first(&mut self, name: &Name) -> Option<(Bytes, i32, SessionId)> {
+    /// The first item: its value, priority, session and slot sequence.
+    fn queue_take_first(&mut self, name: &Name) -> Option<(Bytes, i32, SessionId, u64)> {
         let queue = self.st.queues.get_mut(name)?;
         let (item_slot, item) = queue.items.pop_first()?;
         if item.session != 0 {
@@ -90,7 +90,43 @@ impl StateMachine {
         }
         // The slot holds the negated priority (`queue_push`), which fits an i32.
         let priority = i32::try_from(-item_slot.0).expect("a priority pushed as an i32");
-        Some((item.value, priority, item.session))
+        Some((item.value, priority, item.session, item_slot.1))
+    }
+
+    /// `Command::PutBack`: 1 if the element is back, 0 if it was dropped.
+    pub(crate) fn put_back(&mut self, key: &[u8], value: Bytes, to: PutBackTo) -> Result<Reply> {
+        self.check_key(key)?;
+        self.check_value(&value)?;
+        let back = match to {
+            PutBackTo::List { left } => self.list_put_back(key, value, left),
+            PutBackTo::Queue { priority, seq, session } => self.queue_put_back(key, value, priority, seq, session),
+        };
+        Ok(Reply::Int(i64::from(back)))
+    }
+
+    /// Returns an item a blocking pop took for a client that had gone, with its
+    /// priority and session, past the length, entry and per-session limits it was
+    /// counted against before: into the slot it left while that is free and below the
+    /// queue's next sequence (a sequence is never handed out twice, so nothing pushed
+    /// later can collide with it), else behind the items of its priority. False, and
+    /// dropped as it would have been with its session, if that session has ended.
+    fn queue_put_back(&mut self, name: &[u8], value: Bytes, priority: i32, seq: u64, session: SessionId) -> bool {
+        if session != 0 && !self.session_live(session) {
+            return false;
+        }
+        let name = Name::from(name);
+        let queue = self.st.queues.entry(name.clone()).or_default();
+        let mut item_slot = (-i64::from(priority), seq);
+        if seq >= queue.next_seq || queue.items.contains_key(&item_slot) {
+            item_slot.1 = queue.next_seq;
+            queue.next_seq += 1;
+        }
+        queue.items.insert(item_slot, QueueItem { value, session });
+        if session != 0 {
+            self.own(session, Owned::Item { name: name.clone(), slot: item_slot });
+        }
+        self.mark(Dirty::Queue(name));
+        true
     }
 
     pub(crate) fn queue_pop(&mut self, name: &[u8], wait: Wait) -> Result<Reply> {
@@ -98,7 +134,7 @@ impl StateMachine {
         let name = Name::from(name);
         let poppers = self.st.queues.get(&name).map_or(0, |q| q.poppers.len());
         if poppers == 0 {
-            if let Some((value, _, _)) = self.queue_take_first(&name) {
+            if let Some((value, ..)) = self.queue_take_first(&name) {
                 self.queue_gc(&name);
                 return Ok(Reply::Bulk(value));
             }
@@ -153,8 +189,8 @@ impl StateMachine {
             let waiter = self.waiter_take(id);
             let WaiterKind::QueuePop { slot: queue_slot, .. } = waiter.kind else { panic!("queue pop waiter") };
             self.st.queues.get_mut(name).expect("exists").poppers.remove(&queue_slot);
-            let (value, priority, session) = self.queue_take_first(name).expect("non-empty");
-            self.emit(Event::Popped { waiter: id, key: name.to_bytes(), value, priority, session });
+            let (value, priority, session, seq) = self.queue_take_first(name).expect("non-empty");
+            self.emit(Event::Popped { waiter: id, key: name.to_bytes(), value, priority, session, seq });
         }
         self.queue_gc(name);
     }

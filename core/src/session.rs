@@ -1,7 +1,7 @@
 //! Sessions: a TTL kept alive by the client, owning resources that end with it.
 //!
 //! As in etcd, a lease is not a lock: the session only says "this client is alive";
-//! locks, permits, queue items, keys and candidacies point at it.
+//! locks, permits, queue items, keys, candidacies and barrier members point at it.
 
 use std::collections::BTreeSet;
 
@@ -131,6 +131,7 @@ impl StateMachine {
                 Owned::Leader { name, fence } => self.election_revoke(&name, fence, id),
                 Owned::Key(name) => self.key_remove_ephemeral(&name),
                 Owned::Item { name, slot } => self.queue_item_remove(&name, slot),
+                Owned::Member { name, participant } => self.barrier_session_ended(&name, &participant),
             }
         }
         self.emit(Event::SessionEnded { session: id, expired });

@@ -1,10 +1,22 @@
 //! Snapshots: the whole replicated state as versioned bytes, restored exactly.
 //!
 //! Layout: 8-byte magic, u32 little-endian format version, then the state in postcard
-//! encoding. All tables are ordered maps, so equal states give equal bytes, and the
-//! state hash is simply a hash of those bytes.
+//! encoding, then, only if some table newer than the format holds something, a list of
+//! sections (`Section`). All tables are ordered maps, so equal states give equal bytes,
+//! and the state hash is simply a hash of those bytes.
+//!
+//! A section holds what a newer command kind makes (the server writes those only once
+//! every member of its cluster reads them: `levels`). Until one is used, a snapshot is
+//! byte for byte what a build before the section wrote and reads.
 
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::command::SessionId;
 use crate::limits::Limits;
+use crate::name::Name;
 use crate::state::{State, StateMachine};
 
 const MAGIC: &[u8; 8] = b"FENCELCK";
@@ -44,10 +56,39 @@ impl FrozenState {
     }
 }
 
+/// A table kept after the state's own encoding. New kinds go at the end.
+#[derive(Serialize, Deserialize)]
+enum Section {
+    /// `State::barrier_sessions`.
+    BarrierSessions(BTreeMap<Name, BTreeMap<Bytes, SessionId>>),
+}
+
 fn write_state(st: &State, out: &mut Vec<u8>) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    postcard::to_io(st, out).expect("writing to a Vec cannot fail");
+    postcard::to_io(st, &mut *out).expect("writing to a Vec cannot fail");
+    if !st.barrier_sessions.is_empty() {
+        let sections = [Section::BarrierSessions(st.barrier_sessions.clone())];
+        postcard::to_io(&sections[..], out).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Reads the sections after the state into it.
+fn read_sections(st: &mut State, bytes: &[u8]) -> Result<(), SnapshotError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let (sections, rest): (Vec<Section>, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| SnapshotError::Corrupt(format!("sections: {e}")))?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Corrupt(format!("{} trailing bytes", rest.len())));
+    }
+    for section in sections {
+        match section {
+            Section::BarrierSessions(bound) => st.barrier_sessions = bound,
+        }
+    }
+    Ok(())
 }
 
 impl StateMachine {
@@ -76,11 +117,9 @@ impl StateMachine {
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
-        let (st, rest): (State, &[u8]) =
+        let (mut st, rest): (State, &[u8]) =
             postcard::take_from_bytes(&bytes[12..]).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(SnapshotError::Corrupt(format!("{} trailing bytes", rest.len())));
-        }
+        read_sections(&mut st, rest)?;
         let mut machine = StateMachine::new(limits);
         machine.st = st;
         machine.check_invariants().map_err(SnapshotError::Inconsistent)?;

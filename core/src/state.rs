@@ -46,12 +46,29 @@ pub(crate) enum Timer {
 /// A resource that ends with the session owning it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) enum Owned {
-    Holder { name: Name, fence: u64 },
-    Permit { name: Name, fence: u64 },
-    Leader { name: Name, fence: u64 },
+    Holder {
+        name: Name,
+        fence: u64,
+    },
+    Permit {
+        name: Name,
+        fence: u64,
+    },
+    Leader {
+        name: Name,
+        fence: u64,
+    },
     Waiter(WaiterId),
     Key(Name),
-    Item { name: Name, slot: (i64, u64) },
+    Item {
+        name: Name,
+        slot: (i64, u64),
+    },
+    /// A participant inside a double barrier (`BarrierEnterSession`).
+    Member {
+        name: Name,
+        participant: Bytes,
+    },
 }
 
 /// A name whose waiters may have become grantable.
@@ -94,6 +111,12 @@ pub(crate) struct State {
     pub configs: BTreeMap<Name, crate::config::ConfigEntry>,
     /// Every finite deadline, earliest first.
     pub deadlines: OrdSet<(u64, Timer)>,
+    /// Double-barrier members that a session owns: barrier → participant → session.
+    /// Not in the encoding above: a snapshot carries it in a section after the state,
+    /// written only when it holds something (`snapshot`), so that a state without it
+    /// encodes byte for byte as before and builds that predate it read it.
+    #[serde(skip)]
+    pub barrier_sessions: BTreeMap<Name, BTreeMap<Bytes, SessionId>>,
 }
 
 /// The deterministic lock and coordination state machine.
@@ -559,7 +582,11 @@ impl StateMachine {
             Command::BarrierEnter { name, parties, participant, wait_ms } => {
                 self.barrier_enter(&name, parties, participant, wait_ms)
             }
+            Command::BarrierEnterSession { name, parties, participant, wait_ms, session } => {
+                self.barrier_enter_session(&name, parties, participant, wait_ms, session)
+            }
             Command::BarrierLeave { name, participant, wait_ms } => self.barrier_leave(&name, &participant, wait_ms),
+            Command::PutBack { key, value, to } => self.put_back(&key, value, to),
             Command::Campaign(request) => self.election_campaign(request),
             Command::Proclaim { name, token, value } => self.election_proclaim(&name, &token, value),
             Command::Resign { name, token } => self.election_resign(&name, &token),

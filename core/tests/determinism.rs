@@ -11,8 +11,8 @@
 
 use bytes::Bytes;
 use fencelock_core::{
-    CampaignRequest, Command, Condition, Limits, LockMode, LockRequest, Output, Reply, SemaphoreRequest, SetCondition,
-    SetExpiry, SetRequest, SnapshotError, StateMachine, Wait, SNAPSHOT_VERSION,
+    CampaignRequest, Command, Condition, Limits, LockMode, LockRequest, Output, PutBackTo, Reply, SemaphoreRequest,
+    SetCondition, SetExpiry, SetRequest, SnapshotError, StateMachine, Wait, SNAPSHOT_VERSION,
 };
 use proptest::prelude::*;
 use proptest::strategy::Union;
@@ -244,8 +244,27 @@ fn coordination_commands() -> Vec<BoxedStrategy<Command>> {
                 wait_ms,
             })
             .boxed(),
+        (barrier(), 1u32..4, who(), wait_ms(), id())
+            .prop_map(|(name, parties, participant, wait_ms, session)| Command::BarrierEnterSession {
+                name,
+                parties,
+                participant,
+                wait_ms,
+                session,
+            })
+            .boxed(),
         (barrier(), who(), wait_ms())
             .prop_map(|(name, participant, wait_ms)| Command::BarrierLeave { name, participant, wait_ms })
+            .boxed(),
+        (queue(), value(), -1i32..=1, 0u64..4, prop::option::of(id()))
+            .prop_map(|(key, value, priority, seq, session)| Command::PutBack {
+                key,
+                value,
+                to: PutBackTo::Queue { priority, seq, session: session.unwrap_or(0) },
+            })
+            .boxed(),
+        (pick(&["list1", "list2", "k1"]), value(), any::<bool>())
+            .prop_map(|(key, value, left)| Command::PutBack { key, value, to: PutBackTo::List { left } })
             .boxed(),
         campaign.boxed(),
         (election(), who(), value()).prop_map(|(name, token, value)| Command::Proclaim { name, token, value }).boxed(),
@@ -312,7 +331,9 @@ impl Feeder {
             | Command::SemAcquire(SemaphoreRequest { session, .. })
             | Command::QueuePush { session, .. }
             | Command::Campaign(CampaignRequest { session, .. }) => session.as_mut(),
+            Command::PutBack { to: PutBackTo::Queue { session, .. }, .. } if *session != 0 => Some(session),
             Command::SessionKeepAlive { session, .. }
+            | Command::BarrierEnterSession { session, .. }
             | Command::SessionClose { session }
             | Command::SessionInfo { session } => Some(session),
             Command::CancelWait { waiter } => {

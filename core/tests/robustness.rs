@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use fencelock_core::{
-    CampaignRequest, Command, Condition, Limits, LockMode, LockRequest, SemaphoreRequest, SetCondition, SetExpiry,
-    SetRequest, StateMachine, Wait,
+    CampaignRequest, Command, Condition, Limits, LockMode, LockRequest, PutBackTo, SemaphoreRequest, SetCondition,
+    SetExpiry, SetRequest, StateMachine, Wait,
 };
 use proptest::prelude::*;
 
@@ -113,8 +113,28 @@ fn command() -> impl Strategy<Value = Command> {
             (name(), 0u32..4, owner(), prop::option::of(0u64..3_000)).prop_map(
                 |(name, parties, participant, wait_ms)| Command::BarrierEnter { name, parties, participant, wait_ms }
             ),
+            (name(), 0u32..4, owner(), prop::option::of(0u64..3_000), small_id()).prop_map(
+                |(name, parties, participant, wait_ms, session)| Command::BarrierEnterSession {
+                    name,
+                    parties,
+                    participant,
+                    wait_ms,
+                    session
+                }
+            ),
             (name(), owner(), prop::option::of(0u64..3_000))
                 .prop_map(|(name, participant, wait_ms)| Command::BarrierLeave { name, participant, wait_ms }),
+            (name(), owner(), any::<i32>(), any::<u64>(), small_id(), any::<bool>()).prop_map(
+                |(key, value, priority, seq, session, list)| Command::PutBack {
+                    key,
+                    value,
+                    to: if list {
+                        PutBackTo::List { left: seq % 2 == 0 }
+                    } else {
+                        PutBackTo::Queue { priority, seq, session }
+                    }
+                }
+            ),
             (name(), owner(), owner(), ttl(), prop::option::of(small_id()), wait()).prop_map(
                 |(name, candidate, token, ttl_ms, session, wait)| Command::Campaign(CampaignRequest {
                     name,

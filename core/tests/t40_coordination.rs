@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use fencelock_core::{Command, Error, Event, Reply, Wait, WaitEnd};
+use fencelock_core::{Command, Error, Event, Limits, PutBackTo, Reply, StateMachine, Wait, WaitEnd};
 
 #[test]
 fn semaphore_permits_are_fenced_bounded_and_fifo() {
@@ -66,14 +66,21 @@ fn queues_are_priority_then_fifo_with_blocking_pop() {
     assert_eq!(pop(&mut d), Reply::Nil);
     let w = waiter(d.ok(Command::QueuePop { name: b("q"), wait: Wait::Queue { wait_ms: Some(1_000), priority: 0 } }));
     let out = d.run(Command::QueuePush { name: b("q"), values: vec![b("job")], priority: 0, session: None });
-    assert!(out.events.contains(&Event::Popped { waiter: w, key: b("q"), value: b("job"), priority: 0, session: 0 }));
+    assert!(out.events.contains(&Event::Popped {
+        waiter: w,
+        key: b("q"),
+        value: b("job"),
+        priority: 0,
+        session: 0,
+        seq: 0
+    }));
     assert_eq!(d.read(Command::QueueLen { name: b("q") }), Reply::Int(0));
     // The event carries the item's priority and session: a server whose client went
     // away pushes it back with them.
     let s = int(d.ok(Command::SessionOpen { ttl_ms: 10_000 })) as u64;
     let w = waiter(d.ok(Command::QueuePop { name: b("q"), wait: Wait::Queue { wait_ms: Some(1_000), priority: 0 } }));
     let out = d.run(Command::QueuePush { name: b("q"), values: vec![b("vip")], priority: -7, session: Some(s) });
-    let popped = Event::Popped { waiter: w, key: b("q"), value: b("vip"), priority: -7, session: s };
+    let popped = Event::Popped { waiter: w, key: b("q"), value: b("vip"), priority: -7, session: s, seq: 0 };
     assert!(out.events.contains(&popped), "{:?}", out.events);
     let w2 = waiter(d.ok(Command::QueuePop { name: b("q"), wait: Wait::Queue { wait_ms: Some(1_000), priority: 0 } }));
     assert_eq!(d.advance(1_001), vec![Event::WaitEnded { waiter: w2, reason: WaitEnd::TimedOut }]);
@@ -124,6 +131,156 @@ fn double_barrier_enter_then_leave() {
     assert_eq!(out.events, vec![Event::BarrierPassed { waiter: l1 }]);
     // Gone: a new round can start.
     assert!(matches!(d.ok(enter("p1")), Reply::Queued(_)));
+}
+
+fn session(d: &mut Driver, ttl_ms: u64) -> u64 {
+    int(d.ok(Command::SessionOpen { ttl_ms })) as u64
+}
+
+fn owned_count(d: &Driver, session: u64) -> Reply {
+    let Reply::Array(info) = d.read(Command::SessionInfo { session }) else { panic!("session info") };
+    info[2].clone()
+}
+
+#[test]
+fn a_double_barrier_member_owned_by_a_session_leaves_when_it_ends() {
+    let mut d = Driver::default();
+    let enter = |p: &str, session: Option<u64>| match session {
+        Some(session) => {
+            Command::BarrierEnterSession { name: b("job"), parties: 3, participant: b(p), wait_ms: None, session }
+        }
+        None => Command::BarrierEnter { name: b("job"), parties: 3, participant: b(p), wait_ms: None },
+    };
+    let leave = |p: &str| Command::BarrierLeave { name: b("job"), participant: b(p), wait_ms: None };
+    assert_eq!(d.err(enter("a", Some(999))), Error::NoSuchSession(999));
+    let s = session(&mut d, 5_000);
+    let wa = waiter(d.ok(enter("a", Some(s))));
+    assert_eq!(owned_count(&d, s), Reply::Int(1));
+    let wb = waiter(d.ok(enter("b", None)));
+    let out = d.run(enter("c", None));
+    assert_eq!(out.reply, Ok(Reply::Ok));
+    assert_eq!(out.events, vec![Event::BarrierPassed { waiter: wa }, Event::BarrierPassed { waiter: wb }]);
+    // a crashes inside: without the session, b and c would wait for it forever. Its
+    // session expires and it leaves.
+    let lb = waiter(d.ok(leave("b")));
+    let events = d.advance(5_001);
+    assert!(events.contains(&Event::SessionEnded { session: s, expired: true }), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::BarrierPassed { .. })), "c is still inside: {events:?}");
+    let out = d.run(leave("c"));
+    assert_eq!(out.reply, Ok(Reply::Ok));
+    assert_eq!(out.events, vec![Event::BarrierPassed { waiter: lb }]);
+    assert_eq!(d.err(leave("a")), Error::NotHolder { name: "job".into() });
+
+    // The last one inside is the one whose session ends: the leavers go on.
+    let s = session(&mut d, 5_000);
+    let wa = waiter(d.ok(enter("a", Some(s))));
+    let wb = waiter(d.ok(enter("b", None)));
+    d.ok(enter("c", None));
+    let lb = waiter(d.ok(leave("b")));
+    let lc = waiter(d.ok(leave("c")));
+    let out = d.run(Command::SessionClose { session: s });
+    assert!(out.events.contains(&Event::BarrierPassed { waiter: lb }), "{:?}", out.events);
+    assert!(out.events.contains(&Event::BarrierPassed { waiter: lc }), "{:?}", out.events);
+    let _ = (wa, wb);
+
+    // A participant blocked on entry whose session ends gives up its place.
+    let s = session(&mut d, 5_000);
+    let wa = waiter(d.ok(enter("a", Some(s))));
+    let out = d.run(Command::SessionClose { session: s });
+    assert!(out.events.contains(&Event::WaitEnded { waiter: wa, reason: WaitEnd::SessionEnded }), "{:?}", out.events);
+    let wb = waiter(d.ok(enter("b", None)));
+    let wc = waiter(d.ok(enter("c", None)));
+    assert!(matches!(d.ok(enter("a", None)), Reply::Ok), "a's earlier entry no longer counts");
+    let _ = (wb, wc);
+
+    // Leaving as usual ends the session's hold on the member; ending the session
+    // afterwards changes nothing.
+    for p in ["a", "b", "c"] {
+        d.ok(leave(p));
+    }
+    let s = session(&mut d, 5_000);
+    waiter(d.ok(enter("a", Some(s))));
+    assert_eq!(d.ok(leave("a")), Reply::Ok);
+    assert_eq!(owned_count(&d, s), Reply::Int(0));
+    let out = d.run(Command::SessionClose { session: s });
+    assert_eq!(out.events, vec![Event::SessionEnded { session: s, expired: false }]);
+    assert_eq!(d.sm.snapshot(), StateMachine::restore(Limits::default(), &d.sm.snapshot()).unwrap().snapshot());
+}
+
+#[test]
+fn owned_barrier_members_survive_a_snapshot_and_only_then_change_its_bytes() {
+    let mut d = Driver::default();
+    let s = session(&mut d, 60_000);
+    d.ok(Command::BarrierEnter { name: b("plain"), parties: 2, participant: b("x"), wait_ms: None });
+    let plain = d.sm.snapshot();
+    let enter =
+        Command::BarrierEnterSession { name: b("job"), parties: 2, participant: b("a"), wait_ms: None, session: s };
+    waiter(d.ok(enter));
+    let bytes = d.sm.snapshot();
+    // The owned member is a section after the state; without one nothing follows.
+    assert!(bytes.len() > plain.len());
+    let restored = StateMachine::restore(Limits::default(), &bytes).expect("restores");
+    assert_eq!(restored.snapshot(), bytes);
+    let mut d = Driver::with(restored);
+    d.index = 100;
+    let out = d.run(Command::SessionClose { session: s });
+    assert!(out.events.iter().any(|e| matches!(e, Event::WaitEnded { reason: WaitEnd::SessionEnded, .. })));
+    // A section that does not decode is a corrupt snapshot, not an empty one.
+    let mut broken = bytes.clone();
+    broken.push(0xff);
+    assert!(StateMachine::restore(Limits::default(), &broken).is_err());
+}
+
+#[test]
+fn a_popped_item_put_back_returns_to_its_place_past_the_length_limit() {
+    let limits = Limits { queue_length_max: 3, ..Limits::default() };
+    let mut d = Driver::with(StateMachine::new(limits));
+    let put_back = |value: &str, seq: u64, session: u64| Command::PutBack {
+        key: b("q"),
+        value: b(value),
+        to: PutBackTo::Queue { priority: 0, seq, session },
+    };
+    d.ok(Command::QueuePush { name: b("q"), values: vec![b("a"), b("b")], priority: 0, session: None });
+    assert_eq!(d.ok(Command::QueuePop { name: b("q"), wait: Wait::Try }), Reply::Bulk(b("a")));
+    d.ok(Command::QueuePush { name: b("q"), values: vec![b("c"), b("d")], priority: 0, session: None });
+    assert!(matches!(
+        d.err(Command::QueuePush { name: b("q"), values: vec![b("e")], priority: 0, session: None }),
+        Error::LimitExceeded { .. }
+    ));
+    // Full, and the popped "a" still goes back, ahead of what was pushed after it.
+    assert_eq!(d.ok(put_back("a", 0, 0)), Reply::Int(1));
+    assert_eq!(d.read(Command::QueueLen { name: b("q") }), Reply::Int(4));
+    let pop = |d: &mut Driver| d.ok(Command::QueuePop { name: b("q"), wait: Wait::Try });
+    assert_eq!(pop(&mut d), Reply::Bulk(b("a")));
+    // Its slot taken meanwhile (it cannot be: sequences are not reused) or the queue
+    // gone and made again: behind the items of its priority.
+    for _ in 0..3 {
+        pop(&mut d);
+    }
+    d.ok(Command::QueuePush { name: b("q"), values: vec![b("new")], priority: 0, session: None });
+    assert_eq!(d.ok(put_back("old", 7, 0)), Reply::Int(1));
+    assert_eq!(pop(&mut d), Reply::Bulk(b("new")));
+    assert_eq!(pop(&mut d), Reply::Bulk(b("old")));
+    // An item whose session ended meanwhile goes, as it would have with the session.
+    let s = session(&mut d, 1_000);
+    assert_eq!(d.ok(put_back("gone", 0, s + 1_000)), Reply::Int(0));
+    assert_eq!(d.ok(put_back("kept", 0, s)), Reply::Int(1));
+    assert_eq!(owned_count(&d, s), Reply::Int(1));
+    d.ok(Command::SessionClose { session: s });
+    assert_eq!(d.read(Command::QueueLen { name: b("q") }), Reply::Int(0));
+
+    // A list element goes back to the end it came from, past the limit as well.
+    d.ok(Command::Push { key: b("l"), values: vec![b("1"), b("2"), b("3")], left: false });
+    let back = |left: bool| Command::PutBack { key: b("l"), value: b("0"), to: PutBackTo::List { left } };
+    assert_eq!(d.ok(back(true)), Reply::Int(1));
+    assert_eq!(d.ok(Command::Pop { key: b("l"), count: None, left: true }), Reply::Bulk(b("0")));
+    // A key that now holds another type drops it.
+    d.ok(Command::Set(set("s", "v")));
+    assert_eq!(
+        d.ok(Command::PutBack { key: b("s"), value: b("0"), to: PutBackTo::List { left: true } }),
+        Reply::Int(0)
+    );
+    assert_eq!(d.read(Command::Get { key: b("s") }), Reply::Bulk(b("v")));
 }
 
 #[test]

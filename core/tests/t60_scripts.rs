@@ -82,7 +82,14 @@ fn a_push_in_a_script_serves_a_blocked_popper_only_if_the_script_commits() {
         s.call(Command::Push { key: b("q"), values: vec![b("job")], left: false })
     });
     assert!(
-        out.events.contains(&Event::Popped { waiter: w, key: b("q"), value: b("job"), priority: 0, session: 0 }),
+        out.events.contains(&Event::Popped {
+            waiter: w,
+            key: b("q"),
+            value: b("job"),
+            priority: 0,
+            session: 0,
+            seq: 0
+        }),
         "{:?}",
         out.events
     );
