@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use fencelock_core::{Command, Error, Event, Reply, WaitEnd};
+use fencelock_core::{Command, Error, Event, PutBackTo, Reply, WaitEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -374,26 +374,48 @@ async fn core_command(
             Waited::Event(Event::BarrierPassed { .. }) => Some(Wire::Status("OK")),
             Waited::Event(Event::WaitEnded { .. }) => Some(render::render(Reply::Nil, shape)),
             Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),
-            Waited::Gone(Some(Event::Popped { key, value, priority, session, .. })) => {
+            Waited::Gone(Some(Event::Popped { key, value, priority, session, seq, .. })) => {
                 // Popped for a client that is gone: put the element back, so an
-                // acknowledged push is not lost. A queue item goes back with its
-                // priority (behind the items of that priority) and its session; if the
-                // session has ended meanwhile, the push is refused and the item goes, as
-                // it would have with the session. (A queue filled to its length limit
-                // meanwhile refuses it too.)
-                let back = if shape == Shape::QueuePop {
-                    let session = (session != 0).then_some(session);
-                    Command::QueuePush { name: key, values: vec![value], priority, session }
+                // acknowledged push is not lost.
+                let to = if shape == Shape::QueuePop {
+                    PutBackTo::Queue { priority, seq, session }
                 } else {
-                    Command::Push { key, values: vec![value], left: pop_left }
+                    PutBackTo::List { left: pop_left }
                 };
-                let _ = server.node.write(back).await;
+                put_back(server, key, value, to).await;
                 None
             }
             Waited::Gone(_) => None,
         },
         Ok(Ok(reply)) => Some(render::render(reply, shape)),
     }
+}
+
+/// Returns an element popped for a client that had gone to where it came from: a
+/// queue item into its slot, with its priority and session (it goes if the session
+/// has ended meanwhile, as it would have with the session), a list element to the end
+/// it left. `Command::PutBack` does that past the length limit; while a member of the
+/// cluster does not read it (`levels`), an ordinary push does the rest of it, which a
+/// full queue or list refuses.
+async fn put_back(server: &Arc<Server>, key: Bytes, value: Bytes, to: PutBackTo) {
+    use crate::raft::levels::{LEVEL_REFUSED, OWNED_MEMBERS_FROM_LEVEL};
+    if server.node.levels.cluster() >= OWNED_MEMBERS_FROM_LEVEL {
+        let back = Command::PutBack { key: key.clone(), value: value.clone(), to: to.clone() };
+        match server.node.write(back).await {
+            // Refused before it was proposed (the level the leader knows is lower): push
+            // it instead. Any other failure may have put it back already.
+            Err(NodeError::Refused(text) | NodeError::Fatal(text)) if text.starts_with(LEVEL_REFUSED) => {}
+            _ => return,
+        }
+    }
+    let push = match to {
+        PutBackTo::Queue { priority, session, .. } => {
+            let session = (session != 0).then_some(session);
+            Command::QueuePush { name: key, values: vec![value], priority, session }
+        }
+        PutBackTo::List { left } => Command::Push { key, values: vec![value], left },
+    };
+    let _ = server.node.write(push).await;
 }
 
 /// True if the peer has closed its side (EOF is readable now). Bytes that arrived are

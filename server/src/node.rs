@@ -321,6 +321,12 @@ impl Node {
         // Applying a bad group would only refuse its members one by one; refusing it
         // here tells the node that formed it.
         crate::write_group::check_group(&op, self.levels.groups_allowed()).map_err(NodeError::Refused)?;
+        // An entry kind an older member cannot read would stop it (`levels`). Checked on
+        // the node the client asked, and again on the leader for a forwarded write.
+        let (needed, cluster) = (crate::raft::levels::level_of(&op), self.levels.cluster());
+        if needed > cluster {
+            return Err(NodeError::Refused(crate::raft::levels::refusal(needed, cluster)));
+        }
         let proposal = Proposal { epoch: self.epoch, stamp_ms: self.stamp_ms(), origin, op };
         let Ok(written) = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(proposal)).await else {
             return Err(NodeError::NoQuorum(QUORUM_TIMEOUT.as_millis() as u64));

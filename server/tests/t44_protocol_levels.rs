@@ -16,6 +16,8 @@ use common::{wait_until, Client, Reply, Server};
 use fencelock_testkit::Relay;
 
 const CLIENTS: usize = 16;
+/// `raft::levels::PROTOCOL_LEVEL`, as INFO shows it.
+const THIS_LEVEL: &str = "2";
 const CYCLES: usize = 25;
 
 fn stat(c: &mut Client, field: &str) -> u64 {
@@ -81,8 +83,8 @@ fn an_older_member_holds_write_groups_off_until_it_is_upgraded() {
     let peers = peers_of(&servers);
     servers[old].restart_with(&["--node-id", &older.to_string(), "--peers", &peers]);
     for s in &servers {
-        wait_until(Duration::from_secs(10), "every node to see the cluster at level 1", || {
-            (level(s) == "1").then_some(())
+        wait_until(Duration::from_secs(10), "every node to see the cluster at this build's level", || {
+            (level(s) == THIS_LEVEL).then_some(())
         });
     }
     let leader = wait_for_leader(&mut servers);
@@ -125,7 +127,7 @@ fn a_node_of_an_older_build_cannot_join_a_cluster_that_writes_groups() {
     let server = Server::start();
     let mut c = server.connect();
     assert_eq!(until_accepted(&mut c, &["SET", "k", "v"]), Reply::Simple("OK".into()));
-    assert_eq!(level(&server), "1", "a node alone is at its own level");
+    assert_eq!(level(&server), THIS_LEVEL, "a node alone is at its own level");
     let dir = tempfile::tempdir().expect("a temp dir");
     let (code, stderr) = run_to_exit(
         &[
@@ -142,12 +144,12 @@ fn a_node_of_an_older_build_cannot_join_a_cluster_that_writes_groups() {
     );
     assert_ne!(code, 0, "an older node joined: {stderr}");
     assert!(
-        stderr.contains("runs an older fencelock (protocol level 0) than this cluster (level 1)"),
+        stderr.contains(&format!("runs an older fencelock (protocol level 0) than this cluster (level {THIS_LEVEL})")),
         "the refusal names the levels: {stderr}"
     );
     // The cluster is unchanged and still alone at its level.
     assert_eq!(c.cmd(&["GET", "k"]), Reply::Bulk(b"v".to_vec()));
-    assert_eq!(level(&server), "1");
+    assert_eq!(level(&server), THIS_LEVEL);
 }
 
 #[test]
@@ -184,14 +186,16 @@ fn a_group_the_leader_refuses_is_proposed_write_by_write() {
     let mut l = servers[leader].connect();
     assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
     for s in &servers {
-        wait_until(Duration::from_secs(10), "every node at level 1", || (level(s) == "1").then_some(()));
+        wait_until(Duration::from_secs(10), "every node at this build's level", || {
+            (level(s) == THIS_LEVEL).then_some(())
+        });
     }
 
     relays[leader].refuse_new_connections();
     wait_until(Duration::from_secs(10), "the leader to see an older member", || {
         (level(&servers[leader]) == "0").then_some(())
     });
-    assert_eq!(level(&servers[follower]), "1", "the follower still sees every member at level 1");
+    assert_eq!(level(&servers[follower]), THIS_LEVEL, "the follower still sees every member at its level");
 
     run_clients(servers[follower].port(), "f");
     let mut f = servers[follower].connect();
@@ -204,4 +208,53 @@ fn a_group_the_leader_refuses_is_proposed_write_by_write() {
         assert!(l.cmd(&["FENCE", &format!("f:lock:{id}")]).is_null());
         assert_eq!(l.cmd(&["EXISTS", &format!("f:key:{id}")]), Reply::Int(0));
     }
+}
+
+#[test]
+fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
+    // Node 3 stands in for a build of level 1: it reads groups, not session-owned
+    // barrier members.
+    let older = 3u64;
+    let mut servers =
+        start_cluster_each(3, |id| if id == older { vec!["--protocol-level".into(), "1".into()] } else { Vec::new() });
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    for s in &servers {
+        wait_until(Duration::from_secs(10), "every node to see level 1", || (level(s) == "1").then_some(()));
+    }
+    let session = l.cmd(&["SESSION.OPEN", "60000"]).int().to_string();
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    for i in [leader, follower] {
+        let mut c = servers[i].connect();
+        let refused = c.cmd(&["BARRIER.ENTER", "job", "2", "a", "WAIT", "0", "SESSION", &session]);
+        assert!(
+            refused.is_error()
+                && format!("{refused:?}")
+                    .contains("needs every member of the cluster at protocol level 2, and the cluster is at 1"),
+            "node {}: {refused:?}",
+            i + 1
+        );
+        // The connection goes on, and the barrier without a session works.
+        assert!(c.cmd(&["BARRIER.ENTER", "job", "2", "a", "WAIT", "0"]).is_null());
+    }
+
+    // Upgraded: the same entry is accepted, and every node applies it.
+    let old = (older - 1) as usize;
+    let peers = peers_of(&servers);
+    servers[old].restart_with(&["--node-id", &older.to_string(), "--peers", &peers]);
+    for s in &servers {
+        wait_until(Duration::from_secs(10), "every node at this build's level", || {
+            (level(s) == THIS_LEVEL).then_some(())
+        });
+    }
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    l.send_cmd(&["BARRIER.ENTER", "job", "2", "a", "SESSION", &session, "WAIT", "10000"]);
+    let mut other = servers[old].connect();
+    wait_until(Duration::from_secs(10), "a to be inside", || {
+        (other.cmd(&["SESSION.INFO", &session]).field("owned").int() == 1).then_some(())
+    });
+    assert_eq!(other.cmd(&["BARRIER.ENTER", "job", "2", "b"]), Reply::Simple("OK".into()));
+    assert_eq!(l.read(), Reply::Simple("OK".into()));
 }

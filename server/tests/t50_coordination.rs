@@ -117,6 +117,31 @@ fn a_barrier_releases_all_waiters_exactly_once() {
 }
 
 #[test]
+fn a_double_barrier_participant_whose_session_ends_leaves_instead_of_wedging_it() {
+    let server = Server::start();
+    let (mut a, mut b) = (server.connect(), server.connect());
+    let session = until_accepted(&mut a, &["SESSION.OPEN", "1000"]).int().to_string();
+    a.send_cmd(&["BARRIER.ENTER", "job", "2", "a", "SESSION", &session, "WAIT", "10000"]);
+    wait_until(Duration::from_secs(5), "a to wait inside", || {
+        let info = b.cmd(&["SESSION.INFO", &session]);
+        assert!(!info.is_error(), "{info:?}; a: {:?}", a.try_read());
+        (info.field("owned").int() == 1).then_some(())
+    });
+    assert_eq!(b.cmd(&["BARRIER.ENTER", "job", "2", "b"]), Reply::Simple("OK".into()));
+    assert_eq!(a.read(), Reply::Simple("OK".into()));
+    // a's process dies inside: it never leaves, and nobody keeps its session alive.
+    // Without the session b would wait for it for as long as it asked to.
+    drop(a);
+    let started = Instant::now();
+    assert_eq!(b.cmd(&["BARRIER.LEAVE", "job", "b", "WAIT", "20000"]), Reply::Simple("OK".into()));
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "b waited {waited:?} for a participant whose session had ended");
+    assert!(b.cmd(&["SESSION.INFO", &session]).is_error(), "the session is gone");
+    // The barrier is free for the next round.
+    assert!(b.cmd(&["BARRIER.ENTER", "job", "2", "b", "WAIT", "0"]).is_null());
+}
+
+#[test]
 fn leadership_is_fenced_fifo_transferable_and_moves_when_the_leaders_session_expires() {
     let mut servers = start_cluster(3);
     let mut c = clients(&mut servers);

@@ -140,18 +140,19 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             let barrier = a.bytes()?;
             let parties = positive_u32(Some(a.bytes()?), "parties")?;
             let participant = a.bytes()?;
-            let wait_ms = barrier_wait(a)?;
-            let command = if name == b"BARRIER.WAIT" {
-                Command::BarrierWait { name: barrier, parties, participant, wait_ms }
-            } else {
-                Command::BarrierEnter { name: barrier, parties, participant, wait_ms }
+            let enter = name == b"BARRIER.ENTER";
+            let (wait_ms, session) = barrier_options(a, enter)?;
+            let command = match session {
+                _ if !enter => Command::BarrierWait { name: barrier, parties, participant, wait_ms },
+                None => Command::BarrierEnter { name: barrier, parties, participant, wait_ms },
+                Some(session) => Command::BarrierEnterSession { name: barrier, parties, participant, wait_ms, session },
             };
             Request::Core(command, Shape::Barrier)
         }
         b"BARRIER.LEAVE" => {
             let barrier = a.bytes()?;
             let participant = a.bytes()?;
-            let wait_ms = barrier_wait(a)?;
+            let (wait_ms, _) = barrier_options(a, false)?;
             Request::Core(Command::BarrierLeave { name: barrier, participant, wait_ms }, Shape::Barrier)
         }
         b"ELECT.CAMPAIGN" => {
@@ -321,16 +322,21 @@ fn version_option(a: &mut Args, keyword: &[u8]) -> Result<Option<u64>, CmdError>
 }
 
 /// `[WAIT ms | WAIT FOREVER]` after a barrier's arguments (default: forever).
-fn barrier_wait(a: &mut Args) -> Result<Option<u64>, CmdError> {
-    match a.keyword() {
-        None => Ok(None),
-        Some(k) if k == b"WAIT" => {
-            let bound = wait_bound(a)?;
-            a.finish()?;
-            Ok(bound)
+/// A barrier command's options: `[WAIT ms|FOREVER]`, and where `session_ok`
+/// (BARRIER.ENTER) `[SESSION id]`, in either order, each at most once.
+fn barrier_options(a: &mut Args, session_ok: bool) -> Result<(Option<u64>, Option<u64>), CmdError> {
+    let (mut wait_ms, mut waits, mut session) = (None, false, None);
+    while let Some(k) = a.keyword() {
+        if k == b"WAIT" && !waits {
+            wait_ms = wait_bound(a)?;
+            waits = true;
+        } else if k == b"SESSION" && session_ok && session.is_none() {
+            session = Some(non_negative(a.optional(), "SESSION")?);
+        } else {
+            return Err(CmdError::Syntax);
         }
-        Some(_) => Err(CmdError::Syntax),
     }
+    Ok((wait_ms, session))
 }
 
 /// `QUEUE.PUSH name [PRIORITY p] [SESSION id] value [value ...]`: options come first;
@@ -400,7 +406,25 @@ mod tests {
         assert_eq!(e("QUEUE.PUSH q PRIORITY x v"), "ERR PRIORITY must be a 32-bit integer");
         assert_eq!(e("QUEUE.POP q WAIT"), "ERR syntax error");
         assert_eq!(e("BARRIER.WAIT b 0 me"), "ERR parties must be a positive 32-bit integer");
+        assert_eq!(e("BARRIER.WAIT b 2 me SESSION 4"), "ERR syntax error", "only a double barrier's members");
+        assert_eq!(e("BARRIER.ENTER b 2 me SESSION 4 SESSION 5"), "ERR syntax error");
+        assert_eq!(e("BARRIER.ENTER b 2 me SESSION"), "ERR syntax error");
+        assert_eq!(e("BARRIER.ENTER b 2 me SESSION -1"), "ERR SESSION must be a non-negative integer");
+        assert_eq!(e("BARRIER.LEAVE b me SESSION 4"), "ERR syntax error");
         assert_eq!(e("COUNTER.ADD c x"), "ERR value is not an integer or out of range");
+    }
+
+    #[test]
+    fn a_double_barrier_entry_may_name_its_session_before_or_after_the_wait() {
+        for line in ["BARRIER.ENTER job 3 me SESSION 7 WAIT 500", "BARRIER.ENTER job 3 me wait 500 session 7"] {
+            match p(line).unwrap() {
+                Request::Core(Command::BarrierEnterSession { parties, wait_ms, session, .. }, Shape::Barrier) => {
+                    assert_eq!((parties, wait_ms, session), (3, Some(500), 7));
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        assert!(matches!(p("BARRIER.ENTER job 3 me").unwrap(), Request::Core(Command::BarrierEnter { .. }, _)));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | 0 | every entry but write groups (builds before the level exchange, which may or may not read groups) |
 //! | 1 | write groups: `Op::Group`, `Op::GroupWrites`, and a forwarded group as one request; `Op::CancelWaitsOf` (a restarted or removed node's waits end) |
+//! | 2 | `Command::BarrierEnterSession` (a double-barrier member a session owns; snapshots then carry a section level 1 does not read) and `Command::PutBack` (a popped element returned past the length limit) |
 //!
 //! A node joins a cluster only at the cluster's level or above (`cluster::admin_local`):
 //! the log it must replay may hold entries of that level. Downgrading a member below
@@ -25,15 +26,57 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 
+use fencelock_core::Command;
+
 use super::network::{read_frame, write_frame, PeerRequest, PeerResponse};
-use super::{NodeId, Raft};
+use super::{NodeId, Op, Raft};
 
 /// This build's level: it reads every entry kind up to this one.
-pub const PROTOCOL_LEVEL: u32 = 1;
+pub const PROTOCOL_LEVEL: u32 = 2;
 /// The level from which concurrent writes share log entries (`write_group`).
 pub const GROUPS_FROM_LEVEL: u32 = 1;
 /// The level from which a node ends the waits its previous run left (`Op::CancelWaitsOf`).
 pub const CANCEL_WAITS_FROM_LEVEL: u32 = 1;
+/// The level from which a session may own a double-barrier member
+/// (`Command::BarrierEnterSession`) and a popped element goes back past the length
+/// limit (`Command::PutBack`).
+pub const OWNED_MEMBERS_FROM_LEVEL: u32 = 2;
+
+/// The lowest level that reads the entry `op` makes, as far as its commands go (a
+/// group's own form is `write_group::check_group`'s to judge).
+pub fn level_of(op: &Op) -> u32 {
+    fn command(command: &Command) -> u32 {
+        match command {
+            Command::BarrierEnterSession { .. } | Command::PutBack { .. } => OWNED_MEMBERS_FROM_LEVEL,
+            _ => 0,
+        }
+    }
+    match op {
+        Op::Core(c) => command(c),
+        Op::Multi(commands) | Op::Group(commands) => commands.iter().map(command).max().unwrap_or(0),
+        Op::GroupWrites(writes) => writes
+            .iter()
+            .map(|write| match write {
+                super::GroupWrite::Core(c) => command(c),
+                super::GroupWrite::Eval { .. } => 0,
+            })
+            .max()
+            .unwrap_or(0),
+        Op::CancelWaitsOf { .. } => CANCEL_WAITS_FROM_LEVEL,
+        Op::Eval { .. } => 0,
+    }
+}
+
+/// How a write refused for its level (`refusal`) begins: nothing of it was proposed.
+pub const LEVEL_REFUSED: &str = "ERR this write needs every member of the cluster at protocol level";
+
+/// Why a write of level `needed` is refused while the cluster reads up to `cluster`.
+pub fn refusal(needed: u32, cluster: u32) -> String {
+    format!(
+        "{LEVEL_REFUSED} {needed}, and the cluster is at {cluster}: a member runs an older fencelock, or has not \
+         answered yet (INFO shows cluster_protocol_level)"
+    )
+}
 
 /// How often every other member is asked again: a member that was down, or that
 /// restarted with another build, is heard from within this.
