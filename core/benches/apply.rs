@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use fencelock_core::{Command, LockMode, LockRequest, StateMachine, Wait};
+use fencelock_core::{Command, LockMode, LockRequest, SemaphoreRequest, StateMachine, Wait};
 
 /// Counts live heap bytes so the table's memory can be measured exactly.
 struct Counting;
@@ -104,7 +104,46 @@ fn apply_pair(table: &mut Table, commands: [Command; 2]) {
     }
 }
 
+/// A semaphore of many permits, one per holder (`SEM_HOLDERS`, default 50,000):
+/// every holder acquires, then every holder releases. Each step once scanned every
+/// holder, which made filling it quadratic.
+fn semaphore_fill_and_drain() {
+    let holders: u64 = std::env::var("SEM_HOLDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let mut table = Table { sm: StateMachine::default(), index: 0 };
+    let limit = u32::try_from(holders).expect("at most u32::MAX permits");
+    let mut run = |command: Command| {
+        table.index += 1;
+        let out = table.sm.apply(table.index, 1_000, command);
+        assert!(out.reply.is_ok(), "{:?}", out.reply);
+    };
+    let started = Instant::now();
+    for i in 0..holders {
+        run(Command::SemAcquire(SemaphoreRequest {
+            name: Bytes::from_static(b"pool"),
+            limit,
+            count: 1,
+            owner: Bytes::from_static(b"bench-client"),
+            token: Bytes::from(token(i)),
+            ttl_ms: 30_000,
+            session: None,
+            wait: Wait::Try,
+        }));
+    }
+    let fill_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for i in 0..holders {
+        run(Command::SemRelease { name: Bytes::from_static(b"pool"), token: Bytes::from(token(i)) });
+    }
+    let drain_secs = started.elapsed().as_secs_f64();
+    println!(
+        "semaphore of {holders} permits, one per holder: fill {:.0} acquires/s, drain {:.0} releases/s",
+        holders as f64 / fill_secs,
+        holders as f64 / drain_secs
+    );
+}
+
 fn bench(c: &mut Criterion) {
+    semaphore_fill_and_drain();
     let held: u64 = std::env::var("HELD").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let heap_before = LIVE_BYTES.load(Ordering::Relaxed);
     let rss_before = rss_bytes();

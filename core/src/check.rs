@@ -81,7 +81,8 @@ impl StateMachine {
         for (name, sem) in &st.semaphores {
             let used: u32 = sem.holders.iter().map(|h| h.permits).sum();
             ensure!(used == sem.used && used <= sem.limit, "semaphore {name:?} uses {used} of {}", sem.limit);
-            for holder in &sem.holders {
+            sem.holders.check().map_err(|e| format!("semaphore {name:?}: {e}"))?;
+            for holder in sem.holders.iter() {
                 ensure!(holder.fence <= st.last_fence, "permit fence above last");
                 add_shared_timer(holder.deadline_ms, Timer::Permit(name.clone()));
                 if holder.session != 0 {
@@ -206,7 +207,7 @@ impl StateMachine {
             }
         }
         for (name, sem) in &st.semaphores {
-            for h in &sem.holders {
+            for h in sem.holders.iter() {
                 ensure!(
                     fits(&h.ident.blob, h.ident.owner_len, h.ident.token_len),
                     "permit identity of {name:?} overruns"

@@ -1,7 +1,9 @@
 //! Counting semaphores: N permits, each grant fenced, FIFO/priority waiters that are
 //! served strictly in order (a large request at the head is not overtaken).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +27,119 @@ pub(crate) struct PermitHolder {
 pub(crate) struct Semaphore {
     pub limit: u32,
     pub used: u32,
-    pub holders: Vec<PermitHolder>,
+    pub holders: PermitHolders,
     pub queue: BTreeSet<QueueSlot>,
+}
+
+/// A semaphore's holders in grant (fence) order, with the two lookups apply needs kept
+/// beside them: by token (RELEASE, RENEW, one grant per token) and by deadline (expiry,
+/// and whether a shared timer is still in use). A list scanned on every acquire made
+/// filling a semaphore of many permits quadratic.
+///
+/// Encoded as the list of holders in fence order, exactly as the `Vec` it replaced
+/// (fences only grow, so that list was in fence order): snapshots did not change. The
+/// lookups are rebuilt when a snapshot is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PermitHolders {
+    by_fence: BTreeMap<u64, PermitHolder>,
+    by_token: BTreeMap<Bytes, u64>,
+    /// (deadline, fence); `NEVER` (session-bound) sorts last.
+    by_deadline: BTreeSet<(u64, u64)>,
+}
+
+impl PermitHolders {
+    pub fn iter(&self) -> impl Iterator<Item = &PermitHolder> {
+        self.by_fence.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_fence.is_empty()
+    }
+
+    pub fn fence_of(&self, token: &[u8]) -> Option<u64> {
+        self.by_token.get(token).copied()
+    }
+
+    pub fn get(&self, fence: u64) -> Option<&PermitHolder> {
+        self.by_fence.get(&fence)
+    }
+
+    /// Adds a grant: its fence is above every holder's, its token held by none.
+    pub fn insert(&mut self, holder: PermitHolder) {
+        assert!(self.by_fence.last_key_value().is_none_or(|(last, _)| *last < holder.fence), "fences only grow");
+        let token = Bytes::copy_from_slice(holder.ident.token());
+        assert!(self.by_token.insert(token, holder.fence).is_none(), "one grant per token");
+        self.by_deadline.insert((holder.deadline_ms, holder.fence));
+        self.by_fence.insert(holder.fence, holder);
+    }
+
+    pub fn remove(&mut self, fence: u64) -> Option<PermitHolder> {
+        let holder = self.by_fence.remove(&fence)?;
+        self.by_token.remove(holder.ident.token());
+        self.by_deadline.remove(&(holder.deadline_ms, fence));
+        Some(holder)
+    }
+
+    /// Moves a holder's deadline; returns the old one.
+    pub fn set_deadline(&mut self, fence: u64, deadline_ms: u64) -> u64 {
+        let holder = self.by_fence.get_mut(&fence).expect("holder exists");
+        let old = std::mem::replace(&mut holder.deadline_ms, deadline_ms);
+        self.by_deadline.remove(&(old, fence));
+        self.by_deadline.insert((deadline_ms, fence));
+        old
+    }
+
+    /// Whether some holder's lease ends at `deadline_ms` (they share a timer).
+    pub fn any_with_deadline(&self, deadline_ms: u64) -> bool {
+        self.by_deadline.range((deadline_ms, 0)..=(deadline_ms, u64::MAX)).next().is_some()
+    }
+
+    /// The holders whose deadline satisfies `due`, earliest first (`due` must hold for
+    /// a prefix of the deadlines, as "before now" does).
+    pub fn due(&self, due: impl Fn(u64) -> bool) -> impl Iterator<Item = &PermitHolder> {
+        self.by_deadline.iter().take_while(move |(d, _)| due(*d)).map(|(_, fence)| &self.by_fence[fence])
+    }
+
+    /// The lookups agree with the holders (`check_invariants`).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let tokens: BTreeMap<Bytes, u64> =
+            self.iter().map(|h| (Bytes::copy_from_slice(h.ident.token()), h.fence)).collect();
+        let deadlines: BTreeSet<(u64, u64)> = self.iter().map(|h| (h.deadline_ms, h.fence)).collect();
+        if tokens.len() != self.by_fence.len() {
+            return Err("two permit grants under one token".into());
+        }
+        if self.by_fence.iter().any(|(fence, h)| *fence != h.fence) || tokens != self.by_token {
+            return Err("permit holders' token lookup out of step".into());
+        }
+        if deadlines != self.by_deadline {
+            return Err("permit holders' deadline lookup out of step".into());
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for PermitHolders {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.by_fence.values())
+    }
+}
+
+impl<'de> Deserialize<'de> for PermitHolders {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let list = Vec::<PermitHolder>::deserialize(deserializer)?;
+        let mut holders = PermitHolders::default();
+        for holder in list {
+            if !holder.ident.fits() {
+                return Err(serde::de::Error::custom("a permit holder's identity overruns its bytes"));
+            }
+            let in_order = holders.by_fence.last_key_value().is_none_or(|(last, _)| *last < holder.fence);
+            if !in_order || holders.by_token.contains_key(holder.ident.token()) {
+                return Err(serde::de::Error::custom("permit holders out of fence order, or a token twice"));
+            }
+            holders.insert(holder);
+        }
+        Ok(holders)
+    }
 }
 
 impl StateMachine {
@@ -57,7 +170,7 @@ impl StateMachine {
             if sem.limit != request.limit {
                 return Err(Error::invalid("semaphore exists with a different limit"));
             }
-            if sem.holders.iter().any(|h| h.ident.token() == request.token.as_ref()) {
+            if sem.holders.fence_of(&request.token).is_some() {
                 return Err(Error::invalid("this token already holds permits of the semaphore"));
             }
             // Nor may a token wait twice: both would be granted under it, and RENEW,
@@ -97,7 +210,7 @@ impl StateMachine {
         self.st.semaphores.entry(name.clone()).or_insert(Semaphore {
             limit,
             used: 0,
-            holders: Vec::new(),
+            holders: PermitHolders::default(),
             queue: BTreeSet::new(),
         })
     }
@@ -108,7 +221,7 @@ impl StateMachine {
         let sem = self.st.semaphores.get_mut(name).expect("semaphore exists");
         assert!(sem.used + count <= sem.limit, "never more permits out than the limit");
         sem.used += count;
-        sem.holders.push(PermitHolder { ident, permits: count, fence, deadline_ms, session });
+        sem.holders.insert(PermitHolder { ident, permits: count, fence, deadline_ms, session });
         self.schedule_shared(deadline_ms, Timer::Permit(name.clone()));
         if session != 0 {
             self.own(session, Owned::Permit { name: name.clone(), fence });
@@ -116,18 +229,16 @@ impl StateMachine {
         Grant { fence, holds: count, deadline_ms }
     }
 
-    fn semaphore_holder_at(&self, name: &[u8], token: &[u8]) -> Option<usize> {
-        let sem = self.st.semaphores.get(name)?;
-        sem.holders.iter().position(|h| h.ident.token() == token)
+    fn semaphore_holder_fence(&self, name: &[u8], token: &[u8]) -> Option<u64> {
+        self.st.semaphores.get(name)?.holders.fence_of(token)
     }
 
     pub(crate) fn semaphore_release(&mut self, name: &[u8], token: &[u8]) -> Result<Reply> {
         let name = Name::from(name);
         self.semaphore_expire_due(&name);
-        let Some(at) = self.semaphore_holder_at(&name, token) else {
+        let Some(fence) = self.semaphore_holder_fence(&name, token) else {
             return Err(Error::NotHolder { name: name.lossy() });
         };
-        let fence = self.st.semaphores[&name].holders[at].fence;
         let holder = self.semaphore_remove(&name, fence);
         if holder.session != 0 {
             self.disown(holder.session, &Owned::Permit { name: name.clone(), fence });
@@ -140,15 +251,14 @@ impl StateMachine {
         self.check_ttl(ttl_ms, false)?;
         let name = Name::from(name);
         self.semaphore_expire_due(&name);
-        let Some(at) = self.semaphore_holder_at(&name, token) else {
+        let Some(fence) = self.semaphore_holder_fence(&name, token) else {
             return Err(Error::NotHolder { name: name.lossy() });
         };
         let deadline_ms = self.deadline_after(ttl_ms);
         let sem = self.st.semaphores.get_mut(&name).expect("exists");
-        let holder = &mut sem.holders[at];
-        let old = std::mem::replace(&mut holder.deadline_ms, deadline_ms);
-        let (fence, permits) = (holder.fence, holder.permits);
-        let still_used = old == deadline_ms || sem.holders.iter().any(|h| h.deadline_ms == old);
+        let old = sem.holders.set_deadline(fence, deadline_ms);
+        let permits = sem.holders.get(fence).expect("holder exists").permits;
+        let still_used = sem.holders.any_with_deadline(old);
         self.unschedule_shared(old, Timer::Permit(name.clone()), still_used);
         self.schedule_shared(deadline_ms, Timer::Permit(name.clone()));
         Ok(Reply::Grant(Grant { fence, holds: permits, deadline_ms }))
@@ -157,10 +267,9 @@ impl StateMachine {
     /// Removes a permit grant and its timer; marks the semaphore for the pump.
     fn semaphore_remove(&mut self, name: &Name, fence: u64) -> PermitHolder {
         let sem = self.st.semaphores.get_mut(name).expect("semaphore exists");
-        let at = sem.holders.iter().position(|h| h.fence == fence).expect("holder exists");
-        let holder = sem.holders.remove(at);
+        let holder = sem.holders.remove(fence).expect("holder exists");
         sem.used -= holder.permits;
-        let still_used = sem.holders.iter().any(|h| h.deadline_ms == holder.deadline_ms);
+        let still_used = sem.holders.any_with_deadline(holder.deadline_ms);
         self.unschedule_shared(holder.deadline_ms, Timer::Permit(name.clone()), still_used);
         self.mark(Dirty::Semaphore(name.clone()));
         holder
@@ -168,7 +277,7 @@ impl StateMachine {
 
     pub(crate) fn semaphore_expire_due(&mut self, name: &Name) {
         let Some(sem) = self.st.semaphores.get(name) else { return };
-        let due: Vec<u64> = sem.holders.iter().filter(|h| self.is_due(h.deadline_ms)).map(|h| h.fence).collect();
+        let due: Vec<u64> = sem.holders.due(|deadline_ms| self.is_due(deadline_ms)).map(|h| h.fence).collect();
         for fence in due {
             let holder = self.semaphore_remove(name, fence);
             if holder.session != 0 {
@@ -222,7 +331,8 @@ impl StateMachine {
         match self.st.semaphores.get(name) {
             None => Reply::Array(vec![Reply::Int(0), Reply::Int(0), Reply::Int(0)]),
             Some(sem) => {
-                let used: u32 = sem.holders.iter().filter(|h| !self.is_due(h.deadline_ms)).map(|h| h.permits).sum();
+                let lapsed: u32 = sem.holders.due(|deadline_ms| self.is_due(deadline_ms)).map(|h| h.permits).sum();
+                let used = sem.used - lapsed;
                 Reply::Array(vec![
                     Reply::Int(i64::from(sem.limit)),
                     Reply::Int(i64::from(used)),
@@ -230,5 +340,39 @@ impl StateMachine {
                 ])
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(fence: u64, token: &str, deadline_ms: u64) -> PermitHolder {
+        PermitHolder { ident: Ident::new(b"owner", token.as_bytes(), &[]), permits: 1, fence, deadline_ms, session: 0 }
+    }
+
+    /// Snapshots written while the holders were a `Vec` read the same, and write the
+    /// same bytes.
+    #[test]
+    fn the_holders_encode_as_the_list_they_replaced() {
+        let list = vec![holder(3, "a", 900), holder(8, "b", NEVER), holder(9, "c", 900)];
+        let mut holders = PermitHolders::default();
+        for h in list.clone() {
+            holders.insert(h);
+        }
+        let bytes = postcard::to_stdvec(&list).unwrap();
+        assert_eq!(postcard::to_stdvec(&holders).unwrap(), bytes);
+        let back: PermitHolders = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, holders);
+        back.check().unwrap();
+        assert_eq!(back.fence_of(b"b"), Some(8));
+        assert!(back.any_with_deadline(900) && !back.any_with_deadline(901));
+        let due: Vec<u64> = back.due(|d| d < 1_000).map(|h| h.fence).collect();
+        assert_eq!(due, vec![3, 9]);
+        // A list out of fence order, or with a token twice, is not a state apply makes.
+        let swapped = vec![holder(8, "b", 1), holder(3, "a", 1)];
+        assert!(postcard::from_bytes::<PermitHolders>(&postcard::to_stdvec(&swapped).unwrap()).is_err());
+        let twice = vec![holder(3, "a", 1), holder(8, "a", 1)];
+        assert!(postcard::from_bytes::<PermitHolders>(&postcard::to_stdvec(&twice).unwrap()).is_err());
     }
 }

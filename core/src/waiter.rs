@@ -32,6 +32,12 @@ impl Ident {
         Ident { blob: blob.into_boxed_slice(), owner_len, token_len }
     }
 
+    /// Whether the lengths fit the bytes (a damaged snapshot's may not; the accessors
+    /// would panic).
+    pub fn fits(&self) -> bool {
+        usize::from(self.owner_len) + usize::from(self.token_len) <= self.blob.len()
+    }
+
     pub fn owner(&self) -> &[u8] {
         parts(&self.blob, self.owner_len, self.token_len).0
     }
