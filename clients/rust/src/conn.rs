@@ -26,6 +26,25 @@ pub(crate) enum ConnError {
 /// The most bytes buffered for one reply before the connection is dropped.
 const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Silence on a connection before the kernel's first keepalive probe. A node that
+/// vanished without closing its connections (power lost, or a partition that drops
+/// packets) would otherwise leave a waiting request, or a watch, reading nothing for as
+/// long as it may wait: up to a year for `WAIT FOREVER`. With the probes below the
+/// connection fails within about 10 + 3 × 5 = 25 s of silence, the request ends as
+/// "outcome unknown" and the client goes to another node.
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Between unanswered probes.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes before the kernel drops the connection.
+pub(crate) const KEEPALIVE_PROBES: u32 = 3;
+
+fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(any(target_os = "linux", target_vendor = "apple"))]
+    let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
 /// A connected, handshaken node connection.
 pub(crate) struct Conn {
     stream: TcpStream,
@@ -45,6 +64,8 @@ impl Conn {
             Err(_) => return Err(ConnError::NotSent(format!("{endpoint}: connect timed out"))),
         };
         let _ = stream.set_nodelay(true);
+        // Best effort, as nodelay: a connection without it still works.
+        let _ = set_keepalive(&stream);
         let mut conn = Conn {
             stream,
             input: BytesMut::with_capacity(4096),
@@ -121,5 +142,31 @@ impl Conn {
                 Err(_) => return Err(ConnError::Lost(format!("{}: timed out", self.endpoint))),
             }
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_probes_a_silent_peer() {
+        // A stand-in node that answers the handshake and then says nothing.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = listener.local_addr().expect("address").to_string();
+        let node = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut hello = [0u8; 64];
+            let _ = stream.read(&mut hello).await;
+            stream.write_all(b"+OK\r\n").await.expect("answer");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let conn = Conn::open(&endpoint, None, Duration::from_secs(5)).await.expect("handshake");
+        let socket = socket2::SockRef::from(&conn.stream);
+        assert!(socket.keepalive().expect("read back"), "tokio leaves it off: the OS's two hours");
+        assert_eq!(socket.tcp_keepalive_time().expect("read back"), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().expect("read back"), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().expect("read back"), KEEPALIVE_PROBES);
+        node.abort();
     }
 }
