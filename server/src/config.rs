@@ -44,6 +44,14 @@ pub struct Flags {
     /// popped for a client on a node that is gone (1000..=86400000) [default: 30000].
     #[arg(long, env = "FENCELOCK_SILENT_NODE_MS")]
     pub silent_node_ms: Option<u64>,
+    /// Seconds of silence on a client connection before the kernel sends it keepalive
+    /// probes (then every third of that, and after 3 unanswered ones the connection is
+    /// dropped), as redis-server's `tcp-keepalive`; 0 turns them off (0..=86400)
+    /// [default: 300]. A client whose host vanished without closing its connection is
+    /// otherwise never noticed: its blocked LOCK or QUEUE.POP stays queued, and is
+    /// granted or handed an item for nobody.
+    #[arg(long, env = "FENCELOCK_TCP_KEEPALIVE")]
+    pub tcp_keepalive: Option<u64>,
     /// Every voter of a static cluster, this node included: `1=host:peer-port,2=...`.
     /// Without it the node runs alone.
     #[arg(long, env = "FENCELOCK_PEERS")]
@@ -102,6 +110,7 @@ pub struct FileSettings {
     snapshot_every: Option<u64>,
     snapshot_log_mib: Option<u64>,
     silent_node_ms: Option<u64>,
+    tcp_keepalive: Option<u64>,
     peers: Option<String>,
     join: Option<String>,
     peer_pipeline: Option<usize>,
@@ -132,6 +141,8 @@ pub struct Settings {
     pub snapshot_log_mib: u64,
     /// How long a member may go unheard before the leader ends its clients' waits.
     pub silent_node_ms: u64,
+    /// Idle seconds before keepalive probes on client connections (0: off).
+    pub tcp_keepalive: u64,
     /// Static cluster members: node id → peer address (empty: a single node).
     pub peers: std::collections::BTreeMap<u64, String>,
     /// A member's client address to join through (`--join`).
@@ -216,6 +227,7 @@ impl Settings {
             snapshot_every: flags.snapshot_every.or(file.snapshot_every).unwrap_or(100_000),
             snapshot_log_mib: flags.snapshot_log_mib.or(file.snapshot_log_mib).unwrap_or(64),
             silent_node_ms: flags.silent_node_ms.or(file.silent_node_ms).unwrap_or(30_000),
+            tcp_keepalive: flags.tcp_keepalive.or(file.tcp_keepalive).unwrap_or(300),
             peers: parse_peers(flags.peers.as_deref().or(file.peers.as_deref()).unwrap_or(""))?,
             join: flags.join.or(file.join).filter(|j| !j.is_empty()),
             peer_pipeline: flags.peer_pipeline.or(file.peer_pipeline).unwrap_or(1),
@@ -265,6 +277,9 @@ impl Settings {
                 settings.snapshot_log_mib
             ));
         }
+        if settings.tcp_keepalive > TCP_KEEPALIVE_MAX {
+            return Err(format!("tcp-keepalive must be 0..={TCP_KEEPALIVE_MAX}, got {}", settings.tcp_keepalive));
+        }
         if !(SILENT_NODE_MS_MIN..=SILENT_NODE_MS_MAX).contains(&settings.silent_node_ms) {
             return Err(format!(
                 "silent-node-ms must be {SILENT_NODE_MS_MIN}..={SILENT_NODE_MS_MAX}, got {}",
@@ -280,6 +295,8 @@ impl Settings {
 pub const SILENT_NODE_MS_MIN: u64 = 1_000;
 /// Longest `--silent-node-ms`: a day.
 pub const SILENT_NODE_MS_MAX: u64 = 86_400_000;
+/// Longest `--tcp-keepalive`, in seconds: a day.
+pub const TCP_KEEPALIVE_MAX: u64 = 86_400;
 
 #[cfg(test)]
 mod tests {
@@ -359,10 +376,15 @@ mod tests {
             let s = Settings::resolve(Flags::parse_from(["fencelock", &option, &good.to_string()])).unwrap();
             assert_eq!(field(&s), good);
         }
-        for bad in [lo - 1, hi + 1] {
+        for bad in [lo.checked_sub(1), hi.checked_add(1)].into_iter().flatten() {
             let e = Settings::resolve(Flags::parse_from(["fencelock", &option, &bad.to_string()])).unwrap_err();
             assert_eq!(e, format!("{flag} must be {lo}..={hi}, got {bad}"));
         }
+    }
+
+    #[test]
+    fn tcp_keepalive_is_bounded() {
+        assert_bounded("tcp-keepalive", |s| s.tcp_keepalive, 300, 0, 86_400);
     }
 
     #[test]

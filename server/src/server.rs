@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub request_limits: RequestLimits,
     /// Most connections served at once; more wait in the accept queue.
     pub connections_max: usize,
+    /// Silence on a client connection before keepalive probes (`--tcp-keepalive`; zero:
+    /// none).
+    pub tcp_keepalive: Duration,
 }
 
 /// One client, as CLIENT LIST shows it.
@@ -138,6 +141,10 @@ impl Server {
         loop {
             let permit = Arc::clone(&slots).acquire_owned().await.expect("semaphore never closes");
             let (stream, addr) = listener.accept().await?;
+            if !self.config.tcp_keepalive.is_zero() {
+                // Best effort: a connection without probes still works.
+                let _ = set_keepalive(&stream, self.config.tcp_keepalive);
+            }
             let id = self.next_client.fetch_add(1, Ordering::Relaxed);
             self.stats.connections.fetch_add(1, Ordering::Relaxed);
             let info = ClientInfo {
@@ -158,4 +165,14 @@ impl Server {
             });
         }
     }
+}
+
+/// Keepalive probes after `idle` of silence, then every third of it; three unanswered
+/// ones drop the connection (redis-server's `tcp-keepalive` timing).
+fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
+    let interval = (idle / 3).max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(interval);
+    #[cfg(any(target_os = "linux", target_vendor = "apple"))]
+    let keepalive = keepalive.with_retries(3);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }

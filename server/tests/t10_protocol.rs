@@ -1180,3 +1180,50 @@ fn an_idempotent_lock_retried_after_a_lost_reply_holds_once() {
     );
     assert_eq!(c.raw(&["PING"]), "+PONG\r\n", "the connection keeps working");
 }
+
+/// The kernel's timer on the server's end of the connection from `client_port` to
+/// `server_port`, from /proc/net/tcp: (kind, clock ticks until it fires). Kind 2 is the
+/// keepalive timer; 0 is none.
+#[cfg(target_os = "linux")]
+fn server_side_timer(server_port: u16, client_port: u16) -> (u32, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let (local, remote) = (format!(":{server_port:04X}"), format!(":{client_port:04X}"));
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() > 5 && fields[1].ends_with(&local) && fields[2].ends_with(&remote) {
+            let (kind, when) = fields[5].split_once(':').expect("tr:tm->when");
+            return (u32::from_str_radix(kind, 16).expect("hex"), u64::from_str_radix(when, 16).expect("hex"));
+        }
+    }
+    panic!("no server-side socket for 127.0.0.1:{client_port} -> {server_port} in /proc/net/tcp");
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn an_idle_client_connection_is_probed_by_keepalive_as_tcp_keepalive_says() {
+    // (flag, seconds until the first probe; None: no probes)
+    for (flag, idle_s) in [(None, Some(300u64)), (Some("60"), Some(60)), (Some("0"), None)] {
+        let server = match flag {
+            Some(seconds) => Server::start_with(&["--tcp-keepalive", seconds]),
+            None => Server::start(),
+        };
+        let mut c = server.connect();
+        assert_eq!(c.raw(&["PING"]), "+PONG\r\n");
+        // The reply's ACK may still be the pending timer for a moment.
+        let (kind, ticks) = wait_until(Duration::from_secs(5), "the connection to go idle", || {
+            let timer = server_side_timer(server.port(), c.local_port());
+            (timer.0 != 1).then_some(timer)
+        });
+        match idle_s {
+            Some(idle_s) => {
+                assert_eq!(kind, 2, "--tcp-keepalive {flag:?}: no keepalive timer");
+                // Clock ticks are 1/100 s (USER_HZ).
+                assert!(
+                    ticks <= idle_s * 100 && ticks + 500 >= idle_s * 100,
+                    "first probe in {ticks} ticks, not {idle_s} s"
+                );
+            }
+            None => assert_eq!(kind, 0, "--tcp-keepalive 0 still probes"),
+        }
+    }
+}

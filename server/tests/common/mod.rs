@@ -376,6 +376,11 @@ impl Client {
         Ok(Client { writer: stream, reader })
     }
 
+    /// The port this client's end of the connection has.
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().expect("a connected socket").port()
+    }
+
     /// Changes the read timeout.
     pub fn set_read_timeout(&mut self, timeout: Duration) {
         self.writer.set_read_timeout(Some(timeout)).expect("set the read timeout");
