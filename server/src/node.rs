@@ -243,7 +243,7 @@ impl Node {
             write_load,
             groups: Default::default(),
             log_size,
-            levels: Arc::new(crate::raft::levels::Levels::new(config.protocol_level)),
+            levels: Arc::new(crate::raft::levels::Levels::open(config.protocol_level, config.data_dir.join("levels"))),
             previous_waits_ended: tokio::sync::watch::channel(false).0,
         });
         let _ = slot.set(Arc::clone(&node));

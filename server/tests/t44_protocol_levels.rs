@@ -258,3 +258,26 @@ fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
     assert_eq!(other.cmd(&["BARRIER.ENTER", "job", "2", "b"]), Reply::Simple("OK".into()));
     assert_eq!(l.read(), Reply::Simple("OK".into()));
 }
+
+#[test]
+fn a_node_restarted_while_a_member_is_down_keeps_the_level_that_member_answered() {
+    let mut servers = start_cluster_each(3, |_| Vec::new());
+    let leader = wait_for_leader(&mut servers);
+    assert_eq!(until_accepted(&mut servers[leader].connect(), &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    for s in &servers {
+        wait_until(Duration::from_secs(10), "every node at this build's level", || {
+            (level(s) == THIS_LEVEL).then_some(())
+        });
+    }
+    // Node 3 goes down; node 1 crashes and comes back while it is down. It cannot
+    // ask node 3, and counts it at the level node 3 last answered: before this was
+    // kept on disk, it counted node 3 as 0 (no groups, no ending its previous waits).
+    servers[2].kill();
+    servers[0].restart();
+    let leader = wait_for_leader(&mut servers[..2]);
+    assert_eq!(until_accepted(&mut servers[leader].connect(), &["SET", "again", "1"]), Reply::Simple("OK".into()));
+    wait_until(Duration::from_secs(10), "node 1 at this build's level", || {
+        (level(&servers[0]) == THIS_LEVEL).then_some(())
+    });
+    run_clients(servers[0].port(), "r");
+}

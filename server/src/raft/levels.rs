@@ -20,6 +20,7 @@
 //! downgrade procedure).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,6 +131,8 @@ pub struct Levels {
     cluster: AtomicU32,
     /// Member → (the address it was asked at, the level it answered).
     known: Mutex<BTreeMap<NodeId, (String, u32)>>,
+    /// Where `known` is kept across restarts (`None`: not kept).
+    file: Option<PathBuf>,
 }
 
 impl Levels {
@@ -137,7 +140,30 @@ impl Levels {
     /// for an older build with 0). The cluster's level starts at 0: nobody asked yet.
     pub fn new(own: u32) -> Levels {
         assert!(own <= PROTOCOL_LEVEL, "a build cannot claim a level it does not read");
-        Levels { own, cluster: AtomicU32::new(0), known: Mutex::default() }
+        Levels { own, cluster: AtomicU32::new(0), known: Mutex::default(), file: None }
+    }
+
+    /// As `new`, remembering what members answered in `file` across restarts. A member
+    /// that is down keeps the level it last answered (as it does while this node runs:
+    /// it cannot take entries meanwhile); without the file, a node that restarted
+    /// while a member was down counted it as 0 until it came back, and wrote no groups
+    /// and did not end its previous run's waits. A missing or unreadable file is the
+    /// same as nobody heard from.
+    pub fn open(own: u32, file: PathBuf) -> Levels {
+        let known = std::fs::read_to_string(&file).map(|text| parse_known(&text)).unwrap_or_default();
+        Levels { own, cluster: AtomicU32::new(0), known: Mutex::new(known), file: Some(file) }
+    }
+
+    /// Writes `known` to the file, replacing it whole (a lost write only costs what
+    /// the file saves: the member counts as unheard).
+    fn keep(&self, known: &BTreeMap<NodeId, (String, u32)>) {
+        let Some(file) = &self.file else { return };
+        let text: String = known.iter().map(|(id, (addr, level))| format!("{id} {addr} {level}\n")).collect();
+        let temp = file.with_extension("tmp");
+        let written = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, file = %file.display(), "cannot keep the members' protocol levels");
+        }
     }
 
     /// This node's own level (what it answers a `PeerRequest::Level` with).
@@ -158,6 +184,7 @@ impl Levels {
     /// Records what asking `id` at `addr` found.
     fn record(&self, id: NodeId, addr: &str, probe: Probe) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let before = known.clone();
         match probe {
             Probe::Answered(level) => {
                 known.insert(id, (addr.to_string(), level));
@@ -173,13 +200,23 @@ impl Levels {
                 }
             }
         }
+        if *known != before {
+            self.keep(&known);
+        }
     }
 
     /// Recomputes the cluster's level over `members` (id → address; this node's own
     /// entry counts as its own level) and returns it.
     fn settle(&self, self_id: NodeId, members: &BTreeMap<NodeId, String>) -> u32 {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.retain(|id, _| members.contains_key(id));
+        let before = known.len();
+        // No membership yet (a node waiting to join) is not "every member removed".
+        if !members.is_empty() {
+            known.retain(|id, _| members.contains_key(id));
+        }
+        if known.len() != before {
+            self.keep(&known);
+        }
         let level = members
             .iter()
             .map(|(id, addr)| match known.get(id) {
@@ -191,6 +228,19 @@ impl Levels {
         self.cluster.store(level, Ordering::Relaxed);
         level
     }
+}
+
+/// Reads `keep`'s lines (`id addr level`); a line that does not parse is skipped.
+fn parse_known(text: &str) -> BTreeMap<NodeId, (String, u32)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            let addr = fields.next()?.to_string();
+            let level = fields.next()?.parse().ok()?;
+            fields.next().is_none().then_some((id, (addr, level)))
+        })
+        .collect()
 }
 
 /// Asks every other member for its level, now and every `PROBE_EVERY` or when the
@@ -258,6 +308,33 @@ mod tests {
         // A member at a new address is unheard until it answers there.
         levels.record(2, "b:2", Probe::Unreachable);
         assert_eq!(levels.settle(1, &members(&[(1, "a:1"), (2, "b:2")])), 0);
+    }
+
+    #[test]
+    fn a_restarted_node_remembers_what_members_answered() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("levels");
+        let three = members(&[(1, "a:1"), (2, "b:1"), (3, "c:1")]);
+        let levels = Levels::open(PROTOCOL_LEVEL, file.clone());
+        levels.record(2, "b:1", Probe::Answered(PROTOCOL_LEVEL));
+        levels.record(3, "c:1", Probe::Answered(1));
+        assert_eq!(levels.settle(1, &three), 1);
+        // Restarted while node 3 is down: it counts at what it last answered, not as 0.
+        let again = Levels::open(PROTOCOL_LEVEL, file.clone());
+        again.record(2, "b:1", Probe::Answered(PROTOCOL_LEVEL));
+        again.record(3, "c:1", Probe::Unreachable);
+        assert_eq!(again.settle(1, &three), 1);
+        // Removed from the membership: forgotten, in the file too.
+        assert_eq!(again.settle(1, &members(&[(1, "a:1"), (2, "b:1")])), PROTOCOL_LEVEL);
+        assert_eq!(Levels::open(PROTOCOL_LEVEL, file.clone()).settle(1, &three), 0, "node 3 is unheard");
+        // A damaged file is the same as nobody heard from.
+        std::fs::write(&file, "garbage\n2 b:1 x\n3 c:1 2 extra\n").expect("write");
+        assert_eq!(Levels::open(PROTOCOL_LEVEL, file.clone()).settle(1, &three), 0);
+        // No membership yet (waiting to join) forgets nobody.
+        std::fs::write(&file, "2 b:1 2\n3 c:1 2\n").expect("write");
+        let joining = Levels::open(PROTOCOL_LEVEL, file.clone());
+        joining.settle(1, &BTreeMap::new());
+        assert_eq!(joining.settle(1, &three), PROTOCOL_LEVEL.min(2));
     }
 
     #[test]
