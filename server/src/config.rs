@@ -52,6 +52,14 @@ pub struct Flags {
     /// granted or handed an item for nobody.
     #[arg(long, env = "FENCELOCK_TCP_KEEPALIVE")]
     pub tcp_keepalive: Option<u64>,
+    /// Resident memory, in MiB, past which commands that add data (SET, pushes, a new
+    /// lock, semaphore permit, candidacy or session, ...) are refused with Redis's `OOM`
+    /// error, as redis-server's `maxmemory` with `noeviction`; reads and whatever frees
+    /// memory still run. 0: no bound (0..=1073741824) [default: half of this machine's
+    /// memory]. Every node replays the same log, so without a bound clients adding data
+    /// would drive all of them out of memory at once, and again on every restart.
+    #[arg(long, env = "FENCELOCK_MAXMEMORY_MIB")]
+    pub maxmemory_mib: Option<u64>,
     /// Every voter of a static cluster, this node included: `1=host:peer-port,2=...`.
     /// Without it the node runs alone.
     #[arg(long, env = "FENCELOCK_PEERS")]
@@ -111,6 +119,7 @@ pub struct FileSettings {
     snapshot_log_mib: Option<u64>,
     silent_node_ms: Option<u64>,
     tcp_keepalive: Option<u64>,
+    maxmemory_mib: Option<u64>,
     peers: Option<String>,
     join: Option<String>,
     peer_pipeline: Option<usize>,
@@ -143,6 +152,8 @@ pub struct Settings {
     pub silent_node_ms: u64,
     /// Idle seconds before keepalive probes on client connections (0: off).
     pub tcp_keepalive: u64,
+    /// Resident bytes past which commands that add data are refused (0: no bound).
+    pub maxmemory_bytes: u64,
     /// Static cluster members: node id → peer address (empty: a single node).
     pub peers: std::collections::BTreeMap<u64, String>,
     /// A member's client address to join through (`--join`).
@@ -228,6 +239,13 @@ impl Settings {
             snapshot_log_mib: flags.snapshot_log_mib.or(file.snapshot_log_mib).unwrap_or(64),
             silent_node_ms: flags.silent_node_ms.or(file.silent_node_ms).unwrap_or(30_000),
             tcp_keepalive: flags.tcp_keepalive.or(file.tcp_keepalive).unwrap_or(300),
+            maxmemory_bytes: match flags.maxmemory_mib.or(file.maxmemory_mib) {
+                Some(mib) if mib > MAXMEMORY_MIB_MAX => {
+                    return Err(format!("maxmemory-mib must be 0..={MAXMEMORY_MIB_MAX}, got {mib}"))
+                }
+                Some(mib) => mib << 20,
+                None => crate::memory::default_max_bytes(),
+            },
             peers: parse_peers(flags.peers.as_deref().or(file.peers.as_deref()).unwrap_or(""))?,
             join: flags.join.or(file.join).filter(|j| !j.is_empty()),
             peer_pipeline: flags.peer_pipeline.or(file.peer_pipeline).unwrap_or(1),
@@ -297,6 +315,9 @@ pub const SILENT_NODE_MS_MIN: u64 = 1_000;
 pub const SILENT_NODE_MS_MAX: u64 = 86_400_000;
 /// Longest `--tcp-keepalive`, in seconds: a day.
 pub const TCP_KEEPALIVE_MAX: u64 = 86_400;
+/// Largest `--maxmemory-mib`: a pebibyte, which keeps the byte count far from
+/// overflowing.
+pub const MAXMEMORY_MIB_MAX: u64 = 1 << 30;
 
 #[cfg(test)]
 mod tests {
@@ -380,6 +401,18 @@ mod tests {
             let e = Settings::resolve(Flags::parse_from(["fencelock", &option, &bad.to_string()])).unwrap_err();
             assert_eq!(e, format!("{flag} must be {lo}..={hi}, got {bad}"));
         }
+    }
+
+    #[test]
+    fn maxmemory_is_bounded_and_defaults_to_half_the_machine() {
+        let resolve = |args: &[&str]| Settings::resolve(Flags::parse_from([&["fencelock"], args].concat()));
+        assert_eq!(resolve(&[]).unwrap().maxmemory_bytes, crate::memory::default_max_bytes());
+        assert_eq!(resolve(&["--maxmemory-mib", "0"]).unwrap().maxmemory_bytes, 0);
+        assert_eq!(resolve(&["--maxmemory-mib", "1073741824"]).unwrap().maxmemory_bytes, 1 << 50);
+        assert_eq!(
+            resolve(&["--maxmemory-mib", "1073741825"]).unwrap_err(),
+            "maxmemory-mib must be 0..=1073741824, got 1073741825"
+        );
     }
 
     #[test]

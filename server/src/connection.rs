@@ -268,6 +268,13 @@ async fn handle(
             return Some(Wire::Array(vec![Wire::text("pong"), Wire::Bulk(message.clone().unwrap_or_default())]));
         }
     }
+    if session.authenticated && grows_past_maxmemory(server, &request) {
+        // Inside MULTI the transaction is discarded at EXEC, as Redis does.
+        if session.multi.is_some() {
+            session.multi_failed = true;
+        }
+        return Some(Wire::Error(server.memory.refusal()));
+    }
     if session.multi.is_some()
         && !matches!(request, Request::Conn(Conn::Exec | Conn::Discard | Conn::Multi | Conn::Quit | Conn::Reset))
     {
@@ -311,6 +318,19 @@ async fn handle(
         Request::ClusterStatus => Wire::Bulk(Bytes::from(server.node.cluster_status().await)),
     };
     Some(reply)
+}
+
+/// Whether `request` may add data while this node is past `--maxmemory-mib`
+/// (`memory`). Scripts are judged once their body is known (`eval`).
+fn grows_past_maxmemory(server: &Server, request: &Request) -> bool {
+    if !server.memory.over() {
+        return false;
+    }
+    match request {
+        Request::Core(command, _) | Request::Acquire { command, .. } => crate::memory::may_grow(command),
+        Request::ServiceRegister(_) => true,
+        _ => false,
+    }
 }
 
 /// Queues a command inside MULTI. Only keyspace commands can run inside the
@@ -577,6 +597,20 @@ async fn eval(server: &Arc<Server>, source: Source, keys: Vec<Bytes>, args: Vec<
             None => return Wire::error("NOSCRIPT No matching script. Please use EVAL."),
         },
     };
+    // Past --maxmemory-mib only the lock clients' scripts that release or extend a
+    // lock run: any other script may add data (Redis refuses a script's writes then).
+    if server.memory.over() {
+        use crate::lua::known::{recognize, Known};
+        let frees = matches!(
+            recognize(&body),
+            Some(
+                Known::PyRelease | Known::PyExtend | Known::PyReacquire | Known::RedlockExtend | Known::RedlockRelease
+            )
+        );
+        if !frees {
+            return Wire::Error(server.memory.refusal());
+        }
+    }
     match server.node.eval(body, keys, args).await {
         Err(e) => node_error(e),
         Ok(Ok(reply)) => reply.into_wire(),

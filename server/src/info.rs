@@ -61,7 +61,7 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
     out
 }
 
-/// INFO [section ...]: server, clients, persistence, stats, replication, keyspace.
+/// INFO [section ...]: server, clients, memory, persistence, stats, replication, keyspace.
 pub fn info(server: &Server, sections: &[Bytes]) -> String {
     let wanted = |name: &str| {
         sections.is_empty()
@@ -92,6 +92,14 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
             "# Clients\r\nconnected_clients:{connected}\r\nblocked_clients:{}\r\nmaxclients:{}\r\n\r\n",
             server.stats.blocked.load(Ordering::Relaxed),
             server.config.connections_max
+        );
+    }
+    if wanted("memory") {
+        // The resident size is what `--maxmemory-mib` is checked against (`memory`);
+        // used_memory reports it too, for tools that read only that field.
+        let (rss, max) = (server.memory.rss_bytes(), server.memory.max_bytes());
+        out += &format!(
+            "# Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:{max}\r\nmaxmemory_policy:noeviction\r\n\r\n"
         );
     }
     if wanted("persistence") {

@@ -61,6 +61,7 @@ pub async fn launch(settings: &Settings) -> Result<Launched, String> {
         request_limits: RequestLimits::default(),
         connections_max: settings.maxclients,
         tcp_keepalive: std::time::Duration::from_secs(settings.tcp_keepalive),
+        maxmemory_bytes: settings.maxmemory_bytes,
     };
     let server = Server::new(Arc::clone(&node), config, port);
     let serving = tokio::spawn(Arc::clone(&server).run(listener));

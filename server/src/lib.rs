@@ -23,6 +23,7 @@ pub mod idle_spin;
 pub mod info;
 pub mod launch;
 pub mod lua;
+pub mod memory;
 pub mod node;
 pub mod pubsub;
 pub mod raft;

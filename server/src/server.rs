@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// Silence on a client connection before keepalive probes (`--tcp-keepalive`; zero:
     /// none).
     pub tcp_keepalive: Duration,
+    /// Resident bytes past which commands that add data are refused (`--maxmemory-mib`;
+    /// zero: none).
+    pub maxmemory_bytes: u64,
 }
 
 /// One client, as CLIENT LIST shows it.
@@ -115,6 +118,8 @@ pub struct Server {
     pub started: Instant,
     /// A random id for this process (INFO run_id).
     pub run_id: String,
+    /// `--maxmemory-mib` and the resident size.
+    pub memory: Arc<crate::memory::MemoryGate>,
     next_client: AtomicU64,
 }
 
@@ -123,6 +128,7 @@ impl Server {
     pub fn new(node: Arc<Node>, config: ServerConfig, port: u16) -> Arc<Server> {
         Arc::new(Server {
             node,
+            memory: crate::memory::MemoryGate::new(config.maxmemory_bytes),
             config,
             clients: Mutex::new(BTreeMap::new()),
             scripts: Mutex::new(ScriptCache::default()),
@@ -138,6 +144,7 @@ impl Server {
     /// served at once: the rest wait in the kernel's accept queue.
     pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let slots = Arc::new(Semaphore::new(self.config.connections_max));
+        tokio::spawn(Arc::clone(&self.memory).run());
         loop {
             let permit = Arc::clone(&slots).acquire_owned().await.expect("semaphore never closes");
             let (stream, addr) = listener.accept().await?;

@@ -1227,3 +1227,97 @@ fn an_idle_client_connection_is_probed_by_keepalive_as_tcp_keepalive_says() {
         }
     }
 }
+
+/// redis-py's `Lock.LUA_RELEASE_SCRIPT`, byte for byte.
+const PY_RELEASE: &str = "\n        local token = redis.call('get', KEYS[1])\n        if not token or token ~= ARGV[1] then\n            return 0\n        end\n        redis.call('del', KEYS[1])\n        return 1\n    ";
+
+fn is_oom(reply: &Reply) -> bool {
+    reply.is_error() && format!("{reply:?}").contains("OOM command not allowed when used memory > 'maxmemory'")
+}
+
+#[test]
+fn past_maxmemory_writes_that_add_data_are_refused_and_the_rest_still_run() {
+    let server = Server::start_with(&["--maxmemory-mib", "1024"]);
+    let mut c = server.connect();
+    assert_eq!(c.cmd(&["SET", "kept", "1"]), Reply::Simple("OK".into()));
+    let lock = c.cmd(&["LOCK", "held", "30000", "TOKEN", "t1"]);
+    assert!(!lock.is_error(), "{lock:?}");
+    let memory = c.cmd(&["INFO", "memory"]).text();
+    assert!(memory.contains("maxmemory:1073741824\r\n") && memory.contains("maxmemory_policy:noeviction"), "{memory}");
+    drop(c);
+    drop(server);
+
+    // 1 MiB is below any process's resident size: over the bound from the start.
+    let server = Server::start_with(&["--maxmemory-mib", "1"]);
+    let mut c = server.connect();
+    for refused in [
+        vec!["SET", "k", "v"],
+        vec!["RPUSH", "l", "x"],
+        vec!["HSET", "h", "f", "v"],
+        vec!["LOCK", "held", "30000", "TOKEN", "t1"],
+        vec!["SESSION.OPEN", "10000"],
+        vec!["QUEUE.PUSH", "q", "job"],
+        vec!["EVAL", "return redis.call('SET', KEYS[1], 'x')", "1", "k"],
+    ] {
+        let reply = c.cmd(&refused);
+        assert!(is_oom(&reply), "{refused:?}: {reply:?}");
+    }
+    // Reads, deletes, releases and the lock clients' release script still run, and the
+    // connection goes on.
+    assert!(c.cmd(&["GET", "k"]).is_null());
+    assert_eq!(c.cmd(&["DEL", "k"]), Reply::Int(0));
+    let unlock = c.cmd(&["UNLOCK", "held", "t1"]);
+    assert!(format!("{unlock:?}").contains("NOTHOLDER"), "UNLOCK ran: {unlock:?}");
+    assert_eq!(c.cmd(&["EVAL", PY_RELEASE, "1", "k", "token"]), Reply::Int(0));
+    assert!(c.cmd(&["QUEUE.POP", "q"]).is_null());
+    assert_eq!(c.raw(&["PING"]), "+PONG\r\n");
+    // Inside MULTI the refused command aborts the transaction, as in Redis.
+    assert_eq!(c.cmd(&["MULTI"]), Reply::Simple("OK".into()));
+    assert!(is_oom(&c.cmd(&["SET", "k", "v"])));
+    let exec = c.cmd(&["EXEC"]);
+    assert!(format!("{exec:?}").contains("EXECABORT"), "{exec:?}");
+    let memory = c.cmd(&["INFO", "memory"]).text();
+    let rss: u64 = memory
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory_rss:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory_rss");
+    assert!(rss > 1 << 20 && memory.contains("maxmemory:1048576\r\n"), "{memory}");
+}
+
+fn rss_of(c: &mut Client) -> u64 {
+    let memory = c.cmd(&["INFO", "memory"]).text();
+    memory.lines().find_map(|l| l.strip_prefix("used_memory_rss:")).and_then(|v| v.trim().parse().ok()).expect("rss")
+}
+
+#[test]
+fn clients_filling_a_node_are_stopped_at_maxmemory() {
+    // This build's resident size once started, then a bound 64 MiB above it.
+    let base_mib = {
+        let server = Server::start();
+        let mut c = server.connect();
+        assert_eq!(c.cmd(&["SET", "warm", "1"]), Reply::Simple("OK".into()));
+        rss_of(&mut c) >> 20
+    };
+    let bound_mib = base_mib + 64;
+    let server = Server::start_with(&["--maxmemory-mib", &bound_mib.to_string()]);
+    let mut c = server.connect();
+    let value = "v".repeat(1 << 20);
+    let mut stored = 0;
+    let refused = loop {
+        let reply = c.cmd(&["SET", &format!("big:{stored}"), &value]);
+        if reply.is_error() {
+            break reply;
+        }
+        stored += 1;
+        assert!(stored < 1_000, "1 GiB stored under a bound of {bound_mib} MiB");
+        // The size is read every 100 ms.
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(is_oom(&refused), "{refused:?}");
+    eprintln!("refused after {stored} values of 1 MiB: base {base_mib} MiB, bound {bound_mib} MiB");
+    assert!(rss_of(&mut c) > bound_mib << 20, "refused below the bound");
+    // Everything acknowledged is there, and deleting still works.
+    assert_eq!(c.cmd(&["EXISTS", "big:0", &format!("big:{}", stored - 1)]), Reply::Int(2));
+    assert_eq!(c.cmd(&["DEL", "big:0"]), Reply::Int(1));
+}

@@ -1,0 +1,143 @@
+//! Admission by memory: redis-server's `maxmemory` with its `noeviction` policy, and
+//! the reason etcd has `--quota-backend-bytes`.
+//!
+//! Every write goes through the log to every replica and is replayed from it after a
+//! restart. Without a bound, clients that keep adding data drive every node out of
+//! memory together, and each one that restarts replays the same log into the same
+//! end: the whole cluster crash-loops. So past `--maxmemory-mib` of resident memory a
+//! node refuses the commands that add data (SET, pushes, a new lock or session, ...)
+//! with Redis's `OOM` error, before they reach the log, and keeps serving reads and
+//! everything that frees memory (DEL, UNLOCK, pops, releases, renewals).
+//!
+//! The check is admission, not part of apply: it reads this process's resident size,
+//! which differs between nodes, so it must never decide what an entry does. A write
+//! admitted just before the bound is crossed still applies everywhere.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::Command;
+
+/// The error a refused command gets, as Redis words it (clients map the `OOM` prefix
+/// to their out-of-memory error).
+pub const OOM_ERROR: &str = "OOM command not allowed when used memory > 'maxmemory'";
+
+/// How often the resident size is read.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The bound and the last resident size read.
+pub struct MemoryGate {
+    max_bytes: u64,
+    rss_bytes: AtomicU64,
+}
+
+impl MemoryGate {
+    /// A gate at `max_bytes` of resident memory (0: none). Reads the size once now.
+    pub fn new(max_bytes: u64) -> Arc<MemoryGate> {
+        Arc::new(MemoryGate { max_bytes, rss_bytes: AtomicU64::new(rss_bytes()) })
+    }
+
+    /// The bound in bytes (0: none).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The resident size as last read.
+    pub fn rss_bytes(&self) -> u64 {
+        self.rss_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether commands that add data are refused now.
+    pub fn over(&self) -> bool {
+        self.max_bytes != 0 && self.rss_bytes() > self.max_bytes
+    }
+
+    /// The error for a refused command, with the sizes.
+    pub fn refusal(&self) -> String {
+        format!(
+            "{OOM_ERROR}: {} MiB resident, --maxmemory-mib {}; delete data or raise the bound",
+            self.rss_bytes() >> 20,
+            self.max_bytes >> 20
+        )
+    }
+
+    /// Reads the resident size every `SAMPLE_EVERY` for as long as the process runs.
+    pub async fn run(self: Arc<Self>) {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.rss_bytes.store(rss_bytes(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// This process's resident set size (0 where /proc is not there: no refusals).
+fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * page_bytes()
+}
+
+fn page_bytes() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+/// Half of this machine's physical memory: the default bound (0 where it cannot be
+/// read: none). It leaves room for a snapshot being built, which briefly holds an
+/// encoded copy of the state.
+pub fn default_max_bytes() -> u64 {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else { return 0 };
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0);
+    total_kib * 1024 / 2
+}
+
+/// Whether applying `command` may leave the state larger (Redis's `denyoom` commands):
+/// what only reads, deletes, releases, renews or pops is let through past the bound,
+/// so clients can always make room.
+pub fn may_grow(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Set(_)
+            | Command::IncrBy { .. }
+            | Command::HSet { .. }
+            | Command::HIncrBy { .. }
+            | Command::Push { .. }
+            | Command::Lock(_)
+            | Command::SemAcquire(_)
+            | Command::Campaign(_)
+            | Command::Proclaim { .. }
+            | Command::SessionOpen { .. }
+            | Command::CounterAdd { .. }
+            | Command::QueuePush { .. }
+            | Command::BarrierWait { .. }
+            | Command::BarrierEnter { .. }
+            | Command::BarrierEnterSession { .. }
+            | Command::ConfigSet { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resident_size_and_the_machines_memory_are_read() {
+        let rss = rss_bytes();
+        assert!(rss > 1 << 20, "a running test process is bigger than 1 MiB: {rss}");
+        assert!(default_max_bytes() > rss, "half the machine is more than this test");
+        let gate = MemoryGate::new(1 << 20);
+        assert!(gate.over());
+        assert!(gate.refusal().starts_with("OOM command not allowed when used memory > 'maxmemory': "));
+        assert!(!MemoryGate::new(0).over(), "0 is no bound");
+        assert!(!MemoryGate::new(u64::MAX).over());
+    }
+}
