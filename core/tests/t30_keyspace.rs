@@ -215,30 +215,12 @@ fn blocking_pop_serves_waiters_in_order_and_times_out() {
     let w2 = waiter(d.ok(Command::BlockingPop { keys: vec![b("q2")], wait_ms: None, left: true }));
     let out = d.run(Command::Push { key: b("q2"), values: vec![b("x")], left: false });
     assert_eq!(out.reply, Ok(Reply::Int(1)), "the reply counts the element before it is handed over");
-    assert!(
-        out.events.contains(&Event::Popped {
-            waiter: w1,
-            key: b("q2"),
-            value: b("x"),
-            priority: 0,
-            session: 0,
-            seq: 0
-        }),
-        "{:?}",
-        out.events
-    );
+    assert!(out.events.contains(&popped(w1, "q2", "x")), "{:?}", out.events);
     assert_eq!(d.read(Command::Exists { keys: vec![b("q2")] }), Reply::Int(0));
     let out = d.run(Command::Push { key: b("q1"), values: vec![b("y")], left: false });
     assert!(!out.events.iter().any(|e| matches!(e, Event::Popped { .. })), "w1 left both queues when served");
     let out = d.run(Command::Push { key: b("q2"), values: vec![b("z")], left: false });
-    assert!(out.events.contains(&Event::Popped {
-        waiter: w2,
-        key: b("q2"),
-        value: b("z"),
-        priority: 0,
-        session: 0,
-        seq: 0
-    }));
+    assert!(out.events.contains(&popped(w2, "q2", "z")));
     // Immediate pop when an element is there.
     assert_eq!(
         d.ok(Command::BlockingPop { keys: vec![b("empty"), b("q1")], wait_ms: Some(1), left: true }),

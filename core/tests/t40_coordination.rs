@@ -66,14 +66,7 @@ fn queues_are_priority_then_fifo_with_blocking_pop() {
     assert_eq!(pop(&mut d), Reply::Nil);
     let w = waiter(d.ok(Command::QueuePop { name: b("q"), wait: Wait::Queue { wait_ms: Some(1_000), priority: 0 } }));
     let out = d.run(Command::QueuePush { name: b("q"), values: vec![b("job")], priority: 0, session: None });
-    assert!(out.events.contains(&Event::Popped {
-        waiter: w,
-        key: b("q"),
-        value: b("job"),
-        priority: 0,
-        session: 0,
-        seq: 0
-    }));
+    assert!(out.events.contains(&popped(w, "q", "job")));
     assert_eq!(d.read(Command::QueueLen { name: b("q") }), Reply::Int(0));
     // The event carries the item's priority and session: a server whose client went
     // away pushes it back with them.

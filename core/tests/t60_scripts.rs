@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use fencelock_core::{Command, Error, Event, Reply, SetExpiry, SetRequest};
+use fencelock_core::{Command, Error, Reply, SetExpiry, SetRequest};
 
 #[test]
 fn a_successful_script_keeps_every_write() {
@@ -81,17 +81,6 @@ fn a_push_in_a_script_serves_a_blocked_popper_only_if_the_script_commits() {
     let out = d.sm.apply_script(d.index, d.now_ms, |s| {
         s.call(Command::Push { key: b("q"), values: vec![b("job")], left: false })
     });
-    assert!(
-        out.events.contains(&Event::Popped {
-            waiter: w,
-            key: b("q"),
-            value: b("job"),
-            priority: 0,
-            session: 0,
-            seq: 0
-        }),
-        "{:?}",
-        out.events
-    );
+    assert!(out.events.contains(&popped(w, "q", "job")), "{:?}", out.events);
     d.sm.check_invariants().unwrap();
 }

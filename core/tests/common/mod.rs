@@ -161,3 +161,9 @@ pub fn key_equals(key: &str, value: Option<&str>) -> Condition {
 pub fn granted_waiters(events: &[Event]) -> Vec<u64> {
     events.iter().filter_map(|e| if let Event::Granted { waiter, .. } = e { Some(*waiter) } else { None }).collect()
 }
+
+/// The event of a pop that takes a list element, or a queue's first item of priority 0
+/// pushed without a session.
+pub fn popped(waiter: u64, key: &str, value: &str) -> Event {
+    Event::Popped { waiter, key: b(key), value: b(value), priority: 0, session: 0, seq: 0 }
+}
