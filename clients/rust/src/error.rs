@@ -16,7 +16,8 @@ pub enum Error {
     /// `CONDFAILED`: an acquire's condition did not hold.
     #[error("{0}")]
     ConditionFailed(String),
-    /// `LIMIT`: a server limit was reached; the message names it.
+    /// `LIMIT` (or `OOM`, past the node's memory bound): a server limit was reached; the
+    /// message names it.
     #[error("{0}")]
     Limit(String),
     /// `NOAUTH` / `WRONGPASS`.
@@ -63,7 +64,8 @@ impl Error {
             "TOKENMISMATCH" | "HELDDIFFERENTLY" | "LOCKED" => Error::Conflict(text),
             "NOSESSION" => Error::NoSession(text),
             "CONDFAILED" => Error::ConditionFailed(text),
-            "LIMIT" => Error::Limit(text),
+            // A node past --maxmemory-mib refuses writes that add data: a bound, as LIMIT.
+            "LIMIT" | "OOM" => Error::Limit(text),
             "NOAUTH" | "WRONGPASS" => Error::Auth(text),
             "TRYAGAIN" => Error::Unavailable(text),
             _ => Error::Invalid(text),
@@ -110,6 +112,8 @@ mod tests {
     fn server_codes_map_to_kinds() {
         assert_eq!(Error::from_server("NOTHOLDER not the holder of 'a'").kind(), "NotHolder");
         assert_eq!(Error::from_server("LIMIT too many locks (max 10)").kind(), "LimitExceeded");
+        let oom = "OOM command not allowed when used memory > 'maxmemory': 2100 MiB resident, --maxmemory-mib 2048";
+        assert_eq!(Error::from_server(oom).kind(), "LimitExceeded");
         assert_eq!(Error::from_server("NOSESSION session 5 ended").kind(), "NoSession");
         assert!(Error::from_server("TRYAGAIN no leader available right now").is_try_again());
         let shutting =
