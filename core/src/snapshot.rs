@@ -83,9 +83,22 @@ fn read_sections(st: &mut State, bytes: &[u8]) -> Result<(), SnapshotError> {
     if !rest.is_empty() {
         return Err(SnapshotError::Corrupt(format!("{} trailing bytes", rest.len())));
     }
+    // Only what `write_state` writes reads back: a list, if there is one, of sections
+    // that each hold something, each kind once. Anything else would restore to a state
+    // whose snapshot is other bytes (a trailing zero byte decodes as an empty list).
+    if sections.is_empty() {
+        return Err(SnapshotError::Corrupt("an empty section list".into()));
+    }
+    let mut seen_barrier_sessions = false;
     for section in sections {
         match section {
-            Section::BarrierSessions(bound) => st.barrier_sessions = bound,
+            Section::BarrierSessions(bound) if bound.is_empty() || seen_barrier_sessions => {
+                return Err(SnapshotError::Corrupt("an empty or repeated section".into()));
+            }
+            Section::BarrierSessions(bound) => {
+                st.barrier_sessions = bound;
+                seen_barrier_sessions = true;
+            }
         }
     }
     Ok(())
