@@ -36,13 +36,18 @@ pub(crate) struct Semaphore {
 /// and whether a shared timer is still in use). A list scanned on every acquire made
 /// filling a semaphore of many permits quadratic.
 ///
+/// A token holds one grant since 6750616, but a state from before it may hold two
+/// under one token (two waits granted); the list took that, so this does too: a token
+/// names its lowest fence, as the first match in the list did.
+///
 /// Encoded as the list of holders in fence order, exactly as the `Vec` it replaced
 /// (fences only grow, so that list was in fence order): snapshots did not change. The
 /// lookups are rebuilt when a snapshot is read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct PermitHolders {
     by_fence: BTreeMap<u64, PermitHolder>,
-    by_token: BTreeMap<Bytes, u64>,
+    /// (token, fence).
+    by_token: BTreeSet<(Bytes, u64)>,
     /// (deadline, fence); `NEVER` (session-bound) sorts last.
     by_deadline: BTreeSet<(u64, u64)>,
 }
@@ -57,25 +62,25 @@ impl PermitHolders {
     }
 
     pub fn fence_of(&self, token: &[u8]) -> Option<u64> {
-        self.by_token.get(token).copied()
+        let token = Bytes::copy_from_slice(token);
+        self.by_token.range((token.clone(), 0)..=(token, u64::MAX)).next().map(|(_, fence)| *fence)
     }
 
     pub fn get(&self, fence: u64) -> Option<&PermitHolder> {
         self.by_fence.get(&fence)
     }
 
-    /// Adds a grant: its fence is above every holder's, its token held by none.
+    /// Adds a grant: its fence is above every holder's.
     pub fn insert(&mut self, holder: PermitHolder) {
         assert!(self.by_fence.last_key_value().is_none_or(|(last, _)| *last < holder.fence), "fences only grow");
-        let token = Bytes::copy_from_slice(holder.ident.token());
-        assert!(self.by_token.insert(token, holder.fence).is_none(), "one grant per token");
+        self.by_token.insert((Bytes::copy_from_slice(holder.ident.token()), holder.fence));
         self.by_deadline.insert((holder.deadline_ms, holder.fence));
         self.by_fence.insert(holder.fence, holder);
     }
 
     pub fn remove(&mut self, fence: u64) -> Option<PermitHolder> {
         let holder = self.by_fence.remove(&fence)?;
-        self.by_token.remove(holder.ident.token());
+        self.by_token.remove(&(Bytes::copy_from_slice(holder.ident.token()), fence));
         self.by_deadline.remove(&(holder.deadline_ms, fence));
         Some(holder)
     }
@@ -102,12 +107,9 @@ impl PermitHolders {
 
     /// The lookups agree with the holders (`check_invariants`).
     pub fn check(&self) -> std::result::Result<(), String> {
-        let tokens: BTreeMap<Bytes, u64> =
+        let tokens: BTreeSet<(Bytes, u64)> =
             self.iter().map(|h| (Bytes::copy_from_slice(h.ident.token()), h.fence)).collect();
         let deadlines: BTreeSet<(u64, u64)> = self.iter().map(|h| (h.deadline_ms, h.fence)).collect();
-        if tokens.len() != self.by_fence.len() {
-            return Err("two permit grants under one token".into());
-        }
         if self.by_fence.iter().any(|(fence, h)| *fence != h.fence) || tokens != self.by_token {
             return Err("permit holders' token lookup out of step".into());
         }
@@ -132,9 +134,8 @@ impl<'de> Deserialize<'de> for PermitHolders {
             if !holder.ident.fits() {
                 return Err(serde::de::Error::custom("a permit holder's identity overruns its bytes"));
             }
-            let in_order = holders.by_fence.last_key_value().is_none_or(|(last, _)| *last < holder.fence);
-            if !in_order || holders.by_token.contains_key(holder.ident.token()) {
-                return Err(serde::de::Error::custom("permit holders out of fence order, or a token twice"));
+            if holders.by_fence.last_key_value().is_some_and(|(last, _)| *last >= holder.fence) {
+                return Err(serde::de::Error::custom("permit holders out of fence order"));
             }
             holders.insert(holder);
         }
@@ -369,10 +370,20 @@ mod tests {
         assert!(back.any_with_deadline(900) && !back.any_with_deadline(901));
         let due: Vec<u64> = back.due(|d| d < 1_000).map(|h| h.fence).collect();
         assert_eq!(due, vec![3, 9]);
-        // A list out of fence order, or with a token twice, is not a state apply makes.
+        // A list out of fence order is not a state apply makes.
         let swapped = vec![holder(8, "b", 1), holder(3, "a", 1)];
         assert!(postcard::from_bytes::<PermitHolders>(&postcard::to_stdvec(&swapped).unwrap()).is_err());
-        let twice = vec![holder(3, "a", 1), holder(8, "a", 1)];
-        assert!(postcard::from_bytes::<PermitHolders>(&postcard::to_stdvec(&twice).unwrap()).is_err());
+        // Two grants under one token are, from builds before 6750616: the token names
+        // the lower fence, as the list's first match did, and the other stays reachable.
+        let twice = vec![holder(3, "a", 1), holder(8, "a", 2)];
+        let bytes = postcard::to_stdvec(&twice).unwrap();
+        let mut back: PermitHolders = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes);
+        back.check().unwrap();
+        assert_eq!(back.fence_of(b"a"), Some(3));
+        back.remove(3);
+        assert_eq!(back.fence_of(b"a"), Some(8));
+        back.insert(holder(9, "a", 1));
+        back.check().unwrap();
     }
 }

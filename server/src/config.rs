@@ -46,7 +46,7 @@ pub struct Flags {
     pub silent_node_ms: Option<u64>,
     /// Seconds of silence on a client connection before the kernel sends it keepalive
     /// probes (then every third of that, and after 3 unanswered ones the connection is
-    /// dropped), as redis-server's `tcp-keepalive`; 0 turns them off (0..=86400)
+    /// dropped), as redis-server's `tcp-keepalive`; 0 turns them off (0..=32767)
     /// [default: 300]. A client whose host vanished without closing its connection is
     /// otherwise never noticed: its blocked LOCK or QUEUE.POP stays queued, and is
     /// granted or handed an item for nobody.
@@ -313,8 +313,9 @@ impl Settings {
 pub const SILENT_NODE_MS_MIN: u64 = 1_000;
 /// Longest `--silent-node-ms`: a day.
 pub const SILENT_NODE_MS_MAX: u64 = 86_400_000;
-/// Longest `--tcp-keepalive`, in seconds: a day.
-pub const TCP_KEEPALIVE_MAX: u64 = 86_400;
+/// Longest `--tcp-keepalive`, in seconds: Linux refuses a longer TCP_KEEPIDLE (and
+/// the connection would then keep the kernel's two-hour default without a word).
+pub const TCP_KEEPALIVE_MAX: u64 = 32_767;
 /// Largest `--maxmemory-mib`: a pebibyte, which keeps the byte count far from
 /// overflowing.
 pub const MAXMEMORY_MIB_MAX: u64 = 1 << 30;
@@ -417,7 +418,7 @@ mod tests {
 
     #[test]
     fn tcp_keepalive_is_bounded() {
-        assert_bounded("tcp-keepalive", |s| s.tcp_keepalive, 300, 0, 86_400);
+        assert_bounded("tcp-keepalive", |s| s.tcp_keepalive, 300, 0, 32_767);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +133,8 @@ pub struct Levels {
     known: Mutex<BTreeMap<NodeId, (String, u32)>>,
     /// Where `known` is kept across restarts (`None`: not kept).
     file: Option<PathBuf>,
+    /// `known` changed since it was last handed out to be kept.
+    changed: AtomicBool,
 }
 
 impl Levels {
@@ -140,7 +142,7 @@ impl Levels {
     /// for an older build with 0). The cluster's level starts at 0: nobody asked yet.
     pub fn new(own: u32) -> Levels {
         assert!(own <= PROTOCOL_LEVEL, "a build cannot claim a level it does not read");
-        Levels { own, cluster: AtomicU32::new(0), known: Mutex::default(), file: None }
+        Levels { own, cluster: AtomicU32::new(0), known: Mutex::default(), file: None, changed: AtomicBool::new(false) }
     }
 
     /// As `new`, remembering what members answered in `file` across restarts. A member
@@ -151,19 +153,24 @@ impl Levels {
     /// same as nobody heard from.
     pub fn open(own: u32, file: PathBuf) -> Levels {
         let known = std::fs::read_to_string(&file).map(|text| parse_known(&text)).unwrap_or_default();
-        Levels { own, cluster: AtomicU32::new(0), known: Mutex::new(known), file: Some(file) }
+        Levels {
+            own,
+            cluster: AtomicU32::new(0),
+            known: Mutex::new(known),
+            file: Some(file),
+            changed: AtomicBool::new(false),
+        }
     }
 
-    /// Writes `known` to the file, replacing it whole (a lost write only costs what
-    /// the file saves: the member counts as unheard).
-    fn keep(&self, known: &BTreeMap<NodeId, (String, u32)>) {
-        let Some(file) = &self.file else { return };
-        let text: String = known.iter().map(|(id, (addr, level))| format!("{id} {addr} {level}\n")).collect();
-        let temp = file.with_extension("tmp");
-        let written = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, file));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, file = %file.display(), "cannot keep the members' protocol levels");
+    /// What to write to the file if `known` changed since the last call: the file
+    /// and its new text. `run` writes it off the runtime thread (`write_kept`).
+    fn changes(&self) -> Option<(PathBuf, String)> {
+        let file = self.file.clone()?;
+        if !self.changed.swap(false, Ordering::Relaxed) {
+            return None;
         }
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        Some((file, known.iter().map(|(id, (addr, level))| format!("{id} {addr} {level}\n")).collect()))
     }
 
     /// This node's own level (what it answers a `PeerRequest::Level` with).
@@ -201,7 +208,7 @@ impl Levels {
             }
         }
         if *known != before {
-            self.keep(&known);
+            self.changed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -215,7 +222,7 @@ impl Levels {
             known.retain(|id, _| members.contains_key(id));
         }
         if known.len() != before {
-            self.keep(&known);
+            self.changed.store(true, Ordering::Relaxed);
         }
         let level = members
             .iter()
@@ -230,7 +237,35 @@ impl Levels {
     }
 }
 
-/// Reads `keep`'s lines (`id addr level`); a line that does not parse is skipped.
+/// Replaces `file` with `text`. A lost file only costs what it saves (its members
+/// count as unheard), but an older one coming back after a crash could count a member
+/// at a level it has since left: so the new file is synced before it replaces the old,
+/// and the directory after.
+fn write_kept(file: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = file.with_extension("tmp");
+    let mut out = std::fs::File::create(&temp)?;
+    out.write_all(text.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&temp, file)?;
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+/// Writes what changed in `levels` to its file, on a blocking thread: the node's one
+/// runtime thread must not wait on the disk.
+async fn keep(levels: &Levels) {
+    let Some((file, text)) = levels.changes() else { return };
+    let written = tokio::task::spawn_blocking(move || write_kept(&file, &text).map_err(|e| (file, e))).await;
+    if let Ok(Err((file, e))) = written {
+        tracing::warn!(error = %e, file = %file.display(), "cannot keep the members' protocol levels");
+    }
+}
+
+/// Reads the lines `changes` writes (`id addr level`); a line that does not parse is
+/// skipped.
 fn parse_known(text: &str) -> BTreeMap<NodeId, (String, u32)> {
     text.lines()
         .filter_map(|line| {
@@ -264,6 +299,7 @@ pub async fn run(raft: Raft, self_id: NodeId, levels: Arc<Levels>, routes: Arc<B
             levels.record(id, addr, found);
         }
         let level = levels.settle(self_id, &members);
+        keep(&levels).await;
         if last != Some(level) {
             tracing::info!(level, own = levels.own(), groups = level >= GROUPS_FROM_LEVEL, "cluster protocol level");
             last = Some(level);
@@ -310,8 +346,8 @@ mod tests {
         assert_eq!(levels.settle(1, &members(&[(1, "a:1"), (2, "b:2")])), 0);
     }
 
-    #[test]
-    fn a_restarted_node_remembers_what_members_answered() {
+    #[tokio::test]
+    async fn a_restarted_node_remembers_what_members_answered() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let file = dir.path().join("levels");
         let three = members(&[(1, "a:1"), (2, "b:1"), (3, "c:1")]);
@@ -319,6 +355,10 @@ mod tests {
         levels.record(2, "b:1", Probe::Answered(PROTOCOL_LEVEL));
         levels.record(3, "c:1", Probe::Answered(1));
         assert_eq!(levels.settle(1, &three), 1);
+        keep(&levels).await;
+        assert!(levels.changes().is_none(), "written once, until an answer changes");
+        levels.record(3, "c:1", Probe::Answered(1));
+        assert!(levels.changes().is_none(), "the same answer again is no change");
         // Restarted while node 3 is down: it counts at what it last answered, not as 0.
         let again = Levels::open(PROTOCOL_LEVEL, file.clone());
         again.record(2, "b:1", Probe::Answered(PROTOCOL_LEVEL));
@@ -326,6 +366,7 @@ mod tests {
         assert_eq!(again.settle(1, &three), 1);
         // Removed from the membership: forgotten, in the file too.
         assert_eq!(again.settle(1, &members(&[(1, "a:1"), (2, "b:1")])), PROTOCOL_LEVEL);
+        keep(&again).await;
         assert_eq!(Levels::open(PROTOCOL_LEVEL, file.clone()).settle(1, &three), 0, "node 3 is unheard");
         // A damaged file is the same as nobody heard from.
         std::fs::write(&file, "garbage\n2 b:1 x\n3 c:1 2 extra\n").expect("write");
