@@ -597,17 +597,18 @@ async fn eval(server: &Arc<Server>, source: Source, keys: Vec<Bytes>, args: Vec<
             None => return Wire::error("NOSCRIPT No matching script. Please use EVAL."),
         },
     };
-    // Past --maxmemory-mib only the lock clients' scripts that release or extend a
-    // lock run: any other script may add data (Redis refuses a script's writes then).
+    // Past --maxmemory-mib a script runs only if all it can do is read, delete or
+    // extend: the lock clients' release and extend scripts, and any other whose
+    // commands are named in its text and add nothing (`memory::script_only_frees`).
     if server.memory.over() {
         use crate::lua::known::{recognize, Known};
-        let frees = matches!(
+        let known_frees = matches!(
             recognize(&body),
             Some(
                 Known::PyRelease | Known::PyExtend | Known::PyReacquire | Known::RedlockExtend | Known::RedlockRelease
             )
         );
-        if !frees {
+        if !known_frees && !crate::memory::script_only_frees(&body) {
             return Wire::Error(server.memory.refusal());
         }
     }

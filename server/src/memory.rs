@@ -125,6 +125,90 @@ pub fn may_grow(command: &Command) -> bool {
     )
 }
 
+/// Commands a script may issue past the bound (`script_only_frees`): they read,
+/// delete, pop or change a TTL, and add nothing.
+const SCRIPT_FREES: &[&str] = &[
+    "GET",
+    "EXISTS",
+    "DEL",
+    "UNLINK",
+    "PEXPIRE",
+    "EXPIRE",
+    "PERSIST",
+    "PTTL",
+    "TTL",
+    "TYPE",
+    "HGET",
+    "HEXISTS",
+    "HGETALL",
+    "HDEL",
+    "LPOP",
+    "RPOP",
+    "PUBLISH",
+    "KEYS",
+    "SCAN",
+    "DBSIZE",
+    "FENCE",
+    "LOCK.INFO",
+];
+
+/// Parts of `redis` a script may use that issue no command.
+const SCRIPT_HELPERS: &[&str] = &[
+    "log",
+    "sha1hex",
+    "error_reply",
+    "status_reply",
+    "setresp",
+    "LOG_DEBUG",
+    "LOG_VERBOSE",
+    "LOG_NOTICE",
+    "LOG_WARNING",
+];
+
+/// Whether every command the script `body` can issue is named literally and adds
+/// nothing (`SCRIPT_FREES`), so it may run past the bound: a release script such as
+/// `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1])
+/// end`. Judged on the text: every use of `redis` must be `redis.call(` or
+/// `redis.pcall(` followed by a quoted name, or one of `SCRIPT_HELPERS`. A script that
+/// names a command any other way (a variable, an alias of `redis`, code built from
+/// strings) is taken as one that may add data.
+pub fn script_only_frees(body: &[u8]) -> bool {
+    const BUILDS_CODE: &[&[u8]] = &[b"loadstring", b"load(", b"_G", b"getfenv", b"setfenv", b"rawget", b"require"];
+    if BUILDS_CODE.iter().any(|word| body.windows(word.len()).any(|w| w == *word)) {
+        return false;
+    }
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut at = 0;
+    while let Some(found) = body[at..].windows(5).position(|w| w == b"redis") {
+        let start = at + found;
+        at = start + 5;
+        if start > 0 && is_ident(body[start - 1]) || body.get(at).is_some_and(|&b| is_ident(b)) {
+            continue; // part of another name
+        }
+        let Some(rest) = body[at..].strip_prefix(b".") else { return false };
+        let name_len = rest.iter().take_while(|&&b| is_ident(b)).count();
+        let (member, rest) = rest.split_at(name_len);
+        if SCRIPT_HELPERS.iter().any(|h| h.as_bytes() == member) {
+            continue;
+        }
+        if member != b"call" && member != b"pcall" {
+            return false;
+        }
+        let rest = rest.trim_ascii_start();
+        let Some(rest) = rest.strip_prefix(b"(") else { return false };
+        let rest = rest.trim_ascii_start();
+        let Some((&quote, rest)) = rest.split_first().filter(|(q, _)| **q == b'\'' || **q == b'"') else {
+            return false;
+        };
+        let Some(end) = rest.iter().position(|&b| b == quote) else { return false };
+        let command = rest[..end].to_ascii_uppercase();
+        if !SCRIPT_FREES.iter().any(|c| c.as_bytes() == command.as_slice()) {
+            return false;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +223,27 @@ mod tests {
         assert!(gate.refusal().starts_with("OOM command not allowed when used memory > 'maxmemory': "));
         assert!(!MemoryGate::new(0).over(), "0 is no bound");
         assert!(!MemoryGate::new(u64::MAX).over());
+    }
+
+    #[test]
+    fn a_script_runs_past_the_bound_only_if_its_commands_are_named_and_add_nothing() {
+        let release =
+            "if redis.call('get', KEYS[1]) == ARGV[1] then\n  return redis.call(\"DEL\", KEYS[1])\nend\nreturn 0";
+        assert!(script_only_frees(release.as_bytes()));
+        assert!(script_only_frees(b"redis.log(redis.LOG_NOTICE, 'x'); return redis.pcall( 'pexpire', KEYS[1], 100)"));
+        assert!(script_only_frees(b"return 1"), "no command at all");
+        for grows in [
+            "return redis.call('SET', KEYS[1], 'x')",
+            "redis.call('del', KEYS[1]); return redis.call('hincrby', KEYS[2], 'f', -1)",
+            "local c = 'SET'; return redis.call(c, KEYS[1], 'x')",
+            "local r = redis; return r.call('SET', KEYS[1], 'x')",
+            "return redis['call']('SET', KEYS[1], 'x')",
+            "return loadstring('return 1')()",
+            "return _G.redis.call('get', KEYS[1])",
+            "return redis.call(string.upper('set'), KEYS[1], 'x')",
+        ] {
+            assert!(!script_only_frees(grows.as_bytes()), "{grows}");
+        }
+        assert!(script_only_frees(b"local predis = 1; local redis_x = 2; return predis + redis_x"));
     }
 }

@@ -1269,6 +1269,11 @@ fn past_maxmemory_writes_that_add_data_are_refused_and_the_rest_still_run() {
     let unlock = c.cmd(&["UNLOCK", "held", "t1"]);
     assert!(format!("{unlock:?}").contains("NOTHOLDER"), "UNLOCK ran: {unlock:?}");
     assert_eq!(c.cmd(&["EVAL", PY_RELEASE, "1", "k", "token"]), Reply::Int(0));
+    // Another release script of the usual shape (as redsync's and redis-rb's) runs
+    // too: its commands are named in its text and add nothing.
+    let redsync =
+        "if redis.call(\"GET\", KEYS[1]) == ARGV[1] then\n\treturn redis.call(\"DEL\", KEYS[1])\nelse\n\treturn 0\nend";
+    assert_eq!(c.cmd(&["EVAL", redsync, "1", "k", "token"]), Reply::Int(0));
     assert!(c.cmd(&["QUEUE.POP", "q"]).is_null());
     assert_eq!(c.raw(&["PING"]), "+PONG\r\n");
     // Inside MULTI the refused command aborts the transaction, as in Redis.
