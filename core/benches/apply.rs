@@ -175,6 +175,15 @@ fn bench(c: &mut Criterion) {
         best_encode = best_encode.min(started.elapsed().as_secs_f64());
         snapshot_bytes = black_box(bytes).len();
     }
+    let bytes = table.sm.snapshot();
+    let mut best_restore = f64::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let restored = StateMachine::restore(table.sm.limits().clone(), &bytes).expect("own snapshot restores");
+        best_restore = best_restore.min(started.elapsed().as_secs_f64());
+        drop(black_box(restored));
+    }
+    println!("snapshot: restore (decode and check) {:.0} ms (best of 3)", best_restore * 1e3);
     println!(
         "snapshot: freeze {:.3} ms (under the state lock), encode {:.1} MB in {:.0} ms, {:.0} ns per held lock (best of 3)",
         best_freeze * 1e3,

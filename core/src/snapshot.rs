@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::SessionId;
@@ -71,6 +72,55 @@ fn write_state(st: &State, out: &mut Vec<u8>) {
         let sections = [Section::BarrierSessions(st.barrier_sessions.clone())];
         postcard::to_io(&sections[..], out).expect("writing to a Vec cannot fail");
     }
+}
+
+/// Reads a persistent map entry by entry. imbl's own reader reserves room for as
+/// many entries as the length prefix claims, so a damaged length panicked ("capacity
+/// overflow") instead of failing to decode; this one grows with what is there.
+pub(crate) fn ord_map<'de, D, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + Clone,
+    V: Deserialize<'de> + Clone,
+{
+    struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de> + Ord + Clone, V: Deserialize<'de> + Clone> serde::de::Visitor<'de> for Entries<K, V> {
+        type Value = OrdMap<K, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
+            let mut map = OrdMap::new();
+            while let Some((key, value)) = entries.next_entry()? {
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
+}
+
+/// As `ord_map`, for a persistent set.
+pub(crate) fn ord_set<'de, D, T>(deserializer: D) -> Result<OrdSet<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Ord + Clone,
+{
+    struct Items<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de> + Ord + Clone> serde::de::Visitor<'de> for Items<T> {
+        type Value = OrdSet<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a set")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+            let mut set = OrdSet::new();
+            while let Some(item) = items.next_element()? {
+                set.insert(item);
+            }
+            Ok(set)
+        }
+    }
+    deserializer.deserialize_seq(Items(std::marker::PhantomData))
 }
 
 /// Reads the sections after the state into it.

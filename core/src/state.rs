@@ -97,9 +97,11 @@ pub(crate) struct State {
     pub time_offset_ms: i128,
     pub last_applied: u64,
     pub last_fence: u64,
+    #[serde(deserialize_with = "crate::snapshot::ord_map")]
     pub locks: OrdMap<Name, crate::lock::LockEntry>,
     pub waiters: BTreeMap<WaiterId, crate::waiter::Waiter>,
     pub sessions: BTreeMap<SessionId, crate::session::Session>,
+    #[serde(deserialize_with = "crate::snapshot::ord_map")]
     pub keys: OrdMap<Name, crate::keyspace::KeyEntry>,
     /// Blocking-pop waiters per list key, in arrival order.
     pub pop_queues: BTreeMap<Name, VecDeque<WaiterId>>,
@@ -110,6 +112,7 @@ pub(crate) struct State {
     pub elections: BTreeMap<Name, crate::election::Election>,
     pub configs: BTreeMap<Name, crate::config::ConfigEntry>,
     /// Every finite deadline, earliest first.
+    #[serde(deserialize_with = "crate::snapshot::ord_set")]
     pub deadlines: OrdSet<(u64, Timer)>,
     /// Double-barrier members that a session owns: barrier → participant → session.
     /// Not in the encoding above: a snapshot carries it in a section after the state,

@@ -622,3 +622,18 @@ fn regression_restore_refuses_queue_popper_slot_mismatch() {
         sm.apply(2, 5_000, Command::Tick);
     });
 }
+
+/// A damaged length before a persistent table (locks, keys, deadlines) made imbl's own
+/// reader reserve room for that many entries and panic ("capacity overflow"); found
+/// by `damaged_snapshots_never_panic`. They are read entry by entry now.
+#[test]
+fn regression_restore_refuses_a_huge_table_length() {
+    let bytes = StateMachine::default().snapshot();
+    // Header (12 bytes), then the clock, offset, last applied and last fence (one zero
+    // byte each when empty), then the locks table's length.
+    assert_eq!(bytes[12..17], [0, 0, 0, 0, 0], "snapshot layout changed; find the locks length again");
+    let mut damaged = bytes[..16].to_vec();
+    damaged.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    damaged.extend_from_slice(&bytes[17..]);
+    assert!(matches!(StateMachine::restore(Limits::default(), &damaged), Err(SnapshotError::Corrupt(_))));
+}
