@@ -598,17 +598,13 @@ async fn eval(server: &Arc<Server>, source: Source, keys: Vec<Bytes>, args: Vec<
         },
     };
     // Past --maxmemory-mib a script runs only if all it can do is read, delete or
-    // extend: the lock clients' release and extend scripts, and any other whose
-    // commands are named in its text and add nothing (`memory::script_only_frees`).
+    // extend: one whose commands are named in its text and add nothing
+    // (`memory::script_only_frees`, which the lock clients' release and extend scripts
+    // pass), and node-redlock's extend, which SETs only keys it has just found holding
+    // its value.
     if server.memory.over() {
         use crate::lua::known::{recognize, Known};
-        let known_frees = matches!(
-            recognize(&body),
-            Some(
-                Known::PyRelease | Known::PyExtend | Known::PyReacquire | Known::RedlockExtend | Known::RedlockRelease
-            )
-        );
-        if !known_frees && !crate::memory::script_only_frees(&body) {
+        if recognize(&body) != Some(Known::RedlockExtend) && !crate::memory::script_only_frees(&body) {
             return Wire::Error(server.memory.refusal());
         }
     }

@@ -246,4 +246,17 @@ mod tests {
         }
         assert!(script_only_frees(b"local predis = 1; local redis_x = 2; return predis + redis_x"));
     }
+
+    /// The lock clients' release and extend scripts pass on their text alone, but for
+    /// node-redlock's extend, which SETs the keys it has just found holding its value
+    /// (`eval` admits it by name); their acquire scripts do not pass.
+    #[test]
+    fn the_lock_clients_release_and_extend_scripts_only_free() {
+        use crate::lua::known::{Known, SCRIPTS};
+        for (which, text) in SCRIPTS {
+            let frees =
+                matches!(which, Known::PyRelease | Known::PyExtend | Known::PyReacquire | Known::RedlockRelease);
+            assert_eq!(script_only_frees(text.as_bytes()), frees, "{which:?}");
+        }
+    }
 }
