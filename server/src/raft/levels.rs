@@ -191,23 +191,14 @@ impl Levels {
     /// Records what asking `id` at `addr` found.
     fn record(&self, id: NodeId, addr: &str, probe: Probe) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let before = known.clone();
-        match probe {
-            Probe::Answered(level) => {
-                known.insert(id, (addr.to_string(), level));
-            }
-            Probe::Older => {
-                known.insert(id, (addr.to_string(), 0));
-            }
+        let changed = match probe {
+            Probe::Answered(level) => known.insert(id, (addr.to_string(), level)) != Some((addr.to_string(), level)),
+            Probe::Older => known.insert(id, (addr.to_string(), 0)) != Some((addr.to_string(), 0)),
             // A member that is down keeps the level it last answered at this address: it
             // cannot take entries meanwhile, and it is asked again once it is back.
-            Probe::Unreachable => {
-                if known.get(&id).is_some_and(|(at, _)| at != addr) {
-                    known.remove(&id);
-                }
-            }
-        }
-        if *known != before {
+            Probe::Unreachable => known.get(&id).is_some_and(|(at, _)| at != addr) && known.remove(&id).is_some(),
+        };
+        if changed {
             self.changed.store(true, Ordering::Relaxed);
         }
     }
