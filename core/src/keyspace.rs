@@ -478,10 +478,10 @@ impl StateMachine {
         if len + values.len() > self.limits.queue_length_max {
             return Err(over(Limit::QueueLength, self.limits.queue_length_max as u64));
         }
-        if existing.is_none() {
+        let fresh = existing.is_none();
+        if fresh {
             self.check_entries(1)?;
         }
-        let fresh = existing.is_none();
         // The reply counts the pushed elements even if blocked poppers take them next,
         // as Redis does.
         Ok(Reply::Int(self.list_extend(key, fresh, values, left) as i64))

@@ -71,10 +71,7 @@ impl StateMachine {
             let queue = self.st.queues.entry(name.clone()).or_default();
             let item_slot = (-i64::from(priority), queue.next_seq);
             queue.next_seq += 1;
-            queue.items.insert(item_slot, QueueItem { value, session });
-            if session != 0 {
-                self.own(session, Owned::Item { name: name.clone(), slot: item_slot });
-            }
+            self.queue_store(&name, item_slot, QueueItem { value, session });
         }
         let len = self.st.queues[&name].items.len();
         self.mark(Dirty::Queue(name));
@@ -121,12 +118,20 @@ impl StateMachine {
             item_slot.1 = queue.next_seq;
             queue.next_seq += 1;
         }
-        queue.items.insert(item_slot, QueueItem { value, session });
+        self.queue_store(&name, item_slot, QueueItem { value, session });
+        self.mark(Dirty::Queue(name));
+        true
+    }
+
+    /// Puts `item` in `item_slot` of the queue (which exists), owned by its session if
+    /// it has one.
+    fn queue_store(&mut self, name: &Name, item_slot: (i64, u64), item: QueueItem) {
+        let session = item.session;
+        let queue = self.st.queues.get_mut(name).expect("queue exists");
+        assert!(queue.items.insert(item_slot, item).is_none(), "a queue slot holds one item");
         if session != 0 {
             self.own(session, Owned::Item { name: name.clone(), slot: item_slot });
         }
-        self.mark(Dirty::Queue(name));
-        true
     }
 
     pub(crate) fn queue_pop(&mut self, name: &[u8], wait: Wait) -> Result<Reply> {
