@@ -29,6 +29,27 @@ fn level(server: &Server) -> String {
     info_field(&mut server.connect(), "cluster_protocol_level")
 }
 
+/// Three nodes, node 3 reporting `older_level` if given (standing in for an older
+/// build), once they accept writes; and the leader's index.
+fn start_three(older_level: Option<&str>) -> (Vec<Server>, usize) {
+    let mut servers = start_cluster_each(3, |id| match older_level {
+        Some(level) if id == 3 => vec!["--protocol-level".into(), level.into()],
+        _ => Vec::new(),
+    });
+    let leader = wait_for_leader(&mut servers);
+    assert_eq!(until_accepted(&mut servers[leader].connect(), &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    (servers, leader)
+}
+
+/// Waits until every node sees the cluster at `expected`.
+fn wait_all_at(servers: &[Server], expected: &str) {
+    for s in servers {
+        wait_until(Duration::from_secs(10), &format!("every node at level {expected}"), || {
+            (level(s) == expected).then_some(())
+        });
+    }
+}
+
 /// `CLIENTS` concurrent clients lock and release names of their own and set and delete
 /// keys, `CYCLES` times each, all through `port`; every answer is checked.
 fn run_clients(port: u16, tag: &str) {
@@ -59,11 +80,7 @@ fn run_clients(port: u16, tag: &str) {
 #[test]
 fn an_older_member_holds_write_groups_off_until_it_is_upgraded() {
     let older = 3u64;
-    let mut servers =
-        start_cluster_each(3, |id| if id == older { vec!["--protocol-level".into(), "0".into()] } else { Vec::new() });
-    let leader = wait_for_leader(&mut servers);
-    let mut l = servers[leader].connect();
-    assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
+    let (mut servers, leader) = start_three(Some("0"));
     let old = (older - 1) as usize;
     assert_eq!(info_field(&mut servers[old].connect(), "protocol_level"), "0");
     for s in &servers {
@@ -82,11 +99,7 @@ fn an_older_member_holds_write_groups_off_until_it_is_upgraded() {
     // The older member is upgraded: restarted as this build on its data directory.
     let peers = peers_of(&servers);
     servers[old].restart_with(&["--node-id", &older.to_string(), "--peers", &peers]);
-    for s in &servers {
-        wait_until(Duration::from_secs(10), "every node to see the cluster at this build's level", || {
-            (level(s) == THIS_LEVEL).then_some(())
-        });
-    }
+    wait_all_at(&servers, THIS_LEVEL);
     let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
     run_clients(servers[leader].port(), "c");
@@ -185,11 +198,7 @@ fn a_group_the_leader_refuses_is_proposed_write_by_write() {
     let follower = 1 - leader;
     let mut l = servers[leader].connect();
     assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
-    for s in &servers {
-        wait_until(Duration::from_secs(10), "every node at this build's level", || {
-            (level(s) == THIS_LEVEL).then_some(())
-        });
-    }
+    wait_all_at(&servers, THIS_LEVEL);
 
     relays[leader].refuse_new_connections();
     wait_until(Duration::from_secs(10), "the leader to see an older member", || {
@@ -215,14 +224,9 @@ fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
     // Node 3 stands in for a build of level 1: it reads groups, not session-owned
     // barrier members.
     let older = 3u64;
-    let mut servers =
-        start_cluster_each(3, |id| if id == older { vec!["--protocol-level".into(), "1".into()] } else { Vec::new() });
-    let leader = wait_for_leader(&mut servers);
+    let (mut servers, leader) = start_three(Some("1"));
     let mut l = servers[leader].connect();
-    assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
-    for s in &servers {
-        wait_until(Duration::from_secs(10), "every node to see level 1", || (level(s) == "1").then_some(()));
-    }
+    wait_all_at(&servers, "1");
     let session = l.cmd(&["SESSION.OPEN", "60000"]).int().to_string();
     let follower = (0..3).find(|i| *i != leader).expect("a follower");
     for i in [leader, follower] {
@@ -243,11 +247,7 @@ fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
     let old = (older - 1) as usize;
     let peers = peers_of(&servers);
     servers[old].restart_with(&["--node-id", &older.to_string(), "--peers", &peers]);
-    for s in &servers {
-        wait_until(Duration::from_secs(10), "every node at this build's level", || {
-            (level(s) == THIS_LEVEL).then_some(())
-        });
-    }
+    wait_all_at(&servers, THIS_LEVEL);
     let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
     l.send_cmd(&["BARRIER.ENTER", "job", "2", "a", "SESSION", &session, "WAIT", "10000"]);
@@ -261,14 +261,8 @@ fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
 
 #[test]
 fn a_node_restarted_while_a_member_is_down_keeps_the_level_that_member_answered() {
-    let mut servers = start_cluster_each(3, |_| Vec::new());
-    let leader = wait_for_leader(&mut servers);
-    assert_eq!(until_accepted(&mut servers[leader].connect(), &["SET", "ready", "1"]), Reply::Simple("OK".into()));
-    for s in &servers {
-        wait_until(Duration::from_secs(10), "every node at this build's level", || {
-            (level(s) == THIS_LEVEL).then_some(())
-        });
-    }
+    let (mut servers, _) = start_three(None);
+    wait_all_at(&servers, THIS_LEVEL);
     // Node 3 goes down; node 1 crashes and comes back while it is down. It cannot
     // ask node 3, and counts it at the level node 3 last answered: before this was
     // kept on disk, it counted node 3 as 0 (no groups, no ending its previous waits).
