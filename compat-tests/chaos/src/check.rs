@@ -1,9 +1,9 @@
 //! The checkers. Each returns a verdict and, for a violation, the smallest slice of
 //! history that shows it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::history::{FencedWrite, Grant, RegCall, RegOp};
+use crate::history::{Deliveries, FencedWrite, Grant, PushOutcome, RegCall, RegOp};
 
 /// A check's outcome.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,9 +78,23 @@ pub fn mutual_exclusion(grants: &[Grant], capacity: impl Fn(&str) -> usize) -> V
 
 /// Fences follow real time: a grant whose answer arrived before another grant was
 /// even requested has the lower fence (fences come from one sequence, so this holds
-/// across names), and no two grants share a fence unless they are one group request.
+/// across names), and no two grants share a fence. The server gives one fence to two
+/// grants only for one request (several names at once) or a repeat under the same
+/// token; the workers send one name per request and a fresh token per attempt, so a
+/// shared fence here is two holders who could both write to a resource with it (one
+/// answered by a deposed leader, say), which the real-time order cannot see when the
+/// two overlap.
 pub fn fences_increase(grants: &[Grant]) -> Verdict {
     let mut fenced: Vec<&Grant> = grants.iter().filter(|g| g.fence.is_some()).collect();
+    let mut by_fence: HashMap<u64, &Grant> = HashMap::with_capacity(fenced.len());
+    for g in &fenced {
+        let fence = g.fence.expect("filtered");
+        if let Some(first) = by_fence.insert(fence, g) {
+            if first.token != g.token {
+                return Verdict::Fail(format!("two grants share fence {fence}:\n  {}\n  {}", show(first), show(g)));
+            }
+        }
+    }
     fenced.sort_by(|a, b| a.invoked_ms.total_cmp(&b.invoked_ms));
     let mut by_answer: Vec<&Grant> = fenced.clone();
     by_answer.sort_by(|a, b| a.granted_ms.total_cmp(&b.granted_ms));
@@ -407,6 +421,68 @@ pub fn no_lost_writes(acked: &[(String, String)], mut read: impl FnMut(&str) -> 
     }
 }
 
+/// Queues and lists deliver each item at most once and lose none that was acknowledged:
+/// per key, no value comes out twice (two pops, or a pop and the final drain), none
+/// comes out that was never pushed or whose push was refused, and the acknowledged
+/// values that never came out number no more than the pops whose answer was lost (each
+/// of those may have taken one item and died with it).
+pub fn queue_delivery(d: &Deliveries) -> Verdict {
+    let mut attempts: HashMap<(&str, &str), PushOutcome> = HashMap::new();
+    for (key, value, outcome) in &d.pushed {
+        attempts.insert((key, value), *outcome);
+    }
+    let mut seen: HashMap<(&str, &str), &str> = HashMap::new();
+    let came_out = d.popped.iter().map(|p| (p, "a pop")).chain(d.remaining.iter().map(|r| (r, "the final drain")));
+    for ((key, value), how) in came_out {
+        if let Some(first) = seen.insert((key, value), how) {
+            return Verdict::Fail(format!("{key:?} delivered {value:?} twice: by {first} and by {how}"));
+        }
+        match attempts.get(&(key.as_str(), value.as_str())) {
+            None => return Verdict::Fail(format!("{how} of {key:?} returned {value:?}, which nobody pushed")),
+            Some(PushOutcome::Refused) => {
+                return Verdict::Fail(format!("{how} of {key:?} returned {value:?}, whose push was refused"))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut lost: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (key, value, outcome) in &d.pushed {
+        if *outcome == PushOutcome::Acked && !seen.contains_key(&(key.as_str(), value.as_str())) {
+            lost.entry(key).or_default().push(value);
+        }
+    }
+    for (key, values) in lost {
+        let allowed = d.unknown_pops.get(key).copied().unwrap_or(0);
+        if values.len() as u64 > allowed {
+            let shown: Vec<&str> = values.iter().take(10).copied().collect();
+            return Verdict::Fail(format!(
+                "{key:?} lost {} acknowledged items, more than the {allowed} pops whose answer was lost: {shown:?}{}",
+                values.len(),
+                if values.len() > 10 { " ..." } else { "" }
+            ));
+        }
+    }
+    Verdict::Pass
+}
+
+/// The run did what it is meant to check: every operation named succeeded at least
+/// `floor` times. A server that refused everything (or a harness that never reached
+/// it) would otherwise pass every other check.
+pub fn progress(outcomes: &BTreeMap<String, [u64; 3]>, required: &[&str], floor: u64) -> Verdict {
+    let short: Vec<String> = required
+        .iter()
+        .filter_map(|what| {
+            let ok = outcomes.get(*what).map_or(0, |c| c[0]);
+            (ok < floor).then(|| format!("{what}: {ok}"))
+        })
+        .collect();
+    if short.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("fewer than {floor} successes: {}", short.join(", ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +531,60 @@ mod tests {
         let mut concurrent = [grant(1, "a", 9, 0.0, 10.0), grant(2, "b", 5, 0.5, 30.0)];
         concurrent[1].invoked_ms = -2.0;
         assert_eq!(fences_increase(&concurrent), Verdict::Pass);
+    }
+
+    #[test]
+    fn two_overlapping_grants_with_one_fence_fail() {
+        // Overlapping in real time, so the order check says nothing; the shared fence does.
+        let shared = [grant(1, "a", 7, 0.0, 10.0), grant(2, "b", 7, 5.0, 30.0)];
+        let verdict = fences_increase(&shared);
+        assert!(matches!(&verdict, Verdict::Fail(why) if why.contains("share fence 7")), "{verdict:?}");
+        let distinct = [grant(1, "a", 7, 0.0, 10.0), grant(2, "b", 8, 5.0, 30.0)];
+        assert_eq!(fences_increase(&distinct), Verdict::Pass);
+    }
+
+    fn deliveries(
+        pushed: &[(&str, PushOutcome)],
+        popped: &[&str],
+        unknown_pops: u64,
+        remaining: &[&str],
+    ) -> Deliveries {
+        let pair = |v: &&str| ("q".to_string(), v.to_string());
+        Deliveries {
+            pushed: pushed.iter().map(|(v, o)| ("q".to_string(), v.to_string(), *o)).collect(),
+            popped: popped.iter().map(pair).collect(),
+            unknown_pops: [("q".to_string(), unknown_pops)].into_iter().filter(|(_, n)| *n > 0).collect(),
+            remaining: remaining.iter().map(pair).collect(),
+        }
+    }
+
+    #[test]
+    fn a_queue_item_delivered_twice_invented_or_lost_fails() {
+        use PushOutcome::{Acked, Refused, Unknown};
+        let pushed = [("a", Acked), ("b", Acked), ("c", Unknown), ("d", Refused)];
+        // Every acknowledged item out once; an unknown push may or may not appear.
+        assert_eq!(queue_delivery(&deliveries(&pushed, &["a"], 0, &["b"])), Verdict::Pass);
+        assert_eq!(queue_delivery(&deliveries(&pushed, &["a", "c"], 0, &["b"])), Verdict::Pass);
+        // Twice: two pops, or a pop and the drain.
+        assert!(queue_delivery(&deliveries(&pushed, &["a", "a"], 0, &["b"])).failed());
+        assert!(queue_delivery(&deliveries(&pushed, &["a"], 0, &["a", "b"])).failed());
+        // Nobody pushed it, or its push was refused.
+        assert!(queue_delivery(&deliveries(&pushed, &["a", "z"], 0, &["b"])).failed());
+        assert!(queue_delivery(&deliveries(&pushed, &["a", "d"], 0, &["b"])).failed());
+        // Lost: allowed only as many as pops whose answer was lost.
+        assert!(queue_delivery(&deliveries(&pushed, &["a"], 0, &[])).failed());
+        assert_eq!(queue_delivery(&deliveries(&pushed, &["a"], 1, &[])), Verdict::Pass);
+        assert!(queue_delivery(&deliveries(&pushed, &[], 1, &[])).failed());
+    }
+
+    #[test]
+    fn a_run_without_progress_fails() {
+        let mut outcomes = BTreeMap::new();
+        outcomes.insert("lock".to_string(), [120, 3, 4]);
+        outcomes.insert("permit".to_string(), [0, 500, 0]);
+        assert_eq!(progress(&outcomes, &["lock"], 50), Verdict::Pass);
+        assert!(progress(&outcomes, &["lock", "permit"], 50).failed());
+        assert!(progress(&outcomes, &["queue-pop"], 50).failed(), "an operation never tried fails too");
     }
 
     #[test]

@@ -191,6 +191,49 @@ impl Cluster {
         Some(started.elapsed())
     }
 
+    /// Nodes whose process ended without the harness stopping it, with how it ended.
+    /// They count as down from here (`heal` starts them again).
+    pub fn exited_on_their_own(&mut self) -> Vec<(usize, String)> {
+        let mut exited = Vec::new();
+        for (i, proc) in self.procs.iter_mut().enumerate() {
+            if let Some(child) = proc {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited.push((i + 1, status.to_string()));
+                    *proc = None;
+                    self.paused[i] = false;
+                }
+            }
+        }
+        exited
+    }
+
+    /// The node that leads now, as the nodes say (`INFO replication`): among those
+    /// that answer `role:master`, the one with the highest term (a deposed leader that
+    /// has not heard yet says master too). None when no node answers as leader.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for (i, port) in self.client_ports.iter().enumerate() {
+            if self.procs[i].is_none() || self.paused[i] {
+                continue;
+            }
+            let Some(mut c) = Conn::connect(*port, Duration::from_millis(300)).await else { continue };
+            let Ok(Reply::Bulk(info)) = c.call(&["INFO", "replication"], Duration::from_millis(500)).await else {
+                continue;
+            };
+            let field = |name: &str| {
+                info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_string())
+            };
+            if field("role").as_deref() != Some("master") {
+                continue;
+            }
+            let term = field("raft_term").and_then(|t| t.parse().ok()).unwrap_or(0);
+            if best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, i + 1));
+            }
+        }
+        best.map(|(_, node)| node)
+    }
+
     /// Kills every node.
     pub fn stop_all(&mut self) {
         for node in 1..=self.len() {

@@ -87,6 +87,33 @@ pub struct History {
     pub acked: Vec<(String, String)>,
     /// Operations by outcome: ok, fail (definite), unknown.
     pub outcomes: std::collections::BTreeMap<String, [u64; 3]>,
+    /// Queue and list deliveries.
+    pub queues: Deliveries,
+}
+
+/// A push's outcome as its client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Acknowledged: the item must be delivered once or still be there at the end.
+    Acked,
+    /// Refused before it could apply: the item must never appear.
+    Refused,
+    /// No answer, or an answer that says it may have applied.
+    Unknown,
+}
+
+/// What went into and came out of the queues and lists, per key. Values are unique per
+/// push attempt.
+#[derive(Debug, Default, Clone)]
+pub struct Deliveries {
+    /// Every push attempt: (key, value, outcome).
+    pub pushed: Vec<(String, String, PushOutcome)>,
+    /// Every value a pop returned: (key, value).
+    pub popped: Vec<(String, String)>,
+    /// Pops sent whose answer never came, per key: each may have taken one item.
+    pub unknown_pops: std::collections::BTreeMap<String, u64>,
+    /// What was left at the end (drained after every node restarted): (key, value).
+    pub remaining: Vec<(String, String)>,
 }
 
 impl History {

@@ -77,36 +77,78 @@ const LINEARIZABILITY_BUDGET: usize = 3_000_000;
 
 const FAULTS: [&str; 7] = ["kill", "pause", "partition", "clock", "restart", "delay", "reorder"];
 
-/// One fault: applied, held, healed. Returns a description.
-async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) -> std::io::Result<String> {
+/// One fault: applied, held, healed. Returns a description. `target` is the node to
+/// hit (the leader, half the time) or None for a random one; `round` counts the earlier
+/// faults of this kind, and picks among a fault's variants in turn so that a run of a
+/// few of them covers every variant.
+async fn inject(
+    cluster: &mut Cluster,
+    fault: &str,
+    target: Option<usize>,
+    round: usize,
+    rng: &mut Rng,
+    spread: f64,
+) -> std::io::Result<String> {
     let n = cluster.len();
-    let node = 1 + rng.below(n as u64) as usize;
+    let random_node = 1 + rng.below(n as u64) as usize;
+    let node = target.unwrap_or(random_node);
     let hold = Duration::from_millis(1_000 + rng.below(3_000));
+    let who =
+        |node: usize| if Some(node) == target { format!("node {node} (the leader)") } else { format!("node {node}") };
     let what = match fault {
+        "kill" if round % 2 == 1 => {
+            // A majority at once, the leader among them: nothing can commit until they
+            // are back, and what was acknowledged must come back from their disks.
+            let mut down = vec![node];
+            while down.len() < n / 2 + 1 {
+                let other = 1 + rng.below(n as u64) as usize;
+                if !down.contains(&other) {
+                    down.push(other);
+                }
+            }
+            for d in &down {
+                cluster.kill(*d);
+            }
+            tokio::time::sleep(hold).await;
+            for d in &down {
+                cluster.restart(*d)?;
+            }
+            format!(
+                "SIGKILL a majority, nodes {down:?}{}, restarted after {} ms",
+                if target.is_some() { " (the leader first)" } else { "" },
+                hold.as_millis()
+            )
+        }
         "kill" => {
             cluster.kill(node);
             tokio::time::sleep(hold).await;
             cluster.restart(node)?;
-            format!("SIGKILL node {node}, restarted after {} ms", hold.as_millis())
+            format!("SIGKILL {}, restarted after {} ms", who(node), hold.as_millis())
         }
         "pause" => {
             cluster.pause(node);
             tokio::time::sleep(hold).await;
             cluster.resume(node);
-            format!("SIGSTOP node {node} for {} ms", hold.as_millis())
+            format!("SIGSTOP {} for {} ms", who(node), hold.as_millis())
         }
         "partition" => {
-            // A minority of one or two nodes, cut off both ways, one way, or
-            // black-holed (bytes held, not refused).
+            // A minority of one or two nodes, cut off both ways or one way, with
+            // connections refused or bytes held (black-holed), the four in turn. One
+            // way cuts the links from the minority to the rest: a minority node still
+            // takes the leader's appends and answers them on the same connection, but
+            // cannot send its own (votes, forwarded writes).
             let mut minority = vec![node];
             if n > 3 && rng.below(2) == 0 {
                 let other = 1 + (node + rng.below(n as u64 - 1) as usize) % n;
                 minority.push(other);
             }
             let majority: Vec<usize> = (1..=n).filter(|i| !minority.contains(i)).collect();
-            let (state, label) =
-                if rng.below(3) == 0 { (LinkState::BlackHole, "black-holed") } else { (LinkState::Drop, "dropped") };
-            let one_way = rng.below(3) == 0;
+            let (state, label, one_way) = match round % 4 {
+                0 => (LinkState::Drop, "dropped", false),
+                1 => (LinkState::BlackHole, "black-holed", false),
+                2 => (LinkState::Drop, "dropped", true),
+                _ => (LinkState::BlackHole, "black-holed", true),
+            };
             cluster.cut(&minority, &majority, state);
             if !one_way {
                 cluster.cut(&majority, &minority, state);
@@ -114,8 +156,9 @@ async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) 
             tokio::time::sleep(hold).await;
             cluster.heal()?;
             format!(
-                "partition {minority:?} | rest, {}{label}, for {} ms",
-                if one_way { "one way (minority → majority), " } else { "" },
+                "partition {minority:?}{} | rest, {}{label}, for {} ms",
+                if target.is_some() { " (the leader's side)" } else { "" },
+                if one_way { "one way (minority → majority), " } else { "both ways, " },
                 hold.as_millis()
             )
         }
@@ -126,12 +169,12 @@ async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) 
             cluster.kill(node);
             cluster.clocks[node - 1] = Some(format!("{offset}:{rate:.6}"));
             cluster.restart(node)?;
-            format!("node {node} restarted with its clock at offset {offset} ms, rate {rate:.5}")
+            format!("{} restarted with its clock at offset {offset} ms, rate {rate:.5}", who(node))
         }
         "restart" => {
             cluster.terminate(node);
             cluster.restart(node)?;
-            format!("SIGTERM node {node} (graceful), restarted")
+            format!("SIGTERM {} (graceful), restarted", who(node))
         }
         "delay" => {
             let ms = 20 + rng.below(200);
@@ -140,7 +183,7 @@ async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) 
             cluster.cut(&all, &[node], LinkState::Delay(ms));
             tokio::time::sleep(hold).await;
             cluster.heal()?;
-            format!("links of node {node} delayed {ms} ms for {} ms", hold.as_millis())
+            format!("links of {} delayed {ms} ms for {} ms", who(node), hold.as_millis())
         }
         "reorder" => {
             // Every link: random per-chunk latency and connections cut now and then,
@@ -155,6 +198,56 @@ async fn inject(cluster: &mut Cluster, fault: &str, rng: &mut Rng, spread: f64) 
         other => format!("unknown fault {other}"),
     };
     Ok(what)
+}
+
+/// Operations that must each succeed `PROGRESS_FLOOR` times in a run.
+const PROGRESS_REQUIRED: [&str; 9] =
+    ["lock", "redlock", "permit", "campaign", "register", "ack-write", "session-lock", "queue-push", "queue-pop"];
+/// A 60 s run on 5 nodes succeeds at each of them hundreds of times.
+const PROGRESS_FLOOR: u64 = 50;
+
+/// Records nodes that exited without the harness stopping them (a crash: the harness
+/// would otherwise start them again at the next heal and say nothing).
+fn note_crashes(cluster: &mut Cluster, crashes: &mut Vec<String>, start: Instant) {
+    for (node, status) in cluster.exited_on_their_own() {
+        let line = format!("node {node} exited on its own ({status}) before {:.0} s", start.elapsed().as_secs_f64());
+        eprintln!("  {line}");
+        crashes.push(line);
+    }
+}
+
+/// Every fault asked for was injected at least once.
+fn every_fault_ran(faults: &[String], rounds: &std::collections::BTreeMap<String, usize>) -> Verdict {
+    let missing: Vec<&str> =
+        faults.iter().filter(|f| rounds.get(f.as_str()).copied().unwrap_or(0) == 0).map(|f| f.as_str()).collect();
+    if missing.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("never injected (the run is too short for the list): {}", missing.join(", ")))
+    }
+}
+
+/// Reads after the final restart: retries TRYAGAIN and broken connections (on the
+/// next node) for up to 20 s, so an unread key is not mistaken for a lost one.
+async fn read_back(reader: &mut Conn, ports: &[u16], args: &[&str]) -> Option<Reply> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut next_port = 0;
+    while Instant::now() < deadline {
+        match reader.call(args, Duration::from_secs(5)).await {
+            Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(reply) => return Some(reply),
+            Err(_) => {
+                let port = ports[next_port % ports.len()];
+                next_port += 1;
+                if let Some(c) = Conn::connect(port, Duration::from_secs(2)).await {
+                    *reader = c;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    None
 }
 
 fn verdict_line(name: &str, v: &Verdict) -> String {
@@ -220,6 +313,11 @@ async fn run(args: Args) -> Result<usize, String> {
         Kind::Ack,
         Kind::Session,
         Kind::Session,
+        // Four on a semaphore of two, so that an over-grant could show.
+        Kind::Permit,
+        Kind::Permit,
+        Kind::Queue,
+        Kind::Queue,
     ];
     let workers: Vec<_> = kinds
         .iter()
@@ -246,15 +344,32 @@ async fn run(args: Args) -> Result<usize, String> {
 
     let mut rng = Rng::new(args.seed.wrapping_add(0xFA17));
     let mut injected: Vec<String> = Vec::new();
+    let mut rounds: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut crashes: Vec<String> = Vec::new();
+    // The faults are dealt from a shuffled deck, so that every kind comes up once
+    // before any comes up twice (uniform draws left kinds out of short runs).
+    let mut deck: Vec<String> = Vec::new();
     let started = Instant::now();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(2_000))).await;
+        note_crashes(&mut cluster, &mut crashes, shared.start);
         if faults.is_empty() || started.elapsed() >= duration {
             continue;
         }
-        let fault = faults[rng.below(faults.len() as u64) as usize].clone();
+        if deck.is_empty() {
+            deck = faults.clone();
+            for i in (1..deck.len()).rev() {
+                deck.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+        }
+        let fault = deck.pop().expect("dealt above");
+        // Half the faults hit the leader: a paused or killed leader is where leases and
+        // stale reads break.
+        let target = if rng.below(2) == 0 { cluster.leader().await } else { None };
+        let round = rounds.entry(fault.clone()).or_default();
         let spread = args.clock_spread_percent / 100.0;
-        let what = inject(&mut cluster, &fault, &mut rng, spread).await.map_err(|e| e.to_string())?;
+        let what = inject(&mut cluster, &fault, target, *round, &mut rng, spread).await.map_err(|e| e.to_string())?;
+        *round += 1;
         eprintln!("  {:>5.0} s: {what}", shared.start.elapsed().as_secs_f64());
         injected.push(format!("{fault}: {what}"));
     }
@@ -263,6 +378,7 @@ async fn run(args: Args) -> Result<usize, String> {
         let _ = tokio::time::timeout(Duration::from_secs(15), w).await;
     }
     progress.abort();
+    note_crashes(&mut cluster, &mut crashes, shared.start);
 
     // Heal, and time how long until every node takes writes again.
     cluster.heal().map_err(|e| e.to_string())?;
@@ -287,25 +403,30 @@ async fn run(args: Args) -> Result<usize, String> {
     );
     let mut values = std::collections::HashMap::new();
     for (key, _) in &history.acked {
-        let mut value = None;
-        for _ in 0..3 {
-            match reader.call(&["GET", key], Duration::from_secs(5)).await {
-                Ok(Reply::Bulk(v)) => {
-                    value = Some(v);
-                    break;
-                }
-                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => {
-                    tokio::time::sleep(Duration::from_millis(200)).await
-                }
-                Ok(_) => break,
-                Err(_) => {
-                    let port = cluster.client_ports[0];
-                    reader =
-                        Conn::connect(port, Duration::from_secs(2)).await.ok_or("no node answers after the restart")?;
-                }
+        let value = match read_back(&mut reader, &cluster.client_ports, &["GET", key]).await {
+            Some(Reply::Bulk(v)) => Some(v),
+            _ => None,
+        };
+        values.insert(key.clone(), value);
+    }
+    // Drain the queue and the list: what is left must be acknowledged items not popped.
+    let mut history = history;
+    for (key, pop) in [(workload::QUEUE_KEY, "QUEUE.POP"), (workload::LIST_KEY, "LPOP")] {
+        let pushed = history.queues.pushed.iter().filter(|p| p.0 == key).count();
+        for _ in 0..=pushed {
+            match read_back(&mut reader, &cluster.client_ports, &[pop, key]).await {
+                Some(Reply::Bulk(v)) => history.queues.remaining.push((key.to_string(), v)),
+                Some(Reply::Nil) => break,
+                other => return Err(format!("could not drain {key}: {other:?}")),
             }
         }
-        values.insert(key.clone(), value);
+    }
+    note_crashes(&mut cluster, &mut crashes, shared.start);
+    for node in 1..=cluster.len() {
+        let log = std::fs::read_to_string(dir.join(format!("node-{node}.log"))).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("panicked")) {
+            crashes.push(format!("node {node} logged a panic: {line}"));
+        }
     }
     eprintln!("checking the history ...");
     // The raw register history, for a person to read when a check fails.
@@ -330,6 +451,7 @@ async fn run(args: Args) -> Result<usize, String> {
         ("protected resource fencing", check::resource_fencing(&history.fenced_writes)),
         ("register linearizability", check::linearizable(&history.registers, LINEARIZABILITY_BUDGET)),
         ("no acknowledged write lost", check::no_lost_writes(&history.acked, |k| values.get(k).cloned().flatten())),
+        ("queues deliver once, lose nothing", check::queue_delivery(&history.queues)),
         (
             "recovery after healing",
             match (recovery, after_restart) {
@@ -337,8 +459,12 @@ async fn run(args: Args) -> Result<usize, String> {
                 _ => Verdict::Fail("the cluster did not take writes within 60 s of healing".into()),
             },
         ),
+        ("no node crashed", if crashes.is_empty() { Verdict::Pass } else { Verdict::Fail(crashes.join("\n")) }),
+        ("every fault ran", every_fault_ran(&faults, &rounds)),
+        ("the workload made progress", check::progress(&history.outcomes, &PROGRESS_REQUIRED, PROGRESS_FLOOR)),
     ];
-    let violations = verdicts.iter().filter(|(_, v)| v.failed()).count();
+    // A check that could not decide is no evidence of safety: it counts against the run.
+    let violations = verdicts.iter().filter(|(_, v)| !matches!(v, Verdict::Pass)).count();
 
     println!(
         "## fencelock-chaos: {} nodes, {:?}, faults {}, seed {}",
@@ -355,11 +481,15 @@ async fn run(args: Args) -> Result<usize, String> {
     }
     println!();
     println!(
-        "{} grants checked ({} fenced resource writes), {} register operations, {} acknowledged writes read back",
+        "{} grants checked ({} fenced resource writes), {} register operations, {} acknowledged writes read back, \
+         {} queue and list pushes ({} items popped, {} left at the end)",
         history.grants.len(),
         history.fenced_writes.len(),
         history.registers.len(),
-        history.acked.len()
+        history.acked.len(),
+        history.queues.pushed.len(),
+        history.queues.popped.len(),
+        history.queues.remaining.len()
     );
     let mut by_fault = std::collections::BTreeMap::<&str, usize>::new();
     for f in &injected {

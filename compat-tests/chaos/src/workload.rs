@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::history::{FencedWrite, Grant, History, RegCall, RegOp};
+use crate::history::{FencedWrite, Grant, History, PushOutcome, RegCall, RegOp};
 use crate::resp::{CallError, Conn, Reply};
 
 /// How long a client waits for any reply (the server answers TRYAGAIN within 3 s).
@@ -108,6 +108,9 @@ pub enum Kind {
     /// SESSION.OPEN / KEEPALIVE / CLOSE, with native locks held by the session (on the
     /// native workers' lock names and protected resource).
     Session,
+    /// Unique items pushed to and popped from a queue (QUEUE.PUSH / QUEUE.POP WAIT)
+    /// and a list (RPUSH / BLPOP), each pop blocking.
+    Queue,
 }
 
 /// A session worker's session: its id and until when the client may count on it
@@ -143,6 +146,7 @@ pub async fn run(shared: Arc<Shared>, worker: usize, kind: Kind, seed: u64) {
             Kind::Register => register(&shared, c, worker, n, &mut rng).await,
             Kind::Ack => ack(&shared, c, worker, n).await,
             Kind::Session => session_locks(&shared, c, worker, n, &mut rng, &mut session).await,
+            Kind::Queue => queue(&shared, c, worker, n, &mut rng).await,
         };
         if broken {
             conn = None;
@@ -160,8 +164,13 @@ async fn call(c: &mut Conn, args: &[&str]) -> Result<Reply, bool> {
     }
 }
 
+/// An error answer after which the command may still have applied: TRYAGAIN (the
+/// server says when a write may have been applied, and a client cannot tell the
+/// kinds apart without parsing its text), and `ERR node failure` (a node stopping or
+/// failing after it proposed the write). Every other error is a refusal before the
+/// command could apply.
 fn retryable(reply: &Reply) -> bool {
-    matches!(reply, Reply::Error(e) if e.starts_with("TRYAGAIN"))
+    matches!(reply, Reply::Error(e) if e.starts_with("TRYAGAIN") || e.starts_with("ERR node failure"))
 }
 
 async fn native(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
@@ -193,17 +202,33 @@ async fn native(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) 
     };
     s.write_resource(worker, &name, fence as u64, g.valid_until_ms);
     let mut broken = false;
-    if rng.below(2) == 0 {
+    // Most holds are short; one in eight lasts several TTLs, renewed every third of
+    // one as clients keep a lock, so a fault that lands mid-hold (a failover, a paused
+    // leader) meets a lease that must survive it.
+    let renewals = match rng.below(8) {
+        0..=3 => 0,
+        4..=6 => 1,
+        _ => 2 + rng.below(6),
+    };
+    for round in 0..renewals {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(TTL_MS / 3)).await;
+            s.write_resource(worker, &name, fence as u64, g.valid_until_ms);
+        }
         let renewed_at = s.now();
         match call(c, &["RENEW", &name, &token, &ttl]).await {
             Ok(reply) if reply.int_field("fence").is_some() => {
                 s.count("renew", 0);
                 g.valid_until_ms = g.valid_until_ms.max(renewed_at + TTL_MS as f64 * (1.0 - s.drift));
             }
-            Ok(reply) => s.count("renew", if retryable(&reply) { 2 } else { 1 }),
+            Ok(reply) => {
+                s.count("renew", if retryable(&reply) { 2 } else { 1 });
+                break;
+            }
             Err(b) => {
                 s.count("renew", 2);
                 broken = b;
+                break;
             }
         }
     }
@@ -388,7 +413,7 @@ async fn register(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng
         Err(broken) => (None, None, 2, broken),
         Ok(reply) if retryable(&reply) => (None, None, 2, false),
         Ok(Reply::Error(_)) => {
-            // A definite failure (an error other than TRYAGAIN): it did not apply.
+            // A definite failure (a refusal, `retryable` says which): it did not apply.
             s.count("register", 1);
             return false;
         }
@@ -559,4 +584,69 @@ async fn ack(s: &Shared, c: &mut Conn, worker: usize, n: u64) -> bool {
             broken
         }
     }
+}
+
+/// The queue the queue workers share, and the list.
+pub const QUEUE_KEY: &str = "queue:0";
+/// The list the queue workers share.
+pub const LIST_KEY: &str = "list:0";
+
+/// Pushes a unique item or pops one (blocking up to 300 ms), on the queue or the list.
+async fn queue(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -> bool {
+    let list = rng.below(2) == 0;
+    let key = if list { LIST_KEY } else { QUEUE_KEY };
+    if rng.below(2) == 0 {
+        let value = format!("q{worker}-{n}");
+        let command = if list { "RPUSH" } else { "QUEUE.PUSH" };
+        let (outcome, broken) = match call(c, &[command, key, &value]).await {
+            Ok(Reply::Int(_)) => (PushOutcome::Acked, false),
+            Ok(reply) if retryable(&reply) => (PushOutcome::Unknown, false),
+            Ok(_) => (PushOutcome::Refused, false),
+            Err(broken) => (PushOutcome::Unknown, broken),
+        };
+        s.count(
+            "queue-push",
+            [PushOutcome::Acked, PushOutcome::Refused, PushOutcome::Unknown]
+                .iter()
+                .position(|o| *o == outcome)
+                .expect("listed"),
+        );
+        s.history.lock().unwrap().queues.pushed.push((key.to_string(), value, outcome));
+        return broken;
+    }
+    let reply =
+        if list { call(c, &["BLPOP", key, "0.3"]).await } else { call(c, &["QUEUE.POP", key, "WAIT", "300"]).await };
+    let popped = match reply {
+        Ok(Reply::Bulk(value)) if !list => Some(value),
+        Ok(Reply::Array(items)) if list && items.len() == 2 => match &items[1] {
+            Reply::Bulk(value) => Some(value.clone()),
+            _ => None,
+        },
+        Ok(Reply::Nil) => {
+            s.count("queue-pop", 1);
+            return false;
+        }
+        Ok(reply) => {
+            // A pop that may have applied may have taken an item nobody will see.
+            let unknown = retryable(&reply);
+            s.count("queue-pop", if unknown { 2 } else { 1 });
+            if unknown {
+                *s.history.lock().unwrap().queues.unknown_pops.entry(key.to_string()).or_default() += 1;
+            }
+            return false;
+        }
+        Err(broken) => {
+            s.count("queue-pop", 2);
+            *s.history.lock().unwrap().queues.unknown_pops.entry(key.to_string()).or_default() += 1;
+            return broken;
+        }
+    };
+    match popped {
+        Some(value) => {
+            s.count("queue-pop", 0);
+            s.history.lock().unwrap().queues.popped.push((key.to_string(), value));
+        }
+        None => s.count("queue-pop", 1),
+    }
+    false
 }
