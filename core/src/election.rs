@@ -135,10 +135,16 @@ impl StateMachine {
     /// The leader, if `token` is its token.
     fn election_leader_by_token(&mut self, name: &Name, token: &[u8]) -> Result<&Leader> {
         self.election_expire_due(name);
-        match self.st.elections.get(name).and_then(|e| e.leader.as_ref()) {
-            Some(leader) if leader.ident.token() == token => Ok(leader),
-            _ => Err(Error::NotHolder { name: name.lossy() }),
+        let session = match self.st.elections.get(name).and_then(|e| e.leader.as_ref()) {
+            Some(leader) if leader.ident.token() == token => leader.session,
+            _ => return Err(Error::NotHolder { name: name.lossy() }),
+        };
+        // As for a lock: a session past its deadline but not yet ended (expirations
+        // backed up past one entry's budget) has lost its leadership.
+        if session != 0 && !self.session_live(session) {
+            return Err(Error::NotHolder { name: name.lossy() });
         }
+        Ok(self.st.elections.get(name).and_then(|e| e.leader.as_ref()).expect("checked above"))
     }
 
     pub(crate) fn election_proclaim(&mut self, name: &[u8], token: &[u8], value: Bytes) -> Result<Reply> {

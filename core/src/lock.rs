@@ -525,9 +525,12 @@ impl StateMachine {
         }
         let mut fences = Vec::with_capacity(names.len());
         for name in &names {
-            match self.lock_by_token(name, token) {
-                Some(holder) => fences.push(holder.fence),
-                None => return Err(Error::NotHolder { name: name.lossy() }),
+            // A holder's session may be past its deadline and not yet ended, when more
+            // expirations were due than one entry may apply: it is gone all the same
+            // (`session_live` ends it now, releasing this lock).
+            match self.lock_by_token(name, token).map(|h| (h.fence, h.session)) {
+                Some((fence, session)) if session == 0 || self.session_live(session) => fences.push(fence),
+                _ => return Err(Error::NotHolder { name: name.lossy() }),
             }
         }
         let deadline_ms = self.deadline_after(ttl_ms);

@@ -320,10 +320,13 @@ impl StateMachine {
         self.st.time_offset_ms = i128::from(self.st.clock_ms) - i128::from(leader_time_ms);
     }
 
-    /// Like `read`, evaluated at `now_ms` on the replicated time base (the leader's
-    /// clock now, say) instead of the last applied stamp, so TTLs shown count down
-    /// between writes. Never earlier than the replicated clock: a read cannot make
-    /// anything look younger than the log says.
+    /// Like `read`, with remaining TTLs shown at `now_ms` on the replicated time base
+    /// (the leader's clock now, say) instead of the last applied stamp, so they count
+    /// down between writes, to 0. What has expired is still decided at the replicated
+    /// clock: an expiry a read reports must be one the log holds, or a later read (on a
+    /// follower, or on the next leader, whose time starts where the log left it) would
+    /// see the key, lock or session alive again. Never earlier than the replicated
+    /// clock: a read cannot make anything look younger than the log says.
     pub fn read_at(&self, command: &Command, now_ms: u64) -> Result<Reply> {
         let previous = self.read_now_ms.replace(Some(now_ms.max(self.st.clock_ms)));
         let reply = self.read(command);
@@ -358,12 +361,13 @@ impl StateMachine {
         (deadline_ms != NEVER).then(|| deadline_ms.saturating_sub(self.now()))
     }
 
-    /// Whether a deadline has passed. Strictly after, as Redis's `now > when`: the clock
-    /// is whole milliseconds, and a lease granted late in millisecond `t` with a TTL of
-    /// `ttl_ms` must not end before `ttl_ms` real milliseconds have gone by, so it still
-    /// holds during millisecond `t + ttl_ms` and ends in the next one.
+    /// Whether a deadline has passed on the replicated clock (also during `read_at`,
+    /// which only shows TTLs at a later time). Strictly after, as Redis's `now > when`:
+    /// the clock is whole milliseconds, and a lease granted late in millisecond `t` with
+    /// a TTL of `ttl_ms` must not end before `ttl_ms` real milliseconds have gone by, so
+    /// it still holds during millisecond `t + ttl_ms` and ends in the next one.
     pub(crate) fn is_due(&self, deadline_ms: u64) -> bool {
-        deadline_ms != NEVER && deadline_ms < self.now()
+        deadline_ms != NEVER && deadline_ms < self.st.clock_ms
     }
 
     /// The next fencing token: strictly above every fence before, and equal to the log

@@ -202,10 +202,31 @@ fn read_at_counts_down_between_writes_but_never_before_the_log() {
     let mut d = Driver::default();
     d.ok(set_nx_px("k", "v", 1_000));
     assert_eq!(d.sm.read_at(&Command::PTtl { key: b("k") }, d.now_ms + 400), Ok(Reply::Int(600)));
-    assert_eq!(d.sm.read_at(&Command::Get { key: b("k") }, d.now_ms + 1_001), Ok(Reply::Nil), "due reads as gone");
     assert_eq!(d.sm.read_at(&Command::PTtl { key: b("k") }, 0), Ok(Reply::Int(1_000)), "clamped to the clock");
     // The state itself did not move.
     assert_eq!(d.read(Command::PTtl { key: b("k") }), Reply::Int(1_000));
+}
+
+/// A read past a deadline the log has not reached yet must not report the expiry: a
+/// later read on a follower, or on the next leader (whose time starts where the log
+/// left it), would find the key alive again. So the key stays until an entry's stamp
+/// passes its deadline; only its TTL shown counts down, to 0.
+#[test]
+fn read_at_never_reports_an_expiry_the_log_does_not_hold() {
+    let mut d = Driver::default();
+    d.ok(set_nx_px("k", "v", 1_000));
+    d.ok(Command::Lock(lock(&["L"], "t", 1_000)));
+    let late = d.now_ms + 5_000;
+    assert_eq!(d.sm.read_at(&Command::Get { key: b("k") }, late), Ok(Reply::Bulk(b("v"))));
+    assert_eq!(d.sm.read_at(&Command::PTtl { key: b("k") }, late), Ok(Reply::Int(0)));
+    let Ok(Reply::Int(fence)) = d.sm.read_at(&Command::Fence { name: b("L") }, late) else { panic!("held") };
+    assert_eq!(d.sm.read(&Command::Fence { name: b("L") }), Ok(Reply::Int(fence)), "the same answer as a follower's");
+    // Once an entry's stamp passes the deadline, every read agrees it is gone.
+    d.now_ms += 1_001;
+    d.run(Command::Tick);
+    assert_eq!(d.sm.read_at(&Command::Get { key: b("k") }, d.now_ms), Ok(Reply::Nil));
+    assert_eq!(d.read(Command::Get { key: b("k") }), Reply::Nil);
+    assert_eq!(d.read(Command::Fence { name: b("L") }), Reply::Nil);
 }
 
 #[test]
@@ -236,4 +257,34 @@ fn a_session_that_expires_counts_every_thing_it_owns_against_the_entry_budget() 
     for s in 0..3 {
         assert_eq!(d.read(Command::Fence { name: b(&format!("s{s}-l0")) }), Reply::Nil);
     }
+}
+
+/// When more expirations are due than one entry may apply, a session past its deadline
+/// can outlive that entry; a renewal of a lock, permit or leadership it owns must not
+/// extend a lease whose session is already gone.
+#[test]
+fn what_a_session_past_its_deadline_owns_cannot_be_renewed_while_expirations_back_up() {
+    let limits = Limits { expirations_per_apply_max: 1, ..Limits::default() };
+    let mut d = Driver::with(StateMachine::new(limits));
+    let ids: Vec<u64> = (0..7).map(|_| int(d.ok(Command::SessionOpen { ttl_ms: 100 })) as u64).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "they end in this order");
+    let mut request = lock(&["L"], "t", 60_000);
+    request.session = Some(ids[4]);
+    d.ok(Command::Lock(request));
+    let mut permit = sem("S", 2, 1, "p", 60_000);
+    permit.session = Some(ids[5]);
+    d.ok(Command::SemAcquire(permit));
+    let mut candidacy = campaign("E", "c", 60_000);
+    candidacy.session = Some(ids[6]);
+    d.ok(Command::Campaign(candidacy));
+    // A budget of 1 per entry: the Tick ends session 0, and each renewal's own entry one
+    // more of the first four; the owners are past their deadlines and not yet ended.
+    let events = d.advance(101);
+    assert!(events.contains(&Event::SessionEnded { session: ids[0], expired: true }), "{events:?}");
+    assert_eq!(d.err(renew(&["L"], "t", 60_000)), Error::NotHolder { name: "L".into() });
+    let renew_permit = Command::SemRenew { name: b("S"), token: b("p-token"), ttl_ms: 60_000 };
+    assert_eq!(d.err(renew_permit), Error::NotHolder { name: "S".into() });
+    let renew_leader = Command::ElectionRenew { name: b("E"), token: b("c-token"), ttl_ms: 60_000 };
+    assert_eq!(d.err(renew_leader), Error::NotHolder { name: "E".into() });
+    assert_eq!(d.read(Command::Fence { name: b("L") }), Reply::Nil, "ended with its session");
 }

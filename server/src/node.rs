@@ -567,8 +567,9 @@ impl Node {
     /// connection that sent READONLY gets (Redis Cluster's stale replica reads).
     pub fn read_local(&self, command: &Command) -> fencelock_core::Result<Reply> {
         let inner = self.sm.shared.inner.lock().expect("not poisoned");
-        // The leader evaluates at its clock on the replicated time base, so TTLs count
-        // down between writes; only once its epoch is in the log does its clock map
+        // The leader shows TTLs at its clock on the replicated time base, so they count
+        // down between writes (what has expired is still the log's decision, see
+        // `read_at`); only once its epoch is in the log does its clock map
         // onto it. Other nodes read at the replicated time. That includes a leader that
         // just stepped down while its epoch is still the log's: the new leader's first
         // entry pins time where the log left it, so its clock would run ahead.
