@@ -175,7 +175,14 @@ async fn serve_session(
                         return;
                     }
                 }
-                Ok(Some(Parsed::Refused(e))) => Wire::Error(format!("ERR {e}")).encode(session.proto, output),
+                Ok(Some(Parsed::Refused(e))) => {
+                    // A request refused inside MULTI fails the transaction, as any other
+                    // error while queueing does: EXEC must not commit the rest without it.
+                    if session.multi.is_some() {
+                        session.multi_failed = true;
+                    }
+                    Wire::Error(format!("ERR {e}")).encode(session.proto, output)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // The stream cannot be resynchronized: answer, then close (as Redis does).

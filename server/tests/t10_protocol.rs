@@ -123,6 +123,22 @@ fn inline_commands() {
     c.assert_alive();
 }
 
+/// A request refused while queueing (a limit, unbalanced quotes) fails the transaction
+/// like any other queueing error: EXEC must not commit the rest without it.
+#[test]
+fn a_request_refused_inside_multi_aborts_the_transaction() {
+    let server = Server::start();
+    let mut c = server.connect();
+    assert_eq!(c.raw(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.raw(&["SET", "a", "1"]), "+QUEUED\r\n");
+    assert_eq!(c.raw_bytes(b"SET b \"unbalanced\r\n"), "-ERR Protocol error: unbalanced quotes in request\r\n");
+    assert_eq!(c.raw(&["SET", "c", "1"]), "+QUEUED\r\n");
+    let exec = c.raw(&["EXEC"]);
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    assert_eq!(c.raw(&["EXISTS", "a", "c"]), ":0\r\n", "nothing was committed");
+    c.assert_alive();
+}
+
 #[test]
 fn pipelined_replies_come_back_in_order() {
     let server = Server::start();

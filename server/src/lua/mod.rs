@@ -84,6 +84,7 @@ pub fn check_syntax(script: &[u8]) -> Result<(), String> {
     let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()).map_err(lua_err)?;
     lua.load(script)
         .set_name("@user_script")
+        .set_mode(mlua::chunk::ChunkMode::Text)
         .into_function()
         .map(|_| ())
         .map_err(|e| format!("ERR Error compiling script (new function): {e}"))
@@ -286,6 +287,9 @@ impl LuaEngine {
             .lua
             .load(script)
             .set_name(format!("@user_script:{sha}"))
+            // Source only: Lua 5.1 does not verify bytecode, and a crafted binary chunk
+            // can corrupt the VM (CVE-2015-4335 in Redis). Every replica runs scripts.
+            .set_mode(mlua::chunk::ChunkMode::Text)
             .into_function()
             .map_err(|e| format!("ERR Error compiling script (new function): {e}"))?;
         self.compiled.by_sha.insert(sha.to_string(), f.clone());
@@ -610,6 +614,20 @@ mod tests {
             run(&mut engine, &mut sm, &script, &[]).expect("runs");
         }
         engine
+    }
+
+    #[test]
+    fn bytecode_is_refused_as_redis_refuses_it() {
+        // A binary chunk's signature: Lua 5.1 would load it unverified.
+        let chunk = b"\x1bLuaQ\x00\x01\x04\x08\x04\x08\x00";
+        let checked = super::check_syntax(chunk).expect_err("refused");
+        assert!(checked.starts_with("ERR Error compiling script"), "{checked}");
+        assert!(checked.contains("binary"), "says why: {checked}");
+        let mut engine = LuaEngine::new().expect("a VM");
+        let mut sm = StateMachine::new(Limits::default());
+        let ran = run(&mut engine, &mut sm, std::str::from_utf8(chunk).expect("ascii"), &[]).expect_err("refused");
+        assert!(ran.contains("binary"), "{ran}");
+        assert_eq!(run(&mut engine, &mut sm, "return 1", &[]), Ok(ScriptReply::Int(1)), "the VM goes on");
     }
 
     #[test]

@@ -65,8 +65,11 @@ impl Wire {
         let mut stack: Vec<&Wire> = vec![self];
         while let Some(wire) = stack.pop() {
             match wire {
-                Wire::Status(s) => line(out, b'+', s.as_bytes()),
-                Wire::StatusOwned(s) => line(out, b'+', s.as_bytes()),
+                // Status lines are cleaned as errors are: a script can return any text
+                // as a status ({ok = ...}), and a line break in it would be read as
+                // a second reply, putting every later reply off by one.
+                Wire::Status(s) => line(out, b'+', sanitize(s).as_bytes()),
+                Wire::StatusOwned(s) => line(out, b'+', sanitize(s).as_bytes()),
                 Wire::Error(e) => line(out, b'-', sanitize(e).as_bytes()),
                 Wire::Int(i) => line(out, b':', itoa(*i, &mut [0; 20])),
                 Wire::Bulk(b) => bulk(out, b),
@@ -171,6 +174,8 @@ mod tests {
     fn scalars() {
         assert_eq!(enc(&Wire::Status("OK"), Proto::Resp2), "+OK\r\n");
         assert_eq!(enc(&Wire::error("ERR bad\r\nthing"), Proto::Resp2), "-ERR bad  thing\r\n");
+        // A script's status reply ({ok = ...}) is any text: one line on the wire.
+        assert_eq!(enc(&Wire::StatusOwned("a\r\n:1".into()), Proto::Resp2), "+a  :1\r\n");
         assert_eq!(enc(&Wire::Int(-3), Proto::Resp2), ":-3\r\n");
         assert_eq!(enc(&Wire::Bulk(Bytes::from_static(b"a\r\nb")), Proto::Resp2), "$4\r\na\r\nb\r\n");
         assert_eq!(enc(&Wire::Null, Proto::Resp2), "$-1\r\n");
