@@ -302,7 +302,7 @@ async fn handle(
         }
     }
     let reply = match request {
-        Request::Conn(c) => conn_command(server, session, c).await,
+        Request::Conn(c) => conn_command(server, session, c, stream, input).await,
         Request::Immediate(wire) => wire,
         Request::Core(command, shape) => {
             return core_command(server, command, shape, session.stale_reads, stream, input).await
@@ -686,7 +686,13 @@ async fn scan(
     Wire::Array(vec![Wire::Bulk(Bytes::from(next.to_string())), keys])
 }
 
-async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> Wire {
+async fn conn_command(
+    server: &Arc<Server>,
+    session: &mut Session,
+    c: Conn,
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+) -> Wire {
     match c {
         Conn::Ping(None) => Wire::Status("PONG"),
         Conn::Ping(Some(message)) | Conn::Echo(message) => Wire::Bulk(message),
@@ -766,9 +772,25 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         }
         // Every acknowledged write is already on a quorum; WAIT counts the replicas
         // (followers and learners) that hold everything this node has applied.
+        // While it waits, bytes the client sends are buffered (it is blocked, as in
+        // Redis), and a client that leaves ends the wait: `WAIT 9 0` on a smaller
+        // cluster would otherwise keep the task and its socket for ever.
         Conn::Wait { replicas, timeout_ms } => {
             let timeout = (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
-            Wire::Int(server.node.wait_replicas(replicas.max(0) as u64, timeout).await as i64)
+            let wait = server.node.wait_replicas(replicas.max(0) as u64, timeout);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    biased;
+                    read = stream.read_buf(input) => match read {
+                        // Gone: the reply goes nowhere and the read loop ends.
+                        Ok(0) | Err(_) => return Wire::Null,
+                        Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => return Wire::Null,
+                        Ok(_) => {}
+                    },
+                    count = &mut wait => return Wire::Int(count as i64),
+                }
+            }
         }
         Conn::Observe { filter, from, once } => {
             let shared = &server.node.sm.shared;

@@ -693,6 +693,30 @@ fn select_client_info_command() {
     c.assert_closed();
 }
 
+/// `WAIT n 0` for more replicas than exist waits for ever; a client that leaves must
+/// end it (its task and socket), as a blocked BLPOP's does.
+#[test]
+fn a_wait_for_replicas_ends_when_its_client_leaves() {
+    let server = Server::start();
+    let mut watcher = server.connect();
+    let connected = |c: &mut Client| {
+        let info = c.cmd(&["INFO", "clients"]).text();
+        info.lines().find_map(|l| l.strip_prefix("connected_clients:")).and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let before = connected(&mut watcher).expect("connected_clients");
+    let mut waiting = server.connect();
+    waiting.send_cmd(&["WAIT", "1", "0"]);
+    wait_until(Duration::from_secs(5), "the WAIT's connection to count", || {
+        (connected(&mut watcher) == Some(before + 1)).then_some(())
+    });
+    // Blocked, as in Redis: a pipelined PING waits behind it.
+    waiting.send_cmd(&["PING"]);
+    drop(waiting);
+    wait_until(Duration::from_secs(5), "the WAIT's connection to end", || {
+        (connected(&mut watcher) == Some(before)).then_some(())
+    });
+}
+
 #[test]
 fn bad_commands_get_errors_and_the_connection_lives_on() {
     let server = Server::start();
