@@ -841,6 +841,12 @@ async fn conn_command(
         }
         Conn::Subscribe(names, pattern) => {
             let hub = &server.node.sm.shared.pubsub;
+            let held = if pattern { &session.patterns } else { &session.channels };
+            let adding = names.iter().filter(|n| !held.contains(*n)).collect::<std::collections::BTreeSet<_>>().len();
+            if session.subscriptions() + adding > crate::pubsub::SUBSCRIPTIONS_PER_CONNECTION_MAX {
+                let max = crate::pubsub::SUBSCRIPTIONS_PER_CONNECTION_MAX;
+                return Wire::Error(format!("LIMIT subscriptions-per-connection limit exceeded (max {max})"));
+            }
             if session.messages.is_none() {
                 session.messages = Some(hub.attach(session.id));
             }

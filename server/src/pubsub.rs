@@ -18,6 +18,11 @@ use crate::resp::Wire;
 /// Messages queued per subscribed connection before it is dropped.
 pub const SUBSCRIBER_QUEUE_MAX: usize = 4_096;
 
+/// Channels and patterns one connection may subscribe to. Every PUBLISH is matched
+/// against every pattern while it applies, so their number is bounded (Redisson, the
+/// heaviest user, spreads a few channels over each of several connections).
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 10_000;
+
 #[derive(Default)]
 struct Inner {
     channels: HashMap<Bytes, BTreeSet<u64>>,

@@ -807,6 +807,40 @@ fn oversized_key_is_refused_naming_the_limit() {
     assert_eq!(c.raw(&["DBSIZE"]), ":1\r\n");
 }
 
+/// A glob costs up to its length times the text's to match, and PSUBSCRIBE patterns
+/// are matched against every PUBLISH as it applies: patterns and channel names stop at
+/// the longest key, and one connection's subscriptions at a bound.
+#[test]
+fn patterns_and_subscriptions_are_bounded_naming_the_limit() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let long = format!("*[{}", "b".repeat(4095));
+    let refused = "-LIMIT pattern-bytes limit exceeded (max 4096)\r\n";
+    assert_eq!(c.raw(&["KEYS", &long]), refused);
+    assert_eq!(c.raw(&["SCAN", "0", "MATCH", &long]), refused);
+    assert_eq!(c.raw(&["PSUBSCRIBE", "ok:*", &long]), refused);
+    assert_eq!(c.raw(&["SUBSCRIBE", &long]), refused);
+    c.assert_alive();
+    let at_limit = "k".repeat(4096);
+    assert_eq!(c.raw(&["KEYS", &at_limit]), "*0\r\n", "exactly at the limit is fine");
+    // Subscriptions: 10,000 per connection, counted across channels and patterns.
+    let mut sub = server.connect();
+    let names: Vec<String> = (0..9_999).map(|i| format!("ch{i}")).collect();
+    let mut request = vec!["SUBSCRIBE".to_string()];
+    request.extend(names.iter().cloned());
+    sub.send_cmd(&request);
+    for _ in 0..names.len() {
+        sub.read_raw();
+    }
+    let over = sub.raw(&["PSUBSCRIBE", "p1", "p2"]);
+    assert_eq!(over, "-LIMIT subscriptions-per-connection limit exceeded (max 10000)\r\n");
+    let last = sub.raw(&["PSUBSCRIBE", "p1"]);
+    assert!(last.starts_with("*3\r\n$10\r\npsubscribe\r\n") && last.ends_with(":10000\r\n"), "{last}");
+    // Subscribing again to one it has adds nothing.
+    let again = sub.raw(&["SUBSCRIBE", "ch0"]);
+    assert!(again.ends_with(":10000\r\n"), "{again}");
+}
+
 #[test]
 fn framing_error_answers_then_closes() {
     let server = Server::start();

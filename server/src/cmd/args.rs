@@ -43,6 +43,20 @@ impl CmdError {
     }
 }
 
+/// Longest glob pattern (KEYS, SCAN MATCH, PSUBSCRIBE) and channel name (SUBSCRIBE):
+/// the longest key or channel there can be. A glob costs up to its length times the
+/// text's to match, and PSUBSCRIBE patterns are matched against every PUBLISH while
+/// it applies, so an 8 MiB pattern would stall a node for seconds per message.
+pub const PATTERN_BYTES_MAX: usize = 4 * 1024;
+
+/// Refuses a pattern or channel name over `PATTERN_BYTES_MAX`.
+pub fn check_pattern(pattern: &[u8]) -> Result<(), CmdError> {
+    if pattern.len() > PATTERN_BYTES_MAX {
+        return Err(CmdError::Other(format!("LIMIT pattern-bytes limit exceeded (max {PATTERN_BYTES_MAX})")));
+    }
+    Ok(())
+}
+
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }

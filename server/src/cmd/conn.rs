@@ -244,7 +244,11 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
         }
         b"SUBSCRIBE" | b"PSUBSCRIBE" => {
             a.arity_min(1)?;
-            conn(Conn::Subscribe(a.rest(), name == b"PSUBSCRIBE"))
+            let names = a.rest();
+            for n in &names {
+                super::args::check_pattern(n)?;
+            }
+            conn(Conn::Subscribe(names, name == b"PSUBSCRIBE"))
         }
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" => conn(Conn::Unsubscribe(a.rest(), name == b"PUNSUBSCRIBE")),
         b"MULTI" | b"EXEC" | b"DISCARD" => {

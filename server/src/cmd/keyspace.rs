@@ -77,6 +77,7 @@ pub fn parse(name: &[u8], a: &mut Args, wall_ms: Option<u64>) -> Result<Option<R
         b"KEYS" => {
             let pattern = a.bytes()?;
             a.finish().map_err(|_| a.arity())?;
+            super::args::check_pattern(&pattern)?;
             core(Command::Keys { pattern })
         }
         b"SCAN" => parse_scan(a).map(Some),
@@ -256,7 +257,11 @@ fn parse_scan(a: &mut Args) -> Result<Request, CmdError> {
     let mut kind = None;
     while let Some(option) = a.keyword() {
         match option.as_slice() {
-            b"MATCH" => pattern = Some(a.optional().ok_or(CmdError::Syntax)?),
+            b"MATCH" => {
+                let matching = a.optional().ok_or(CmdError::Syntax)?;
+                super::args::check_pattern(&matching)?;
+                pattern = Some(matching)
+            }
             b"COUNT" => {
                 let n = a.optional().ok_or(CmdError::Syntax)?;
                 let n = super::args::parse_i64(&n).ok_or(CmdError::NotInteger)?;
