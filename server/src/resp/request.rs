@@ -589,9 +589,12 @@ const SHARE_ABOVE_BYTES: usize = 64 * 1024;
 /// copied into an allocation of its own size: its arguments (lock names, tokens) live
 /// on in log entries and in the lock table, and a slice of the shared read buffer would
 /// keep the whole 16 KiB buffer alive for each of them (measured: 2.7 KB of RSS per
-/// log entry). A large request is most of its buffer anyway, so it is not copied.
+/// log entry). A large request is shared only while it is at least half of what is
+/// left of its buffer's allocation: after one huge request the buffer keeps its large
+/// allocation, and a 65 KiB value kept in the table would otherwise pin all of it
+/// (tens of MiB per key, reviewed, not measured).
 fn own_or_share(buf: &mut BytesMut, len: usize) -> Bytes {
-    if len <= SHARE_ABOVE_BYTES {
+    if len <= SHARE_ABOVE_BYTES || len < buf.capacity() / 2 {
         let own = Bytes::copy_from_slice(&buf[..len]);
         buf.advance(len);
         own
@@ -764,6 +767,17 @@ mod tests {
         let Some(Parsed::Command(args)) = parser.parse(&mut big).unwrap() else { panic!() };
         assert_eq!(args[2].len(), SHARE_ABOVE_BYTES);
         assert_eq!(args[0].as_ptr() as usize, base + 8, "a large request is not copied");
+
+        // A large request in a much larger buffer (left from an earlier, huger request)
+        // is copied: shared, it would pin the whole allocation.
+        let mut roomy = BytesMut::with_capacity(8 * 1024 * 1024);
+        roomy.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).as_bytes());
+        roomy.extend_from_slice(&value);
+        roomy.extend_from_slice(b"\r\n");
+        let range = roomy.as_ptr() as usize..roomy.as_ptr() as usize + roomy.capacity();
+        let Some(Parsed::Command(args)) = parser.parse(&mut roomy).unwrap() else { panic!() };
+        assert_eq!(args[2].len(), SHARE_ABOVE_BYTES);
+        assert!(!range.contains(&(args[0].as_ptr() as usize)), "copied out of the 8 MiB buffer");
     }
 
     #[test]
