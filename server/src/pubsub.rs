@@ -28,6 +28,8 @@ struct Inner {
     channels: HashMap<Bytes, BTreeSet<u64>>,
     patterns: BTreeMap<Bytes, BTreeSet<u64>>,
     senders: HashMap<u64, mpsc::Sender<Wire>>,
+    /// Connections dropped for overflowing since `take_overflowed` last ran.
+    overflowed: Vec<u64>,
 }
 
 /// Subscriptions of this node's connections.
@@ -134,9 +136,18 @@ impl Hub {
         }
         for conn in overflowed {
             // Dropping the sender ends the connection's stream of messages: it then
-            // closes with the reason.
+            // closes with the reason, once its watches' clones of the sender are gone
+            // too (`take_overflowed`).
             Self::drop_conn(&mut inner, conn);
+            inner.overflowed.push(conn);
         }
         delivered
+    }
+
+    /// The connections dropped for overflowing since the last call, whose watches must
+    /// go too. At most one entry per connection between two calls (a dropped connection
+    /// has no sender left to overflow).
+    pub fn take_overflowed(&self) -> Vec<u64> {
+        std::mem::take(&mut self.inner.lock().expect("not poisoned").overflowed)
     }
 }

@@ -841,6 +841,39 @@ fn patterns_and_subscriptions_are_bounded_naming_the_limit() {
     assert!(again.ends_with(":10000\r\n"), "{again}");
 }
 
+/// A subscriber that stops reading is dropped with the reason once its queue is full,
+/// also while it observes (a watch holds a second handle on the same queue, which kept
+/// it open: the connection lived on without its subscriptions and was never told).
+#[test]
+fn a_slow_subscriber_that_also_observes_is_closed_with_the_reason() {
+    let server = Server::start();
+    let mut sub = server.connect();
+    sub.cmd(&["SUBSCRIBE", "ch"]);
+    sub.cmd(&["OBSERVE", "KEY", "k"]);
+    let mut publisher = server.connect();
+    let message = "m".repeat(8 * 1024);
+    // More than the queue holds (4,096) and more than the sockets buffer between them.
+    let mut closed_at = None;
+    for i in 0..12_000 {
+        let reply = publisher.cmd(&["PUBLISH", "ch", &message]);
+        if reply == Reply::Int(0) {
+            closed_at = Some(i);
+            break;
+        }
+    }
+    assert!(closed_at.is_some(), "the subscriber was never dropped");
+    sub.set_read_timeout(Duration::from_millis(200));
+    let (tail, closed) = sub.read_to_close(Duration::from_secs(20), 4096);
+    let tail = String::from_utf8_lossy(&tail);
+    assert!(
+        tail.contains("ERR pub/sub queue limit (4096 messages) reached"),
+        "{}",
+        &tail[tail.len().saturating_sub(300)..]
+    );
+    assert!(closed, "closed after the reason");
+    publisher.assert_alive();
+}
+
 #[test]
 fn framing_error_answers_then_closes() {
     let server = Server::start();

@@ -377,6 +377,12 @@ impl SmStore {
                 self.shared.waiters.deliver(waiter, event);
             }
         }
+        // A subscriber that overflowed also loses its watches: they hold clones of its
+        // queue's sender, and while any is alive the queue never closes, so the
+        // connection would go on without its subscriptions and never be told.
+        for conn in self.shared.pubsub.take_overflowed() {
+            self.shared.watches.drop_conn(conn);
+        }
         delivered
     }
 }

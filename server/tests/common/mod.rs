@@ -386,6 +386,28 @@ impl Client {
         self.writer.set_read_timeout(Some(timeout)).expect("set the read timeout");
     }
 
+    /// Reads everything until the server closes the connection or `limit` passes.
+    /// Returns the last `tail` bytes read and whether it closed.
+    pub fn read_to_close(&mut self, limit: Duration, tail: usize) -> (Vec<u8>, bool) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut last = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while std::time::Instant::now() < deadline {
+            match self.reader.read(&mut chunk) {
+                Ok(0) => return (last, true),
+                Ok(n) => {
+                    last.extend_from_slice(&chunk[..n]);
+                    let excess = last.len().saturating_sub(tail);
+                    last.drain(..excess);
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (last, true),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        (last, false)
+    }
+
     /// Writes raw bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         self.try_send(bytes).expect("write to the server");
