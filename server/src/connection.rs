@@ -214,11 +214,15 @@ async fn serve_session(
                 Ok(_) => {}
             },
             message = next_message(&mut session.messages) => match message {
-                Some(message) => message.encode(session.proto, output),
+                Some(message) => {
+                    server.node.sm.shared.pubsub.taken(session.id, &message);
+                    message.encode(session.proto, output)
+                }
                 None => {
                     let text = format!(
-                        "ERR pub/sub queue limit ({} messages) reached: the subscriber or observer is too slow; closing",
-                        crate::pubsub::SUBSCRIBER_QUEUE_MAX
+                        "ERR pub/sub queue limit ({} messages or {} MiB) reached: the subscriber or observer is too slow; closing",
+                        crate::pubsub::SUBSCRIBER_QUEUE_MAX,
+                        crate::pubsub::SUBSCRIBER_QUEUE_BYTES_MAX >> 20
                     );
                     Wire::Error(text).encode(session.proto, output);
                     let _ = stream.write_all(output).await;
@@ -882,9 +886,20 @@ async fn conn_command(
             if names.is_empty() {
                 return Wire::Push(vec![Wire::text(kind), Wire::Null, Wire::Int(session.subscriptions() as i64)]);
             }
+            for name in &names {
+                hub.unsubscribe(session.id, name, pattern);
+            }
+            // Messages already queued go out before the confirmations, as in Redis: once
+            // the count reaches 0 a RESP2 client leaves subscriber mode, and a message
+            // after the confirmation would be taken for the reply to its next command.
             let mut replies = Vec::with_capacity(names.len());
+            if let Some(messages) = session.messages.as_mut() {
+                while let Ok(message) = messages.try_recv() {
+                    hub.taken(session.id, &message);
+                    replies.push(message);
+                }
+            }
             for name in names {
-                hub.unsubscribe(session.id, &name, pattern);
                 if pattern {
                     session.patterns.remove(&name);
                 } else {

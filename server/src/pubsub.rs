@@ -3,9 +3,9 @@
 //! PUBLISH goes through the log (so scripts can publish, and in a cluster every node
 //! delivers to its own subscribers); applying it hands the message to this hub. Each
 //! subscribed connection has a bounded queue: a subscriber that falls
-//! `SUBSCRIBER_QUEUE_MAX` messages behind is dropped (its connection is closed with a
-//! reason), as Redis's pubsub output-buffer limit does, so a slow reader cannot grow
-//! the server's memory.
+//! `SUBSCRIBER_QUEUE_MAX` messages or `SUBSCRIBER_QUEUE_BYTES_MAX` behind is dropped
+//! (its connection is closed with a reason), as Redis's pubsub output-buffer limit
+//! does, so a slow reader cannot grow the server's memory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -17,6 +17,10 @@ use crate::resp::Wire;
 
 /// Messages queued per subscribed connection before it is dropped.
 pub const SUBSCRIBER_QUEUE_MAX: usize = 4_096;
+
+/// Bytes of messages queued per subscribed connection before it is dropped (Redis's
+/// pubsub output-buffer hard limit): 4,096 messages of up to 1 MiB would be 4 GiB.
+pub const SUBSCRIBER_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Channels and patterns one connection may subscribe to. Every PUBLISH is matched
 /// against every pattern while it applies, so their number is bounded (Redisson, the
@@ -30,6 +34,21 @@ struct Inner {
     senders: HashMap<u64, mpsc::Sender<Wire>>,
     /// Connections dropped for overflowing since `take_overflowed` last ran.
     overflowed: Vec<u64>,
+    /// Bytes of pub/sub messages queued per connection (`message_bytes`).
+    queued_bytes: HashMap<u64, usize>,
+}
+
+/// The bytes a pub/sub message counts against `SUBSCRIBER_QUEUE_BYTES_MAX`: its
+/// payloads. Other pushes on the same queue (watch events) count 0; the count of
+/// messages bounds them.
+pub fn message_bytes(push: &Wire) -> usize {
+    let Wire::Push(items) = push else { return 0 };
+    let is_message =
+        matches!(items.first(), Some(Wire::Bulk(kind)) if kind.as_ref() == b"message" || kind.as_ref() == b"pmessage");
+    if !is_message {
+        return 0;
+    }
+    items.iter().map(|i| if let Wire::Bulk(b) = i { b.len() } else { 0 }).sum()
 }
 
 /// Subscriptions of this node's connections.
@@ -90,8 +109,19 @@ impl Hub {
         Self::drop_conn(&mut inner, conn);
     }
 
+    /// The connection took a message off its queue.
+    pub fn taken(&self, conn: u64, message: &Wire) {
+        let bytes = message_bytes(message);
+        if bytes > 0 {
+            if let Some(queued) = self.inner.lock().expect("not poisoned").queued_bytes.get_mut(&conn) {
+                *queued = queued.saturating_sub(bytes);
+            }
+        }
+    }
+
     fn drop_conn(inner: &mut Inner, conn: u64) {
         inner.senders.remove(&conn);
+        inner.queued_bytes.remove(&conn);
         inner.channels.retain(|_, set| {
             set.remove(&conn);
             !set.is_empty()
@@ -128,9 +158,20 @@ impl Hub {
         let mut delivered = 0;
         let mut overflowed = Vec::new();
         for (conn, push) in deliveries {
+            let bytes = message_bytes(&push);
+            let queued = inner.queued_bytes.get(&conn).copied().unwrap_or(0);
+            if queued + bytes > SUBSCRIBER_QUEUE_BYTES_MAX {
+                if inner.senders.contains_key(&conn) && !overflowed.contains(&conn) {
+                    overflowed.push(conn);
+                }
+                continue;
+            }
             match inner.senders.get(&conn).map(|tx| tx.try_send(push)) {
-                Some(Ok(())) => delivered += 1,
-                Some(Err(mpsc::error::TrySendError::Full(_))) => overflowed.push(conn),
+                Some(Ok(())) => {
+                    delivered += 1;
+                    *inner.queued_bytes.entry(conn).or_default() += bytes;
+                }
+                Some(Err(mpsc::error::TrySendError::Full(_))) if !overflowed.contains(&conn) => overflowed.push(conn),
                 _ => {}
             }
         }

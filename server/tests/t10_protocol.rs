@@ -866,12 +866,65 @@ fn a_slow_subscriber_that_also_observes_is_closed_with_the_reason() {
     let (tail, closed) = sub.read_to_close(Duration::from_secs(20), 4096);
     let tail = String::from_utf8_lossy(&tail);
     assert!(
-        tail.contains("ERR pub/sub queue limit (4096 messages) reached"),
+        tail.contains("ERR pub/sub queue limit (4096 messages or 32 MiB) reached"),
         "{}",
         &tail[tail.len().saturating_sub(300)..]
     );
     assert!(closed, "closed after the reason");
     publisher.assert_alive();
+}
+
+/// A subscriber that stops reading is dropped by bytes too: 4,096 messages of up to
+/// 1 MiB each would be 4 GiB held for one connection.
+#[test]
+fn a_slow_subscriber_of_large_messages_is_dropped_at_32_mib() {
+    let server = Server::start();
+    let mut sub = server.connect();
+    sub.cmd(&["SUBSCRIBE", "big"]);
+    let mut publisher = server.connect();
+    let message = "m".repeat(1024 * 1024);
+    // Well under 4,096 messages: only the byte bound can drop it (plus what the
+    // sockets buffer between them).
+    let dropped_at = (0..200).find(|_| publisher.cmd(&["PUBLISH", "big", &message]) == Reply::Int(0));
+    assert!(dropped_at.is_some_and(|n| n < 100), "dropped after {dropped_at:?} messages of 1 MiB");
+    sub.set_read_timeout(Duration::from_millis(200));
+    let (tail, closed) = sub.read_to_close(Duration::from_secs(20), 4096);
+    assert!(String::from_utf8_lossy(&tail).contains("ERR pub/sub queue limit"), "told why");
+    assert!(closed);
+}
+
+/// Messages published before an UNSUBSCRIBE come before its confirmation, as in Redis:
+/// a RESP2 client at zero subscriptions takes what follows as replies to its commands.
+/// (The race the server guards against, messages still in the connection's queue when
+/// the UNSUBSCRIBE is read, is not forced here; this pins the order a client sees.)
+#[test]
+fn messages_queued_before_unsubscribe_come_before_its_confirmation() {
+    let server = Server::start();
+    let mut sub = server.connect();
+    sub.cmd(&["SUBSCRIBE", "ch"]);
+    let mut publisher = server.connect();
+    // The subscriber's task is blocked on nothing here; so that messages are queued
+    // when the UNSUBSCRIBE is handled, both go in one write after the publishes.
+    for i in 0..50 {
+        publisher.cmd(&["PUBLISH", "ch", &format!("m{i}")]);
+    }
+    let mut both = encode(&["UNSUBSCRIBE"]);
+    both.extend_from_slice(&encode(&["GET", "k"]));
+    sub.send(&both);
+    let mut seen = 0;
+    loop {
+        let reply = sub.read();
+        let items = reply.items();
+        if items[0].text() == "message" {
+            assert_eq!(items[2].text(), format!("m{seen}"));
+            seen += 1;
+            continue;
+        }
+        assert_eq!(items[0].text(), "unsubscribe");
+        break;
+    }
+    assert_eq!(seen, 50, "every message before the confirmation");
+    assert!(sub.read().is_null(), "then the GET's reply");
 }
 
 #[test]
