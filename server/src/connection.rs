@@ -452,8 +452,19 @@ async fn put_back(server: &Arc<Server>, key: Bytes, value: Bytes, to: PutBackTo)
 /// True if the peer has closed its side (EOF is readable now). Bytes that arrived are
 /// kept in `input`.
 fn peer_gone(stream: &TcpStream, input: &mut BytesMut) -> bool {
-    input.reserve(READ_CHUNK);
-    matches!(stream.try_read_buf(input), Ok(0))
+    // Bytes and the FIN can arrive together: read until the socket has nothing more,
+    // so a FIN behind bytes the client sent last is seen too (a popped element written
+    // to a socket that is gone would be lost). Bounded by the query-buffer limit.
+    loop {
+        input.reserve(READ_CHUNK);
+        match stream.try_read_buf(input) {
+            Ok(0) => return true,
+            Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
 }
 
 /// How a wait ended.

@@ -282,7 +282,11 @@ fn parse_hello(a: &mut Args) -> Result<Option<Request>, CmdError> {
     while let Some(option) = a.keyword() {
         match option.as_slice() {
             b"AUTH" if a.remaining() >= 2 => auth = Some((a.bytes()?, a.bytes()?)),
-            b"SETNAME" if a.remaining() >= 1 => name = Some(a.bytes()?),
+            b"SETNAME" if a.remaining() >= 1 => {
+                let given = a.bytes()?;
+                check_client_name(&given)?;
+                name = Some(given)
+            }
             _ => {
                 let option = String::from_utf8_lossy(&option).into_owned();
                 return Err(CmdError::Other(format!("ERR Syntax error in HELLO option '{}'", option.to_lowercase())));
@@ -292,17 +296,26 @@ fn parse_hello(a: &mut Args) -> Result<Option<Request>, CmdError> {
     conn(Conn::Hello { proto, auth, name })
 }
 
+/// Printable ASCII without spaces: what CLIENT LIST can show as one field.
+fn printable(value: &[u8]) -> bool {
+    value.iter().all(|&b| b > b' ' && b <= b'~')
+}
+
+/// A client name, from CLIENT SETNAME or HELLO ... SETNAME (Redis checks both alike).
+fn check_client_name(name: &[u8]) -> Result<(), CmdError> {
+    if !printable(name) {
+        return Err(CmdError::Other("ERR Client names cannot contain spaces, newlines or special characters.".into()));
+    }
+    Ok(())
+}
+
 fn parse_client(a: &mut Args) -> Result<Option<Request>, CmdError> {
     let sub = a.keyword().ok_or_else(|| a.arity())?;
     let c = match sub.as_slice() {
         b"SETNAME" => {
             let name = a.bytes()?;
             a.finish().map_err(|_| a.arity())?;
-            if name.iter().any(|&b| b <= b' ' || b > b'~') {
-                return Err(CmdError::Other(
-                    "ERR Client names cannot contain spaces, newlines or special characters.".into(),
-                ));
-            }
+            check_client_name(&name)?;
             Conn::ClientSetName(name)
         }
         b"GETNAME" => Conn::ClientGetName,
@@ -316,6 +329,14 @@ fn parse_client(a: &mut Args) -> Result<Option<Request>, CmdError> {
             if !attribute.eq_ignore_ascii_case(b"LIB-NAME") && !attribute.eq_ignore_ascii_case(b"LIB-VER") {
                 let attribute = String::from_utf8_lossy(&attribute).into_owned();
                 return Err(CmdError::Other(format!("ERR Unrecognized option '{attribute}'")));
+            }
+            // As Redis: CLIENT LIST prints them as space-separated fields, one client a
+            // line, so a space or a newline would forge fields or clients.
+            if !printable(&value) {
+                let attribute = String::from_utf8_lossy(&attribute).to_lowercase();
+                return Err(CmdError::Other(format!(
+                    "ERR {attribute} cannot contain spaces, newlines or special characters."
+                )));
             }
             Conn::ClientSetInfo { attribute, value }
         }
@@ -357,6 +378,21 @@ mod tests {
             "ERR unknown subcommand 'maint_notifications'. Try CLIENT HELP."
         );
         assert!(c("CLIENT SETNAME has space").is_err());
+        // HELLO's SETNAME and CLIENT SETINFO's values are checked alike: CLIENT LIST
+        // prints them as space-separated fields, one client a line.
+        assert!(c("HELLO 3 SETNAME ok-name").is_ok());
+        let mut args: Vec<Bytes> = ["HELLO", "3", "SETNAME"].iter().map(|s| Bytes::from(*s)).collect();
+        args.push(Bytes::from_static(b"forged\nid=1"));
+        assert_eq!(
+            parse_at(args, 0).err().map(|e| e.to_string()).as_deref(),
+            Some("ERR Client names cannot contain spaces, newlines or special characters.")
+        );
+        let mut args: Vec<Bytes> = ["CLIENT", "SETINFO", "LIB-NAME"].iter().map(|s| Bytes::from(*s)).collect();
+        args.push(Bytes::from_static(b"redis-py addr=1.2.3.4"));
+        assert_eq!(
+            parse_at(args, 0).err().map(|e| e.to_string()).as_deref(),
+            Some("ERR lib-name cannot contain spaces, newlines or special characters.")
+        );
         assert_eq!(c("PING a b").unwrap_err().to_string(), "ERR wrong number of arguments for 'ping' command");
         assert_eq!(c("WAIT 1 -1").unwrap_err().to_string(), "ERR timeout is negative");
     }
