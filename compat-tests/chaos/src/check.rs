@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::history::{Deliveries, FencedWrite, Grant, PushOutcome, RegCall, RegOp};
+use crate::history::{Deliveries, ExpiringRead, FencedWrite, Grant, PushOutcome, RegCall, RegOp};
 
 /// A check's outcome.
 #[derive(Debug, Clone, PartialEq)]
@@ -465,6 +465,47 @@ pub fn queue_delivery(d: &Deliveries) -> Verdict {
     Verdict::Pass
 }
 
+/// Keys written with a TTL expire neither early nor twice: no read finds the key gone
+/// before the TTL could have run out (counted from the SET's send time, less the drift
+/// allowance: Redlock's validity rule), and once a read has found it gone, no read sent
+/// later finds it again. A read that reported an expiry the log did not hold yet would
+/// be followed by reads on other nodes, or on the next leader, that see the key alive.
+pub fn expiry_is_linearizable(reads: &[ExpiringRead], drift: f64) -> Verdict {
+    let show = |r: &ExpiringRead| {
+        format!(
+            "worker {} GET {:?} (value {:?}, SET sent {:.1} with PX {}) sent {:.1} answered {:.1} -> {} (port {})",
+            r.worker,
+            r.key,
+            r.value,
+            r.set_invoked_ms,
+            r.ttl_ms,
+            r.invoked_ms,
+            r.completed_ms,
+            if r.present { "present" } else { "nil" },
+            r.port
+        )
+    };
+    let mut by_value: BTreeMap<(&str, &str), Vec<&ExpiringRead>> = BTreeMap::new();
+    for r in reads {
+        if !r.present && r.completed_ms < r.set_invoked_ms + r.ttl_ms as f64 * (1.0 - drift) {
+            return Verdict::Fail(format!("a key expired before its TTL could have run out:\n  {}", show(r)));
+        }
+        by_value.entry((&r.key, &r.value)).or_default().push(r);
+    }
+    for reads in by_value.values() {
+        let first_gone = reads.iter().filter(|r| !r.present).min_by(|a, b| a.completed_ms.total_cmp(&b.completed_ms));
+        let Some(gone) = first_gone else { continue };
+        if let Some(back) = reads.iter().find(|r| r.present && r.invoked_ms > gone.completed_ms) {
+            return Verdict::Fail(format!(
+                "a key read as expired was read alive again afterwards:\n  {}\n  {}",
+                show(gone),
+                show(back)
+            ));
+        }
+    }
+    Verdict::Pass
+}
+
 /// The run did what it is meant to check: every operation named succeeded at least
 /// `floor` times. A server that refused everything (or a harness that never reached
 /// it) would otherwise pass every other check.
@@ -575,6 +616,33 @@ mod tests {
         assert!(queue_delivery(&deliveries(&pushed, &["a"], 0, &[])).failed());
         assert_eq!(queue_delivery(&deliveries(&pushed, &["a"], 1, &[])), Verdict::Pass);
         assert!(queue_delivery(&deliveries(&pushed, &[], 1, &[])).failed());
+    }
+
+    #[test]
+    fn an_expiry_read_early_or_undone_fails() {
+        let read = |invoked_ms: f64, completed_ms: f64, present: bool| ExpiringRead {
+            worker: 1,
+            key: "k".into(),
+            value: "v1".into(),
+            set_invoked_ms: 0.0,
+            ttl_ms: 200,
+            invoked_ms,
+            completed_ms,
+            present,
+            port: 0,
+        };
+        // Present, then gone after the TTL, then gone: fine.
+        let ok = [read(10.0, 11.0, true), read(250.0, 251.0, false), read(260.0, 261.0, false)];
+        assert_eq!(expiry_is_linearizable(&ok, 0.01), Verdict::Pass);
+        // Concurrent reads may disagree: the second was sent before the first answered.
+        let racing = [read(250.0, 255.0, false), read(254.0, 256.0, true)];
+        assert_eq!(expiry_is_linearizable(&racing, 0.01), Verdict::Pass);
+        // Gone, then alive again in a read sent afterwards.
+        let undone = [read(250.0, 251.0, false), read(252.0, 253.0, true)];
+        assert!(expiry_is_linearizable(&undone, 0.01).failed());
+        // Gone before 200 ms × (1 − drift) after the SET was sent.
+        let early = [read(150.0, 190.0, false)];
+        assert!(expiry_is_linearizable(&early, 0.01).failed());
     }
 
     #[test]

@@ -89,6 +89,32 @@ pub struct History {
     pub outcomes: std::collections::BTreeMap<String, [u64; 3]>,
     /// Queue and list deliveries.
     pub queues: Deliveries,
+    /// Reads of keys written with a TTL.
+    pub expiring: Vec<ExpiringRead>,
+}
+
+/// A read of a key one worker wrote with `SET key value PX ttl` (only that worker
+/// writes the key, and every value once), from any node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiringRead {
+    /// Which worker.
+    pub worker: usize,
+    /// The key.
+    pub key: String,
+    /// The value the acknowledged SET wrote.
+    pub value: String,
+    /// When that SET was sent.
+    pub set_invoked_ms: f64,
+    /// The SET's TTL.
+    pub ttl_ms: u64,
+    /// When the read was sent.
+    pub invoked_ms: f64,
+    /// When its answer came.
+    pub completed_ms: f64,
+    /// True: it returned the value; false: nil (the key had expired).
+    pub present: bool,
+    /// The client port of the node that answered.
+    pub port: u16,
 }
 
 /// A push's outcome as its client saw it.

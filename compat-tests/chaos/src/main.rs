@@ -201,8 +201,19 @@ async fn inject(
 }
 
 /// Operations that must each succeed `PROGRESS_FLOOR` times in a run.
-const PROGRESS_REQUIRED: [&str; 9] =
-    ["lock", "redlock", "permit", "campaign", "register", "ack-write", "session-lock", "queue-push", "queue-pop"];
+const PROGRESS_REQUIRED: [&str; 11] = [
+    "lock",
+    "redlock",
+    "permit",
+    "campaign",
+    "register",
+    "ack-write",
+    "session-lock",
+    "queue-push",
+    "queue-pop",
+    "expiring-set",
+    "expiring-read",
+];
 /// A 60 s run on 5 nodes succeeds at each of them hundreds of times.
 const PROGRESS_FLOOR: u64 = 50;
 
@@ -318,6 +329,8 @@ async fn run(args: Args) -> Result<usize, String> {
         Kind::Permit,
         Kind::Queue,
         Kind::Queue,
+        Kind::Expiring,
+        Kind::Expiring,
     ];
     let workers: Vec<_> = kinds
         .iter()
@@ -452,6 +465,7 @@ async fn run(args: Args) -> Result<usize, String> {
         ("register linearizability", check::linearizable(&history.registers, LINEARIZABILITY_BUDGET)),
         ("no acknowledged write lost", check::no_lost_writes(&history.acked, |k| values.get(k).cloned().flatten())),
         ("queues deliver once, lose nothing", check::queue_delivery(&history.queues)),
+        ("keys expire neither early nor twice", check::expiry_is_linearizable(&history.expiring, drift)),
         (
             "recovery after healing",
             match (recovery, after_restart) {

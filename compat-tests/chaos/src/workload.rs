@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::history::{FencedWrite, Grant, History, PushOutcome, RegCall, RegOp};
+use crate::history::{ExpiringRead, FencedWrite, Grant, History, PushOutcome, RegCall, RegOp};
 use crate::resp::{CallError, Conn, Reply};
 
 /// How long a client waits for any reply (the server answers TRYAGAIN within 3 s).
@@ -111,6 +111,9 @@ pub enum Kind {
     /// Unique items pushed to and popped from a queue (QUEUE.PUSH / QUEUE.POP WAIT)
     /// and a list (RPUSH / BLPOP), each pop blocking.
     Queue,
+    /// `SET key value PX 200` on a key of its own, then GETs of it from every node in
+    /// turn across its expiry.
+    Expiring,
 }
 
 /// A session worker's session: its id and until when the client may count on it
@@ -127,6 +130,8 @@ pub async fn run(shared: Arc<Shared>, worker: usize, kind: Kind, seed: u64) {
     let mut conn: Option<Conn> = None;
     let mut n: u64 = 0;
     let mut session: Option<Session> = None;
+    // The Expiring worker's readers, one per node.
+    let mut readers: Vec<Option<Conn>> = (0..shared.ports.len()).map(|_| None).collect();
     while shared.running.load(Ordering::Relaxed) {
         if conn.is_none() {
             let port = shared.ports[rng.below(shared.ports.len() as u64) as usize];
@@ -147,6 +152,7 @@ pub async fn run(shared: Arc<Shared>, worker: usize, kind: Kind, seed: u64) {
             Kind::Ack => ack(&shared, c, worker, n).await,
             Kind::Session => session_locks(&shared, c, worker, n, &mut rng, &mut session).await,
             Kind::Queue => queue(&shared, c, worker, n, &mut rng).await,
+            Kind::Expiring => expiring(&shared, c, worker, n, &mut rng, &mut readers).await,
         };
         if broken {
             conn = None;
@@ -647,6 +653,72 @@ async fn queue(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -
             s.history.lock().unwrap().queues.popped.push((key.to_string(), value));
         }
         None => s.count("queue-pop", 1),
+    }
+    false
+}
+
+/// The Expiring worker's TTL.
+pub const EXPIRING_TTL_MS: u64 = 200;
+
+/// Writes a fresh value with a short TTL to the worker's own key, then reads it from
+/// every node in turn, a few milliseconds apart, until well past the TTL: the reads
+/// around the expiry are where a node that answered from its own clock, ahead of the
+/// log, would disagree with the others.
+async fn expiring(
+    s: &Shared,
+    c: &mut Conn,
+    worker: usize,
+    n: u64,
+    rng: &mut Rng,
+    readers: &mut [Option<Conn>],
+) -> bool {
+    let key = format!("ttl:{worker}");
+    let value = format!("t{worker}-{n}");
+    let set_invoked = s.now();
+    match call(c, &["SET", &key, &value, "PX", &EXPIRING_TTL_MS.to_string()]).await {
+        Ok(Reply::Simple(ok)) if ok == "OK" => s.count("expiring-set", 0),
+        Ok(reply) => {
+            s.count("expiring-set", if retryable(&reply) { 2 } else { 1 });
+            return false;
+        }
+        Err(broken) => {
+            s.count("expiring-set", 2);
+            return broken;
+        }
+    }
+    let until = set_invoked + EXPIRING_TTL_MS as f64 * 2.0;
+    let mut next = rng.below(readers.len() as u64) as usize;
+    while s.now() < until {
+        let i = next % readers.len();
+        next += 1;
+        if readers[i].is_none() {
+            readers[i] = Conn::connect(s.ports[i], Duration::from_millis(200)).await;
+        }
+        let Some(reader) = readers[i].as_mut() else { continue };
+        let invoked = s.now();
+        let present = match reader.call(&["GET", &key], Duration::from_secs(1)).await {
+            Ok(Reply::Bulk(v)) if v == value => true,
+            Ok(Reply::Nil) => false,
+            Ok(_) => continue,
+            Err(_) => {
+                readers[i] = None;
+                continue;
+            }
+        };
+        let read = ExpiringRead {
+            worker,
+            key: key.clone(),
+            value: value.clone(),
+            set_invoked_ms: set_invoked,
+            ttl_ms: EXPIRING_TTL_MS,
+            invoked_ms: invoked,
+            completed_ms: s.now(),
+            present,
+            port: s.ports[i],
+        };
+        s.count("expiring-read", 0);
+        s.history.lock().unwrap().expiring.push(read);
+        tokio::time::sleep(Duration::from_millis(rng.below(4))).await;
     }
     false
 }
