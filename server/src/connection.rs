@@ -306,7 +306,10 @@ async fn handle(
         }
     }
     let reply = match request {
-        Request::Conn(c) => conn_command(server, session, c, stream, input).await,
+        Request::Conn(Conn::Wait { replicas, timeout_ms }) => {
+            return wait_replicas(server, replicas, timeout_ms, stream, input).await
+        }
+        Request::Conn(c) => conn_command(server, session, c).await,
         Request::Immediate(wire) => wire,
         Request::Core(command, shape) => {
             return core_command(server, command, shape, session.stale_reads, stream, input).await
@@ -701,13 +704,36 @@ async fn scan(
     Wire::Array(vec![Wire::Bulk(Bytes::from(next.to_string())), keys])
 }
 
-async fn conn_command(
+/// WAIT: how many replicas hold everything this node has applied, once `replicas` do
+/// or the timeout passes. While it waits, bytes the client sends are buffered (it is
+/// blocked, as in Redis), and a client that leaves ends the wait and the connection,
+/// as a blocked BLPOP's does: `WAIT 9 0` on a smaller cluster would otherwise keep the
+/// task and its socket for ever, and commands pipelined behind it would run for a
+/// client that has gone. `None`: close now.
+async fn wait_replicas(
     server: &Arc<Server>,
-    session: &mut Session,
-    c: Conn,
+    replicas: i64,
+    timeout_ms: i64,
     stream: &mut TcpStream,
     input: &mut BytesMut,
-) -> Wire {
+) -> Option<Wire> {
+    let timeout = (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
+    let wait = server.node.wait_replicas(replicas.max(0) as u64, timeout);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            biased;
+            read = stream.read_buf(input) => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => return None,
+                Ok(_) => {}
+            },
+            count = &mut wait => return Some(Wire::Int(count as i64)),
+        }
+    }
+}
+
+async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> Wire {
     match c {
         Conn::Ping(None) => Wire::Status("PONG"),
         Conn::Ping(Some(message)) | Conn::Echo(message) => Wire::Bulk(message),
@@ -787,26 +813,8 @@ async fn conn_command(
         }
         // Every acknowledged write is already on a quorum; WAIT counts the replicas
         // (followers and learners) that hold everything this node has applied.
-        // While it waits, bytes the client sends are buffered (it is blocked, as in
-        // Redis), and a client that leaves ends the wait: `WAIT 9 0` on a smaller
-        // cluster would otherwise keep the task and its socket for ever.
-        Conn::Wait { replicas, timeout_ms } => {
-            let timeout = (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
-            let wait = server.node.wait_replicas(replicas.max(0) as u64, timeout);
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    biased;
-                    read = stream.read_buf(input) => match read {
-                        // Gone: the reply goes nowhere and the read loop ends.
-                        Ok(0) | Err(_) => return Wire::Null,
-                        Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => return Wire::Null,
-                        Ok(_) => {}
-                    },
-                    count = &mut wait => return Wire::Int(count as i64),
-                }
-            }
-        }
+        // `handle` answers WAIT (`wait_replicas`): it needs the socket.
+        Conn::Wait { .. } => Wire::error("ERR WAIT is answered by the connection, not here"),
         Conn::Observe { filter, from, once } => {
             let shared = &server.node.sm.shared;
             if shared.watches.count(session.id) >= crate::watch::WATCHES_PER_CONNECTION_MAX {
@@ -820,6 +828,12 @@ async fn conn_command(
                 return Wire::error("ERR this connection's notification queue is closed");
             };
             match shared.watches.register(session.id, filter, from, once, tx) {
+                // The queue overflowed between taking its sender and registering (apply
+                // may run on another thread): the watch would keep a dropped queue open.
+                Ok(_) if shared.pubsub.sender(session.id).is_none() => {
+                    shared.watches.drop_conn(session.id);
+                    Wire::error("ERR this connection's notification queue is closed")
+                }
                 Ok((id, revision)) => {
                     session.observing = true;
                     Wire::Map(vec![

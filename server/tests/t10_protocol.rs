@@ -709,12 +709,14 @@ fn a_wait_for_replicas_ends_when_its_client_leaves() {
     wait_until(Duration::from_secs(5), "the WAIT's connection to count", || {
         (connected(&mut watcher) == Some(before + 1)).then_some(())
     });
-    // Blocked, as in Redis: a pipelined PING waits behind it.
-    waiting.send_cmd(&["PING"]);
+    // Blocked, as in Redis: a pipelined command waits behind it, and is not run for a
+    // client that has gone.
+    waiting.send_cmd(&["SET", "after-wait", "1"]);
     drop(waiting);
     wait_until(Duration::from_secs(5), "the WAIT's connection to end", || {
         (connected(&mut watcher) == Some(before)).then_some(())
     });
+    assert_eq!(watcher.raw(&["EXISTS", "after-wait"]), ":0\r\n");
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct Cluster {
     paused: Vec<bool>,
     /// `FENCELOCK_TEST_CLOCK` per node (None: the real clock).
     pub clocks: Vec<Option<String>>,
+    /// Nodes a kill or a SIGTERM found already exited on their own (a crash between
+    /// two looks of `exited_on_their_own`).
+    pub found_exited: Vec<String>,
 }
 
 impl Cluster {
@@ -47,6 +50,7 @@ impl Cluster {
             procs: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
             clocks: vec![None; n],
+            found_exited: Vec::new(),
         };
         for node in 1..=n {
             cluster.spawn(node)?;
@@ -102,8 +106,18 @@ impl Cluster {
         }
     }
 
+    /// Records a node whose process has already exited, unasked.
+    fn note_exited(&mut self, node: usize) {
+        if let Some(child) = self.procs[node - 1].as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.found_exited.push(format!("node {node} had exited on its own ({status}) when a fault came"));
+            }
+        }
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self, node: usize) {
+        self.note_exited(node);
         if let Some(mut child) = self.procs[node - 1].take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -121,6 +135,7 @@ impl Cluster {
 
     /// SIGTERM, wait for the exit (10 s at most, then SIGKILL).
     pub fn terminate(&mut self, node: usize) {
+        self.note_exited(node);
         self.signal(node, "TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         if let Some(child) = self.procs[node - 1].as_mut() {

@@ -220,6 +220,11 @@ const PROGRESS_FLOOR: u64 = 50;
 /// Records nodes that exited without the harness stopping them (a crash: the harness
 /// would otherwise start them again at the next heal and say nothing).
 fn note_crashes(cluster: &mut Cluster, crashes: &mut Vec<String>, start: Instant) {
+    // Found by a fault that went to stop a node already gone.
+    for line in cluster.found_exited.drain(..) {
+        eprintln!("  {line}");
+        crashes.push(line);
+    }
     for (node, status) in cluster.exited_on_their_own() {
         let line = format!("node {node} exited on its own ({status}) before {:.0} s", start.elapsed().as_secs_f64());
         eprintln!("  {line}");
@@ -239,15 +244,21 @@ fn every_fault_ran(faults: &[String], rounds: &std::collections::BTreeMap<String
 }
 
 /// Reads after the final restart: retries TRYAGAIN and broken connections (on the
-/// next node) for up to 20 s, so an unread key is not mistaken for a lost one.
-async fn read_back(reader: &mut Conn, ports: &[u16], args: &[&str]) -> Option<Reply> {
+/// next node) for up to 20 s, so an unread key is not mistaken for a lost one. Also
+/// returns how many attempts ended without a clear outcome (they may have applied).
+async fn read_back(reader: &mut Conn, ports: &[u16], args: &[&str]) -> (Option<Reply>, u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut next_port = 0;
+    let mut ambiguous = 0;
     while Instant::now() < deadline {
         match reader.call(args, Duration::from_secs(5)).await {
-            Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => tokio::time::sleep(Duration::from_millis(200)).await,
-            Ok(reply) => return Some(reply),
+            Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => {
+                ambiguous += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(reply) => return (Some(reply), ambiguous),
             Err(_) => {
+                ambiguous += 1;
                 let port = ports[next_port % ports.len()];
                 next_port += 1;
                 if let Some(c) = Conn::connect(port, Duration::from_secs(2)).await {
@@ -258,7 +269,7 @@ async fn read_back(reader: &mut Conn, ports: &[u16], args: &[&str]) -> Option<Re
             }
         }
     }
-    None
+    (None, ambiguous)
 }
 
 fn verdict_line(name: &str, v: &Verdict) -> String {
@@ -416,7 +427,7 @@ async fn run(args: Args) -> Result<usize, String> {
     );
     let mut values = std::collections::HashMap::new();
     for (key, _) in &history.acked {
-        let value = match read_back(&mut reader, &cluster.client_ports, &["GET", key]).await {
+        let value = match read_back(&mut reader, &cluster.client_ports, &["GET", key]).await.0 {
             Some(Reply::Bulk(v)) => Some(v),
             _ => None,
         };
@@ -427,7 +438,11 @@ async fn run(args: Args) -> Result<usize, String> {
     for (key, pop) in [(workload::QUEUE_KEY, "QUEUE.POP"), (workload::LIST_KEY, "LPOP")] {
         let pushed = history.queues.pushed.iter().filter(|p| p.0 == key).count();
         for _ in 0..=pushed {
-            match read_back(&mut reader, &cluster.client_ports, &[pop, key]).await {
+            let (reply, ambiguous) = read_back(&mut reader, &cluster.client_ports, &[pop, key]).await;
+            // A pop sent again after an answer that never came (or said it may have
+            // applied) may have taken an item nobody saw.
+            *history.queues.unknown_pops.entry(key.to_string()).or_default() += ambiguous;
+            match reply {
                 Some(Reply::Bulk(v)) => history.queues.remaining.push((key.to_string(), v)),
                 Some(Reply::Nil) => break,
                 other => return Err(format!("could not drain {key}: {other:?}")),

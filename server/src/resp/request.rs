@@ -371,7 +371,7 @@ impl RequestParser {
                             inline_bytes_max: limits.inline_bytes_max,
                         })));
                     }
-                    let line = own_or_share(buf, newline_at + 1).slice(..line_bytes);
+                    let line = take_own(buf, newline_at + 1).slice(..line_bytes);
                     match split_inline(&line) {
                         // Blank line: Redis ignores it, and so do we.
                         Ok(args) if args.is_empty() => continue,
@@ -384,7 +384,7 @@ impl RequestParser {
                     if request.arg_ranges.len() == request.elements_total {
                         // Complete: the last bulk was validated in this same call, so
                         // `validated_bytes <= buf.len()`.
-                        let bytes = own_or_share(buf, request.validated_bytes);
+                        let bytes = take_own(buf, request.validated_bytes);
                         let args = request.arg_ranges.iter().map(|range| bytes.slice(range.clone())).collect();
                         self.state = State::Start;
                         return Ok(Some(Parsed::Command(args)));
@@ -582,25 +582,17 @@ impl Token {
     }
 }
 
-/// Requests up to this size are copied out of the read buffer; larger ones share it.
-const SHARE_ABOVE_BYTES: usize = 64 * 1024;
-
-/// Takes the first `len` bytes of `buf` as one request's own bytes. A small request is
-/// copied into an allocation of its own size: its arguments (lock names, tokens) live
-/// on in log entries and in the lock table, and a slice of the shared read buffer would
-/// keep the whole 16 KiB buffer alive for each of them (measured: 2.7 KB of RSS per
-/// log entry). A large request is shared only while it is at least half of what is
-/// left of its buffer's allocation: after one huge request the buffer keeps its large
-/// allocation, and a 65 KiB value kept in the table would otherwise pin all of it
-/// (tens of MiB per key, reviewed, not measured).
-fn own_or_share(buf: &mut BytesMut, len: usize) -> Bytes {
-    if len <= SHARE_ABOVE_BYTES || len < buf.capacity() / 2 {
-        let own = Bytes::copy_from_slice(&buf[..len]);
-        buf.advance(len);
-        own
-    } else {
-        buf.split_to(len).freeze()
-    }
+/// Takes the first `len` bytes of `buf` as one request's own bytes, copied into an
+/// allocation of their own size. Its arguments (lock names, tokens, values) live on
+/// in log entries and in the tables, and a slice of the shared read buffer would keep
+/// the whole buffer alive for each of them: 2.7 KB of RSS per log entry for small
+/// requests (measured), and after one huge request, whose allocation the buffer keeps,
+/// a 65 KiB value could pin tens of MiB (a review found that sharing "large" requests
+/// could be steered into that by padding). Copying a 1 MiB value costs tens of µs.
+fn take_own(buf: &mut BytesMut, len: usize) -> Bytes {
+    let own = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
+    own
 }
 
 /// Splits an inline line (terminator removed) into arguments with the rules of Redis's
@@ -745,7 +737,7 @@ mod tests {
     }
 
     #[test]
-    fn a_small_request_owns_its_bytes_and_a_large_one_shares_the_buffer() {
+    fn every_request_owns_its_bytes() {
         let mut parser = RequestParser::new(RequestLimits::default());
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\nSET abc \"q\"\r\n"[..]);
         let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
@@ -758,25 +750,16 @@ mod tests {
         assert_eq!(args, vec![&b"SET"[..], b"abc", b"q"]);
         assert!(!range.contains(&(args[1].as_ptr() as usize)));
 
-        let value = vec![b'v'; SHARE_ABOVE_BYTES];
-        let mut big = BytesMut::new();
-        big.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).as_bytes());
-        big.extend_from_slice(&value);
-        big.extend_from_slice(b"\r\n");
-        let base = big.as_ptr() as usize;
-        let Some(Parsed::Command(args)) = parser.parse(&mut big).unwrap() else { panic!() };
-        assert_eq!(args[2].len(), SHARE_ABOVE_BYTES);
-        assert_eq!(args[0].as_ptr() as usize, base + 8, "a large request is not copied");
-
-        // A large request in a much larger buffer (left from an earlier, huger request)
-        // is copied: shared, it would pin the whole allocation.
+        // A large request is copied too: shared, it would pin its buffer's allocation
+        // (larger still when left from an earlier, huger request).
+        let value = vec![b'v'; 256 * 1024];
         let mut roomy = BytesMut::with_capacity(8 * 1024 * 1024);
         roomy.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).as_bytes());
         roomy.extend_from_slice(&value);
         roomy.extend_from_slice(b"\r\n");
         let range = roomy.as_ptr() as usize..roomy.as_ptr() as usize + roomy.capacity();
         let Some(Parsed::Command(args)) = parser.parse(&mut roomy).unwrap() else { panic!() };
-        assert_eq!(args[2].len(), SHARE_ABOVE_BYTES);
+        assert_eq!(args[2].len(), value.len());
         assert!(!range.contains(&(args[0].as_ptr() as usize)), "copied out of the 8 MiB buffer");
     }
 
