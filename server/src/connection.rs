@@ -488,26 +488,15 @@ async fn wait_for(server: &Arc<Server>, waiter: u64, stream: &mut TcpStream, inp
         return Waited::Event(Event::WaitEnded { waiter, reason: WaitEnd::Cancelled });
     };
     server.stats.blocked.fetch_add(1, Ordering::Relaxed);
-    let outcome = loop {
-        tokio::select! {
-            // The socket first: a client that left must not be handed a grant.
-            biased;
-            read = stream.read_buf(input) => match read {
-                Ok(0) | Err(_) => break None,
-                Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => break None,
-                Ok(_) => {}
-            },
-            event = &mut events => match event {
-                // The peer's FIN may have arrived in the same instant as the event.
-                Ok(event) if peer_gone(stream, input) => {
-                    server.stats.blocked.fetch_sub(1, Ordering::Relaxed);
-                    let _ = server.node.write(Command::CancelWait { waiter }).await;
-                    return Waited::Gone(Some(event));
-                }
-                Ok(event) => break Some(event),
-                Err(_) => break None,
-            },
+    let outcome = match blocked_on(stream, input, &mut events).await {
+        // The peer's FIN may have arrived in the same instant as the event.
+        Some(Ok(event)) if peer_gone(stream, input) => {
+            server.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+            let _ = server.node.write(Command::CancelWait { waiter }).await;
+            return Waited::Gone(Some(event));
         }
+        Some(Ok(event)) => Some(event),
+        Some(Err(_)) | None => None,
     };
     server.stats.blocked.fetch_sub(1, Ordering::Relaxed);
     match outcome {
@@ -718,8 +707,19 @@ async fn wait_replicas(
     input: &mut BytesMut,
 ) -> Option<Wire> {
     let timeout = (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
-    let wait = server.node.wait_replicas(replicas.max(0) as u64, timeout);
-    tokio::pin!(wait);
+    let count = blocked_on(stream, input, server.node.wait_replicas(replicas.max(0) as u64, timeout)).await?;
+    Some(Wire::Int(count as i64))
+}
+
+/// Waits for `done` while the client is blocked: bytes it sends meanwhile are buffered
+/// (as in Redis), and `None` means it left (or overflowed its query buffer) first. The
+/// socket is polled first, so a client that left is never handed what `done` brings.
+async fn blocked_on<F: std::future::Future>(
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+    done: F,
+) -> Option<F::Output> {
+    tokio::pin!(done);
     loop {
         tokio::select! {
             biased;
@@ -728,7 +728,7 @@ async fn wait_replicas(
                 Ok(_) if input.len() > QUERY_BUFFER_BYTES_MAX => return None,
                 Ok(_) => {}
             },
-            count = &mut wait => return Some(Wire::Int(count as i64)),
+            output = &mut done => return Some(output),
         }
     }
 }
