@@ -349,7 +349,12 @@ impl Node {
 /// `--join`: asks the cluster, through a member's client port, to add this node as a
 /// learner, catch it up and promote it. Retries while the cluster answers TRYAGAIN or
 /// cannot be reached; any other refusal is final.
-pub(crate) async fn join_through(member: &str, id: NodeId, peer_addr: &str) -> Result<(), NodeError> {
+pub(crate) async fn join_through(
+    member: &str,
+    id: NodeId,
+    peer_addr: &str,
+    raft: &crate::raft::Raft,
+) -> Result<(), NodeError> {
     // A request is an array of bulk strings: the same bytes as such a reply in RESP2.
     let mut request = bytes::BytesMut::new();
     let args = ["CLUSTER.JOIN".to_string(), id.to_string(), peer_addr.to_string()];
@@ -365,6 +370,18 @@ pub(crate) async fn join_through(member: &str, id: NodeId, peer_addr: &str) -> R
             Ok::<_, std::io::Error>(line.trim_end().to_string())
         };
         match tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, answer).await {
+            // "Already a voter" answers a retried join whose first attempt went
+            // through; that attempt brought this node the log. With nothing here, the
+            // voter under this id lost its data: voting again with an empty log and no
+            // memory of its votes, it could elect a leader that lacks committed entries
+            // (two holders of one lock), or vote twice in one term.
+            Ok(Ok(line)) if line.contains("already a voter") && !raft.is_initialized().await.unwrap_or(false) => {
+                return Err(NodeError::Fatal(format!(
+                    "node {id} is already a voter of the cluster {member} belongs to, and this node's data \
+                     directory is empty: a voter that lost its data must not come back under its old id. \
+                     Remove it (CLUSTER.REMOVE {id}) and join with a new --node-id"
+                )));
+            }
             Ok(Ok(line)) if line.starts_with('+') => {
                 tracing::info!("joined the cluster through {member}: {}", &line[1..]);
                 return Ok(());

@@ -142,11 +142,47 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(raw)
 }
 
+/// The node id a data directory belongs to, kept in `<data-dir>/node_id` from its first
+/// start on. Started under another id (a missing `--node-id`, which defaults to 1, or
+/// a directory copied from another node), it would vote and append as that other
+/// node: its votes would count twice, and two leaders could be elected in one term.
+/// So a mismatch refuses to start. A directory from a build before this file existed
+/// is adopted under the id it is started with.
+fn keep_identity(data_dir: &std::path::Path, id: NodeId) -> Result<(), NodeError> {
+    let path = data_dir.join("node_id");
+    let fatal = |what: &str, e: std::io::Error| NodeError::Fatal(format!("{what} {}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<NodeId>() {
+            Ok(recorded) if recorded == id => Ok(()),
+            Ok(recorded) => Err(NodeError::Fatal(format!(
+                "the data directory {} belongs to node {recorded}, not {id}: start it with --node-id {recorded}, \
+                 or give node {id} a directory of its own",
+                data_dir.display()
+            ))),
+            Err(_) => Err(NodeError::Fatal(format!("{} does not hold a node id: {text:?}", path.display()))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            std::fs::create_dir_all(data_dir).map_err(|e| fatal("cannot create the directory of", e))?;
+            let temporary = data_dir.join("node_id.tmp");
+            let mut file = std::fs::File::create(&temporary).map_err(|e| fatal("cannot write", e))?;
+            file.write_all(format!("{id}\n").as_bytes()).map_err(|e| fatal("cannot write", e))?;
+            file.sync_all().map_err(|e| fatal("cannot sync", e))?;
+            std::fs::rename(&temporary, &path).map_err(|e| fatal("cannot write", e))?;
+            std::fs::File::open(data_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| fatal("cannot sync the directory of", e))
+        }
+        Err(e) => Err(fatal("cannot read", e)),
+    }
+}
+
 impl Node {
     /// Opens storage, starts Raft, forms a single-node cluster on first start, and
     /// waits until this node leads.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let fatal = |e: &dyn std::fmt::Display| NodeError::Fatal(e.to_string());
+        keep_identity(&config.data_dir, config.id)?;
         let log = LogStore::open(&config.data_dir.join("raft")).map_err(|e| fatal(&e))?;
         let write_load = log.write_load();
         let log_size = log.size();
@@ -208,7 +244,7 @@ impl Node {
         if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
             match &config.join {
                 // A joining node waits to be added: the leader's log brings the membership.
-                Some(member) => crate::cluster::join_through(member, config.id, &peer_addr).await?,
+                Some(member) => crate::cluster::join_through(member, config.id, &peer_addr, &raft).await?,
                 None if config.peers.is_empty() => {
                     raft.initialize(BTreeMap::from([(config.id, BasicNode::new(peer_addr.clone()))]))
                         .await
@@ -318,6 +354,18 @@ impl Node {
     /// Proposes on this node (it must lead), stamped with this node's clock, on behalf
     /// of `origin`. Returns the reply and the entry's log index.
     pub async fn propose_local(&self, op: Arc<Op>, origin: NodeId) -> Result<(Applied, u64), NodeError> {
+        // A node removed from the cluster may still know the leader and forward its
+        // clients' writes: they would commit, but it would never apply them (its clients
+        // wait, then get TRYAGAIN), and a wait it queued would outlive the end of its
+        // waits, taking a grant or an item for nobody.
+        if origin != self.id {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            if metrics.membership_config.membership().get_node(&origin).is_none() {
+                return Err(NodeError::Refused(format!(
+                    "ERR node {origin} is not a member of this cluster (removed?); connect to a member"
+                )));
+            }
+        }
         // Applying a bad group would only refuse its members one by one; refusing it
         // here tells the node that formed it.
         crate::write_group::check_group(&op, self.levels.groups_allowed()).map_err(NodeError::Refused)?;
@@ -344,6 +392,12 @@ impl Node {
             // Word for word: the leader's TRYAGAIN may say that the write's outcome is
             // unknown ("no quorum", "may have been applied"), which the client must see.
             crate::raft::network::PeerResponse::Forward(Err(text)) if text.starts_with("TRYAGAIN") => {
+                return Err(NodeError::Refused(text))
+            }
+            // Refused before anything was proposed (`propose_local`): word for word.
+            crate::raft::network::PeerResponse::Forward(Err(text))
+                if text.contains("is not a member of this cluster") =>
+            {
                 return Err(NodeError::Refused(text))
             }
             crate::raft::network::PeerResponse::Forward(Err(text)) => return Err(NodeError::Fatal(text)),

@@ -525,3 +525,19 @@ fn waits_left_by_a_killed_node_end_when_it_restarts() {
     assert!(c.cmd(&["LOCK", "res", "1000", "TOKEN", "c"]).get("fence").is_some(), "a new client gets it at once");
     drop((lock_waiter, popper));
 }
+
+/// A data directory keeps the id it was first started with: started under another
+/// (a missing --node-id defaults to 1) it would vote and append as that other node.
+#[test]
+fn a_data_directory_refuses_another_node_id() {
+    let mut server = Server::start_with(&["--node-id", "3"]);
+    let dir = server.data_dir();
+    assert_eq!(std::fs::read_to_string(dir.join("node_id")).expect("recorded").trim(), "3");
+    server.kill();
+    let (code, stderr) = common::cluster::run_to_exit(&["--node-id", "1"], &dir);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("belongs to node 3, not 1"), "{stderr}");
+    // Under its own id it starts, with its data.
+    server.restart();
+    server.connect().assert_alive();
+}

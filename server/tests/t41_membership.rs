@@ -101,6 +101,11 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
     let voters = status_field(&mut l, "voters");
     assert_eq!(voters.split(',').count(), 4, "{voters}");
     assert!(!voters.split(',').any(|v| v == removed_id), "{voters}");
+    // Still running, the removed node may still forward its clients' writes to the
+    // leader: refused there, so nothing commits that it would never apply.
+    let from_removed = servers[removed].connect().raw(&["SET", "from-removed", "1"]);
+    assert!(from_removed.contains("not a member of this cluster"), "{from_removed}");
+    assert_eq!(l.raw(&["GET", "from-removed"]), "$-1\r\n");
     servers[removed].kill();
     assert_eq!(until_accepted(&mut l, &["SET", "after-remove", "1"]), ok());
     assert_eq!(servers[4].connect().raw(&["GET", "after-remove"]), "$1\r\n1\r\n");
@@ -122,6 +127,25 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
     );
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("never reused"), "{stderr}");
+    // A voter that lost its data may not come back under its id either: with an empty
+    // log and no memory of its votes it could elect a leader without committed entries.
+    let lost = 4; // node 5, a voter
+    let lost_id = status_field(&mut servers[lost].connect(), "node_id");
+    servers[lost].kill();
+    let wiped = tempfile::tempdir().expect("tempdir");
+    let (code, stderr) = run_to_exit(
+        &[
+            "--node-id",
+            &lost_id,
+            "--peer-port",
+            &free_port().to_string(),
+            "--join",
+            &format!("127.0.0.1:{}", servers[leader].port()),
+        ],
+        &wiped.path().join("data"),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("must not come back under its old id"), "{stderr}");
     // Under a new id it joins.
     let node = Server::start_with(&[
         "--node-id",
