@@ -18,6 +18,10 @@ use crate::node::{write_error, Node, NodeError};
 use crate::raft::network::{PeerRequest, PeerResponse};
 use crate::raft::NodeId;
 
+/// How recently a voter must have answered the leader to count as reachable for a
+/// membership change (`check_live_majority`).
+const LIVE_WITHIN: Duration = Duration::from_secs(1);
+
 /// A membership or leadership change, as the leader executes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminOp {
@@ -93,6 +97,38 @@ impl Node {
             }
             other => other,
         }
+    }
+
+    /// etcd's strict reconfiguration check: a voter change goes through a joint
+    /// configuration that needs a majority of the new voters too, so a change whose new
+    /// voters are mostly unreachable (promoting a learner that is down into a
+    /// one-voter cluster; removing a live voter while another is down) would stop every
+    /// write until they came back, and a corrective change would be refused meanwhile.
+    /// A voter counts as reachable when this leader heard from it within
+    /// `LIVE_WITHIN` (heartbeats go every 50 ms).
+    fn check_live_majority(
+        &self,
+        metrics: &openraft::RaftMetrics<crate::raft::TypeConfig>,
+        after: &BTreeSet<NodeId>,
+    ) -> Result<(), NodeError> {
+        let heard = |id: &NodeId| {
+            *id == self.id
+                || metrics
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id))
+                    .and_then(|at| at.as_ref())
+                    .is_some_and(|at| openraft::Instant::elapsed(&**at) < LIVE_WITHIN)
+        };
+        let live: Vec<NodeId> = after.iter().filter(|id| heard(id)).copied().collect();
+        if live.len() * 2 > after.len() {
+            return Ok(());
+        }
+        Err(refused(format!(
+            "ERR the voters after this change would be {after:?}, of which only {live:?} answered in the last {} ms: \
+             the change would stop every write until a majority of them is back; bring them back first",
+            LIVE_WITHIN.as_millis()
+        )))
     }
 
     /// Runs `op` here; this node must lead.
@@ -172,6 +208,9 @@ impl Node {
                         "ERR node {id} is not a learner; add it with CLUSTER.ADDLEARNER first"
                     )));
                 }
+                let mut after = voters.clone();
+                after.insert(id);
+                self.check_live_majority(&metrics, &after)?;
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
@@ -185,6 +224,9 @@ impl Node {
                             "ERR node {id} is the only voter; a cluster cannot remove its last voter"
                         )));
                     }
+                    let mut after = voters.clone();
+                    after.remove(&id);
+                    self.check_live_majority(&metrics, &after)?;
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else if learners.contains(&id) {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))

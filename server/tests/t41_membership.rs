@@ -301,3 +301,27 @@ fn pubsub_readonly_and_wait_work_across_nodes() {
     // On a follower WAIT asks the leader.
     assert_eq!(r.cmd(&["WAIT", "2", "5000"]).int(), 2);
 }
+
+/// etcd's strict reconfiguration check: a voter change whose new voters would be
+/// mostly unreachable is refused, since its joint configuration would stop every write
+/// until they came back (and refuse a corrective change meanwhile). Removing the
+/// voter that is down, what an operator means, goes through.
+#[test]
+fn a_voter_change_that_would_leave_no_reachable_majority_is_refused() {
+    let mut servers = start_cluster_with(3, &[]);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    until_accepted(&mut l, &["SET", "warm", "up"]);
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (down, up) = (followers[0], followers[1]);
+    let down_id = status_field(&mut servers[down].connect(), "node_id");
+    let up_id = status_field(&mut servers[up].connect(), "node_id");
+    servers[down].kill();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let refused = l.raw(&["CLUSTER.REMOVE", &up_id]);
+    assert!(refused.contains("answered in the last 1000 ms"), "{refused}");
+    assert_eq!(until_accepted(&mut l, &["SET", "still", "writable"]), ok());
+    assert_eq!(l.cmd(&["CLUSTER.REMOVE", &down_id]), ok());
+    assert_eq!(status_field(&mut l, "voters").split(',').count(), 2);
+    assert_eq!(until_accepted(&mut l, &["SET", "after", "removal"]), ok());
+}
