@@ -153,6 +153,15 @@ impl Node {
                 Err(refused(format!("ERR node {id} is already a voter (at {known})")))
             }
             AdminOp::AddLearner { id, ref addr } | AdminOp::Join { id, ref addr } => {
+                // A wildcard address (a node started with --bind 0.0.0.0) names every
+                // node: the leader would replicate to itself and count itself twice.
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+                    return Err(refused(format!(
+                        "ERR {addr} is not an address other nodes can reach; start node {id} with --bind set to its own address"
+                    )));
+                }
                 if self.sm.shared.inner.lock().expect("not poisoned").retired.contains(&id) {
                     return Err(refused(format!(
                         "ERR node id {id} was removed from this cluster and is never reused; start the node with an empty data directory and a new --node-id"

@@ -164,6 +164,11 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
     assert!(l.raw(&["CLUSTER.PROMOTE", "42"]).contains("not a learner"));
     assert!(l.raw(&["CLUSTER.REMOVE", "42"]).contains("not a member"));
     assert!(l.raw(&["CLUSTER.ADDLEARNER", "6", "127.0.0.1:1"]).contains("already a voter"));
+    // A wildcard address would name every node, the leader included.
+    for wildcard in ["0.0.0.0:16390", "[::]:16390"] {
+        let refused = l.raw(&["CLUSTER.ADDLEARNER", "7", wildcard]);
+        assert!(refused.contains("not an address other nodes can reach"), "{refused}");
+    }
 }
 
 /// A follower that was down while the leader snapshotted and purged its log comes back
