@@ -306,7 +306,7 @@ async fn handle(
         }
     }
     let reply = match request {
-        Request::Conn(Conn::Wait { replicas, timeout_ms }) => {
+        Request::Wait { replicas, timeout_ms } => {
             return wait_replicas(server, replicas, timeout_ms, stream, input).await
         }
         Request::Conn(c) => conn_command(server, session, c).await,
@@ -693,8 +693,9 @@ async fn scan(
     Wire::Array(vec![Wire::Bulk(Bytes::from(next.to_string())), keys])
 }
 
-/// WAIT: how many replicas hold everything this node has applied, once `replicas` do
-/// or the timeout passes. While it waits, bytes the client sends are buffered (it is
+/// WAIT: how many replicas (followers and learners) hold everything this node has
+/// applied, once `replicas` do or the timeout passes. Every acknowledged write is
+/// already on a quorum. While it waits, bytes the client sends are buffered (it is
 /// blocked, as in Redis), and a client that leaves ends the wait and the connection,
 /// as a blocked BLPOP's does: `WAIT 9 0` on a smaller cluster would otherwise keep the
 /// task and its socket for ever, and commands pipelined behind it would run for a
@@ -811,10 +812,6 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
                 Wire::Bulk(Bytes::from(now.subsec_micros().to_string())),
             ])
         }
-        // Every acknowledged write is already on a quorum; WAIT counts the replicas
-        // (followers and learners) that hold everything this node has applied.
-        // `handle` answers WAIT (`wait_replicas`): it needs the socket.
-        Conn::Wait { .. } => Wire::error("ERR WAIT is answered by the connection, not here"),
         Conn::Observe { filter, from, once } => {
             let shared = &server.node.sm.shared;
             if shared.watches.count(session.id) >= crate::watch::WATCHES_PER_CONNECTION_MAX {

@@ -142,6 +142,10 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(raw)
 }
 
+/// What the leader's refusal of a write forwarded by a non-member says; the forwarding
+/// node passes a refusal with it on word for word (nothing was proposed).
+const NOT_A_MEMBER: &str = "is not a member of this cluster";
+
 /// The node id a data directory belongs to, kept in `<data-dir>/node_id` from its first
 /// start on. Started under another id (a missing `--node-id`, which defaults to 1, or
 /// a directory copied from another node), it would vote and append as that other
@@ -362,7 +366,7 @@ impl Node {
             let metrics = self.raft.metrics().borrow_watched().clone();
             if metrics.membership_config.membership().get_node(&origin).is_none() {
                 return Err(NodeError::Refused(format!(
-                    "ERR node {origin} is not a member of this cluster (removed?); connect to a member"
+                    "ERR node {origin} {NOT_A_MEMBER} (removed?); connect to a member"
                 )));
             }
         }
@@ -395,9 +399,7 @@ impl Node {
                 return Err(NodeError::Refused(text))
             }
             // Refused before anything was proposed (`propose_local`): word for word.
-            crate::raft::network::PeerResponse::Forward(Err(text))
-                if text.contains("is not a member of this cluster") =>
-            {
+            crate::raft::network::PeerResponse::Forward(Err(text)) if text.contains(NOT_A_MEMBER) => {
                 return Err(NodeError::Refused(text))
             }
             crate::raft::network::PeerResponse::Forward(Err(text)) => return Err(NodeError::Fatal(text)),

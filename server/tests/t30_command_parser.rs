@@ -174,7 +174,8 @@ proptest! {
         match cmd::parse(args) {
             Ok(Request::Core(..) | Request::Conn(_) | Request::Acquire { .. } | Request::Scan { .. }
                 | Request::Eval { .. } | Request::Script(_) | Request::Immediate(_)
-                | Request::Admin(_) | Request::ClusterStatus | Request::ServiceRegister(_) | Request::ServiceList(_)) => {}
+                | Request::Admin(_) | Request::ClusterStatus | Request::Wait { .. } | Request::ServiceRegister(_)
+                | Request::ServiceList(_)) => {}
             Err(e) => {
                 let text = e.to_string();
                 prop_assert!(!text.is_empty());

@@ -59,13 +59,6 @@ pub enum Conn {
     Command(Bytes, Vec<Bytes>),
     /// TIME.
     Time,
-    /// WAIT numreplicas timeout.
-    Wait {
-        /// Replicas asked for.
-        replicas: i64,
-        /// Timeout in ms (0: forever).
-        timeout_ms: i64,
-    },
     /// READONLY / READWRITE (Redis Cluster's opt-in to stale replica reads).
     ReadOnly(bool),
     /// SUBSCRIBE / PSUBSCRIBE (`true`: patterns).
@@ -240,7 +233,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             if timeout_ms < 0 {
                 return Err(CmdError::Other("ERR timeout is negative".into()));
             }
-            conn(Conn::Wait { replicas, timeout_ms })
+            Ok(Some(Request::Wait { replicas, timeout_ms }))
         }
         b"SUBSCRIBE" | b"PSUBSCRIBE" => {
             a.arity_min(1)?;

@@ -97,6 +97,14 @@ pub enum Request {
     Admin(crate::cluster::AdminOp),
     /// CLUSTER.STATUS.
     ClusterStatus,
+    /// WAIT numreplicas timeout: the connection answers it, watching its socket while
+    /// it waits.
+    Wait {
+        /// Replicas asked for.
+        replicas: i64,
+        /// Timeout in ms (0: forever).
+        timeout_ms: i64,
+    },
     /// SVC.REGISTER: the address key and the metadata key (written metadata first).
     ServiceRegister(Vec<Command>),
     /// SVC.LIST: the instances of a service.
