@@ -141,7 +141,7 @@ impl StateMachine {
         };
         // As for a lock: a session past its deadline but not yet ended (expirations
         // backed up past one entry's budget) has lost its leadership.
-        if session != 0 && !self.session_live(session) {
+        if !self.owner_live(session) {
             return Err(Error::NotHolder { name: name.lossy() });
         }
         Ok(self.st.elections.get(name).and_then(|e| e.leader.as_ref()).expect("checked above"))

@@ -529,7 +529,7 @@ impl StateMachine {
             // expirations were due than one entry may apply: it is gone all the same
             // (`session_live` ends it now, releasing this lock).
             match self.lock_by_token(name, token).map(|h| (h.fence, h.session)) {
-                Some((fence, session)) if session == 0 || self.session_live(session) => fences.push(fence),
+                Some((fence, session)) if self.owner_live(session) => fences.push(fence),
                 _ => return Err(Error::NotHolder { name: name.lossy() }),
             }
         }

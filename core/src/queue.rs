@@ -108,7 +108,7 @@ impl StateMachine {
     /// later can collide with it), else behind the items of its priority. False, and
     /// dropped as it would have been with its session, if that session has ended.
     fn queue_put_back(&mut self, name: &[u8], value: Bytes, priority: i32, seq: u64, session: SessionId) -> bool {
-        if session != 0 && !self.session_live(session) {
+        if !self.owner_live(session) {
             return false;
         }
         let name = Name::from(name);

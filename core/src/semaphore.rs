@@ -258,7 +258,7 @@ impl StateMachine {
         // As for a lock: a session past its deadline but not yet ended (expirations
         // backed up past one entry's budget) has lost what it owns.
         let session = self.st.semaphores.get(&name).and_then(|s| s.holders.get(fence)).map_or(0, |h| h.session);
-        if session != 0 && !self.session_live(session) {
+        if !self.owner_live(session) {
             return Err(Error::NotHolder { name: name.lossy() });
         }
         let deadline_ms = self.deadline_after(ttl_ms);

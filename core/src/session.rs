@@ -79,6 +79,12 @@ impl StateMachine {
         }
     }
 
+    /// True for what no session owns (0) or what a live session owns (`session_live`,
+    /// which ends a session that is due but not yet swept).
+    pub(crate) fn owner_live(&mut self, session: SessionId) -> bool {
+        session == 0 || self.session_live(session)
+    }
+
     pub(crate) fn session_live_or_err(&mut self, id: SessionId) -> Result<()> {
         if self.session_live(id) {
             Ok(())
