@@ -128,6 +128,17 @@ pub enum PushOutcome {
     Unknown,
 }
 
+impl PushOutcome {
+    /// The outcome as `History::count` takes it: 0 ok, 1 definite failure, 2 unknown.
+    pub fn counted(self) -> usize {
+        match self {
+            PushOutcome::Acked => 0,
+            PushOutcome::Refused => 1,
+            PushOutcome::Unknown => 2,
+        }
+    }
+}
+
 /// What went into and came out of the queues and lists, per key. Values are unique per
 /// push attempt.
 #[derive(Debug, Default, Clone)]

@@ -610,51 +610,33 @@ async fn queue(s: &Shared, c: &mut Conn, worker: usize, n: u64, rng: &mut Rng) -
             Ok(_) => (PushOutcome::Refused, false),
             Err(broken) => (PushOutcome::Unknown, broken),
         };
-        s.count(
-            "queue-push",
-            [PushOutcome::Acked, PushOutcome::Refused, PushOutcome::Unknown]
-                .iter()
-                .position(|o| *o == outcome)
-                .expect("listed"),
-        );
+        s.count("queue-push", outcome.counted());
         s.history.lock().unwrap().queues.pushed.push((key.to_string(), value, outcome));
         return broken;
     }
     let reply =
         if list { call(c, &["BLPOP", key, "0.3"]).await } else { call(c, &["QUEUE.POP", key, "WAIT", "300"]).await };
-    let popped = match reply {
-        Ok(Reply::Bulk(value)) if !list => Some(value),
+    // (outcome as `History::count` takes it, the item, whether the connection broke)
+    let (outcome, popped, broken) = match reply {
+        Ok(Reply::Bulk(value)) if !list => (0, Some(value), false),
         Ok(Reply::Array(items)) if list && items.len() == 2 => match &items[1] {
-            Reply::Bulk(value) => Some(value.clone()),
-            _ => None,
+            Reply::Bulk(value) => (0, Some(value.clone()), false),
+            _ => (1, None, false),
         },
-        Ok(Reply::Nil) => {
-            s.count("queue-pop", 1);
-            return false;
-        }
-        Ok(reply) => {
-            // A pop that may have applied may have taken an item nobody will see.
-            let unknown = retryable(&reply);
-            s.count("queue-pop", if unknown { 2 } else { 1 });
-            if unknown {
-                *s.history.lock().unwrap().queues.unknown_pops.entry(key.to_string()).or_default() += 1;
-            }
-            return false;
-        }
-        Err(broken) => {
-            s.count("queue-pop", 2);
-            *s.history.lock().unwrap().queues.unknown_pops.entry(key.to_string()).or_default() += 1;
-            return broken;
-        }
+        Ok(reply) if retryable(&reply) => (2, None, false),
+        // Nil (nothing came within the wait), or a refusal.
+        Ok(_) => (1, None, false),
+        Err(broken) => (2, None, broken),
     };
+    s.count("queue-pop", outcome);
+    let mut history = s.history.lock().unwrap();
     match popped {
-        Some(value) => {
-            s.count("queue-pop", 0);
-            s.history.lock().unwrap().queues.popped.push((key.to_string(), value));
-        }
-        None => s.count("queue-pop", 1),
+        Some(value) => history.queues.popped.push((key.to_string(), value)),
+        // A pop that may have applied may have taken an item nobody will see.
+        None if outcome == 2 => *history.queues.unknown_pops.entry(key.to_string()).or_default() += 1,
+        None => {}
     }
-    false
+    broken
 }
 
 /// The Expiring worker's TTL.
