@@ -794,10 +794,12 @@ pub enum Event {
         /// Why.
         reason: WaitEnd,
     },
-    /// A lock hold was released by its holder.
+    /// A lock hold (or permit) was released by its holder.
     Released {
-        /// Lock name.
+        /// Lock or semaphore name.
         name: Bytes,
+        /// What was held.
+        of: Holding,
         /// Fence of the released grant.
         fence: u64,
     },
@@ -805,6 +807,8 @@ pub enum Event {
     Expired {
         /// Lock, semaphore or election name.
         name: Bytes,
+        /// What was held.
+        of: Holding,
         /// Fence of the expired grant.
         fence: u64,
     },
@@ -812,6 +816,8 @@ pub enum Event {
     Revoked {
         /// Lock, semaphore or election name.
         name: Bytes,
+        /// What was held.
+        of: Holding,
         /// Fence of the revoked grant.
         fence: u64,
         /// The session.
@@ -854,6 +860,18 @@ pub enum Event {
         /// The new leader, if any.
         leader: Option<HolderInfo>,
     },
+}
+
+/// What a released, expired or revoked grant was: each primitive has its own
+/// namespace, so a lock's watchers must not see a semaphore of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holding {
+    /// A lock hold.
+    Lock,
+    /// A semaphore permit.
+    Permit,
+    /// An election's leadership.
+    Leadership,
 }
 
 /// The outcome of one applied entry.

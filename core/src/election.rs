@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{CampaignRequest, Event, Grant, HolderInfo, LockInfo, LockMode, Reply, SessionId, Wait, WaitEnd};
+use crate::command::{
+    CampaignRequest, Event, Grant, HolderInfo, Holding, LockInfo, LockMode, Reply, SessionId, Wait, WaitEnd,
+};
 use crate::error::{over, Error, Result};
 use crate::limits::Limit;
 use crate::name::Name;
@@ -236,7 +238,7 @@ impl StateMachine {
             if leader.session != 0 {
                 self.disown(leader.session, &Owned::Leader { name: name.clone(), fence: leader.fence });
             }
-            self.emit(Event::Expired { name: name.to_bytes(), fence: leader.fence });
+            self.emit(Event::Expired { name: name.to_bytes(), of: Holding::Leadership, fence: leader.fence });
             self.emit_leader(name);
         }
     }
@@ -244,7 +246,7 @@ impl StateMachine {
     pub(crate) fn election_revoke(&mut self, name: &Name, fence: u64, session: SessionId) {
         let leader = self.election_remove_leader(name);
         assert_eq!((leader.fence, leader.session), (fence, session));
-        self.emit(Event::Revoked { name: name.to_bytes(), fence, session });
+        self.emit(Event::Revoked { name: name.to_bytes(), of: Holding::Leadership, fence, session });
         self.emit_leader(name);
     }
 

@@ -71,7 +71,7 @@ mod state;
 mod waiter;
 
 pub use command::{
-    CampaignRequest, Command, Condition, Event, Grant, GroupOutput, HolderInfo, KeyChange, LockInfo, LockMode,
+    CampaignRequest, Command, Condition, Event, Grant, GroupOutput, HolderInfo, Holding, KeyChange, LockInfo, LockMode,
     LockRequest, Output, PutBackTo, Reply, SemaphoreRequest, SessionId, SetCondition, SetExpiry, SetRequest, Wait,
     WaitEnd, WaiterId,
 };

@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Condition, Event, Grant, HolderInfo, LockInfo, LockMode, LockRequest, Reply, SessionId, Wait};
+use crate::command::{
+    Condition, Event, Grant, HolderInfo, Holding, LockInfo, LockMode, LockRequest, Reply, SessionId, Wait,
+};
 use crate::error::{over, Error, Result};
 use crate::limits::Limit;
 use crate::name::{boxed_bytes, Name};
@@ -510,7 +512,7 @@ impl StateMachine {
                 if holder.session != 0 {
                     self.disown(holder.session, &Owned::Holder { name: name.clone(), fence });
                 }
-                self.emit(Event::Released { name: name.to_bytes(), fence });
+                self.emit(Event::Released { name: name.to_bytes(), of: Holding::Lock, fence });
             }
         }
         Ok(Reply::Int(i64::from(remaining)))
@@ -560,7 +562,7 @@ impl StateMachine {
             if holder.session != 0 {
                 self.disown(holder.session, &Owned::Holder { name: name.clone(), fence });
             }
-            self.emit(Event::Expired { name: name.to_bytes(), fence });
+            self.emit(Event::Expired { name: name.to_bytes(), of: Holding::Lock, fence });
         }
         self.st.locks.contains_key(name)
     }
@@ -569,7 +571,7 @@ impl StateMachine {
     pub(crate) fn lock_revoke(&mut self, name: &Name, fence: u64, session: SessionId) {
         let holder = self.lock_remove_holder(name, fence);
         assert_eq!(holder.session, session);
-        self.emit(Event::Revoked { name: name.to_bytes(), fence, session });
+        self.emit(Event::Revoked { name: name.to_bytes(), of: Holding::Lock, fence, session });
     }
 
     /// Removes a holder and its timer, and marks the name for the pump.

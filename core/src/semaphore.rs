@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Event, Grant, Reply, SemaphoreRequest, SessionId, Wait};
+use crate::command::{Event, Grant, Holding, Reply, SemaphoreRequest, SessionId, Wait};
 use crate::error::{over, Error, Result};
 use crate::limits::Limit;
 use crate::name::Name;
@@ -244,7 +244,7 @@ impl StateMachine {
         if holder.session != 0 {
             self.disown(holder.session, &Owned::Permit { name: name.clone(), fence });
         }
-        self.emit(Event::Released { name: name.to_bytes(), fence });
+        self.emit(Event::Released { name: name.to_bytes(), of: Holding::Permit, fence });
         Ok(Reply::Int(i64::from(holder.permits)))
     }
 
@@ -290,14 +290,14 @@ impl StateMachine {
             if holder.session != 0 {
                 self.disown(holder.session, &Owned::Permit { name: name.clone(), fence });
             }
-            self.emit(Event::Expired { name: name.to_bytes(), fence });
+            self.emit(Event::Expired { name: name.to_bytes(), of: Holding::Permit, fence });
         }
     }
 
     pub(crate) fn semaphore_revoke(&mut self, name: &Name, fence: u64, session: SessionId) {
         let holder = self.semaphore_remove(name, fence);
         assert_eq!(holder.session, session);
-        self.emit(Event::Revoked { name: name.to_bytes(), fence, session });
+        self.emit(Event::Revoked { name: name.to_bytes(), of: Holding::Permit, fence, session });
     }
 
     pub(crate) fn semaphore_queue_remove(&mut self, name: &Name, queue_slot: QueueSlot) {

@@ -744,9 +744,11 @@ impl Model {
             match event {
                 Event::Granted { waiter, .. } => granted.push(*waiter),
                 Event::WaitEnded { waiter, reason } => ended.push((*waiter, *reason)),
-                Event::Released { name, fence } => released.push((name_index(name)?, *fence)),
-                Event::Expired { name, fence } => removed.push((name_index(name)?, *fence, None)),
-                Event::Revoked { name, fence, session } => removed.push((name_index(name)?, *fence, Some(*session))),
+                Event::Released { name, fence, .. } => released.push((name_index(name)?, *fence)),
+                Event::Expired { name, fence, .. } => removed.push((name_index(name)?, *fence, None)),
+                Event::Revoked { name, fence, session, .. } => {
+                    removed.push((name_index(name)?, *fence, Some(*session)))
+                }
                 Event::SessionEnded { session, expired } => sessions_ended.push((*session, *expired)),
                 other => return Err(format!("unexpected event {other:?}")),
             }
@@ -1024,13 +1026,13 @@ impl History {
                         }
                     }
                 }
-                Event::Released { name, fence } => {
+                Event::Released { name, fence, .. } => {
                     let n = name_index(name)?;
                     self.holders.remove(&(n, *fence)).ok_or_else(|| format!("Released {name:?} {fence}: not held"))?;
                     ensure!(matches!(op, ROp::Release { .. }), "Released by {op:?}");
                     self.stats.released += 1;
                 }
-                Event::Expired { name, fence } => {
+                Event::Expired { name, fence, .. } => {
                     let n = name_index(name)?;
                     let h = self
                         .holders
@@ -1043,7 +1045,7 @@ impl History {
                     );
                     self.stats.expired += 1;
                 }
-                Event::Revoked { name, fence, session } => {
+                Event::Revoked { name, fence, session, .. } => {
                     let n = name_index(name)?;
                     let h = self
                         .holders

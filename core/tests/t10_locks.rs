@@ -4,7 +4,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use fencelock_core::{Command, Error, Event, LockMode, LockRequest, Reply, WaitEnd};
+use fencelock_core::{Command, Error, Event, Holding, LockMode, LockRequest, Reply, WaitEnd};
 
 #[test]
 fn try_lock_grants_then_refuses_other_owners() {
@@ -27,7 +27,7 @@ fn release_only_by_holder_and_reports_remaining_holds() {
     assert_eq!(d.err(unlock(&["unheld"], "alice")), Error::NotHolder { name: "unheld".into() });
     let out = d.run(unlock(&["a"], "alice"));
     assert_eq!(out.reply, Ok(Reply::Int(0)));
-    assert_eq!(out.events, vec![Event::Released { name: b("a"), fence: 1 }]);
+    assert_eq!(out.events, vec![Event::Released { name: b("a"), of: Holding::Lock, fence: 1 }]);
     // Free again: someone else gets it with a new, larger fence.
     assert!(grant(d.ok(Command::Lock(lock(&["a"], "bob", 10_000)))).fence > 1);
 }
@@ -87,7 +87,7 @@ fn expiry_is_never_early_and_emits_an_event() {
     assert!(d.advance(500).is_empty());
     assert_eq!(d.read(Command::Fence { name: b("a") }), Reply::Int(1));
     let events = d.advance(1);
-    assert_eq!(events, vec![Event::Expired { name: b("a"), fence: 1 }]);
+    assert_eq!(events, vec![Event::Expired { name: b("a"), of: Holding::Lock, fence: 1 }]);
     assert_eq!(d.read(Command::Fence { name: b("a") }), Reply::Nil);
 }
 

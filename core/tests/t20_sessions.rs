@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use fencelock_core::{Command, Error, Event, Reply, SetExpiry, SetRequest, WaitEnd};
+use fencelock_core::{Command, Error, Event, Holding, Reply, SetExpiry, SetRequest, WaitEnd};
 
 fn open(d: &mut Driver, ttl_ms: u64) -> u64 {
     int(d.ok(Command::SessionOpen { ttl_ms })) as u64
@@ -46,7 +46,7 @@ fn expiry_revokes_locks_permits_keys_items_and_leadership() {
     assert_eq!(info[2], Reply::Int(6), "lock, permit, key, two items, leadership");
 
     let events = d.advance(1_001);
-    assert!(events.contains(&Event::Revoked { name: b("a"), fence, session: s }), "{events:?}");
+    assert!(events.contains(&Event::Revoked { name: b("a"), of: Holding::Lock, fence, session: s }), "{events:?}");
     assert!(events.contains(&Event::SessionEnded { session: s, expired: true }));
     assert!(events.contains(&Event::LeaderChanged { name: b("election"), leader: None }));
     assert_eq!(d.read(Command::Fence { name: b("a") }), Reply::Nil);
@@ -167,7 +167,10 @@ fn acquiring_again_under_another_session_is_refused_and_the_grant_stays_with_its
     assert_eq!(grant(d.ok(Command::Lock(l))).fence, fence);
     // And the lock ends with its own session, not the other one.
     let events = d.advance(1_001);
-    assert!(events.contains(&Event::Revoked { name: b("job"), fence, session: first }), "{events:?}");
+    assert!(
+        events.contains(&Event::Revoked { name: b("job"), of: Holding::Lock, fence, session: first }),
+        "{events:?}"
+    );
     assert_eq!(d.read(Command::Fence { name: b("job") }), Reply::Nil);
 }
 

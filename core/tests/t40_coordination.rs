@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use fencelock_core::{Command, Error, Event, Limits, PutBackTo, Reply, SnapshotError, StateMachine, Wait, WaitEnd};
+use fencelock_core::{
+    Command, Error, Event, Holding, Limits, PutBackTo, Reply, SnapshotError, StateMachine, Wait, WaitEnd,
+};
 
 #[test]
 fn semaphore_permits_are_fenced_bounded_and_fifo() {
@@ -36,7 +38,7 @@ fn semaphore_permits_are_fenced_bounded_and_fifo() {
     );
     let renewed = grant(d.ok(Command::SemRenew { name: b("pool"), token: b("b-token"), ttl_ms: 20_000 }));
     assert_eq!(renewed.deadline_ms, d.now_ms + 20_000);
-    assert_eq!(d.advance(20_001), vec![Event::Expired { name: b("pool"), fence: g.fence }]);
+    assert_eq!(d.advance(20_001), vec![Event::Expired { name: b("pool"), of: Holding::Permit, fence: g.fence }]);
     assert!(matches!(d.err(Command::SemAcquire(sem("pool", 3, 0, "c", 10_000))), Error::Invalid(_)));
 }
 

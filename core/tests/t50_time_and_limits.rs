@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use fencelock_core::{CampaignRequest, Command, Error, Event, Limit, Limits, Reply, StateMachine, Wait};
+use fencelock_core::{CampaignRequest, Command, Error, Event, Holding, Limit, Limits, Reply, StateMachine, Wait};
 
 #[test]
 fn clock_is_the_largest_stamp_and_never_goes_back() {
@@ -40,7 +40,7 @@ fn rebase_restarts_remaining_time_from_the_new_leaders_clock() {
     d.now_ms = 50 + 6_000;
     assert!(d.run(Command::Tick).events.is_empty());
     d.now_ms = 50 + 6_001;
-    assert_eq!(d.run(Command::Tick).events, vec![Event::Expired { name: b("a"), fence: 1 }]);
+    assert_eq!(d.run(Command::Tick).events, vec![Event::Expired { name: b("a"), of: Holding::Lock, fence: 1 }]);
 }
 
 #[test]

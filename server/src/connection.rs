@@ -51,7 +51,7 @@ struct Session {
     multi: Option<Vec<(Command, Shape)>>,
     multi_failed: bool,
     /// Messages for this connection's subscriptions (None until it first subscribes).
-    messages: Option<tokio::sync::mpsc::Receiver<Wire>>,
+    messages: Option<crate::pubsub::Inbox>,
     channels: std::collections::BTreeSet<Bytes>,
     patterns: std::collections::BTreeSet<Bytes>,
     /// READONLY: reads answer from this replica without a read index (may be stale).
@@ -138,7 +138,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
 }
 
 /// Waits for the next pub/sub message, or forever if not subscribed.
-async fn next_message(messages: &mut Option<tokio::sync::mpsc::Receiver<Wire>>) -> Option<Wire> {
+async fn next_message(messages: &mut Option<crate::pubsub::Inbox>) -> Option<Wire> {
     match messages {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -214,16 +214,13 @@ async fn serve_session(
                 Ok(_) => {}
             },
             message = next_message(&mut session.messages) => match message {
-                Some(message) => {
-                    server.node.sm.shared.pubsub.taken(session.id, &message);
-                    message.encode(session.proto, output)
-                }
+                Some(message) => message.encode(session.proto, output),
                 None => {
-                    let text = format!(
+                    let text = server.node.sm.shared.pubsub.take_reason(session.id).unwrap_or_else(|| format!(
                         "ERR pub/sub queue limit ({} messages or {} MiB) reached: the subscriber or observer is too slow; closing",
                         crate::pubsub::SUBSCRIBER_QUEUE_MAX,
                         crate::pubsub::SUBSCRIBER_QUEUE_BYTES_MAX >> 20
-                    );
+                    ));
                     Wire::Error(text).encode(session.proto, output);
                     let _ = stream.write_all(output).await;
                     return;
@@ -814,6 +811,12 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         }
         Conn::Observe { filter, from, once } => {
             let shared = &server.node.sm.shared;
+            // A key or name longer than any can be never matches; a prefix that long
+            // would cost every change a long comparison.
+            let key_bytes_max = shared.limits.key_bytes_max;
+            if filter.target.len() > key_bytes_max {
+                return Wire::Error(format!("LIMIT key-bytes limit exceeded (max {key_bytes_max})"));
+            }
             if shared.watches.count(session.id) >= crate::watch::WATCHES_PER_CONNECTION_MAX {
                 let max = crate::watch::WATCHES_PER_CONNECTION_MAX;
                 return Wire::Error(format!("LIMIT watches-per-connection limit exceeded (max {max})"));
@@ -838,10 +841,34 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
                         (Wire::text("revision"), Wire::Int(revision as i64)),
                     ])
                 }
+                Err(e @ crate::watch::WatchError::Overflowed) => {
+                    // The queue overflowed: close the connection as pub/sub delivery
+                    // does (its remaining senders go with the watches).
+                    shared.watches.drop_conn(session.id);
+                    shared.pubsub.detach(session.id);
+                    Wire::Error(e.to_string())
+                }
                 Err(e) => Wire::Error(e.to_string()),
             }
         }
-        Conn::ObserveCancel(id) => Wire::Int(i64::from(server.node.sm.shared.watches.cancel(session.id, id))),
+        Conn::ObserveCancel(id) => {
+            let watches = &server.node.sm.shared.watches;
+            let cancelled = Wire::Int(i64::from(watches.cancel(session.id, id)));
+            // A RESP2 connection leaves push mode with its last watch (and no
+            // subscription): events already queued go out before the reply, or the
+            // client would take the next one for the reply to its next command (as
+            // UNSUBSCRIBE does).
+            if session.proto != Proto::Resp2 || session.subscriptions() > 0 || watches.count(session.id) > 0 {
+                return cancelled;
+            }
+            let mut replies: Vec<Wire> =
+                session.messages.as_mut().map(|m| std::iter::from_fn(|| m.try_recv()).collect()).unwrap_or_default();
+            if replies.is_empty() {
+                return cancelled;
+            }
+            replies.push(cancelled);
+            Wire::Sequence(replies)
+        }
         Conn::SessionBind(None) => {
             session.bound = None;
             Wire::Status("OK")
@@ -916,10 +943,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             // after the confirmation would be taken for the reply to its next command.
             let mut replies = Vec::with_capacity(names.len());
             if let Some(messages) = session.messages.as_mut() {
-                while let Ok(message) = messages.try_recv() {
-                    hub.taken(session.id, &message);
-                    replies.push(message);
-                }
+                replies.extend(std::iter::from_fn(|| messages.try_recv()));
             }
             for name in names {
                 if pattern {

@@ -8,7 +8,8 @@
 //! does, so a slow reader cannot grow the server's memory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -18,8 +19,9 @@ use crate::resp::Wire;
 /// Messages queued per subscribed connection before it is dropped.
 pub const SUBSCRIBER_QUEUE_MAX: usize = 4_096;
 
-/// Bytes of messages queued per subscribed connection before it is dropped (Redis's
-/// pubsub output-buffer hard limit): 4,096 messages of up to 1 MiB would be 4 GiB.
+/// Bytes of pushes queued per connection before it is dropped (Redis's pubsub
+/// output-buffer hard limit): 4,096 messages of up to 1 MiB would be 4 GiB, and 4,096
+/// election events carrying a leader's 64 KiB value 256 MiB.
 pub const SUBSCRIBER_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Channels and patterns one connection may subscribe to. Every PUBLISH is matched
@@ -27,28 +29,128 @@ pub const SUBSCRIBER_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// heaviest user, spreads a few channels over each of several connections).
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 10_000;
 
+/// The bytes a push counts against `SUBSCRIBER_QUEUE_BYTES_MAX`: its payloads (the
+/// channel and message of a pub/sub message, the target and leader of a watch event).
+pub fn push_bytes(push: &Wire) -> usize {
+    let Wire::Push(items) = push else { return 0 };
+    items.iter().map(|i| if let Wire::Bulk(b) = i { b.len() } else { 0 }).sum()
+}
+
+/// What the producers and the consumer of one connection's queue share.
+#[derive(Default)]
+struct QueueState {
+    /// `push_bytes` of the pushes in the queue.
+    bytes: AtomicUsize,
+    /// A producer found the queue full: nothing more may be queued or registered on it,
+    /// and the connection closes once its senders are gone.
+    overflowed: AtomicBool,
+}
+
+/// Why a push was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue is full (by count or bytes), or overflowed before.
+    Overflow,
+    /// The connection is gone.
+    Closed,
+}
+
+/// The sending side of a connection's push queue (pub/sub messages and watch events),
+/// bounded by count and by bytes. Producers (apply's pub/sub delivery and watches)
+/// hold clones; the byte count is shared with the connection, so taking a message off
+/// takes no lock.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Wire>,
+    state: Arc<QueueState>,
+}
+
+impl Outbox {
+    /// Queues `push`, or says why not. A queue that is full once stays refused, so a
+    /// client never gets a later push after one it missed.
+    pub fn try_push(&self, push: Wire) -> Result<(), PushError> {
+        if self.state.overflowed.load(Ordering::Acquire) {
+            return Err(PushError::Overflow);
+        }
+        let bytes = push_bytes(&push);
+        // Counted before the send: the connection may take the push off (and subtract)
+        // before this thread runs again.
+        let queued = self.state.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if queued + bytes > SUBSCRIBER_QUEUE_BYTES_MAX {
+            self.state.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.state.overflowed.store(true, Ordering::Release);
+            return Err(PushError::Overflow);
+        }
+        match self.tx.try_send(push) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.state.bytes.fetch_sub(bytes, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.state.overflowed.store(true, Ordering::Release);
+                        Err(PushError::Overflow)
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(PushError::Closed),
+                }
+            }
+        }
+    }
+
+    /// True once a push was refused for want of room.
+    pub fn overflowed(&self) -> bool {
+        self.state.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Pushes the queue has room for now (by count).
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+/// The receiving side of a connection's push queue.
+pub struct Inbox {
+    rx: mpsc::Receiver<Wire>,
+    state: Arc<QueueState>,
+}
+
+impl Inbox {
+    /// The next push; None once every sender is gone (the connection was dropped for
+    /// overflowing, or detached).
+    pub async fn recv(&mut self) -> Option<Wire> {
+        let push = self.rx.recv().await?;
+        self.state.bytes.fetch_sub(push_bytes(&push), Ordering::AcqRel);
+        Some(push)
+    }
+
+    /// A push already queued, if any.
+    pub fn try_recv(&mut self) -> Option<Wire> {
+        let push = self.rx.try_recv().ok()?;
+        self.state.bytes.fetch_sub(push_bytes(&push), Ordering::AcqRel);
+        Some(push)
+    }
+}
+
+/// A new connection queue: producers' side and the connection's.
+pub fn queue() -> (Outbox, Inbox) {
+    queue_with(SUBSCRIBER_QUEUE_MAX)
+}
+
+/// A queue of `capacity` pushes (tests use small ones).
+pub fn queue_with(capacity: usize) -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let state = Arc::new(QueueState::default());
+    (Outbox { tx, state: Arc::clone(&state) }, Inbox { rx, state })
+}
+
 #[derive(Default)]
 struct Inner {
     channels: HashMap<Bytes, BTreeSet<u64>>,
     patterns: BTreeMap<Bytes, BTreeSet<u64>>,
-    senders: HashMap<u64, mpsc::Sender<Wire>>,
+    senders: HashMap<u64, Outbox>,
     /// Connections dropped for overflowing since `take_overflowed` last ran.
     overflowed: Vec<u64>,
-    /// Bytes of pub/sub messages queued per connection (`message_bytes`).
-    queued_bytes: HashMap<u64, usize>,
-}
-
-/// The bytes a pub/sub message counts against `SUBSCRIBER_QUEUE_BYTES_MAX`: its
-/// payloads. Other pushes on the same queue (watch events) count 0; the count of
-/// messages bounds them.
-pub fn message_bytes(push: &Wire) -> usize {
-    let Wire::Push(items) = push else { return 0 };
-    let is_message =
-        matches!(items.first(), Some(Wire::Bulk(kind)) if kind.as_ref() == b"message" || kind.as_ref() == b"pmessage");
-    if !is_message {
-        return 0;
-    }
-    items.iter().map(|i| if let Wire::Bulk(b) = i { b.len() } else { 0 }).sum()
+    /// Why a connection was detached, when it was not for overflowing (`detach_for`).
+    reasons: HashMap<u64, String>,
 }
 
 /// Subscriptions of this node's connections.
@@ -58,11 +160,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Registers a connection's queue (once, at its first subscription).
-    pub fn attach(&self, conn: u64) -> mpsc::Receiver<Wire> {
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
-        self.inner.lock().expect("not poisoned").senders.insert(conn, tx);
-        rx
+    /// Registers a connection's queue (once, at its first subscription or watch).
+    pub fn attach(&self, conn: u64) -> Inbox {
+        let (outbox, inbox) = queue();
+        let mut inner = self.inner.lock().expect("not poisoned");
+        inner.senders.insert(conn, outbox);
+        inner.reasons.remove(&conn);
+        inbox
     }
 
     /// True if any connection subscribes to anything (notifications are skipped
@@ -73,7 +177,7 @@ impl Hub {
     }
 
     /// The queue's sender of an attached connection (watches deliver through it).
-    pub fn sender(&self, conn: u64) -> Option<mpsc::Sender<Wire>> {
+    pub fn sender(&self, conn: u64) -> Option<Outbox> {
         self.inner.lock().expect("not poisoned").senders.get(&conn).cloned()
     }
 
@@ -107,21 +211,26 @@ impl Hub {
     pub fn detach(&self, conn: u64) {
         let mut inner = self.inner.lock().expect("not poisoned");
         Self::drop_conn(&mut inner, conn);
+        inner.reasons.remove(&conn);
     }
 
-    /// The connection took a message off its queue.
-    pub fn taken(&self, conn: u64, message: &Wire) {
-        let bytes = message_bytes(message);
-        if bytes > 0 {
-            if let Some(queued) = self.inner.lock().expect("not poisoned").queued_bytes.get_mut(&conn) {
-                *queued = queued.saturating_sub(bytes);
-            }
+    /// Drops a connection's queue for `reason`, which it reports as it closes (once its
+    /// watches' clones of the sender are gone too).
+    pub fn detach_for(&self, conn: u64, reason: String) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        if inner.senders.contains_key(&conn) {
+            Self::drop_conn(&mut inner, conn);
+            inner.reasons.insert(conn, reason);
         }
+    }
+
+    /// Why the connection's queue was closed, if not for overflowing.
+    pub fn take_reason(&self, conn: u64) -> Option<String> {
+        self.inner.lock().expect("not poisoned").reasons.remove(&conn)
     }
 
     fn drop_conn(inner: &mut Inner, conn: u64) {
         inner.senders.remove(&conn);
-        inner.queued_bytes.remove(&conn);
         inner.channels.retain(|_, set| {
             set.remove(&conn);
             !set.is_empty()
@@ -158,20 +267,9 @@ impl Hub {
         let mut delivered = 0;
         let mut overflowed = Vec::new();
         for (conn, push) in deliveries {
-            let bytes = message_bytes(&push);
-            let queued = inner.queued_bytes.get(&conn).copied().unwrap_or(0);
-            if queued + bytes > SUBSCRIBER_QUEUE_BYTES_MAX {
-                if inner.senders.contains_key(&conn) && !overflowed.contains(&conn) {
-                    overflowed.push(conn);
-                }
-                continue;
-            }
-            match inner.senders.get(&conn).map(|tx| tx.try_send(push)) {
-                Some(Ok(())) => {
-                    delivered += 1;
-                    *inner.queued_bytes.entry(conn).or_default() += bytes;
-                }
-                Some(Err(mpsc::error::TrySendError::Full(_))) if !overflowed.contains(&conn) => overflowed.push(conn),
+            match inner.senders.get(&conn).map(|outbox| outbox.try_push(push)) {
+                Some(Ok(())) => delivered += 1,
+                Some(Err(PushError::Overflow)) if !overflowed.contains(&conn) => overflowed.push(conn),
                 _ => {}
             }
         }

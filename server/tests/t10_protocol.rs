@@ -929,6 +929,52 @@ fn messages_queued_before_unsubscribe_come_before_its_confirmation() {
     assert!(sub.read().is_null(), "then the GET's reply");
 }
 
+/// OBSERVE's bounds, each passed: the target at the key limit, an empty EVENTS list,
+/// 1,000 watches per connection. Then a RESP2 observer cancelling its last watch gets
+/// the events already queued before the cancel's reply, and the next reply is its own.
+#[test]
+fn observe_refuses_past_its_limits_and_a_cancel_leaves_push_mode_in_order() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let long = "k".repeat(4097);
+    assert_eq!(c.raw(&["OBSERVE", "PREFIX", &long]), "-LIMIT key-bytes limit exceeded (max 4096)\r\n");
+    assert_eq!(c.raw(&["OBSERVE", "KEY", "k", "EVENTS", ""]), "-ERR EVENTS needs at least one event\r\n");
+    assert_eq!(c.raw(&["OBSERVE", "KEY", "k", "EVENTS", ",,"]), "-ERR EVENTS needs at least one event\r\n");
+    assert!(c.raw(&["OBSERVE", "LOCK", "k", "EVENTS", "set"]).starts_with("-ERR unknown event 'set'"));
+    c.assert_alive();
+    c.cmd(&["HELLO", "3"]);
+    let at_limit = "k".repeat(4096);
+    assert_eq!(c.cmd(&["OBSERVE", "PREFIX", &at_limit]).field("id").int(), 1);
+    for i in 1..1_000 {
+        c.cmd(&["OBSERVE", "KEY", &format!("w{i}")]);
+    }
+    assert_eq!(c.raw(&["OBSERVE", "KEY", "one-more"]), "-LIMIT watches-per-connection limit exceeded (max 1000)\r\n");
+    assert_eq!(c.cmd(&["OBSERVE.CANCEL", "1"]).int(), 1);
+    assert_eq!(c.cmd(&["OBSERVE", "KEY", "one-more"]).field("id").int(), 1_001, "room again after a cancel");
+
+    let mut o = server.connect();
+    let id = o.cmd(&["OBSERVE", "KEY", "k"]).field("id").int();
+    let mut writer = server.connect();
+    for i in 0..50 {
+        writer.cmd(&["SET", "k", &i.to_string()]);
+    }
+    let mut both = encode(&["OBSERVE.CANCEL", &id.to_string()]);
+    both.extend_from_slice(&encode(&["GET", "absent"]));
+    o.send(&both);
+    let mut seen = 0;
+    loop {
+        match o.read() {
+            Reply::Int(1) => break,
+            push => {
+                assert_eq!(push.items()[0].text(), "observe", "{push:?}");
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 50, "every event before the cancel's reply");
+    assert!(o.read().is_null(), "then the GET's reply");
+}
+
 #[test]
 fn framing_error_answers_then_closes() {
     let server = Server::start();

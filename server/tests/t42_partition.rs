@@ -130,9 +130,8 @@ fn a_node_cut_off_in_the_minority_refuses_writes_and_reads() {
     assert_eq!(until_accepted(&mut f, &["SET", "k", "after"]), Reply::Simple("OK".into()));
 }
 
-#[test]
-fn a_forwarded_write_whose_answer_is_lost_is_reported_as_possibly_applied() {
-    // Every node reaches every other through a relay of its own.
+/// Three nodes, each reaching each other through a relay of its own (`relays[from][to]`).
+fn relayed_cluster(extra: &[&str]) -> (Vec<Server>, Vec<Vec<Option<Relay>>>) {
     let ports: Vec<u16> = (0..3).map(|_| common::cluster::free_port()).collect();
     let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
     let peers = peers.join(",");
@@ -144,7 +143,7 @@ fn a_forwarded_write_whose_answer_is_lost_is_reported_as_possibly_applied() {
             let routes: Vec<String> = (0..3)
                 .filter_map(|to| relays[from][to].as_ref().map(|r| format!("{}=127.0.0.1:{}", to + 1, r.port)))
                 .collect();
-            let args = [
+            let mut args = vec![
                 "--node-id".to_string(),
                 (from + 1).to_string(),
                 "--peers".into(),
@@ -152,10 +151,18 @@ fn a_forwarded_write_whose_answer_is_lost_is_reported_as_possibly_applied() {
                 "--peer-route".into(),
                 routes.join(","),
             ];
+            args.extend(extra.iter().map(|a| a.to_string()));
             std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
         })
         .collect();
-    let mut servers: Vec<Server> = handles.into_iter().map(|h| h.join().expect("a node started")).collect();
+    let servers = handles.into_iter().map(|h| h.join().expect("a node started")).collect();
+    (servers, relays)
+}
+
+#[test]
+fn a_forwarded_write_whose_answer_is_lost_is_reported_as_possibly_applied() {
+    // Every node reaches every other through a relay of its own.
+    let (mut servers, relays) = relayed_cluster(&[]);
     let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
     assert_eq!(until_accepted(&mut l, &["SET", "ready", "1"]), Reply::Simple("OK".into()));
@@ -205,4 +212,50 @@ fn the_leader_ends_the_waits_of_a_member_it_no_longer_hears_from() {
     // The live follower's client still waits, and gets its item.
     l.cmd(&["QUEUE.PUSH", "other", "y"]);
     assert_eq!(waiting.read(), Reply::Bulk(b"y".to_vec()));
+}
+
+/// A follower cut off while the leader snapshots and purges its log comes back only
+/// through a snapshot, which skips the revisions it covers: it cannot tell its
+/// observers what changed in them, so each observing connection is closed with the
+/// reason (it used to go on from the snapshot's revision, silently missing them), and
+/// resuming from the last revision seen there is refused with COMPACTED.
+#[test]
+fn a_snapshot_install_closes_the_followers_watches_with_the_reason() {
+    let (mut servers, relays) = relayed_cluster(&["--snapshot-every", "200"]);
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "before", "1"]), Reply::Simple("OK".into()));
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let held = info_field(&mut l, "raft_applied_index").parse::<u64>().expect("applied");
+    let mut o = servers[follower].connect();
+    common::cluster::wait_applied(&mut o, held);
+    o.cmd(&["HELLO", "3"]);
+    let seen = o.cmd(&["OBSERVE", "PREFIX", "key:"]).field("revision").int();
+    let links = |f: &dyn Fn(&Relay)| {
+        for other in (0..3).filter(|i| *i != follower) {
+            f(relays[follower][other].as_ref().expect("a relay"));
+            f(relays[other][follower].as_ref().expect("a relay"));
+        }
+    };
+    links(&|r| r.partition());
+    // Past the 1,000 entries the leader keeps behind a snapshot.
+    let mut batch = Vec::new();
+    for i in 0..3_000 {
+        batch.extend(encode(&["SET", &format!("key:{i}"), "v"]));
+    }
+    l.send(&batch);
+    for _ in 0..3_000 {
+        assert_eq!(l.read(), Reply::Simple("OK".into()));
+    }
+    wait_until(Duration::from_secs(20), "the leader to purge past the follower's log", || {
+        (common::cluster::status_field(&mut l, "purged_index").parse::<u64>().unwrap_or(0) > held + 1).then_some(())
+    });
+    links(&|r| r.heal());
+    let (tail, closed) = o.read_to_close(Duration::from_secs(30), 4096);
+    let tail = String::from_utf8_lossy(&tail);
+    assert!(tail.contains("installed a snapshot through revision"), "{tail}");
+    assert!(closed, "closed after the reason");
+    let mut again = servers[follower].connect();
+    let resumed = again.raw(&["OBSERVE", "PREFIX", "key:", "FROM", &(seen + 1).to_string()]);
+    assert!(resumed.starts_with("-COMPACTED"), "{resumed}");
 }

@@ -308,10 +308,16 @@ fn observers_see_leadership_changes_and_resignations_and_lock_releases() {
     c[0].cmd(&["SET", "k", "v"]);
     assert_eq!(sub.read().items().iter().map(Reply::text).collect::<Vec<_>>(), ["message", "__keyspace@0__:k", "set"]);
 
+    // A semaphore of the same name is another namespace: its release is not the
+    // lock's (it used to arrive on the lock's watch, and end this ONCE watch).
+    c[2].cmd(&["SEM.ACQUIRE", "res", "2", "30000", "TOKEN", "s"]);
+    c[2].cmd(&["SEM.RELEASE", "res", "s"]);
+    let semaphore_done = common::cluster::info_field(&mut c[2], "raft_applied_index").parse::<i64>().unwrap();
     c[2].cmd(&["LOCK", "res", "30000", "TOKEN", "h"]);
     c[2].cmd(&["UNLOCK", "res", "h"]);
-    let (_, kind, name) = change(&locks.read());
+    let (revision, kind, name) = change(&locks.read());
     assert_eq!((kind.as_str(), name.as_str()), ("released", "res"));
+    assert!(revision > semaphore_done, "the lock's release, not the semaphore's ({revision} <= {semaphore_done})");
     // ONCE: the watch is gone; a cancel of it finds nothing.
     assert_eq!(locks.cmd(&["OBSERVE.CANCEL", "1"]).int(), 0);
 }

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A port nobody listens on right now, for a server the caller is about to start.
@@ -67,6 +67,8 @@ struct Faults {
     mute: AtomicBool,
     /// Pass the next request of some connection on, then cut that connection unanswered.
     cut_next: AtomicBool,
+    /// Bumped by `partition`: connections made before it are cut at their next chunk.
+    epoch: AtomicU64,
 }
 
 /// What to do with one chunk read on one direction of a relayed connection.
@@ -76,6 +78,8 @@ enum Chunk {
     Drop,
     /// Pass it, give the target 300 ms to act on it, then close both sides.
     PassThenCut,
+    /// Close both sides without passing it.
+    Cut,
 }
 
 impl Relay {
@@ -94,8 +98,12 @@ impl Relay {
                 let Ok(outbound) = TcpStream::connect(&target) else { continue };
                 // Set on this connection once its answers are to be lost.
                 let cut = Arc::new(AtomicBool::new(false));
+                let epoch = shared.epoch.load(Ordering::SeqCst);
                 let (faults, cutting) = (Arc::clone(&shared), Arc::clone(&cut));
                 pump(inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone"), move || {
+                    if faults.epoch.load(Ordering::SeqCst) != epoch {
+                        return Chunk::Cut;
+                    }
                     if faults.cut_next.swap(false, Ordering::SeqCst) {
                         cutting.store(true, Ordering::SeqCst);
                         return Chunk::PassThenCut;
@@ -104,6 +112,9 @@ impl Relay {
                 });
                 let faults = Arc::clone(&shared);
                 pump(outbound, inbound, move || {
+                    if faults.epoch.load(Ordering::SeqCst) != epoch {
+                        return Chunk::Cut;
+                    }
                     if faults.mute.load(Ordering::SeqCst) || cut.load(Ordering::SeqCst) {
                         return Chunk::Drop;
                     }
@@ -118,6 +129,18 @@ impl Relay {
     /// does with a request it cannot decode).
     pub fn refuse_new_connections(&self) {
         self.faults.refuse.store(true, Ordering::SeqCst);
+    }
+
+    /// Cuts the link: connections relayed so far are closed at their next chunk, new
+    /// ones are refused, until `heal`.
+    pub fn partition(&self) {
+        self.faults.refuse.store(true, Ordering::SeqCst);
+        self.faults.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Relays new connections again (after `partition` or `refuse_new_connections`).
+    pub fn heal(&self) {
+        self.faults.refuse.store(false, Ordering::SeqCst);
     }
 
     /// From now on, drops what the target sends back; requests still reach it.
@@ -145,6 +168,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, each: impl Fn() -> Chunk + Send 
             let chunk = each();
             if matches!(chunk, Chunk::Drop) {
                 continue;
+            }
+            if matches!(chunk, Chunk::Cut) {
+                let _ = from.shutdown(Shutdown::Both);
+                break;
             }
             if to.write_all(&buf[..n]).is_err() {
                 break;

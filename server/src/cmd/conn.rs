@@ -94,7 +94,7 @@ fn parse_observe(
     target: Bytes,
     prefix: bool,
 ) -> Result<Option<Request>, CmdError> {
-    let (mut from, mut once, mut kinds) = (None, false, Vec::new());
+    let (mut from, mut once, mut kinds) = (None, false, 0u8);
     while let Some(option) = a.keyword() {
         match option.as_slice() {
             b"FROM" => {
@@ -107,22 +107,33 @@ fn parse_observe(
             b"ONCE" => once = true,
             b"EVENTS" => {
                 let list = a.optional().ok_or(CmdError::Syntax)?;
-                let known: &[&[u8]] = match class {
-                    crate::watch::Class::Key => &[b"set", b"del", b"expired"],
-                    crate::watch::Class::Lock => &[b"released", b"expired", b"revoked"],
-                    crate::watch::Class::Election => &[b"leader"],
-                    crate::watch::Class::Config => &[b"set", b"del"],
+                let known: &[&str] = match class {
+                    crate::watch::Class::Key => &["set", "del", "expired"],
+                    crate::watch::Class::Lock => &["released", "expired", "revoked"],
+                    crate::watch::Class::Election => &["leader"],
+                    crate::watch::Class::Config => &["set", "del"],
                 };
+                // A bit per kind: a list of millions of names is a few bits, and
+                // matching a change costs the same whatever the list said.
+                let mut listed = 0u8;
                 for kind in list.split(|b| *b == b',').filter(|k| !k.is_empty()) {
-                    let kind = kind.to_ascii_lowercase();
-                    if !known.contains(&kind.as_slice()) {
+                    let bit = known
+                        .iter()
+                        .find(|k| k.as_bytes().eq_ignore_ascii_case(kind))
+                        .and_then(|k| crate::watch::kind_bit(k.as_bytes()));
+                    let Some(bit) = bit else {
+                        let shown = &kind[..kind.len().min(64)];
                         return Err(CmdError::Other(format!(
                             "ERR unknown event '{}' for this watch",
-                            String::from_utf8_lossy(&kind)
+                            String::from_utf8_lossy(shown)
                         )));
-                    }
-                    kinds.push(Bytes::from(kind));
+                    };
+                    listed |= bit;
                 }
+                if listed == 0 {
+                    return Err(CmdError::Other("ERR EVENTS needs at least one event".into()));
+                }
+                kinds |= listed;
             }
             _ => return Err(CmdError::Syntax),
         }

@@ -162,7 +162,8 @@ pub struct Shared {
     /// snapshot policy lets the log grow by this much before the next one.
     snapshot_bytes: std::sync::atomic::AtomicU64,
     dir: PathBuf,
-    limits: Limits,
+    /// The core's limits (the key limit also bounds what a watch looks at).
+    pub limits: Limits,
 }
 
 /// The state machine handle given to openraft (cheap to clone).
@@ -481,7 +482,15 @@ impl SmStore {
         let loaded = Loaded::decode(&file, &self.shared.limits)?;
         let replaced = self.lock().install(loaded);
         drop(replaced);
-        self.shared.watches.reset(file.meta.last_log_id.map_or(0, |l| l.index));
+        let index = file.meta.last_log_id.map_or(0, |l| l.index);
+        for conn in self.shared.watches.reset(index) {
+            self.shared.pubsub.detach_for(
+                conn,
+                format!(
+                    "ERR this node installed a snapshot through revision {index} and cannot replay the changes it skipped; closing: observe again (FROM your last revision is refused with COMPACTED: observe, then re-read)"
+                ),
+            );
+        }
         write_snapshot_file(&self.shared.dir, &file)?;
         self.shared.snapshot_bytes.store(file.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.lock().current = Some(file.meta);
