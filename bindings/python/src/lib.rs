@@ -79,6 +79,30 @@ where
     py.detach(|| runtime().block_on(f))
 }
 
+/// How often a blocking wait looks for a pending Python signal (Ctrl-C).
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// `block` for calls that wait as long as the caller lets them (a lock's or permit's
+/// wait, a campaign, a watch, `wait_lost`): a Python signal handler that raises
+/// (Ctrl-C's KeyboardInterrupt) interrupts it. The call is dropped then; an acquire
+/// gives back what it may have been granted.
+fn block_interruptible<F: std::future::Future + Send>(py: Python<'_>, f: F) -> PyResult<F::Output>
+where
+    F::Output: Send,
+{
+    py.detach(|| {
+        runtime().block_on(async {
+            tokio::pin!(f);
+            loop {
+                tokio::select! {
+                    out = &mut f => return Ok(out),
+                    _ = tokio::time::sleep(SIGNAL_POLL) => Python::attach(|py| py.check_signals())?,
+                }
+            }
+        })
+    })
+}
+
 fn seconds(s: f64, what: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s)
         .map_err(|_| InvalidRequest::new_err(format!("{what} must be a non-negative number of seconds")))
@@ -186,10 +210,12 @@ impl Lock {
         let Some(mut signal) = self.with(|l| Some(l.lost_signal()), None) else {
             return Ok(Some("released".into()));
         };
-        Ok(block(py, async move { tokio::time::timeout(timeout, signal.wait()).await.ok() }))
+        block_interruptible(py, async move { tokio::time::timeout(timeout, signal.wait()).await.ok() })
     }
 
     /// Calls `callback(reason)` (on a background thread) the moment the lock is lost.
+    /// The thread is one of the client's own: the callback must not call this
+    /// client's blocking methods (hand the work to another thread).
     fn on_lost(&self, callback: Py<PyAny>) {
         self.with(
             |l| {
@@ -310,9 +336,12 @@ held_guard!(Permit, core::Permit, "A permit of a counting semaphore (a context m
 held_guard!(Leadership, core::Leadership, "Leadership of an election (a context manager; leaving it resigns).", {
     /// Publishes a new value as the leader.
     fn proclaim(&self, py: Python<'_>, value: Name) -> PyResult<()> {
-        let guard = self.inner.lock().expect("not poisoned");
-        let Some(held) = guard.as_ref() else { return Err(NotHolder::new_err("resigned")) };
-        block(py, held.proclaim(Bytes::from(value.0))).map_err(err)
+        // Not under the guard's lock: `block` gives up the GIL for the round trip, and
+        // a thread reading `valid` (holding the GIL, waiting for this lock) would then
+        // deadlock with this one (holding the lock, waiting for the GIL).
+        let proclaimer = self.inner.lock().expect("not poisoned").as_ref().map(|held| held.proclaimer());
+        let Some(proclaimer) = proclaimer else { return Err(NotHolder::new_err("resigned")) };
+        block(py, proclaimer.proclaim(Bytes::from(value.0))).map_err(err)
     }
 });
 
@@ -327,7 +356,7 @@ impl Watch {
     /// The next change (revision, kind, target, candidate), or None after `timeout` s.
     fn next<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Option<Bound<'py, PyDict>>> {
         let timeout = seconds(timeout, "timeout")?;
-        let event = block(py, async { self.inner.lock().await.next(timeout).await }).map_err(err)?;
+        let event = block_interruptible(py, async { self.inner.lock().await.next(timeout).await })?.map_err(err)?;
         event
             .map(|e| {
                 let d = PyDict::new(py);
@@ -420,7 +449,7 @@ impl Client {
     ) -> PyResult<Lock> {
         let o = lock_options(ttl, wait, shared, auto_renew, session.as_deref())?;
         let client = self.inner.clone();
-        block(py, async move { client.lock(Bytes::from(name.0), o).await }).map(Lock::wrap).map_err(err)
+        block_interruptible(py, async move { client.lock(Bytes::from(name.0), o).await })?.map(Lock::wrap).map_err(err)
     }
 
     /// Acquires a lock if it is free now; None when held.
@@ -481,7 +510,8 @@ impl Client {
     ) -> PyResult<Option<Permit>> {
         let (ttl, wait) = (seconds(ttl, "ttl")?, wait.map(|w| seconds(w, "wait")).transpose()?);
         let client = self.inner.clone();
-        let permit = block(py, async move { client.acquire_permit(Bytes::from(name.0), limit, ttl, wait).await });
+        let permit =
+            block_interruptible(py, async move { client.acquire_permit(Bytes::from(name.0), limit, ttl, wait).await })?;
         Ok(permit.map_err(err)?.map(Permit::wrap))
     }
 
@@ -500,11 +530,9 @@ impl Client {
         let (ttl, wait) = (seconds(ttl, "ttl")?, wait.map(|w| seconds(w, "wait")).transpose()?);
         let value = Bytes::from(value.map_or_else(Vec::new, |v| v.0));
         let client = self.inner.clone();
-        let lead =
-            block(
-                py,
-                async move { client.campaign(Bytes::from(name.0), Bytes::from(candidate.0), value, ttl, wait).await },
-            );
+        let lead = block_interruptible(py, async move {
+            client.campaign(Bytes::from(name.0), Bytes::from(candidate.0), value, ttl, wait).await
+        })?;
         Ok(lead.map_err(err)?.map(Leadership::wrap))
     }
 

@@ -111,3 +111,20 @@ impl Lock {
         self.runtime.block_on(lock.release())
     }
 }
+
+/// How long dropping the last handle on the runtime waits for the release to go out.
+const RELEASE_ON_DROP_WAIT: Duration = Duration::from_secs(2);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let Some(lock) = self.inner.take() else { return };
+        // Dropping the async lock sends its release on the runtime in the background;
+        // if this is the runtime's last handle (the client went first), the runtime
+        // shuts down right after and would cancel that release: send it here, bounded.
+        // (Not from inside another runtime, where blocking is not allowed.)
+        let last = Arc::strong_count(&self.runtime) == 1;
+        if last && tokio::runtime::Handle::try_current().is_err() {
+            let _ = self.runtime.block_on(tokio::time::timeout(RELEASE_ON_DROP_WAIT, lock.release()));
+        }
+    }
+}

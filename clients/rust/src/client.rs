@@ -227,11 +227,15 @@ impl Client {
                 Ok(Value::Error(text)) => {
                     self.put_back(conn);
                     let error = Error::from_server(&text);
-                    if !error.is_try_again() {
+                    // "may have been applied" without TRYAGAIN (a node shutting down under
+                    // the write): a request that is safe to repeat fails over like TRYAGAIN.
+                    let unknown = matches!(error, Error::Unknown(_));
+                    let retried = error.is_try_again() || (unknown && retry == Retry::Safe);
+                    if !retried {
                         return Err(error);
                     }
                     // The entry may still commit, or have committed elsewhere.
-                    if Error::outcome_unknown(&text) {
+                    if unknown || Error::outcome_unknown(&text) {
                         if retry == Retry::Unsafe {
                             return Err(Error::Unknown(text));
                         }
@@ -304,6 +308,51 @@ impl Client {
         runtime.spawn(async move {
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
             let _ = client.call(&refs, Retry::Safe, Duration::ZERO).await;
+        });
+    }
+}
+
+/// Gives a grant back unless disarmed: armed before an acquire's request goes out, so
+/// that an acquire whose future is dropped (a timeout around it, a cancelled Python
+/// task) after the server granted it does not leave the grant held with nobody to
+/// renew or release it. The server keeps such a grant: the connection that asked is
+/// shared and stays open. Releasing by the attempt's token is safe to repeat.
+pub(crate) struct GiveBack {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    release: Option<Vec<Bytes>>,
+}
+
+impl GiveBack {
+    /// Armed with the release request for the grant an acquire may get.
+    pub(crate) fn arm(client: &Client, release: Vec<Bytes>) -> GiveBack {
+        GiveBack { client: client.clone(), runtime: tokio::runtime::Handle::current(), release: Some(release) }
+    }
+
+    /// Nothing to give back: the grant is in a guard now, or there was none.
+    pub(crate) fn disarm(mut self) -> Vec<Bytes> {
+        self.release.take().unwrap_or_default()
+    }
+}
+
+/// Times a give-back is sent while the server answers that nothing is held, and the
+/// pause between: the acquire it undoes may still be on its way to the log (it went
+/// out on another connection), and a release that arrives first finds nothing.
+const GIVE_BACK_ATTEMPTS: u32 = 3;
+const GIVE_BACK_PAUSE: Duration = Duration::from_millis(500);
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        let Some(release) = self.release.take() else { return };
+        let client = self.client.clone();
+        self.runtime.spawn(async move {
+            let refs: Vec<&[u8]> = release.iter().map(|a| a.as_ref()).collect();
+            for _ in 0..GIVE_BACK_ATTEMPTS {
+                match client.call(&refs, Retry::Safe, Duration::ZERO).await {
+                    Err(Error::NotHolder(_)) => tokio::time::sleep(GIVE_BACK_PAUSE).await,
+                    _ => return,
+                }
+            }
         });
     }
 }

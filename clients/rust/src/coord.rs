@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::client::{push_wait, random_token, unexpected, Client, Retry};
+use crate::client::{push_wait, random_token, unexpected, Client, GiveBack, Retry};
 use crate::error::{Error, Result};
 use crate::lease::{renew_if_late, spawn_keepalive, LeaseState, LostSignal, Renewal};
 use crate::lock::Held;
@@ -65,9 +65,36 @@ guard_accessors!(Leadership);
 impl Leadership {
     /// Publishes a new value as the leader (ELECT.PROCLAIM).
     pub async fn proclaim(&self, value: impl Into<Bytes>) -> Result<()> {
+        self.proclaimer().proclaim(value).await
+    }
+
+    /// What proclaiming takes, apart from the leadership: a binding that keeps the
+    /// leadership behind a lock takes this out and proclaims without holding the lock
+    /// across the round trip (which may retry through a failover for seconds).
+    pub fn proclaimer(&self) -> Proclaimer {
+        Proclaimer {
+            client: self.held.client.clone(),
+            name: self.held.names[0].clone(),
+            token: self.held.token.clone(),
+        }
+    }
+}
+
+/// Proclaims as a leader (see [`Leadership::proclaimer`]); the server refuses it once
+/// that leadership has ended.
+#[derive(Clone)]
+pub struct Proclaimer {
+    client: Client,
+    name: Bytes,
+    token: Bytes,
+}
+
+impl Proclaimer {
+    /// Publishes a new value as the leader (ELECT.PROCLAIM).
+    pub async fn proclaim(&self, value: impl Into<Bytes>) -> Result<()> {
         let value = value.into();
-        let args: [&[u8]; 4] = [b"ELECT.PROCLAIM", &self.held.names[0], &self.held.token, &value];
-        self.held.client.call(&args, Retry::Safe, Duration::ZERO).await.map(drop)
+        let args: [&[u8]; 4] = [b"ELECT.PROCLAIM", &self.name, &self.token, &value];
+        self.client.call(&args, Retry::Safe, Duration::ZERO).await.map(drop)
     }
 }
 
@@ -87,19 +114,23 @@ impl Client {
         let refs: Vec<&[u8]> = a.args.iter().map(|x| x.as_ref()).collect();
         let sent = Instant::now();
         // Not idempotent on the server: a lost answer is Unknown, and the grant it may
-        // have made is given back.
+        // have made is given back (as it is if this future is dropped from here on).
+        let give_back = GiveBack::arm(self, a.release.clone());
         let reply = match self.call(&refs, Retry::Unsafe, server_wait).await {
             Ok(reply) => reply,
             Err(e) => {
-                if matches!(e, Error::Unknown(_) | Error::Unavailable(_)) {
-                    self.send_in_background(&tokio::runtime::Handle::current(), a.release);
+                if !matches!(e, Error::Unknown(_) | Error::Unavailable(_)) {
+                    give_back.disarm();
                 }
                 return Err(e);
             }
         };
         let fence = match reply.int("fence") {
             Some(f) => f as u64,
-            None if reply == Value::Nil => return Ok(None),
+            None if reply == Value::Nil => {
+                give_back.disarm();
+                return Ok(None);
+            }
             None => return Err(unexpected("acquire", &reply)),
         };
         let state = LeaseState::new(sent + a.ttl.mul_f64(1.0 - self.options().drift));
@@ -110,6 +141,8 @@ impl Client {
         };
         renew_if_late(self, &state, &renewal).await;
         let keepalive = Some(spawn_keepalive(self.clone(), Arc::clone(&state), renewal));
+        // From here the guard releases it on drop.
+        give_back.disarm();
         Ok(Some(Held {
             client: self.clone(),
             names: vec![a.name],

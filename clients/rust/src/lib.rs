@@ -46,7 +46,7 @@ mod session;
 mod watch;
 
 pub use client::{Client, Options};
-pub use coord::{Leader, Leadership, Permit};
+pub use coord::{Leader, Leadership, Permit, Proclaimer};
 #[cfg(feature = "embedded")]
 pub use embedded::EmbeddedServer;
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{push_wait, random_token, unexpected, Client, Retry};
+use crate::client::{push_wait, random_token, unexpected, Client, GiveBack, Retry};
 use crate::error::{Error, Result};
 use crate::lease::{renew_if_late, spawn_keepalive, LeaseState, LostSignal, Renewal};
 use crate::resp::Value;
@@ -93,13 +93,16 @@ impl Held {
     /// held (expired or taken over), `Error::Unknown` if a retried release found it
     /// gone after an attempt whose reply was lost (that attempt may have released it).
     pub async fn release(&mut self) -> Result<bool> {
-        self.released = true;
         if let Some(k) = self.keepalive.take() {
             k.abort();
         }
         self.state.set_lost("released".into());
         let args: Vec<&[u8]> = self.release.iter().map(|a| a.as_ref()).collect();
-        match self.client.call_tracked(&args, Retry::Safe, Duration::ZERO).await {
+        let answer = self.client.call_tracked(&args, Retry::Safe, Duration::ZERO).await;
+        // Only now: a release whose future is dropped before its answer (a timeout
+        // around it) leaves `drop` to send it again, in the background.
+        self.released = true;
+        match answer {
             (Ok(Value::Int(_) | Value::Simple(_)), _) => Ok(true),
             (Ok(other), _) => Err(unexpected("release", &other)),
             // An earlier attempt may have released it: "no longer held" would then say
@@ -242,7 +245,14 @@ impl Client {
             return Err(Error::Invalid("a lock needs a TTL or a session".into()));
         }
         let token = random_token();
-        let ttl_ms = if o.session.is_some() && o.ttl.is_zero() { 0 } else { o.ttl.as_millis().max(1) as u64 };
+        let ttl_ms = if o.session.is_some() && o.ttl.is_zero() {
+            0
+        } else {
+            // Not `as u64`: a TTL past u64 milliseconds would wrap to a short lease the
+            // client believed long, and never renewed.
+            u64::try_from(o.ttl.as_millis().max(1))
+                .map_err(|_| Error::Invalid(format!("TTL of {:?} is too long", o.ttl)))?
+        };
         let mut args: Vec<Bytes> = vec![
             "LOCK".into(),
             name.clone(),
@@ -273,19 +283,24 @@ impl Client {
         let mut names = vec![name];
         names.extend(o.also.iter().cloned());
         let release = with_also(vec!["UNLOCK".into(), names[0].clone(), token.clone()], &names);
+        // An attempt may be granted before an error, or before this future is dropped
+        // (the server keeps an IDEMPOTENT grant): give it back then.
+        let give_back = GiveBack::arm(self, release);
         let reply = match self.call(&refs, Retry::Safe, server_wait).await {
             Ok(reply) => reply,
             Err(e) => {
-                // An attempt may have been granted before the error: give it back.
-                if matches!(e, Error::Unavailable(_) | Error::Unknown(_)) {
-                    self.send_in_background(&tokio::runtime::Handle::current(), release);
+                if !matches!(e, Error::Unavailable(_) | Error::Unknown(_)) {
+                    give_back.disarm();
                 }
                 return Err(e);
             }
         };
         let fence = match reply.int("fence") {
             Some(f) => f as u64,
-            None if reply == Value::Nil => return Ok(None),
+            None if reply == Value::Nil => {
+                give_back.disarm();
+                return Ok(None);
+            }
             None => return Err(unexpected("LOCK", &reply)),
         };
         let holds = reply.int("holds").unwrap_or(1) as u64;
@@ -306,6 +321,8 @@ impl Client {
         } else {
             None
         };
+        // From here the guard releases it on drop.
+        let release = give_back.disarm();
         Ok(Some(Lock {
             held: Held {
                 client: self.clone(),
