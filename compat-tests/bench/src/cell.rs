@@ -27,6 +27,9 @@ pub struct Cell {
     pub p999_us: u64,
     /// The largest resident set of the target's processes at the end, in MiB.
     pub rss_mib: f64,
+    /// The largest peak resident set (VmHWM, over each process's life so far) of the
+    /// target's processes at the end, in MiB: memory goals are judged on the peak.
+    pub peak_rss_mib: f64,
     /// CPU time the target used per operation in the measured window (all its
     /// processes), µs: steadier than ops/s on a shared 2-core machine.
     pub cpu_us_per_op: f64,
@@ -39,22 +42,46 @@ pub struct Cell {
 impl Cell {
     /// The row for a cell that could not be measured.
     pub fn failed(target: &'static str, p: &Params, error: String) -> Cell {
+        Cell::failed_row(target, p.workload.name(), p.style.name(), p.clients, p.pipeline, error)
+    }
+
+    /// The one row for a target that could not be started (or set up), so none of its
+    /// cells ran.
+    pub fn failed_start(target: &'static str, error: String) -> Cell {
+        Cell::failed_row(target, "start", "-", 0, 0, error)
+    }
+
+    fn failed_row(
+        target: &'static str,
+        workload: &str,
+        style: &'static str,
+        clients: usize,
+        pipeline: usize,
+        error: String,
+    ) -> Cell {
         Cell {
             target,
-            workload: p.workload.name().to_string(),
-            style: p.style.name(),
-            clients: p.clients,
-            pipeline: p.pipeline,
+            workload: workload.to_string(),
+            style,
+            clients,
+            pipeline,
             load: "-".into(),
             ops_per_s: 0.0,
             p50_us: 0,
             p99_us: 0,
             p999_us: 0,
             rss_mib: 0.0,
+            peak_rss_mib: 0.0,
             cpu_us_per_op: 0.0,
             client_cpu_us_per_op: 0.0,
             note: format!("FAILED: {}", error.replace('|', "/")),
         }
+    }
+
+    /// Whether this is the row of a cell (or target) that could not be measured: its
+    /// figures are zeros, not measurements.
+    pub fn is_failed(&self) -> bool {
+        self.note.starts_with("FAILED")
     }
 
     /// The same row under another workload name (the scale workloads).
@@ -230,6 +257,12 @@ pub async fn run(p: Params, rate: Option<f64>, warmup: Duration, window: Window,
     let setup = Instant::now();
     while s.ready.load(Ordering::SeqCst) < p.clients {
         if setup.elapsed() > Duration::from_secs(600) {
+            // The clients that did set up wait for `go` forever, and the rest may hang
+            // in setup: left alone they would hold their connections (and locks) and
+            // load the target through every later cell.
+            for task in &tasks {
+                task.abort();
+            }
             return Err("clients took over 10 minutes to set up".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -280,6 +313,7 @@ pub async fn run(p: Params, rate: Option<f64>, warmup: Duration, window: Window,
     let cpu_us = t.cpu_us().saturating_sub(cpu_before);
     let client_cpu_us = crate::targets::cpu_us_of(std::process::id()).saturating_sub(client_cpu_before);
     let rss_mib = t.rss_kib().into_iter().max().unwrap_or(0) as f64 / 1024.0;
+    let peak_rss_mib = t.peak_rss_kib().into_iter().max().unwrap_or(0) as f64 / 1024.0;
     s.stop.store(true, Ordering::SeqCst);
     let mut total = histogram();
     let mut failure = None;
@@ -311,6 +345,7 @@ pub async fn run(p: Params, rate: Option<f64>, warmup: Duration, window: Window,
         p99_us: total.value_at_quantile(0.99),
         p999_us: total.value_at_quantile(0.999),
         rss_mib,
+        peak_rss_mib,
         cpu_us_per_op: cpu_us as f64 / total.len().max(1) as f64,
         client_cpu_us_per_op: client_cpu_us as f64 / total.len().max(1) as f64,
         note: String::new(),

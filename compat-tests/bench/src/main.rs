@@ -51,12 +51,13 @@ struct Args {
     /// Requests per pipelined batch for lock, renew and fence over RESP.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
-    /// After the lock cycle at this many clients, run it again paced at half the measured
-    /// peak (0: skip).
+    /// After the lock cycle at every client count, run it again at this many clients (one
+    /// of --clients) paced at half the highest ops/s the target measured in that style
+    /// at any client count (0: skip).
     #[arg(long, default_value_t = 64)]
     half_load_at: usize,
-    /// Pace that cell at this many operations per second instead of half the measured
-    /// peak (0: half the peak). A fixed rate makes runs of two binaries comparable.
+    /// Pace that cell at this many operations per second instead of half the best
+    /// measured (0: half the best). A fixed rate makes runs of two binaries comparable.
     #[arg(long, default_value_t = 0.0)]
     paced_rate: f64,
     /// Clients for contended, renew and fence.
@@ -102,9 +103,37 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run(Args::parse()).await {
+    let args = Args::parse();
+    // On SIGINT / SIGTERM the run is dropped before the exit, and with it the running
+    // target, whose drop kills its servers and removes its temporary directory
+    // (`process::exit` runs no destructors, and the default action would run none).
+    let result = tokio::select! {
+        result = run(args) => result,
+        (name, code) = stop_signal() => {
+            eprintln!("fencelock-bench: stopped by {name}; the running target's servers were killed");
+            std::process::exit(code);
+        }
+    };
+    if let Err(e) = result {
         eprintln!("fencelock-bench: {e}");
         std::process::exit(2);
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name and the exit status it calls for
+/// (128 + the signal's number).
+async fn stop_signal() -> (&'static str, i32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // The servers still die with this process (PR_SET_PDEATHSIG); their temporary
+        // directories would stay.
+        eprintln!("note: cannot catch SIGINT / SIGTERM; an interrupted run leaves its temporary directories");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => ("SIGINT", 128 + libc::SIGINT),
+        _ = terminate.recv() => ("SIGTERM", 128 + libc::SIGTERM),
     }
 }
 
@@ -164,16 +193,33 @@ async fn run(args: Args) -> Result<(), String> {
     if names.contains(&"connections") && (open_files as usize) < per_process {
         eprintln!("note: the open-file limit is {open_files}; `connections` needs about {per_process} per process");
     }
+    let data_fs = targets::data_filesystem();
+    eprintln!("{data_fs}");
     let mut cells = Vec::new();
     let mut failures = 0;
     let mut cell_no = 0;
     for kind in kinds {
         eprintln!("starting {} ...", kind.name());
-        let t = targets::start(kind, &fencelock).await?;
-        let (release_sha, extend_sha) = if kind.is_resp() {
-            (load_script(t.port, RELEASE_SCRIPT).await?, load_script(t.port, EXTEND_SCRIPT).await?)
-        } else {
-            Default::default()
+        // A target that does not start becomes a FAILED row and the run goes on with the
+        // next one (a failed script load drops the started target, killing it).
+        let started = async {
+            let t = targets::start(kind, &fencelock).await?;
+            let shas = if kind.is_resp() {
+                (load_script(t.port, RELEASE_SCRIPT).await?, load_script(t.port, EXTEND_SCRIPT).await?)
+            } else {
+                Default::default()
+            };
+            Ok::<_, String>((t, shas))
+        }
+        .await;
+        let (t, (release_sha, extend_sha)) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("    FAILED: {e}");
+                failures += 1;
+                cells.push(cell::Cell::failed_start(kind.name(), e));
+                continue;
+            }
         };
         let mut params = |workload, style, clients| {
             cell_no += 1;
@@ -181,7 +227,8 @@ async fn run(args: Args) -> Result<(), String> {
                 workload,
                 style,
                 clients,
-                pipeline: if style == Style::Etcd { 1 } else { args.pipeline },
+                // The contended workload always sends one request at a time.
+                pipeline: if style == Style::Etcd || workload == Workload::Contended { 1 } else { args.pipeline },
                 renew_locks: args.renew_locks,
                 contended_names: args.contended_names,
                 poll: Duration::from_millis(args.poll_ms),
@@ -195,24 +242,51 @@ async fn run(args: Args) -> Result<(), String> {
         for workload in names.iter().filter_map(|n| Workload::parse(n)) {
             for style in Style::for_target(kind, workload) {
                 let counts = if workload == Workload::Lock { clients.clone() } else { vec![args.clients_other] };
+                // The highest closed-loop ops/s and its client count: the one reference
+                // "half load" means for this target and style, whatever the count the
+                // paced cell runs at.
+                let mut best: Option<(f64, usize)> = None;
                 for &n in &counts {
                     eprintln!("  {} / {} {} / {n} clients", kind.name(), workload.name(), style.name());
                     let p = params(workload, style, n);
                     let cell = settle(cell::run(p.clone(), None, warmup, measure, &t).await, &p, kind, &mut failures);
-                    let peak = cell.ops_per_s;
+                    if !cell.is_failed() && best.is_none_or(|(ops_per_s, _)| cell.ops_per_s > ops_per_s) {
+                        best = Some((cell.ops_per_s, n));
+                    }
                     cells.push(cell);
-                    if workload == Workload::Lock && n == args.half_load_at {
-                        let rate = if args.paced_rate > 0.0 { args.paced_rate } else { peak / 2.0 };
+                }
+                let n = args.half_load_at;
+                if workload == Workload::Lock && n > 0 && counts.contains(&n) {
+                    let rate = match best {
+                        _ if args.paced_rate > 0.0 => args.paced_rate,
+                        Some((ops_per_s, _)) => ops_per_s / 2.0,
+                        None => 0.0,
+                    };
+                    let basis = match best {
+                        Some((ops_per_s, at)) => format!(
+                            "{}: {:.0}% of the best closed-loop {ops_per_s:.0}/s of {} {} (at {at} clients)",
+                            if args.paced_rate > 0.0 { "--paced-rate" } else { "half of best" },
+                            100.0 * rate / ops_per_s,
+                            kind.name(),
+                            style.name()
+                        ),
+                        None => "--paced-rate; no closed-loop cell of this style measured".to_string(),
+                    };
+                    if rate > 0.0 {
+                        eprintln!("  {} / lock {} / {n} clients at {rate:.0}/s ({basis})", kind.name(), style.name());
+                        let paced = params(workload, style, n);
+                        let run = cell::run(paced.clone(), Some(rate), warmup, measure, &t).await;
+                        let mut cell = settle(run, &paced, kind, &mut failures);
+                        if !cell.is_failed() {
+                            cell.note = basis;
+                        }
+                        cells.push(cell);
+                    } else {
                         eprintln!(
-                            "  {} / lock {} / {n} clients at {rate:.0}/s (peak {peak:.0}/s)",
+                            "  {} / lock {} / {n} clients paced: skipped (no closed-loop cell measured a rate to halve)",
                             kind.name(),
                             style.name()
                         );
-                        let paced = params(workload, style, n);
-                        if rate > 0.0 {
-                            let run = cell::run(paced.clone(), Some(rate), warmup, measure, &t).await;
-                            cells.push(settle(run, &paced, kind, &mut failures));
-                        }
                     }
                 }
             }
@@ -245,9 +319,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let table = report::table(&cells);
     let goals = report::goals(&cells);
-    println!("{table}\n{goals}");
+    println!("{data_fs}\n\n{table}\n{goals}");
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    std::fs::write(args.out.join("results.md"), format!("{table}\n{goals}")).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("results.md"), format!("{data_fs}\n\n{table}\n{goals}")).map_err(|e| e.to_string())?;
     report::chart(&cells, &args.out.join("lock.png"))?;
     eprintln!("wrote {} and {}", args.out.join("results.md").display(), args.out.join("lock.png").display());
     if failures > 0 {

@@ -35,9 +35,12 @@ pub fn table(cells: &[Cell]) -> String {
     out
 }
 
+/// The measured lock-cycle cell at `clients`, closed-loop (`peak`) or paced. A failed
+/// cell's row holds zeros, not figures, so it never stands for a cell here.
 fn find<'a>(cells: &'a [Cell], target: &str, style: &str, clients: usize, peak: bool) -> Option<&'a Cell> {
     cells.iter().find(|c| {
-        c.target == target
+        !c.is_failed()
+            && c.target == target
             && c.workload == "lock"
             && c.style == style
             && c.clients == clients
@@ -52,51 +55,65 @@ pub fn goals(cells: &[Cell]) -> String {
     let redis = find(cells, "redis", "redlock", 64, true);
     let etcd = find(cells, "etcd-3", "etcd", 64, true);
     for style in ["native", "redlock"] {
-        let Some(f3) = find(cells, "fencelock-3", style, 64, true) else { continue };
-        if let Some(e) = etcd {
-            let x = f3.ops_per_s / e.ops_per_s;
-            line(
-                x >= 10.0,
-                format!(
-                    "fencelock-3 {style} at 64 clients: {:.0} ops/s = {x:.1}× etcd-3 ({:.0}); goal ≥ 10×",
-                    f3.ops_per_s, e.ops_per_s
-                ),
-            );
+        // Only for a run that had fencelock-3's lock cycle in this style (a failed cell
+        // still says it was meant to run).
+        if !cells.iter().any(|c| c.target == "fencelock-3" && c.workload == "lock" && c.style == style) {
+            continue;
         }
-        if let Some(r) = redis {
-            let pct = 100.0 * f3.ops_per_s / r.ops_per_s;
-            line(
-                pct >= 50.0,
-                format!(
-                    "fencelock-3 {style} at 64 clients: {pct:.0}% of redis without persistence ({:.0}); goal ≥ 50%",
-                    r.ops_per_s
-                ),
-            );
+        if let Some(f3) = find(cells, "fencelock-3", style, 64, true) {
+            if let Some(e) = etcd {
+                let x = f3.ops_per_s / e.ops_per_s;
+                line(
+                    x >= 10.0,
+                    format!(
+                        "fencelock-3 {style} at 64 clients: {:.0} ops/s = {x:.1}× etcd-3 ({:.0}); goal ≥ 10×",
+                        f3.ops_per_s, e.ops_per_s
+                    ),
+                );
+            }
+            if let Some(r) = redis {
+                let pct = 100.0 * f3.ops_per_s / r.ops_per_s;
+                line(
+                    pct >= 50.0,
+                    format!(
+                        "fencelock-3 {style} at 64 clients: {pct:.0}% of redis without persistence ({:.0}); goal ≥ 50%",
+                        r.ops_per_s
+                    ),
+                );
+            }
         }
-        if let Some(half) = find(cells, "fencelock-3", style, 64, false) {
-            line(
+        // The paced cell's note says which rate it ran at and what share of the best
+        // closed-loop rate of fencelock-3 in this style that is.
+        match find(cells, "fencelock-3", style, 64, false) {
+            Some(half) => line(
                 half.p99_us < 5000,
                 format!(
-                    "fencelock-3 {style} paced at {} (half of peak unless --paced-rate): p99 {} µs; goal < 5,000",
-                    half.load, half.p99_us
+                    "fencelock-3 {style} paced at {} ({}): p99 {} µs; goal < 5,000",
+                    half.load, half.note, half.p99_us
                 ),
-            );
+            ),
+            None => line(
+                false,
+                format!("fencelock-3 {style} paced at 64 clients: not measured (no paced cell, or it failed); goal p99 < 5,000 µs"),
+            ),
         }
     }
     if let Some(one) = find(cells, "fencelock", "native", 1, true) {
         line(one.p50_us < 500, format!("fencelock native, 1 client: p50 {} µs; goal < 500", one.p50_us));
     }
     for c in cells.iter().filter(|c| c.target.starts_with("fencelock")) {
-        if c.note.starts_with("FAILED") {
+        if c.is_failed() {
             line(false, format!("{} {}: {}", c.target, c.workload, c.note));
             continue;
         }
         match c.workload.as_str() {
+            // On the peak (VmHWM), not the RSS at the end: the table has to fit while it
+            // is filled and snapshotted, not only once it has settled.
             "million" => line(
-                c.rss_mib <= 1024.0,
+                c.peak_rss_mib <= 1024.0,
                 format!(
-                    "{} with the full table: {:.0} MiB RSS on the largest node ({}); goal ≤ 1,024",
-                    c.target, c.rss_mib, c.note
+                    "{} with the full table: peak RSS {:.0} MiB on the largest node ({:.0} MiB at the end; {}); goal ≤ 1,024 at peak",
+                    c.target, c.peak_rss_mib, c.rss_mib, c.note
                 ),
             ),
             "connections" => {

@@ -18,10 +18,6 @@ const FILLERS: usize = 16;
 /// Requests per pipelined batch (RESP) or puts per txn (etcd allows 128).
 const FILL_BATCH: usize = 100;
 
-fn largest(kib: &[u64]) -> u64 {
-    kib.iter().copied().max().unwrap_or(0)
-}
-
 /// Raises this process's open-file limit to its hard limit (children inherit it), so that
 /// 10,000 connections fit in the load generator and in each server (one end each).
 /// Returns the new soft limit.
@@ -40,8 +36,9 @@ pub fn raise_open_files() -> u64 {
     }
 }
 
-/// (e) Holds `count` locks (one-hour leases), reports the largest node's RSS, then runs
-/// the lock cycle with `base.clients` clients against the full table.
+/// (e) Holds `count` locks (one-hour leases), reports how much the node the clients use
+/// grew per lock, then runs the lock cycle with `base.clients` clients against the full
+/// table.
 pub async fn million(
     t: &Target,
     base: Params,
@@ -49,7 +46,7 @@ pub async fn million(
     warmup: Duration,
     measure: crate::cell::Window,
 ) -> Result<Cell, String> {
-    let before = largest(&t.rss_kib());
+    let before = t.client_rss_kib();
     let filled = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
     let per = count.div_ceil(FILLERS);
@@ -73,7 +70,7 @@ pub async fn million(
         f.await.map_err(|e| e.to_string())??;
     }
     let fill_secs = began.elapsed().as_secs_f64();
-    let after = largest(&t.rss_kib());
+    let after = t.client_rss_kib();
     let mut cell = cell::run(base, None, warmup, measure, t).await?;
     cell.workload = "million".into();
     // An allocator that keeps memory freed by an earlier workload (mimalloc does) fills
@@ -82,10 +79,10 @@ pub async fn million(
         Some(grown) if grown > 0 => format!("{:.0} B", (grown * 1024) as f64 / count as f64),
         _ => "no RSS growth (memory freed by earlier workloads reused)".to_string(),
     };
-    let peak_mib = largest(&t.peak_rss_kib()) / 1024;
     cell.note = format!(
-        "{count} held; filled at {:.0}/s; {per_lock} per lock on the largest node; peak RSS {peak_mib} MiB",
-        count as f64 / fill_secs
+        "{count} held; filled at {:.0}/s; {per_lock} per lock on the node the clients use; peak RSS {:.0} MiB",
+        count as f64 / fill_secs,
+        cell.peak_rss_mib
     );
     Ok(cell)
 }
@@ -147,7 +144,7 @@ pub async fn connections(
     measure: crate::cell::Window,
 ) -> Result<Cell, String> {
     let idle_count = total.saturating_sub(base.clients);
-    let before = largest(&t.rss_kib());
+    let before = t.client_rss_kib();
     let mut idle = Vec::with_capacity(idle_count);
     let began = Instant::now();
     let mut last_report = Instant::now();
@@ -163,7 +160,7 @@ pub async fn connections(
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = largest(&t.rss_kib());
+    let after = t.client_rss_kib();
     let mut cell = cell::run(base, rate, warmup, measure, t).await?;
     cell.workload = "connections".into();
     cell.note = format!(

@@ -66,6 +66,8 @@ pub struct Target {
     /// etcd client URLs, the leader's alone (followers would only proxy to it).
     pub etcd_endpoints: Vec<String>,
     children: Vec<Child>,
+    /// Which of `children` the clients talk to (the leader, for a cluster).
+    client_index: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -87,6 +89,13 @@ impl Target {
     /// of a large table peaks between two RSS samples.
     pub fn peak_rss_kib(&self) -> Vec<u64> {
         self.children.iter().filter_map(|c| c.id()).map(|pid| status_kib(pid, "VmHWM:")).collect()
+    }
+
+    /// Resident set size of the process the clients talk to, in KiB (0 once it exited):
+    /// growth is measured on one process, never the largest after less the largest
+    /// before, which may be two different nodes.
+    pub fn client_rss_kib(&self) -> u64 {
+        self.children.get(self.client_index).and_then(|c| c.id()).map_or(0, |pid| status_kib(pid, "VmRSS:"))
     }
 }
 
@@ -123,13 +132,93 @@ pub use fencelock_testkit::free_port;
 
 fn spawn(command: &mut Command, what: &str) -> Result<Child, String> {
     command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    // Both servers read their settings from the environment too (fencelock FENCELOCK_*,
+    // etcd ETCD_*): a variable left in the shell would silently reconfigure a target.
+    // FENCELOCK_LOG only sets logging, and is how the servers' logs are asked for.
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if (name.starts_with("FENCELOCK_") && name != "FENCELOCK_LOG") || name.starts_with("ETCD_") {
+            command.env_remove(&key);
+        }
+    }
+    // Killed with this tool even when it dies without dropping its `Target`s (SIGKILL, a
+    // panic that aborts). The signal follows the thread that forked, not the process:
+    // targets are started from `run`, which `main` blocks on, so that is the main thread.
+    let parent = std::process::id();
+    // SAFETY: runs in the child between fork and exec, so it calls only async-signal-safe
+    // functions (prctl, getppid, _exit) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl took effect: nobody is left to kill us.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
     command.spawn().map_err(|e| format!("cannot start {what}: {e}"))
+}
+
+/// Where the targets' data directories go (the temporary directory) and the filesystem
+/// it is on, from the longest mount point in /proc/mounts that holds it: on tmpfs a sync
+/// costs next to nothing, so a table measured there is not the disk's.
+pub fn data_filesystem() -> String {
+    let dir = std::env::temp_dir();
+    let real = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(PathBuf, String, String)> = None;
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let &[device, mount_point, fstype, ..] = fields.as_slice() else { continue };
+        let mount_point = PathBuf::from(unescape_mount_field(mount_point));
+        // A later line mounted over an earlier one at the same point: it is what is seen.
+        let longer = best.as_ref().is_none_or(|(p, _, _)| mount_point.as_os_str().len() >= p.as_os_str().len());
+        if real.starts_with(&mount_point) && longer {
+            best = Some((mount_point, fstype.to_string(), unescape_mount_field(device)));
+        }
+    }
+    match best {
+        Some((mount_point, fstype, device)) => format!(
+            "Data directories under {}: filesystem {fstype} ({device} on {}).",
+            real.display(),
+            mount_point.display()
+        ),
+        None => format!("Data directories under {}: filesystem unknown (no /proc/mounts entry).", real.display()),
+    }
+}
+
+/// /proc/mounts writes a space, tab, newline or backslash in a field as `\ooo` (octal).
+fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(u8::is_ascii_digit))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Starts a target and waits until it takes writes.
 pub async fn start(kind: Kind, fencelock: &Path) -> Result<Target, String> {
     let dir = tempfile::Builder::new().prefix("fencelock-bench-").tempdir().map_err(|e| e.to_string())?;
-    let mut target = Target { kind, port: 0, etcd_endpoints: Vec::new(), children: Vec::new(), _dir: dir };
+    let mut target =
+        Target { kind, port: 0, etcd_endpoints: Vec::new(), children: Vec::new(), client_index: 0, _dir: dir };
     let root = target._dir.path().to_path_buf();
     match kind {
         Kind::Fencelock => {
@@ -157,6 +246,8 @@ pub async fn start(kind: Kind, fencelock: &Path) -> Result<Target, String> {
                 target.children.push(spawn(&mut c, "fencelock")?);
             }
             target.port = fencelock_leader(&ports.iter().map(|p| p.0).collect::<Vec<_>>()).await?;
+            // Node i is children[i].
+            target.client_index = ports.iter().position(|p| p.0 == target.port).unwrap_or(0);
         }
         Kind::Redis | Kind::RedisAof => {
             target.port = free_port();
@@ -188,7 +279,10 @@ pub async fn start(kind: Kind, fencelock: &Path) -> Result<Target, String> {
                 target.children.push(spawn(&mut c, "etcd (apt-get install etcd-server)")?);
             }
             let urls: Vec<String> = ports.iter().map(|(p, _)| format!("http://127.0.0.1:{p}")).collect();
-            target.etcd_endpoints = vec![etcd_leader(&urls).await?];
+            let leader = etcd_leader(&urls).await?;
+            // Member i is children[i].
+            target.client_index = urls.iter().position(|u| *u == leader).unwrap_or(0);
+            target.etcd_endpoints = vec![leader];
         }
     }
     Ok(target)

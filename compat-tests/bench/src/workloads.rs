@@ -253,7 +253,7 @@ impl RespClient {
                     self.release(p, name, token);
                 }
                 self.conn.flush_and_read(batch, &mut self.replies).await.map_err(io)?;
-                self.check_released()?;
+                self.check_released(p.style)?;
             }
             (Workload::Contended, style) => {
                 let name = format!("{}c:{}", p.prefix, next_random(&mut self.rng) % p.contended_names as u64);
@@ -284,7 +284,7 @@ impl RespClient {
                 }
                 self.release(p, &name, &token);
                 self.conn.flush_and_read(1, &mut self.replies).await.map_err(io)?;
-                self.check_released()?;
+                self.check_released(style)?;
             }
             (Workload::Renew, style) => {
                 for j in 0..batch as u64 {
@@ -342,9 +342,16 @@ impl RespClient {
         }
     }
 
-    /// UNLOCK answers the holds left (0), the release script the keys deleted (1).
-    fn check_released(&self) -> Result<(), String> {
-        match self.replies.iter().find(|v| !matches!(v, Value::Int(0 | 1))) {
+    /// UNLOCK answers the holds left (docs/COMMANDS.md: 0 is released; these locks are
+    /// exclusive, so any other count is a hold left behind), the release script the keys
+    /// it deleted (1; 0 means the token no longer held the lock). Any other reply is a
+    /// failed release, not a cycle.
+    fn check_released(&self, style: Style) -> Result<(), String> {
+        let released = |v: &Value| match style {
+            Style::Native => matches!(v, Value::Int(0)),
+            _ => matches!(v, Value::Int(1)),
+        };
+        match self.replies.iter().find(|v| !released(v)) {
             Some(bad) => Err(unexpected("release", bad)),
             None => Ok(()),
         }
@@ -388,7 +395,11 @@ impl EtcdClient {
                 if !self.client.txn(acquire).await.map_err(io)?.succeeded() {
                     return Err(format!("etcd acquire of free {key} failed"));
                 }
-                self.client.delete(key.as_str(), None).await.map_err(io)?;
+                // A delete that removed nothing released nothing (the key was gone).
+                let deleted = self.client.delete(key.as_str(), None).await.map_err(io)?.deleted();
+                if deleted != 1 {
+                    return Err(format!("etcd release of {key} deleted {deleted} keys"));
+                }
             }
             Workload::Contended => {
                 let name = format!("{}c:{}", p.prefix, next_random(&mut self.rng) % p.contended_names as u64);
