@@ -367,6 +367,10 @@ fn service_instances_register_under_a_session_and_vanish_with_it() {
     assert!(c[1]
         .raw(&["SVC.REGISTER", "payments", "p1", "10.0.0.1:80"])
         .starts_with("-ERR SVC.REGISTER needs SESSION"));
+    // `payments/eu`'s keys would sit under `payments`'s prefix.
+    let nested = ["SVC.REGISTER", "payments/eu", "p9", "10.0.0.9:80", "SESSION", "1"];
+    assert_eq!(c[1].raw(&nested), "-ERR a service name may not contain '/'\r\n");
+    assert!(c[1].raw(&["SVC.LIST", "a/b"]).starts_with("-ERR a service name"));
     let ok = c[1].cmd(&["SVC.REGISTER", "payments", "p1", "10.0.0.1:80", "SESSION", &session, "META", "zone=a"]);
     assert_eq!(ok, Reply::Simple("OK".into()));
     let keep = c[0].cmd(&["SESSION.OPEN", "60000"]).int().to_string();

@@ -220,7 +220,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             parse_observe(a, class, target, prefix)
         }
         b"SVC.WATCH" => {
-            let service = a.bytes()?;
+            let service = super::coord::service_name(a.bytes()?)?;
             let prefix = super::coord::service_key(super::coord::SERVICE_PREFIX, &service, None);
             parse_observe(a, crate::watch::Class::Key, prefix, true)
         }

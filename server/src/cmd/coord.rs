@@ -238,7 +238,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             Request::Core(Command::ConfigList { prefix, after, count }, Shape::Map)
         }
         b"SVC.REGISTER" => {
-            let (service, instance, addr) = (a.bytes()?, a.bytes()?, a.bytes()?);
+            let (service, instance, addr) = (service_name(a.bytes()?)?, a.bytes()?, a.bytes()?);
             let (mut session, mut meta) = (None, Bytes::new());
             while let Some(option) = a.keyword() {
                 match option.as_slice() {
@@ -268,7 +268,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             ])
         }
         b"SVC.DEREGISTER" => {
-            let (service, instance) = (a.bytes()?, a.bytes()?);
+            let (service, instance) = (service_name(a.bytes()?)?, a.bytes()?);
             a.finish().map_err(|_| a.arity())?;
             let keys = vec![
                 service_key(SERVICE_PREFIX, &service, Some(&instance)),
@@ -277,7 +277,7 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             Request::Core(Command::Del { keys }, Shape::Plain)
         }
         b"SVC.LIST" => {
-            let service = a.bytes()?;
+            let service = service_name(a.bytes()?)?;
             a.finish().map_err(|_| a.arity())?;
             Request::ServiceList(service)
         }
@@ -292,6 +292,16 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
 pub const SERVICE_PREFIX: &str = "__svc__/";
 /// See `SERVICE_PREFIX`.
 pub const SERVICE_META_PREFIX: &str = "__svcmeta__/";
+
+/// A service name as given, if it has no `/`: `__svc__/a/` is a prefix of service
+/// `a/b`'s keys, so `SVC.LIST a` and `SVC.WATCH a` would report `a/b`'s instances as
+/// `a`'s.
+pub fn service_name(name: Bytes) -> Result<Bytes, CmdError> {
+    if name.contains(&b'/') {
+        return Err(CmdError::Other("ERR a service name may not contain '/'".into()));
+    }
+    Ok(name)
+}
 
 /// `<prefix><service>/` or `<prefix><service>/<instance>`.
 pub fn service_key(prefix: &str, service: &[u8], instance: Option<&[u8]>) -> Bytes {
