@@ -42,6 +42,8 @@ pub struct Watch {
     client: Client,
     target: Target,
     conn: Option<Conn>,
+    /// The endpoint the next subscription tries first.
+    next_endpoint: usize,
     /// Where delivery stands, for resuming without a gap or a repeat.
     cursor: Cursor,
 }
@@ -98,12 +100,16 @@ impl Client {
             client: self.clone(),
             target,
             conn: None,
+            next_endpoint: 0,
             cursor: Cursor { revision: from_revision.map_or(0, |r| r.saturating_sub(1)), ..Cursor::default() },
         };
         watch.subscribe(from_revision).await?;
         Ok(watch)
     }
 }
+
+/// The pause before resuming a watch whose connection was lost.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(100);
 
 impl Watch {
     async fn subscribe(&mut self, from: Option<u64>) -> Result<()> {
@@ -122,10 +128,11 @@ impl Watch {
         let mut problem = String::new();
         let deadline = tokio::time::Instant::now() + o.retry_for;
         let endpoints = self.client.endpoints();
-        let mut i = 0;
         while tokio::time::Instant::now() < deadline {
-            let endpoint = &endpoints[i % endpoints.len()];
-            i += 1;
+            // Rotating across calls too: a node that takes OBSERVE and then drops the
+            // connection is not the first one tried again and again.
+            let endpoint = &endpoints[self.next_endpoint % endpoints.len()];
+            self.next_endpoint = self.next_endpoint.wrapping_add(1);
             let mut conn = match Conn::open(endpoint, o.password.as_deref(), o.connect_timeout).await {
                 Ok(conn) => conn,
                 Err(ConnError::Auth(e)) => return Err(Error::Auth(e)),
@@ -179,7 +186,16 @@ impl Watch {
                     }
                 }
                 Ok(Some(_)) => {}
-                Err(_) => self.conn = None,
+                Err(_) => {
+                    // Resumed after a pause, and not past the caller's deadline: a node
+                    // that accepts OBSERVE and drops it at once is not hammered.
+                    self.conn = None;
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(RESUBSCRIBE_PAUSE.min(deadline - now)).await;
+                }
             }
         }
     }
