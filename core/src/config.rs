@@ -90,12 +90,26 @@ impl StateMachine {
 
     /// CFG.GET: `[value, version]` now, or as of version `at`; nil if absent then.
     pub(crate) fn config_get(&self, key: &[u8], at: Option<u64>) -> Result<Reply> {
+        if let Some(at) = at.filter(|at| *at > self.st.last_applied) {
+            // A later write would change the answer: reads at a version repeat.
+            return Err(Error::Invalid(std::borrow::Cow::Owned(format!(
+                "version {at} is in the future: the last applied is {}",
+                self.st.last_applied
+            ))));
+        }
         let Some(entry) = self.st.configs.get(key) else { return Ok(Reply::Nil) };
         let at = at.unwrap_or(u64::MAX);
-        if at < entry.compacted_below {
+        // Versions are log indexes, so a key's versions have gaps: once any was
+        // compacted, what held between the oldest kept version and the one compacted
+        // before it is unknown, not absent. (`compacted_below` is one past the
+        // compacted version, which says nothing about that gap.)
+        let history_starts = match entry.versions.front() {
+            Some((oldest, _)) if entry.compacted_below > 0 => *oldest,
+            _ => entry.compacted_below,
+        };
+        if at < history_starts {
             return Err(Error::Invalid(std::borrow::Cow::Owned(format!(
-                "version {at} of this key is compacted: its history starts at version {}",
-                entry.compacted_below
+                "version {at} of this key is compacted: its history starts at version {history_starts}"
             ))));
         }
         match entry.versions.iter().rev().find(|(v, _)| *v <= at) {
@@ -123,9 +137,11 @@ impl StateMachine {
     /// CFG.LIST: `[key, version, ...]` for live keys starting with `prefix`, in key
     /// order, at most `count`, after `after` (exclusive) when resuming.
     pub(crate) fn config_list(&self, prefix: &[u8], after: Option<&Bytes>, count: usize) -> Reply {
+        // Resuming after a key that sorts before the prefix starts at the prefix: a
+        // range from there would meet a key outside it first and stop.
         let start = match after {
-            Some(after) => Bound::Excluded(after.as_ref()),
-            None => Bound::Included(prefix),
+            Some(after) if after.as_ref() >= prefix => Bound::Excluded(after.as_ref()),
+            _ => Bound::Included(prefix),
         };
         let mut out = Vec::new();
         for (key, entry) in self.st.configs.range::<[u8], _>((start, Bound::Unbounded)) {

@@ -73,3 +73,38 @@ fn list_by_prefix_skips_deleted_keys_and_events_name_the_version() {
     let huge = "x".repeat(d.sm.limits().value_bytes_max + 1);
     assert!(matches!(d.err(set("big", &huge, None)), Error::LimitExceeded { .. }));
 }
+
+/// Versions are log indexes, so one key's versions have gaps. Once its oldest version
+/// is compacted, what held between it and the oldest one kept is unknown: refused as
+/// compacted (it used to answer "absent" there).
+#[test]
+fn a_version_in_the_gap_before_the_oldest_kept_one_is_compacted_not_absent() {
+    let mut d = Driver::default();
+    let first = int(d.ok(set("k", "v0", None))) as u64;
+    // Other writes move the log on: k's next version comes much later.
+    for i in 0..30 {
+        d.ok(set(&format!("other/{i}"), "x", None));
+    }
+    let mut kept = Vec::new();
+    for i in 1..=16 {
+        kept.push(int(d.ok(set("k", &i.to_string(), None))) as u64);
+    }
+    assert!(kept[0] > first + 20, "a gap between the versions");
+    let in_gap = first + 10;
+    let Error::Invalid(why) = d.sm.read(&get("k", Some(in_gap))).unwrap_err() else { panic!() };
+    assert!(why.contains(&format!("history starts at version {}", kept[0])), "{why}");
+    assert_eq!(d.read(get("k", Some(kept[0]))), Reply::Array(vec![Reply::Bulk(b("1")), Reply::Int(kept[0] as i64)]));
+    // A version after the last applied one is refused: a later write would change it.
+    let Error::Invalid(why) = d.sm.read(&get("k", Some(d.index + 1))).unwrap_err() else { panic!() };
+    assert!(why.contains("in the future"), "{why}");
+}
+
+/// Resuming a listing after a key that sorts before the prefix starts at the prefix.
+#[test]
+fn list_after_a_key_before_the_prefix_starts_at_the_prefix() {
+    let mut d = Driver::default();
+    d.ok(set("a", "1", None));
+    d.ok(set("app/x", "2", None));
+    let listed = d.read(Command::ConfigList { prefix: b("app/"), after: Some(b("")), count: 10 });
+    assert_eq!(listed, Reply::Array(vec![Reply::Bulk(b("app/x")), Reply::Int(d.index as i64)]));
+}
