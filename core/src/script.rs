@@ -62,6 +62,15 @@ fn keys_of(command: &Command) -> Result<Vec<&Bytes>> {
     })
 }
 
+impl Command {
+    /// Whether a script (or a MULTI, which runs as one) may run this command: keyspace
+    /// commands, PUBLISH, FENCE and LOCK.INFO, without a session.
+    pub fn allowed_in_scripts(&self) -> bool {
+        let session = matches!(self, Command::Set(request) if request.session.is_some());
+        !session && keys_of(self).is_ok()
+    }
+}
+
 impl Script<'_> {
     /// Runs one command inside the script.
     pub fn call(&mut self, command: Command) -> Result<Reply> {

@@ -5,7 +5,6 @@
 //! Redis; other connections go on. If the client goes away while waiting, the wait is
 //! cancelled through the log so the lock is never granted to a dead connection.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -23,9 +22,6 @@ use crate::resp::request::{Parsed, RequestParser};
 use crate::resp::{Proto, Wire};
 use crate::server::{ClientInfo, Server};
 
-/// SCAN cursors kept per connection; older ones are forgotten (the client then
-/// restarts its scan, which Redis also allows).
-const SCAN_CURSORS_MAX: usize = 64;
 /// Bytes read per read call while requests keep arriving in bulk (pipelining).
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes read per read call when nothing is left over from the last one: a request
@@ -44,12 +40,12 @@ struct Session {
     id: u64,
     proto: Proto,
     authenticated: bool,
-    cursors: VecDeque<(u64, Bytes)>,
-    next_cursor: u64,
     quit: bool,
     /// Commands queued since MULTI, and whether queuing one failed (EXEC then aborts).
     multi: Option<Vec<(Command, Shape)>>,
     multi_failed: bool,
+    /// Bytes of the arguments queued since MULTI (`MULTI_BYTES_MAX`).
+    multi_bytes: usize,
     /// Messages for this connection's subscriptions (None until it first subscribes).
     messages: Option<crate::pubsub::Inbox>,
     channels: std::collections::BTreeSet<Bytes>,
@@ -101,6 +97,11 @@ impl Session {
 
 /// Most commands one MULTI may queue.
 const MULTI_COMMANDS_MAX: usize = 10_000;
+/// Most bytes of arguments one MULTI may queue: what one request may carry (the query
+/// buffer bound). Its commands become one log entry, and each was answered QUEUED, so
+/// nothing else bounds them: 10,000 DELs of 60 MiB each made an entry past the WAL's
+/// record bound, which stopped the node.
+const MULTI_BYTES_MAX: usize = QUERY_BUFFER_BYTES_MAX;
 
 /// The connection's `cmd=` cell in the client table (a fresh one if it is not listed).
 fn last_command(server: &Server, id: u64) -> Arc<std::sync::Mutex<Bytes>> {
@@ -119,11 +120,10 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, id: u64) {
         id,
         proto: Proto::Resp2,
         authenticated: server.config.requirepass.is_none(),
-        cursors: VecDeque::new(),
-        next_cursor: 1,
         quit: false,
         multi: None,
         multi_failed: false,
+        multi_bytes: 0,
         messages: None,
         channels: Default::default(),
         patterns: Default::default(),
@@ -240,6 +240,7 @@ async fn handle(
 ) -> Option<Wire> {
     *session.last_command.lock().expect("not poisoned") = args[0].clone();
     let first = args[0].clone();
+    let request_bytes: usize = args.iter().map(|a| a.len()).sum();
     let request = match cmd::parse(args) {
         Ok(request) => request,
         Err(e) => {
@@ -286,7 +287,7 @@ async fn handle(
     if session.multi.is_some()
         && !matches!(request, Request::Conn(Conn::Exec | Conn::Discard | Conn::Multi | Conn::Quit | Conn::Reset))
     {
-        return Some(queue(session, request));
+        return Some(queue(session, request, request_bytes));
     }
     if !session.authenticated
         && !matches!(request, Request::Conn(Conn::Auth { .. } | Conn::Hello { .. } | Conn::Quit | Conn::Reset))
@@ -346,24 +347,30 @@ fn grows_past_maxmemory(server: &Server, request: &Request) -> bool {
 
 /// Queues a command inside MULTI. Only keyspace commands can run inside the
 /// transaction's single log entry; anything else aborts it, as a bad command does.
-fn queue(session: &mut Session, request: Request) -> Wire {
+fn queue(session: &mut Session, request: Request, request_bytes: usize) -> Wire {
     let queued = session.multi.as_mut().expect("in MULTI");
-    match request {
-        Request::Core(command, shape)
-            if !matches!(command, Command::BlockingPop { .. }) && queued.len() < MULTI_COMMANDS_MAX =>
-        {
-            queued.push((command, shape));
-            Wire::Status("QUEUED")
-        }
-        Request::Core(..) if queued.len() >= MULTI_COMMANDS_MAX => {
-            session.multi_failed = true;
-            Wire::Error(format!("ERR MULTI queue limit ({MULTI_COMMANDS_MAX} commands) exceeded"))
-        }
-        _ => {
-            session.multi_failed = true;
+    // EXEC runs the queue as a script does: a command a script may not run would be
+    // refused there while the rest committed, so it aborts the transaction here.
+    let allowed = |command: &Command| !matches!(command, Command::BlockingPop { .. }) && command.allowed_in_scripts();
+    let refusal = match request {
+        Request::Core(command, _) if !allowed(&command) => {
             Wire::error("ERR this command cannot be used inside MULTI on fencelock (keyspace commands only)")
         }
-    }
+        Request::Core(..) if queued.len() >= MULTI_COMMANDS_MAX => {
+            Wire::Error(format!("ERR MULTI queue limit ({MULTI_COMMANDS_MAX} commands) exceeded"))
+        }
+        Request::Core(..) if session.multi_bytes + request_bytes > MULTI_BYTES_MAX => {
+            Wire::Error(format!("LIMIT multi-bytes limit exceeded (max {MULTI_BYTES_MAX})"))
+        }
+        Request::Core(command, shape) => {
+            queued.push((command, shape));
+            session.multi_bytes += request_bytes;
+            return Wire::Status("QUEUED");
+        }
+        _ => Wire::error("ERR this command cannot be used inside MULTI on fencelock (keyspace commands only)"),
+    };
+    session.multi_failed = true;
+    refusal
 }
 
 fn node_error(e: NodeError) -> Wire {
@@ -662,8 +669,8 @@ async fn scan(
     let after = if cursor == 0 {
         None
     } else {
-        match session.cursors.iter().find(|(c, _)| *c == cursor) {
-            Some((_, key)) => Some(key.clone()),
+        match server.scan_cursors.lock().expect("not poisoned").resume(cursor) {
+            Some(key) => Some(key),
             None => return CmdError::Other("ERR invalid cursor".into()).to_wire(),
         }
     };
@@ -676,15 +683,7 @@ async fn scan(
     let Reply::Array(mut parts) = reply else { return Wire::error("ERR unexpected SCAN reply") };
     let keys = render::plain(parts.pop().unwrap_or(Reply::Array(Vec::new())));
     let next = match parts.pop() {
-        Some(Reply::Bulk(resume)) => {
-            let id = session.next_cursor;
-            session.next_cursor += 1;
-            session.cursors.push_back((id, resume));
-            if session.cursors.len() > SCAN_CURSORS_MAX {
-                session.cursors.pop_front();
-            }
-            id
-        }
+        Some(Reply::Bulk(resume)) => server.scan_cursors.lock().expect("not poisoned").issue(resume),
         _ => 0,
     };
     Wire::Array(vec![Wire::Bulk(Bytes::from(next.to_string())), keys])
@@ -749,7 +748,6 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             session.multi = None;
             session.proto = Proto::Resp2;
             session.authenticated = server.config.requirepass.is_none();
-            session.cursors.clear();
             session.stale_reads = false;
             session.bound = None;
             server.update_client(session.id, |c| c.name = None);
@@ -962,6 +960,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
         Conn::Multi if session.multi.is_some() => Wire::error("ERR MULTI calls can not be nested"),
         Conn::Multi => {
             session.multi = Some(Vec::new());
+            session.multi_bytes = 0;
             session.multi_failed = false;
             Wire::Status("OK")
         }

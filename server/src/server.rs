@@ -89,6 +89,61 @@ impl ScriptCache {
     }
 }
 
+/// SCAN cursors kept per node; the oldest is forgotten past this (its scan then gets
+/// `ERR invalid cursor` and restarts). Each names a key of up to the key limit.
+pub const SCAN_CURSORS_MAX: usize = 16_384;
+
+/// This node's SCAN cursors, shared by its connections: a pooled client (Redisson, a
+/// threaded redis-py) continues a scan on whichever connection it takes next, as Redis
+/// allows. A cursor names the key its scan resumes after. Ids are random 63-bit
+/// numbers, so a connection's cursor never continues another scan by accident (they
+/// were 1, 2, 3 on every connection).
+#[derive(Debug)]
+pub struct ScanCursors {
+    by_id: std::collections::HashMap<u64, Bytes>,
+    order: std::collections::VecDeque<u64>,
+    seed: u64,
+    issued: u64,
+}
+
+impl ScanCursors {
+    fn new() -> ScanCursors {
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).expect("the OS random source works");
+        ScanCursors { by_id: Default::default(), order: Default::default(), seed: u64::from_le_bytes(raw), issued: 0 }
+    }
+
+    /// Where the scan with cursor `id` resumes, if this node issued it and still has it.
+    pub fn resume(&self, id: u64) -> Option<Bytes> {
+        self.by_id.get(&id).cloned()
+    }
+
+    /// A new cursor for a scan that resumes after `key`.
+    pub fn issue(&mut self, key: Bytes) -> u64 {
+        let id = loop {
+            // splitmix64 of a counter: distinct for distinct counters, unguessable
+            // without the seed; 0 is the end of a scan and the top bit is left clear
+            // (clients parse the cursor as a signed integer too).
+            self.issued += 1;
+            let mut z = self.seed.wrapping_add(self.issued.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let id = (z ^ (z >> 31)) >> 1;
+            if id != 0 && !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        self.by_id.insert(id, key);
+        self.order.push_back(id);
+        if self.order.len() > SCAN_CURSORS_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+        id
+    }
+}
+
 /// Counters for INFO.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -120,6 +175,8 @@ pub struct Server {
     pub run_id: String,
     /// `--maxmemory-mib` and the resident size.
     pub memory: Arc<crate::memory::MemoryGate>,
+    /// SCAN cursors.
+    pub scan_cursors: Mutex<ScanCursors>,
     next_client: AtomicU64,
 }
 
@@ -136,6 +193,7 @@ impl Server {
             port,
             started: Instant::now(),
             run_id: crate::cmd::lock::random_token().iter().map(|&b| b as char).collect::<String>() + "00000000",
+            scan_cursors: Mutex::new(ScanCursors::new()),
             next_client: AtomicU64::new(1),
         })
     }

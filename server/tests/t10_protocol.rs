@@ -139,6 +139,37 @@ fn a_request_refused_inside_multi_aborts_the_transaction() {
     c.assert_alive();
 }
 
+/// EXEC runs the queue as a script would: a command a script may not run (CFG.SET
+/// here) used to be QUEUED, then refused at EXEC while the rest committed. It now
+/// aborts the transaction when queued. A MULTI is bounded by bytes too: its commands
+/// become one log entry, and DELs of huge keys (checked only when applied) made an
+/// entry past the WAL's record bound, which stopped the node.
+#[test]
+fn multi_refuses_what_a_script_may_not_run_and_past_64_mib() {
+    let server = Server::start();
+    let mut c = server.connect();
+    assert_eq!(c.raw(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.raw(&["SET", "a", "1"]), "+QUEUED\r\n");
+    assert_eq!(
+        c.raw(&["CFG.SET", "x", "y"]),
+        "-ERR this command cannot be used inside MULTI on fencelock (keyspace commands only)\r\n"
+    );
+    assert!(c.raw(&["EXEC"]).starts_with("-EXECABORT"));
+    assert_eq!(c.raw(&["EXISTS", "a"]), ":0\r\n", "nothing was committed");
+    assert!(c.cmd(&["CFG.GET", "x"]).is_null());
+
+    assert_eq!(c.raw(&["MULTI"]), "+OK\r\n");
+    let huge = "k".repeat(8 * 1024 * 1024);
+    // Each DEL carries 3 + 8 MiB bytes: the eighth passes 64 MiB.
+    for i in 0..7 {
+        assert_eq!(c.raw(&["DEL", &huge]), "+QUEUED\r\n", "DEL {i}");
+    }
+    assert_eq!(c.raw(&["DEL", &huge]), "-LIMIT multi-bytes limit exceeded (max 67108864)\r\n");
+    assert!(c.raw(&["EXEC"]).starts_with("-EXECABORT"));
+    c.assert_alive();
+    server.connect().assert_alive();
+}
+
 #[test]
 fn pipelined_replies_come_back_in_order() {
     let server = Server::start();
@@ -312,6 +343,29 @@ fn keys_scan_type_dbsize() {
     assert_eq!(c.raw(&["SCAN", "999999"]), "-ERR invalid cursor\r\n");
     assert_eq!(c.raw(&["SCAN", "x"]), "-ERR invalid cursor\r\n");
     c.assert_alive();
+    // A cursor works on any connection to the node (a pooled client moves between
+    // them), and two scans running at once never continue each other: two scans with
+    // different patterns, each step on the other connection than the last.
+    let mut d = server.connect();
+    let mut scans = [("s:0*", "0".to_string(), BTreeSet::new()), ("s:1*", "0".to_string(), BTreeSet::new())];
+    for round in 0..200 {
+        let (pattern, cursor, seen) = &mut scans[round % 2];
+        if round >= 2 && cursor == "0" {
+            continue;
+        }
+        let conn = if (round / 2) % 2 == 0 { &mut c } else { &mut d };
+        let reply = conn.cmd(&["SCAN", cursor, "MATCH", pattern, "COUNT", "3"]);
+        let [next, keys] = reply.items() else { panic!("SCAN reply {reply:?}") };
+        seen.extend(keys.items().iter().map(Reply::text));
+        *cursor = next.text();
+    }
+    for (pattern, cursor, seen) in &scans {
+        assert_eq!(cursor, "0", "{pattern} ended");
+        let prefix = &pattern[..3];
+        let expected: BTreeSet<String> =
+            (0..40).map(|i| format!("s:{i:02}")).filter(|k| k.starts_with(prefix)).collect();
+        assert_eq!(seen, &expected, "{pattern}");
+    }
 }
 
 #[test]
