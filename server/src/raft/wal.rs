@@ -507,11 +507,20 @@ impl Wal {
                 format!("append at {first}, log ends before {}", self.next_index()),
             ));
         }
+        // Refused whole before anything is written (a record past the bound could not
+        // be read back). Every request path bounds its entry far below this (a
+        // request, a MULTI: 64 MiB; a write group: 8 MiB); an error here stops the
+        // node as any storage error does, but without a panic and with the reason.
+        if let Some(payload) = payloads.iter().find(|p| p.len() + 8 > RECORD_BYTES_MAX) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an entry of {} bytes is past the WAL's record bound ({RECORD_BYTES_MAX})", payload.len()),
+            ));
+        }
         let mut buffer: Vec<u8> = Vec::new();
         for (i, payload) in payloads.iter().enumerate() {
             let index = first + i as u64;
             let record = (HEADER_BYTES + payload.len()) as u64;
-            assert!(payload.len() + 8 <= RECORD_BYTES_MAX, "entry of {} bytes", payload.len());
             let roll = match self.segments.last() {
                 None => true,
                 Some(s) => {
@@ -715,6 +724,19 @@ mod tests {
         wait_until_no_discarded(dir.path());
         wal.append(1, &payloads(1..3)).unwrap();
         assert_eq!(names(dir.path()), vec![segment_name(1)]);
+    }
+
+    #[test]
+    fn an_entry_past_the_record_bound_is_refused_and_the_log_goes_on() {
+        let dir = temp();
+        let mut wal = Wal::open(dir.path(), 1 << 20).unwrap();
+        wal.append(1, &payloads(1..3)).unwrap();
+        // Zeroed by the allocator on demand: never touched, so it costs no memory.
+        let huge = Bytes::from(vec![0u8; RECORD_BYTES_MAX]);
+        let refused = wal.append(3, &[Bytes::from_static(b"fits"), huge]).unwrap_err();
+        assert!(refused.to_string().contains("past the WAL's record bound"), "{refused}");
+        wal.append(3, &payloads(3..5)).unwrap();
+        assert_eq!(wal.last_index(), Some(4), "nothing of the refused batch was written");
     }
 
     #[test]
