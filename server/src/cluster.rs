@@ -144,22 +144,30 @@ impl Node {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
         match op {
-            AdminOp::AddLearner { id, ref addr } | AdminOp::Join { id, ref addr } if voters.contains(&id) => {
+            // Refused whatever the address: a retried join whose first attempt went
+            // through and a voter that lost its data and asks again look the same from
+            // here; the joiner tells them apart (`join_through`). (An "already a voter"
+            // success answered +OK, which hid it from that check.)
+            AdminOp::AddLearner { id, .. } | AdminOp::Join { id, .. } if voters.contains(&id) => {
                 let known = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
-                if matches!(op, AdminOp::Join { .. }) && &known == addr {
-                    // A retried join whose first attempt went through.
-                    return Ok(format!("node {id} is already a voter"));
-                }
                 Err(refused(format!("ERR node {id} is already a voter (at {known})")))
             }
             AdminOp::AddLearner { id, ref addr } | AdminOp::Join { id, ref addr } => {
                 // A wildcard address (a node started with --bind 0.0.0.0) names every
                 // node: the leader would replicate to itself and count itself twice.
-                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+                if is_wildcard(addr) {
                     return Err(refused(format!(
                         "ERR {addr} is not an address other nodes can reach; start node {id} with --bind set to its own address"
+                    )));
+                }
+                // The same for a member already in: a node that joins would dial that
+                // address and reach itself, and could count its own vote as that
+                // member's.
+                if let Some((member, node)) = membership.nodes().find(|(_, node)| is_wildcard(&node.addr)) {
+                    return Err(refused(format!(
+                        "ERR member {member} is at {}, which is not an address other nodes can reach; restart it \
+                         with --bind set to its own address before adding nodes",
+                        node.addr
                     )));
                 }
                 if self.sm.shared.inner.lock().expect("not poisoned").retired.contains(&id) {
@@ -242,11 +250,23 @@ impl Node {
                 } else {
                     return Err(refused(format!("ERR node {id} is not a member")));
                 };
+                let ends_waits = self.levels.cluster() >= crate::raft::levels::CANCEL_WAITS_FROM_LEVEL;
+                // A leader removing itself ends its own clients' waits first: once out, it
+                // is no member, and the next leader refuses what it proposes.
+                if ends_waits && id == self.id {
+                    match self.end_waits_of(id).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(node = id, waits = n, "ended this node's waits before leaving")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(node = id, "could not end this node's waits before leaving: {e}"),
+                    }
+                }
                 self.raft.change_membership(change, false).await.map_err(write_error)?;
                 tracing::info!(node = id, "node removed");
                 // Its clients' waits would otherwise last until they time out (forever
                 // for WAIT FOREVER), taking grants and queue items nobody receives.
-                if self.levels.cluster() >= crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
+                if ends_waits && id != self.id {
                     match self.end_waits_of(id).await {
                         Ok(n) if n > 0 => tracing::info!(node = id, waits = n, "ended the removed node's waits"),
                         Ok(_) => {}
@@ -397,6 +417,13 @@ impl Node {
     }
 }
 
+/// Whether a peer address names no host in particular (0.0.0.0, [::]).
+fn is_wildcard(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+}
+
 /// `--join`: asks the cluster, through a member's client port, to add this node as a
 /// learner, catch it up and promote it. Retries while the cluster answers TRYAGAIN or
 /// cannot be reached; any other refusal is final.
@@ -412,6 +439,8 @@ pub(crate) async fn join_through(
     crate::resp::Wire::Array(args.into_iter().map(|a| crate::resp::Wire::Bulk(a.into())).collect())
         .encode(crate::resp::Proto::Resp2, &mut request);
     let mut backoff = Duration::from_millis(100);
+    // Whether an earlier attempt may have gone through (sent, then no answer).
+    let mut maybe_joined = false;
     for attempt in 1..=JOIN_ATTEMPTS_MAX {
         let answer = async {
             let mut stream = tokio::net::TcpStream::connect(member).await?;
@@ -421,12 +450,20 @@ pub(crate) async fn join_through(
             Ok::<_, std::io::Error>(line.trim_end().to_string())
         };
         match tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, answer).await {
-            // "Already a voter" answers a retried join whose first attempt went
-            // through; that attempt brought this node the log. With nothing here, the
-            // voter under this id lost its data: voting again with an empty log and no
-            // memory of its votes, it could elect a leader that lacks committed entries
-            // (two holders of one lock), or vote twice in one term.
-            Ok(Ok(line)) if line.contains("already a voter") && !raft.is_initialized().await.unwrap_or(false) => {
+            // "Already a voter" answers a retried join whose earlier attempt went
+            // through; that attempt brought this node the log. Otherwise the voter under
+            // this id lost its data: voting again with an empty log and no memory of its
+            // votes, it could elect a leader that lacks committed entries (two holders
+            // of one lock), or vote twice in one term. (The leader replicates to that
+            // address anyway, so having entries now does not show an attempt went
+            // through.)
+            Ok(Ok(line))
+                if line.contains("already a voter") && maybe_joined && raft.is_initialized().await.unwrap_or(false) =>
+            {
+                tracing::info!("joined the cluster through {member} (an earlier attempt went through): {line}");
+                return Ok(());
+            }
+            Ok(Ok(line)) if line.contains("already a voter") => {
                 return Err(NodeError::Fatal(format!(
                     "node {id} is already a voter of the cluster {member} belongs to, and this node's data \
                      directory is empty: a voter that lost its data must not come back under its old id. \
@@ -443,8 +480,15 @@ pub(crate) async fn join_through(
             Ok(Ok(line)) => {
                 return Err(NodeError::Fatal(format!("{member} refused the join: {}", line.trim_start_matches('-'))))
             }
-            Ok(Err(e)) => tracing::info!(attempt, "join through {member}: {e}; retrying"),
-            Err(_) => tracing::info!(attempt, "join through {member}: no answer; retrying"),
+            Ok(Err(e)) => {
+                // Sent, perhaps: a refused connection is the only error that says not.
+                maybe_joined |= e.kind() != std::io::ErrorKind::ConnectionRefused;
+                tracing::info!(attempt, "join through {member}: {e}; retrying");
+            }
+            Err(_) => {
+                maybe_joined = true;
+                tracing::info!(attempt, "join through {member}: no answer; retrying");
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -178,6 +178,8 @@ pub struct Settings {
 /// Most runtime threads `--io-threads` accepts (redis-server caps its own at 128; past
 /// the core count more threads only add hand-offs).
 pub const IO_THREADS_MAX: usize = 64;
+/// Most `--maxclients` (each connection is a descriptor and a task).
+pub const MAXCLIENTS_MAX: usize = 1_000_000;
 /// Largest `--snapshot-log-mib`: 1 TiB of log between snapshots is already more than a
 /// lock server's memory; past it the bound means nothing.
 pub const SNAPSHOT_LOG_MIB_MAX: u64 = 1024 * 1024;
@@ -283,8 +285,12 @@ impl Settings {
         if !settings.peers.is_empty() && !settings.peers.contains_key(&settings.node_id) {
             return Err(format!("--peers must include this node's id ({})", settings.node_id));
         }
-        if settings.maxclients == 0 {
-            return Err("maxclients must be at least 1".into());
+        if !(1..=MAXCLIENTS_MAX).contains(&settings.maxclients) {
+            return Err(format!("maxclients must be 1..={MAXCLIENTS_MAX}, got {}", settings.maxclients));
+        }
+        // 0 is what INFO and the admin commands mean by "none".
+        if settings.node_id == 0 || settings.peers.contains_key(&0) {
+            return Err("node ids start at 1 (0 means none)".into());
         }
         if settings.snapshot_every == 0 {
             return Err("snapshot-every must be at least 1".into());
@@ -348,6 +354,20 @@ mod tests {
         assert!(parse_peers("1=a:1,1=b:2").is_err());
         let flags = Flags::parse_from(["fencelock", "--node-id", "4", "--peers", "1=a:1,2=b:2"]);
         assert!(Settings::resolve(flags).unwrap_err().contains("must include"));
+        // Id 0 means "none" to INFO and the admin commands (REMOVE 0 is refused).
+        let zero = |args: &[&str]| Settings::resolve(Flags::parse_from(args)).unwrap_err();
+        assert_eq!(zero(&["fencelock", "--node-id", "0"]), "node ids start at 1 (0 means none)");
+        assert_eq!(zero(&["fencelock", "--peers", "0=a:1,1=b:2"]), "node ids start at 1 (0 means none)");
+    }
+
+    #[test]
+    fn maxclients_is_bounded() {
+        let s = Settings::resolve(Flags::parse_from(["fencelock", "--maxclients", "1000000"])).unwrap();
+        assert_eq!(s.maxclients, MAXCLIENTS_MAX);
+        for bad in ["0", "1000001"] {
+            let e = Settings::resolve(Flags::parse_from(["fencelock", "--maxclients", bad])).unwrap_err();
+            assert_eq!(e, format!("maxclients must be 1..=1000000, got {bad}"));
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    raise_open_file_limit(settings.maxclients);
     // One thread by default (see `--io-threads`): connections, Raft and apply share it,
     // so a write crosses threads only to the WAL's fsync and back.
     // On one thread an idle single node polls briefly before sleeping (see idle_spin).
@@ -64,6 +65,33 @@ fn main() {
     if let Err(e) = runtime.block_on(run(settings, spin)) {
         eprintln!("fencelock: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Descriptors beyond the clients' (peers, WAL segments, snapshots, listeners).
+const DESCRIPTORS_RESERVED: u64 = 64;
+
+/// Raises this process's open-file limit toward what `maxclients` needs, as far as the
+/// hard limit allows (redis-server does the same). A service manager's default soft
+/// limit of 1,024 would otherwise refuse connections long before `maxclients`.
+fn raise_open_file_limit(maxclients: usize) {
+    let wanted = maxclients as u64 + DESCRIPTORS_RESERVED;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit / setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+    // SAFETY: as above.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    let now = if ok { raised.rlim_cur } else { limit.rlim_cur };
+    if now < wanted {
+        tracing::warn!(
+            maxclients,
+            open_files = now,
+            "the open-file limit is below what maxclients needs; connections past it wait until others close \
+             (raise it with `ulimit -n` or LimitNOFILE=)"
+        );
     }
 }
 

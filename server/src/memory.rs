@@ -86,18 +86,58 @@ fn page_bytes() -> u64 {
     u64::try_from(size).unwrap_or(4096)
 }
 
-/// Half of this machine's physical memory: the default bound (0 where it cannot be
-/// read: none). It leaves room for a snapshot being built, which briefly holds an
-/// encoded copy of the state.
+/// Half of the memory this process may use: the machine's, or its cgroup's limit when
+/// that is lower (a container's: the kernel's OOM killer acts on it long before the
+/// machine runs out). 0 where neither can be read: no bound. Half leaves room for a
+/// snapshot being built, which briefly holds an encoded copy of the state.
 pub fn default_max_bytes() -> u64 {
-    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else { return 0 };
-    let total_kib: u64 = meminfo
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| mem_total_bytes(&m)).unwrap_or(0);
+    let cgroup = cgroup_limit_bytes();
+    let total = match (machine, cgroup) {
+        (0, Some(limit)) => limit,
+        (machine, Some(limit)) => machine.min(limit),
+        (machine, None) => machine,
+    };
+    total / 2
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    meminfo
         .lines()
         .find_map(|line| line.strip_prefix("MemTotal:"))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0);
-    total_kib * 1024 / 2
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`), if it has one.
+fn cgroup_limit_bytes() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        // v2: "0::/path"; v1: "N:memory:/path" (or a list of controllers).
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        if let Some(limit) = parse_limit(&std::fs::read_to_string(file).unwrap_or_default()) {
+            return Some(limit);
+        }
+    }
+    None
+}
+
+/// A cgroup memory limit file's value: "max" (v2) or a huge v1 number mean none.
+fn parse_limit(text: &str) -> Option<u64> {
+    let limit: u64 = text.trim().parse().ok()?;
+    // v1 reports "no limit" as a page-rounded i64::MAX.
+    (limit < (1 << 60)).then_some(limit)
 }
 
 /// Whether applying `command` may leave the state larger (Redis's `denyoom` commands):
@@ -212,6 +252,17 @@ pub fn script_only_frees(body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_limits_parse_and_no_limit_is_none() {
+        assert_eq!(parse_limit("1073741824\n"), Some(1 << 30));
+        assert_eq!(parse_limit("max\n"), None, "cgroup v2 without a limit");
+        assert_eq!(parse_limit("9223372036854771712\n"), None, "cgroup v1 without a limit");
+        assert_eq!(mem_total_bytes("MemTotal:       16384 kB\nMemFree: 1 kB\n"), Some(16384 * 1024));
+        // Whatever this machine's cgroup says, the default is at most half its memory.
+        let machine = mem_total_bytes(&std::fs::read_to_string("/proc/meminfo").unwrap()).unwrap();
+        assert!(default_max_bytes() <= machine / 2);
+    }
 
     #[test]
     fn the_resident_size_and_the_machines_memory_are_read() {

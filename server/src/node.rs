@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fencelock_core::{Command, Limits, Reply};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ReadPolicy, ServerState};
 
 use crate::lua::ScriptReply;
@@ -134,6 +134,48 @@ pub struct Node {
     /// Set once the waits of this node's previous run have been ended (or that was
     /// given up): a wait queued before would be ended with them.
     previous_waits_ended: tokio::sync::watch::Sender<bool>,
+    /// Held for the node's life: the data directory's lock (`lock_data_dir`).
+    _data_dir_lock: std::fs::File,
+}
+
+/// Takes `<data-dir>/LOCK` (an exclusive `flock`, released when the process ends, by
+/// SIGKILL too) and writes this process's id into it. A second server started on the
+/// same directory would recover the first one's active WAL segment (cutting its batch
+/// in flight) and append to it too, losing acknowledged writes: it is refused.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, NodeError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("LOCK");
+    let fatal = |what: &str, e: std::io::Error| NodeError::Fatal(format!("{what} {}: {e}", path.display()));
+    std::fs::create_dir_all(data_dir).map_err(|e| fatal("cannot create the directory of", e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| fatal("cannot open", e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(NodeError::Fatal(format!(
+                "the data directory {} is in use by another fencelock (pid {}): stop it first, or give this one \
+                 a directory of its own",
+                data_dir.display(),
+                holder.trim()
+            )));
+        }
+        return Err(fatal("cannot lock", e));
+    }
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| fatal("cannot write", e))?;
+    Ok(file)
 }
 
 fn random_u64() -> u64 {
@@ -186,6 +228,7 @@ impl Node {
     /// waits until this node leads.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let fatal = |e: &dyn std::fmt::Display| NodeError::Fatal(e.to_string());
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         keep_identity(&config.data_dir, config.id)?;
         let log = LogStore::open(&config.data_dir.join("raft")).map_err(|e| fatal(&e))?;
         let write_load = log.write_load();
@@ -285,6 +328,7 @@ impl Node {
             log_size,
             levels: Arc::new(crate::raft::levels::Levels::open(config.protocol_level, config.data_dir.join("levels"))),
             previous_waits_ended: tokio::sync::watch::channel(false).0,
+            _data_dir_lock: data_dir_lock,
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
@@ -763,6 +807,11 @@ pub(crate) fn write_error(
             f.leader_id.map_or(NodeError::TryAgain, NodeError::NotLeader)
         }
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => NodeError::Discarded,
+        // Another change is being committed: this one may go once it has (two nodes
+        // joining at once; a joiner exits on anything but TRYAGAIN).
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))) => {
+            NodeError::Refused(format!("TRYAGAIN another membership change is in progress ({e}); retry"))
+        }
         // A membership change (or a precondition) the cluster refused.
         RaftError::APIError(e) => NodeError::Refused(format!("ERR {e}")),
         RaftError::Fatal(e) => NodeError::Fatal(e.to_string()),

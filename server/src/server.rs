@@ -198,14 +198,25 @@ impl Server {
         })
     }
 
-    /// Accepts connections until the listener fails. At most `connections_max` are
-    /// served at once: the rest wait in the kernel's accept queue.
+    /// Accepts connections forever. At most `connections_max` are served at once: the
+    /// rest wait in the kernel's accept queue.
     pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let slots = Arc::new(Semaphore::new(self.config.connections_max));
         tokio::spawn(Arc::clone(&self.memory).run());
         loop {
             let permit = Arc::clone(&slots).acquire_owned().await.expect("semaphore never closes");
-            let (stream, addr) = listener.accept().await?;
+            let (stream, addr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors (EMFILE, ENFILE) or an error pending on one new
+                    // socket (ECONNABORTED, EPROTO, ...): the listener itself is fine, and
+                    // ending here would stop the node. Retried after a pause, as
+                    // redis-server does; once connections close, accepts succeed again.
+                    tracing::warn!(error = %e, "accepting a client connection failed; retrying in 50 ms");
+                    tokio::time::sleep(crate::raft::network::ACCEPT_RETRY_PAUSE).await;
+                    continue;
+                }
+            };
             if !self.config.tcp_keepalive.is_zero() {
                 // Best effort: a connection without probes still works.
                 let _ = set_keepalive(&stream, self.config.tcp_keepalive);

@@ -526,6 +526,24 @@ fn waits_left_by_a_killed_node_end_when_it_restarts() {
     drop((lock_waiter, popper));
 }
 
+/// A second server on a running server's data directory is refused before it touches
+/// anything: it would recover (cut) the first one's active WAL segment and append to it
+/// too. The lock goes with the process, SIGKILL included.
+#[test]
+fn a_data_directory_in_use_refuses_a_second_server() {
+    let mut server = Server::start();
+    let dir = server.data_dir();
+    let mut c = server.connect();
+    assert_eq!(c.cmd(&["SET", "k", "v"]), Reply::Simple("OK".into()));
+    let (code, stderr) = common::cluster::run_to_exit(&[], &dir);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("is in use by another fencelock (pid {})", server.pid())), "{stderr}");
+    assert_eq!(c.raw(&["GET", "k"]), "$1\r\nv\r\n", "the first one is untouched");
+    server.kill();
+    server.restart();
+    assert_eq!(server.connect().raw(&["GET", "k"]), "$1\r\nv\r\n");
+}
+
 /// A data directory keeps the id it was first started with: started under another
 /// (a missing --node-id defaults to 1) it would vote and append as that other node.
 #[test]

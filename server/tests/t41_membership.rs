@@ -129,23 +129,36 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
     assert!(stderr.contains("never reused"), "{stderr}");
     // A voter that lost its data may not come back under its id either: with an empty
     // log and no memory of its votes it could elect a leader without committed entries.
+    // Both at another address and at its own (the same command line on a new disk:
+    // the leader answered that as a retried join's success, +OK, which hid it).
     let lost = 4; // node 5, a voter
     let lost_id = status_field(&mut servers[lost].connect(), "node_id");
+    let status = servers[lost].connect().cmd(&["CLUSTER.STATUS"]).text();
+    let own_port = status
+        .lines()
+        .find(|line| line.contains(&format!("member:id={lost_id},")))
+        .and_then(|line| line.split("addr=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|addr| addr.rsplit_once(':'))
+        .map(|(_, port)| port.to_string())
+        .expect("its peer address");
     servers[lost].kill();
-    let wiped = tempfile::tempdir().expect("tempdir");
-    let (code, stderr) = run_to_exit(
-        &[
-            "--node-id",
-            &lost_id,
-            "--peer-port",
-            &free_port().to_string(),
-            "--join",
-            &format!("127.0.0.1:{}", servers[leader].port()),
-        ],
-        &wiped.path().join("data"),
-    );
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("must not come back under its old id"), "{stderr}");
+    for peer_port in [free_port().to_string(), own_port] {
+        let wiped = tempfile::tempdir().expect("tempdir");
+        let (code, stderr) = run_to_exit(
+            &[
+                "--node-id",
+                &lost_id,
+                "--peer-port",
+                &peer_port,
+                "--join",
+                &format!("127.0.0.1:{}", servers[leader].port()),
+            ],
+            &wiped.path().join("data"),
+        );
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("must not come back under its old id"), "peer port {peer_port}: {stderr}");
+    }
     // Under a new id it joins.
     let node = Server::start_with(&[
         "--node-id",

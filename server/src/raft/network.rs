@@ -567,14 +567,26 @@ impl AppendSession {
     }
 }
 
-/// Serves peers' RPCs on `listener` until it fails.
+/// The pause after a failed accept (of a peer or a client connection).
+pub const ACCEPT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Serves peers' RPCs on `listener` forever.
 ///
 /// `own_level` is what this node answers a `PeerRequest::Level` with; at 0 it stands in
 /// for a build from before that request (tests), and closes the connection as such a
 /// build does on a request it cannot decode.
 pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot, own_level: u32) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors (EMFILE) or an error pending on one new socket:
+                // retried after a pause rather than at once, which would spin.
+                tracing::warn!(error = %e, "accepting a peer connection failed; retrying in 50 ms");
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let raft = Arc::clone(&raft);
         let node = Arc::clone(&node);
