@@ -74,6 +74,9 @@ fn type_name(value: &Value) -> &'static [u8] {
     }
 }
 
+/// Keys INFO's keyspace line looks at; past this it estimates (`keyspace_stats`).
+pub const KEYSPACE_STATS_SAMPLE: usize = 10_000;
+
 impl StateMachine {
     /// A key whose TTL has not run out on the replicated clock.
     pub(crate) fn key_live(&self, key: &[u8]) -> Option<&KeyEntry> {
@@ -336,11 +339,18 @@ impl StateMachine {
     }
 
     /// Live keys, and how many of them have a TTL, with their mean remaining time in
-    /// ms (INFO's `db0:keys=..,expires=..,avg_ttl=..`). Walks the keyspace: for INFO,
-    /// not for hot paths.
+    /// ms (INFO's `db0:keys=..,expires=..,avg_ttl=..`). Exact up to
+    /// `KEYSPACE_STATS_SAMPLE` keys; past that, estimated from the first that many
+    /// (Redis's avg_ttl is an estimate too): INFO runs under the state lock, and
+    /// walking millions of keys there stalled every client and the heartbeats.
     pub fn keyspace_stats(&self) -> (u64, u64, u64) {
-        let (mut keys, mut expires, mut ttl_sum) = (0u64, 0u64, 0u128);
-        for entry in self.st.keys.values().filter(|e| !self.is_due(e.deadline_ms)) {
+        let total = self.st.keys.len() as u64;
+        let (mut seen, mut keys, mut expires, mut ttl_sum) = (0u64, 0u64, 0u64, 0u128);
+        for entry in self.st.keys.values().take(KEYSPACE_STATS_SAMPLE) {
+            seen += 1;
+            if self.is_due(entry.deadline_ms) {
+                continue;
+            }
             keys += 1;
             if let Some(ms) = self.remaining(entry.deadline_ms) {
                 expires += 1;
@@ -348,6 +358,11 @@ impl StateMachine {
             }
         }
         let avg_ttl = if expires == 0 { 0 } else { (ttl_sum / u128::from(expires)) as u64 };
+        if seen < total {
+            // Scaled from the sample (u128: no overflow for any table size).
+            let scale = |n: u64| (u128::from(n) * u128::from(total) / u128::from(seen)) as u64;
+            return (scale(keys), scale(expires), avg_ttl);
+        }
         (keys, expires, avg_ttl)
     }
 

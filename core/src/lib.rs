@@ -76,6 +76,7 @@ pub use command::{
     WaitEnd, WaiterId,
 };
 pub use error::{Error, Result};
+pub use keyspace::KEYSPACE_STATS_SAMPLE;
 pub use limits::{Limit, Limits};
 pub use name::Name;
 pub use script::{GroupMember, Script, ScriptOutput};

@@ -20,7 +20,7 @@ use crate::raft::NodeId;
 
 /// How recently a voter must have answered the leader to count as reachable for a
 /// membership change (`check_live_majority`).
-const LIVE_WITHIN: Duration = Duration::from_secs(1);
+pub(crate) const LIVE_WITHIN: Duration = Duration::from_secs(1);
 
 /// A membership or leadership change, as the leader executes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,9 +399,21 @@ impl Node {
         out
     }
 
-    /// SIGTERM: a leader hands leadership to the most up-to-date voter first, so the
-    /// cluster does not wait out an election timeout; then Raft stops.
+    /// SIGTERM: the node ends its clients' waits through the log (while it is down they
+    /// would stay queued in the replicated state, and a lock freed or an item pushed
+    /// meanwhile would go to nobody: lost, for an item), then a leader hands leadership
+    /// to the most up-to-date voter, so the cluster does not wait out an election
+    /// timeout; then Raft stops.
     pub async fn shut_down(&self) {
+        let members = self.raft.metrics().borrow_watched().membership_config.membership().nodes().count();
+        // Alone, nothing can be granted while it is down, and its restart ends them.
+        if members > 1 && self.levels.cluster() >= crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
+            match tokio::time::timeout(SHUTDOWN_END_WAITS, self.end_waits_of(self.id)).await {
+                Ok(Ok(n)) => tracing::info!(waits = n, "shutting down: ended this node's waits"),
+                Ok(Err(e)) => tracing::warn!("shutting down without ending this node's waits: {e}"),
+                Err(_) => tracing::warn!("shutting down without ending this node's waits: no quorum within 1 s"),
+            }
+        }
         if self.raft.is_leader() {
             let voters = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().count();
             if voters > 1 {
@@ -416,6 +428,9 @@ impl Node {
         }
     }
 }
+
+/// How long a node shutting down tries to end its clients' waits.
+const SHUTDOWN_END_WAITS: Duration = Duration::from_secs(1);
 
 /// Whether a peer address names no host in particular (0.0.0.0, [::]).
 fn is_wildcard(addr: &str) -> bool {

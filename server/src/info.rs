@@ -34,8 +34,20 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         let view = server.node.local_view();
         let metrics = server.node.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
-        out += &format!("role:master\r\nconnected_slaves:{}\r\n", view.matched.len());
-        for (n, (id, matched)) in view.matched.iter().enumerate() {
+        // Connected, as Redis counts replicas: heard from within the last second
+        // (openraft keeps a replication entry for a follower that is down, too, so an
+        // alert on connected_slaves would never fire).
+        let heard = |id: &u64| {
+            metrics
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.get(id))
+                .and_then(|at| at.as_ref())
+                .is_some_and(|at| openraft::Instant::elapsed(&**at) < crate::cluster::LIVE_WITHIN)
+        };
+        let connected: Vec<(&u64, &u64)> = view.matched.iter().filter(|(id, _)| heard(id)).collect();
+        out += &format!("role:master\r\nconnected_slaves:{}\r\n", connected.len());
+        for (n, (id, matched)) in connected.into_iter().enumerate() {
             let addr = membership.get_node(id).map(|m| m.addr.clone()).unwrap_or_default();
             let (ip, port) = addr.rsplit_once(':').unwrap_or((&addr, "0"));
             out += &format!("slave{n}:ip={ip},port={port},state=online,offset={matched},raft_node_id={id}\r\n");

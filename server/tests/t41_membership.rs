@@ -269,6 +269,33 @@ fn leadership_moves_on_request_and_on_sigterm_without_waiting_for_an_election() 
     assert_eq!(now_leader, followers[1]);
     assert!(status_field(&mut f, "term").parse::<u64>().expect("term") > term);
 
+    // SIGTERM on a node with a blocked client: it ends that wait through the log before
+    // it goes, so an item pushed while it is down stays queued (it used to be popped
+    // for the wait of a client that was gone, and lost).
+    let stopping = followers[0];
+    let mut popper = servers[stopping].connect();
+    popper.send_cmd(&["QUEUE.POP", "sigterm-jobs", "WAIT", "FOREVER"]);
+    let mut on_leader = servers[now_leader].connect();
+    let mut on_stopping = servers[stopping].connect();
+    wait_until(Duration::from_secs(10), "the pop to be queued", || {
+        let info = on_stopping.cmd(&["INFO", "clients"]).text();
+        info.contains("blocked_clients:1").then_some(())
+    });
+    servers[stopping].signal("TERM");
+    assert_eq!(servers[stopping].wait_exit(Duration::from_secs(10)), Some(0), "a clean exit on SIGTERM");
+    assert_eq!(until_accepted(&mut on_leader, &["QUEUE.PUSH", "sigterm-jobs", "x"]), Reply::Int(1));
+    assert_eq!(
+        on_leader.cmd(&["QUEUE.LEN", "sigterm-jobs"]),
+        Reply::Int(1),
+        "the item went to a wait whose node is gone"
+    );
+    // INFO counts only the followers it hears from, as Redis counts connected replicas.
+    wait_until(Duration::from_secs(10), "INFO to count one connected follower", || {
+        on_leader.cmd(&["INFO", "replication"]).text().contains("connected_slaves:1\r\n").then_some(())
+    });
+    servers[stopping].restart();
+    wait_for_leader(&mut servers);
+
     // SIGTERM on the leader: it hands over, then exits 0; the next write comes at once.
     let mut c = servers[followers[0]].connect();
     let fence = until_accepted(&mut c, &["LOCK", "graceful", "30000", "TOKEN", "a"]).field("fence").int();
