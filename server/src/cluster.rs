@@ -440,19 +440,26 @@ fn is_wildcard(addr: &str) -> bool {
 }
 
 /// `--join`: asks the cluster, through a member's client port, to add this node as a
-/// learner, catch it up and promote it. Retries while the cluster answers TRYAGAIN or
+/// learner, catch it up and promote it (after AUTH with `password`, this node's own
+/// `--requirepass`, when it has one). Retries while the cluster answers TRYAGAIN or
 /// cannot be reached; any other refusal is final.
 pub(crate) async fn join_through(
     member: &str,
     id: NodeId,
     peer_addr: &str,
+    password: Option<&str>,
     raft: &crate::raft::Raft,
 ) -> Result<(), NodeError> {
     // A request is an array of bulk strings: the same bytes as such a reply in RESP2.
     let mut request = bytes::BytesMut::new();
-    let args = ["CLUSTER.JOIN".to_string(), id.to_string(), peer_addr.to_string()];
-    crate::resp::Wire::Array(args.into_iter().map(|a| crate::resp::Wire::Bulk(a.into())).collect())
-        .encode(crate::resp::Proto::Resp2, &mut request);
+    let encode = |args: Vec<String>, out: &mut bytes::BytesMut| {
+        crate::resp::Wire::Array(args.into_iter().map(|a| crate::resp::Wire::Bulk(a.into())).collect())
+            .encode(crate::resp::Proto::Resp2, out);
+    };
+    if let Some(password) = password {
+        encode(vec!["AUTH".into(), password.into()], &mut request);
+    }
+    encode(vec!["CLUSTER.JOIN".into(), id.to_string(), peer_addr.into()], &mut request);
     let mut backoff = Duration::from_millis(100);
     // Whether an earlier attempt may have gone through (sent, then no answer).
     let mut maybe_joined = false;
@@ -460,8 +467,17 @@ pub(crate) async fn join_through(
         let answer = async {
             let mut stream = tokio::net::TcpStream::connect(member).await?;
             stream.write_all(&request).await?;
+            let mut reader = BufReader::new(stream);
             let mut line = String::new();
-            BufReader::new(stream).read_line(&mut line).await?;
+            if password.is_some() {
+                reader.read_line(&mut line).await?;
+                if !line.starts_with('+') {
+                    // The answer to AUTH: the join was not even tried.
+                    return Ok(format!("-AUTH {}", line.trim_end().trim_start_matches('-')));
+                }
+                line.clear();
+            }
+            reader.read_line(&mut line).await?;
             Ok::<_, std::io::Error>(line.trim_end().to_string())
         };
         match tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, answer).await {

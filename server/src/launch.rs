@@ -49,6 +49,7 @@ pub async fn launch(settings: &Settings) -> Result<Launched, String> {
         silent_node: std::time::Duration::from_millis(settings.silent_node_ms),
         peers: settings.peers.clone(),
         join: settings.join.clone(),
+        join_password: settings.requirepass.clone(),
         peer_pipeline: settings.peer_pipeline,
         peer_listen: settings.peer_listen.clone(),
         peer_routes: settings.peer_routes.clone(),

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// A member's client address to join the cluster through (`--join`).
     pub join: Option<String>,
+    /// The password `--join` authenticates with (the cluster's `--requirepass`, which
+    /// this node shares).
+    pub join_password: Option<String>,
     /// AppendEntries a peer connection may have unanswered.
     pub peer_pipeline: usize,
     /// Test only: listen for peers here instead of at this node's `peers` address.
@@ -291,7 +294,10 @@ impl Node {
         if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
             match &config.join {
                 // A joining node waits to be added: the leader's log brings the membership.
-                Some(member) => crate::cluster::join_through(member, config.id, &peer_addr, &raft).await?,
+                Some(member) => {
+                    let password = config.join_password.as_deref();
+                    crate::cluster::join_through(member, config.id, &peer_addr, password, &raft).await?
+                }
                 None if config.peers.is_empty() => {
                     raft.initialize(BTreeMap::from([(config.id, BasicNode::new(peer_addr.clone()))]))
                         .await

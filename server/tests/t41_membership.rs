@@ -370,3 +370,32 @@ fn a_voter_change_that_would_leave_no_reachable_majority_is_refused() {
     assert_eq!(status_field(&mut l, "voters").split(',').count(), 2);
     assert_eq!(until_accepted(&mut l, &["SET", "after", "removal"]), ok());
 }
+
+/// A cluster that requires a password can be grown with `--join`: the joiner sends
+/// AUTH with its own `--requirepass` first (it was answered NOAUTH, and exited).
+#[test]
+fn join_authenticates_with_the_nodes_password() {
+    let first = Server::start_with(&["--requirepass", "s3cret"]);
+    let mut c = first.connect();
+    assert!(c.raw(&["SET", "k", "v"]).starts_with("-NOAUTH"));
+    assert_eq!(c.cmd(&["AUTH", "s3cret"]), ok());
+    assert_eq!(c.cmd(&["SET", "k", "v"]), ok());
+    let join = format!("127.0.0.1:{}", first.port());
+    let peer_port = free_port().to_string();
+    // The wrong password is refused, with the reason.
+    let wrong = tempfile::tempdir().expect("tempdir");
+    let (code, stderr) = run_to_exit(
+        &["--node-id", "2", "--peer-port", &peer_port, "--requirepass", "other", "--join", &join],
+        &wrong.path().join("data"),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("refused the join: AUTH"), "{stderr}");
+    let second =
+        Server::start_with(&["--node-id", "2", "--peer-port", &peer_port, "--requirepass", "s3cret", "--join", &join]);
+    let mut d = second.connect();
+    assert_eq!(d.cmd(&["AUTH", "s3cret"]), ok());
+    wait_until(Duration::from_secs(20), "the joiner to be a voter", || {
+        (status_field(&mut d, "voters") == "1,2").then_some(())
+    });
+    assert_eq!(d.raw(&["GET", "k"]), "$1\r\nv\r\n");
+}
