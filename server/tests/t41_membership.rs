@@ -27,6 +27,14 @@ fn set_keys(c: &mut Client, n: usize) {
     }
 }
 
+/// Runs a node with an empty data directory that joins through `leader_port` as
+/// `id` on `peer_port`, until it exits: its exit code and stderr.
+fn join_from_empty(id: &str, peer_port: &str, leader_port: u16) -> (i32, String) {
+    let wiped = tempfile::tempdir().expect("tempdir");
+    let join = format!("127.0.0.1:{leader_port}");
+    run_to_exit(&["--node-id", id, "--peer-port", peer_port, "--join", &join], &wiped.path().join("data"))
+}
+
 fn ok() -> Reply {
     Reply::Simple("OK".into())
 }
@@ -112,19 +120,8 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
 
     // Its data directory wiped, the removed node may not come back under its old id:
     // replaying from empty under an old id could form a second quorum.
-    let wiped = tempfile::tempdir().expect("tempdir");
-    let peer_port = free_port().to_string();
-    let (code, stderr) = run_to_exit(
-        &[
-            "--node-id",
-            &removed_id,
-            "--peer-port",
-            &peer_port,
-            "--join",
-            &format!("127.0.0.1:{}", servers[leader].port()),
-        ],
-        &wiped.path().join("data"),
-    );
+    let leader_port = servers[leader].port();
+    let (code, stderr) = join_from_empty(&removed_id, &free_port().to_string(), leader_port);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("never reused"), "{stderr}");
     // A voter that lost its data may not come back under its id either: with an empty
@@ -144,18 +141,7 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
         .expect("its peer address");
     servers[lost].kill();
     for peer_port in [free_port().to_string(), own_port] {
-        let wiped = tempfile::tempdir().expect("tempdir");
-        let (code, stderr) = run_to_exit(
-            &[
-                "--node-id",
-                &lost_id,
-                "--peer-port",
-                &peer_port,
-                "--join",
-                &format!("127.0.0.1:{}", servers[leader].port()),
-            ],
-            &wiped.path().join("data"),
-        );
+        let (code, stderr) = join_from_empty(&lost_id, &peer_port, leader_port);
         assert_eq!(code, 1, "{stderr}");
         assert!(stderr.contains("must not come back under its old id"), "peer port {peer_port}: {stderr}");
     }
