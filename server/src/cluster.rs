@@ -73,6 +73,8 @@ pub struct ReplicationView {
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long TRANSFER waits for the new leader to take over.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a membership change may take to commit before the admin is answered.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a follower waits for the leader's replication view.
 const VIEW_TIMEOUT: Duration = Duration::from_secs(1);
 /// Attempts of the `--join` handshake while the cluster has no leader.
@@ -129,6 +131,19 @@ impl Node {
              the change would stop every write until a majority of them is back; bring them back first",
             LIVE_WITHIN.as_millis()
         )))
+    }
+
+    /// Commits a membership change, or says within `MEMBERSHIP_TIMEOUT` that it has not
+    /// (a quorum lost in the middle of it would keep the admin client waiting forever).
+    async fn change_members(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), NodeError> {
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft.change_membership(change, false)).await {
+            Ok(done) => done.map(drop).map_err(write_error),
+            Err(_) => Err(refused(format!(
+                "TRYAGAIN the membership change did not commit within {} s (no quorum?); it may still: check \
+                 CLUSTER.STATUS",
+                MEMBERSHIP_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Runs `op` here; this node must lead.
@@ -197,20 +212,19 @@ impl Node {
                     tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft.add_learner(id, BasicNode::new(addr), true));
                 match added.await {
                     Err(_) => {
+                        // A joiner is running (it asked) and retries: slow, not refused.
+                        let code = if matches!(op, AdminOp::Join { .. }) { "TRYAGAIN" } else { "ERR" };
                         return Err(refused(format!(
-                            "ERR node {id} was added as a learner but did not catch up within {} s; is it running at {addr}?",
+                            "{code} node {id} was added as a learner but did not catch up within {} s; is it running at {addr}?",
                             CATCH_UP_TIMEOUT.as_secs()
-                        )))
+                        )));
                     }
                     Ok(result) => {
                         result.map_err(write_error)?;
                     }
                 }
                 if let AdminOp::Join { .. } = op {
-                    self.raft
-                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(write_error)?;
+                    self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
                     tracing::info!(node = id, "node joined as a voter");
                     return Ok(format!("node {id} joined as a voter"));
                 }
@@ -228,10 +242,7 @@ impl Node {
                 let mut after = voters.clone();
                 after.insert(id);
                 self.check_live_majority(&metrics, &after)?;
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(write_error)?;
+                self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
                 Ok(format!("node {id} promoted to voter"))
             }
             AdminOp::Remove { id } => {
@@ -262,7 +273,7 @@ impl Node {
                         Err(e) => tracing::warn!(node = id, "could not end this node's waits before leaving: {e}"),
                     }
                 }
-                self.raft.change_membership(change, false).await.map_err(write_error)?;
+                self.change_members(change).await?;
                 tracing::info!(node = id, "node removed");
                 // Its clients' waits would otherwise last until they time out (forever
                 // for WAIT FOREVER), taking grants and queue items nobody receives.
@@ -449,6 +460,7 @@ pub(crate) async fn join_through(
     peer_addr: &str,
     password: Option<&str>,
     raft: &crate::raft::Raft,
+    has_data: bool,
 ) -> Result<(), NodeError> {
     // A request is an array of bulk strings: the same bytes as such a reply in RESP2.
     let mut request = bytes::BytesMut::new();
@@ -489,7 +501,8 @@ pub(crate) async fn join_through(
             // address anyway, so having entries now does not show an attempt went
             // through.)
             Ok(Ok(line))
-                if line.contains("already a voter") && maybe_joined && raft.is_initialized().await.unwrap_or(false) =>
+                if line.contains("already a voter")
+                    && (has_data || (maybe_joined && raft.is_initialized().await.unwrap_or(false))) =>
             {
                 tracing::info!("joined the cluster through {member} (an earlier attempt went through): {line}");
                 return Ok(());
@@ -506,6 +519,8 @@ pub(crate) async fn join_through(
                 return Ok(());
             }
             Ok(Ok(line)) if line.starts_with("-TRYAGAIN") || line.is_empty() => {
+                // "it may still" / "may have been applied": the change may commit.
+                maybe_joined |= line.contains("may ");
                 tracing::info!(attempt, "join through {member}: {line}; retrying");
             }
             Ok(Ok(line)) => {

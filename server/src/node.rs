@@ -296,7 +296,7 @@ impl Node {
                 // A joining node waits to be added: the leader's log brings the membership.
                 Some(member) => {
                     let password = config.join_password.as_deref();
-                    crate::cluster::join_through(member, config.id, &peer_addr, password, &raft).await?
+                    crate::cluster::join_through(member, config.id, &peer_addr, password, &raft, false).await?
                 }
                 None if config.peers.is_empty() => {
                     raft.initialize(BTreeMap::from([(config.id, BasicNode::new(peer_addr.clone()))]))
@@ -310,6 +310,23 @@ impl Node {
                     raft.initialize(members.collect::<BTreeMap<_, _>>()).await.map_err(|e| fatal(&e))?;
                 }
                 None => {}
+            }
+        } else if let Some(member) = config.join.clone() {
+            // A joiner whose promotion never happened (it stopped while catching up, or
+            // the change was refused) restarts as a learner: `--join` on its command line
+            // asks again, in the background (its data lets it serve meanwhile).
+            let learner =
+                raft.metrics().borrow_watched().membership_config.membership().learner_ids().any(|l| l == config.id);
+            if learner {
+                let (raft, id, password) = (raft.clone(), config.id, config.join_password.clone());
+                let peer_addr = peer_addr.clone();
+                tokio::spawn(async move {
+                    match crate::cluster::join_through(&member, id, &peer_addr, password.as_deref(), &raft, true).await
+                    {
+                        Ok(()) => tracing::info!("a learner at start: promoted through {member}"),
+                        Err(e) => tracing::warn!("a learner at start: promotion through {member} failed: {e}"),
+                    }
+                });
             }
         }
         let wait = raft.wait(Some(STARTUP_LEADER_WAIT));

@@ -385,3 +385,36 @@ fn join_authenticates_with_the_nodes_password() {
     });
     assert_eq!(d.raw(&["GET", "k"]), "$1\r\nv\r\n");
 }
+
+/// A joiner whose promotion never happened (it stopped while catching up, or the
+/// change was refused) restarts as a learner; with `--join` on its command line it
+/// asks again, and is promoted (it stayed a learner for good: `--join` was skipped once
+/// its data held a membership).
+#[test]
+fn a_learner_restarted_with_join_is_promoted() {
+    let first = Server::start();
+    let mut l = first.connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "k", "v"]), ok());
+    let status = l.cmd(&["CLUSTER.STATUS"]).text();
+    let first_peer = status
+        .lines()
+        .find_map(|line| line.strip_prefix("member:id=1,addr="))
+        .and_then(|rest| rest.split(',').next())
+        .expect("node 1's peer address")
+        .to_string();
+    let peer_port = free_port().to_string();
+    let own = format!("127.0.0.1:{peer_port}");
+    // Added as a learner (the leader waits for it to catch up), then started into a
+    // static list where it is not the lowest id: it waits to be reached, and is.
+    l.send_cmd(&["CLUSTER.ADDLEARNER", "2", &own]);
+    let peers = format!("1={first_peer},2={own}");
+    let mut second = Server::start_with(&["--node-id", "2", "--peer-port", &peer_port, "--peers", &peers]);
+    assert_eq!(l.read(), ok());
+    assert_eq!(status_field(&mut l, "learners"), "2");
+    let join = format!("127.0.0.1:{}", first.port());
+    second.restart_with(&["--node-id", "2", "--peer-port", &peer_port, "--join", &join]);
+    wait_until(Duration::from_secs(20), "the restarted learner to be promoted", || {
+        (status_field(&mut l, "voters") == "1,2").then_some(())
+    });
+    assert_eq!(second.connect().raw(&["GET", "k"]), "$1\r\nv\r\n");
+}
