@@ -180,8 +180,9 @@ impl Node {
                 // member's.
                 if let Some((member, node)) = membership.nodes().find(|(_, node)| is_wildcard(&node.addr)) {
                     return Err(refused(format!(
-                        "ERR member {member} is at {}, which is not an address other nodes can reach; restart it \
-                         with --bind set to its own address before adding nodes",
+                        "ERR member {member} is at {}, which is not an address other nodes can reach (it was \
+                         started with --bind 0.0.0.0 or [::], and the membership keeps that address): this \
+                         cluster cannot grow; start a new one with --bind set to each node's own address",
                         node.addr
                     )));
                 }
@@ -416,6 +417,7 @@ impl Node {
     /// to the most up-to-date voter, so the cluster does not wait out an election
     /// timeout; then Raft stops.
     pub async fn shut_down(&self) {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::Release);
         let members = self.raft.metrics().borrow_watched().membership_config.membership().nodes().count();
         // Alone, nothing can be granted while it is down, and its restart ends them.
         if members > 1 && self.levels.cluster() >= crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
@@ -476,9 +478,12 @@ pub(crate) async fn join_through(
     // Whether an earlier attempt may have gone through (sent, then no answer).
     let mut maybe_joined = false;
     for attempt in 1..=JOIN_ATTEMPTS_MAX {
+        // Whether this attempt's request went out: only then may it have joined.
+        let mut sent = false;
         let answer = async {
             let mut stream = tokio::net::TcpStream::connect(member).await?;
             stream.write_all(&request).await?;
+            sent = true;
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
             if password.is_some() {
@@ -492,7 +497,8 @@ pub(crate) async fn join_through(
             reader.read_line(&mut line).await?;
             Ok::<_, std::io::Error>(line.trim_end().to_string())
         };
-        match tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, answer).await {
+        let outcome = tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, answer).await;
+        match outcome {
             // "Already a voter" answers a retried join whose earlier attempt went
             // through; that attempt brought this node the log. Otherwise the voter under
             // this id lost its data: voting again with an empty log and no memory of its
@@ -527,12 +533,11 @@ pub(crate) async fn join_through(
                 return Err(NodeError::Fatal(format!("{member} refused the join: {}", line.trim_start_matches('-'))))
             }
             Ok(Err(e)) => {
-                // Sent, perhaps: a refused connection is the only error that says not.
-                maybe_joined |= e.kind() != std::io::ErrorKind::ConnectionRefused;
+                maybe_joined |= sent;
                 tracing::info!(attempt, "join through {member}: {e}; retrying");
             }
             Err(_) => {
-                maybe_joined = true;
+                maybe_joined |= sent;
                 tracing::info!(attempt, "join through {member}: no answer; retrying");
             }
         }

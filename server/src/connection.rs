@@ -102,6 +102,8 @@ const MULTI_COMMANDS_MAX: usize = 10_000;
 /// nothing else bounds them: 10,000 DELs of 60 MiB each made an entry past the WAL's
 /// record bound, which stopped the node.
 const MULTI_BYTES_MAX: usize = QUERY_BUFFER_BYTES_MAX;
+/// What a queued argument costs beyond its bytes, for `MULTI_BYTES_MAX`.
+const ARG_OVERHEAD_BYTES: usize = 32;
 
 /// The connection's `cmd=` cell in the client table (a fresh one if it is not listed).
 fn last_command(server: &Server, id: u64) -> Arc<std::sync::Mutex<Bytes>> {
@@ -240,7 +242,9 @@ async fn handle(
 ) -> Option<Wire> {
     *session.last_command.lock().expect("not poisoned") = args[0].clone();
     let first = args[0].clone();
-    let request_bytes: usize = args.iter().map(|a| a.len()).sum();
+    // Each argument counts its bytes and what holding it costs (a `Bytes`, 32 bytes):
+    // a DEL of a million empty keys is 32 MB queued, not 0.
+    let request_bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD_BYTES).sum();
     let request = match cmd::parse(args) {
         Ok(request) => request,
         Err(e) => {
@@ -410,6 +414,9 @@ async fn core_command(
                 Some(Wire::Array(vec![Wire::Bulk(key), Wire::Bulk(value)]))
             }
             Waited::Event(Event::BarrierPassed { .. }) => Some(Wire::Status("OK")),
+            Waited::Event(Event::WaitEnded { .. }) if server.node.is_shutting_down() => {
+                Some(Wire::error(crate::node::SHUTTING_DOWN_WAIT))
+            }
             Waited::Event(Event::WaitEnded { .. }) => Some(render::render(Reply::Nil, shape)),
             Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),
             Waited::Gone(Some(Event::Popped { key, value, priority, session, seq, .. })) => {
@@ -587,6 +594,9 @@ async fn acquire(
             Waited::Event(Event::Granted { grant, .. }) => Some(render::grant(grant, Some(token), Some(ttl_ms))),
             Waited::Event(Event::WaitEnded { reason: WaitEnd::SessionEnded, .. }) => {
                 Some(Wire::error("NOSESSION the session ended while waiting"))
+            }
+            Waited::Event(Event::WaitEnded { .. }) if server.node.is_shutting_down() => {
+                Some(Wire::error(crate::node::SHUTTING_DOWN_WAIT))
             }
             Waited::Event(Event::WaitEnded { .. }) => Some(Wire::Null),
             Waited::Event(other) => Some(Wire::Error(format!("ERR unexpected event {other:?}"))),

@@ -130,7 +130,11 @@ fn cgroup_limit_bytes() -> Option<u64> {
             return Some(limit);
         }
     }
-    None
+    // In a container with a cgroup namespace of its own (or v1 without one, where the
+    // path above does not exist inside it), the limit is at the mount's root.
+    ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .find_map(|file| parse_limit(&std::fs::read_to_string(file).unwrap_or_default()))
 }
 
 /// A cgroup memory limit file's value: "max" (v2) or a huge v1 number mean none.

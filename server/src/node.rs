@@ -139,6 +139,8 @@ pub struct Node {
     previous_waits_ended: tokio::sync::watch::Sender<bool>,
     /// Held for the node's life: the data directory's lock (`lock_data_dir`).
     _data_dir_lock: std::fs::File,
+    /// Set by `shut_down`: the waits it ends are answered TRYAGAIN, not as timed out.
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Takes `<data-dir>/LOCK` (an exclusive `flock`, released when the process ends, by
@@ -226,7 +228,18 @@ fn keep_identity(data_dir: &std::path::Path, id: NodeId) -> Result<(), NodeError
     }
 }
 
+/// How a wait this node ended on its way down is answered: the client fails over and
+/// asks again (an IDEMPOTENT LOCK is retried by the Rust client); a nil would say the
+/// wait ran out, which a `WAIT FOREVER` or `BLPOP k 0` never does.
+pub const SHUTTING_DOWN_WAIT: &str =
+    "TRYAGAIN the node is shutting down: the wait ended and nothing was granted; retry on another node";
+
 impl Node {
+    /// Whether the node is shutting down (SIGTERM).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Opens storage, starts Raft, forms a single-node cluster on first start, and
     /// waits until this node leads.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
@@ -352,6 +365,7 @@ impl Node {
             levels: Arc::new(crate::raft::levels::Levels::open(config.protocol_level, config.data_dir.join("levels"))),
             previous_waits_ended: tokio::sync::watch::channel(false).0,
             _data_dir_lock: data_dir_lock,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));

@@ -96,7 +96,13 @@ impl Outbox {
         }
     }
 
-    /// True once a push was refused for want of room.
+    /// Refuses every later push and watch on this queue, as an overflow does (its
+    /// connection is being closed for another reason).
+    pub fn close(&self) {
+        self.state.overflowed.store(true, Ordering::Release);
+    }
+
+    /// True once a push was refused for want of room (or the queue was closed).
     pub fn overflowed(&self) -> bool {
         self.state.overflowed.load(Ordering::Acquire)
     }

@@ -89,8 +89,9 @@ impl ScriptCache {
     }
 }
 
-/// SCAN cursors kept per node; the oldest is forgotten past this (its scan then gets
-/// `ERR invalid cursor` and restarts). Each names a key of up to the key limit.
+/// SCAN cursors kept per node, one per scan in progress; the oldest is forgotten past
+/// this (its scan then gets `ERR invalid cursor` and restarts). Each names a key of up
+/// to the key limit.
 pub const SCAN_CURSORS_MAX: usize = 16_384;
 
 /// This node's SCAN cursors, shared by its connections: a pooled client (Redisson, a
@@ -113,9 +114,15 @@ impl ScanCursors {
         ScanCursors { by_id: Default::default(), order: Default::default(), seed: u64::from_le_bytes(raw), issued: 0 }
     }
 
-    /// Where the scan with cursor `id` resumes, if this node issued it and still has it.
-    pub fn resume(&self, id: u64) -> Option<Bytes> {
-        self.by_id.get(&id).cloned()
+    /// Where the scan with cursor `id` resumes, if this node issued it and still has
+    /// it. Taken: the scan's next step gets a new cursor, so the table holds one per
+    /// scan in progress, and a client scanning fast cannot push out a slow one's.
+    pub fn resume(&mut self, id: u64) -> Option<Bytes> {
+        let key = self.by_id.remove(&id)?;
+        if let Some(at) = self.order.iter().position(|c| *c == id) {
+            self.order.remove(at);
+        }
+        Some(key)
     }
 
     /// A new cursor for a scan that resumes after `key`.

@@ -218,6 +218,11 @@ impl Watches {
         inner.current = applied;
         let mut conns: Vec<u64> = inner.watchers.keys().map(|(conn, _)| *conn).collect();
         conns.dedup();
+        // Closed under this lock: a watch registered before the caller detaches the
+        // connection would otherwise keep its queue open, with this reset unannounced.
+        for watcher in inner.watchers.values() {
+            watcher.tx.close();
+        }
         inner.watchers.clear();
         conns
     }

@@ -267,8 +267,14 @@ fn leadership_moves_on_request_and_on_sigterm_without_waiting_for_an_election() 
         let info = on_stopping.cmd(&["INFO", "clients"]).text();
         info.contains("blocked_clients:1").then_some(())
     });
+    popper.set_read_timeout(Duration::from_millis(200));
     servers[stopping].signal("TERM");
     assert_eq!(servers[stopping].wait_exit(Duration::from_secs(10)), Some(0), "a clean exit on SIGTERM");
+    // The blocked client is told to go elsewhere (or just loses its connection), never
+    // answered nil as if its FOREVER wait had run out.
+    let (answer, _) = popper.read_to_close(Duration::from_secs(5), 4096);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("-TRYAGAIN the node is shutting down"), "{answer}");
     assert_eq!(until_accepted(&mut on_leader, &["QUEUE.PUSH", "sigterm-jobs", "x"]), Reply::Int(1));
     assert_eq!(
         on_leader.cmd(&["QUEUE.LEN", "sigterm-jobs"]),

@@ -286,10 +286,12 @@ impl Client {
         // An attempt may be granted before an error, or before this future is dropped
         // (the server keeps an IDEMPOTENT grant): give it back then.
         let give_back = GiveBack::arm(self, release);
-        let reply = match self.call(&refs, Retry::Safe, server_wait).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                if !matches!(e, Error::Unavailable(_) | Error::Unknown(_)) {
+        let reply = match self.call_tracked(&refs, Retry::Safe, server_wait).await {
+            (Ok(reply), _) => reply,
+            (Err(e), maybe_applied) => {
+                // A refusal (LIMIT, OOM) of a retry says nothing of an earlier attempt
+                // whose answer was lost: that one may hold the grant.
+                if !maybe_applied && !matches!(e, Error::Unavailable(_) | Error::Unknown(_)) {
                     give_back.disarm();
                 }
                 return Err(e);

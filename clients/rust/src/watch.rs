@@ -172,8 +172,12 @@ impl Watch {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.conn.is_none() {
+                // Not past the caller's deadline, however long resubscribing may take.
                 let from = self.cursor.resume_from();
-                self.subscribe(Some(from)).await?;
+                match tokio::time::timeout_at(deadline, self.subscribe(Some(from))).await {
+                    Ok(subscribed) => subscribed?,
+                    Err(_) => return Ok(None),
+                }
             }
             let conn = self.conn.as_mut().expect("subscribed above");
             match conn.next_push(deadline).await {

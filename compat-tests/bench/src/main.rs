@@ -318,7 +318,7 @@ async fn run(args: Args) -> Result<(), String> {
         drop(t);
     }
     let table = report::table(&cells);
-    let goals = report::goals(&cells);
+    let goals = report::goals(&cells, args.half_load_at == 64 && clients.contains(&64));
     println!("{data_fs}\n\n{table}\n{goals}");
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     std::fs::write(args.out.join("results.md"), format!("{data_fs}\n\n{table}\n{goals}")).map_err(|e| e.to_string())?;

@@ -49,7 +49,9 @@ fn find<'a>(cells: &'a [Cell], target: &str, style: &str, clients: usize, peak: 
 }
 
 /// Each goal of issue 6 that the run has the cells for, with the measured figures.
-pub fn goals(cells: &[Cell]) -> String {
+/// `paced_expected`: the run asked for the paced cell at 64 clients (`--half-load-at
+/// 64` with 64 among `--clients`); otherwise a missing one is not a miss.
+pub fn goals(cells: &[Cell], paced_expected: bool) -> String {
     let mut out = String::new();
     let mut line = |ok: bool, text: String| out += &format!("- [{}] {text}\n", if ok { "x" } else { " " });
     let redis = find(cells, "redis", "redlock", 64, true);
@@ -92,10 +94,11 @@ pub fn goals(cells: &[Cell]) -> String {
                     half.load, half.note, half.p99_us
                 ),
             ),
-            None => line(
+            None if paced_expected => line(
                 false,
                 format!("fencelock-3 {style} paced at 64 clients: not measured (no paced cell, or it failed); goal p99 < 5,000 µs"),
             ),
+            None => {}
         }
     }
     if let Some(one) = find(cells, "fencelock", "native", 1, true) {
