@@ -370,6 +370,7 @@ impl Node {
         let _ = slot.set(Arc::clone(&node));
         tokio::spawn(expiry_ticker(Arc::clone(&node)));
         tokio::spawn(watch_membership(node.raft.clone(), Arc::clone(&node.write_load)));
+        tokio::spawn(end_waits_of_removed(Arc::clone(&node)));
         tokio::spawn(end_previous_waits(Arc::clone(&node)));
         tokio::spawn(crate::silent_nodes::run(Arc::clone(&node), config.silent_node));
         tokio::spawn(crate::raft::levels::run(
@@ -816,6 +817,50 @@ async fn watch_membership(raft: Raft, load: Arc<WriteLoad>) {
         load.set_solo(solo);
         if metrics.changed().await.is_err() {
             return; // Raft has shut down
+        }
+    }
+}
+
+/// Removed nodes whose waits a follower remembers to end once it leads.
+const REMOVED_PENDING_MAX: usize = 64;
+
+/// On the leader, ends the waits of every node that leaves the membership, once the
+/// change is committed. `CLUSTER.REMOVE` does it itself after its change commits, but
+/// not when the change commits after the command gave up waiting (10 s), nor for a
+/// leader that removed itself (it is no member by then); `silent_nodes` looks only at
+/// members. Its clients' waits would otherwise stay queued, taking grants and queue
+/// items for nobody. (Ending waits already ended ends nothing.)
+async fn end_waits_of_removed(node: Arc<Node>) {
+    // Server metrics change only with the vote, the role or a membership: not per write.
+    let mut metrics = node.raft.server_metrics();
+    let committed = |m: &openraft::metrics::RaftServerMetrics<crate::raft::TypeConfig>| -> (Vec<NodeId>, bool) {
+        let members = m.committed_membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        (members, m.state == ServerState::Leader)
+    };
+    let mut known = committed(&metrics.borrow_watched()).0;
+    // Removed while this node did not lead (a leader that removed itself steps down as
+    // the change commits): ended once it does. Ending them twice ends nothing.
+    let mut pending: Vec<NodeId> = Vec::new();
+    while metrics.changed().await.is_ok() {
+        let (now, leads) = committed(&metrics.borrow_watched());
+        for id in known.iter().filter(|id| !now.contains(id)) {
+            if !pending.contains(id) {
+                pending.push(*id);
+            }
+        }
+        if pending.len() > REMOVED_PENDING_MAX {
+            pending.drain(..pending.len() - REMOVED_PENDING_MAX);
+        }
+        known = now;
+        if !leads || pending.is_empty() || node.levels.cluster() < crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
+            continue;
+        }
+        for id in std::mem::take(&mut pending) {
+            match node.end_waits_of(id).await {
+                Ok(n) if n > 0 => tracing::info!(node = id, waits = n, "ended a removed node's waits"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = id, "could not end a removed node's waits: {e}"),
+            }
         }
     }
 }
