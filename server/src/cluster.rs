@@ -20,7 +20,18 @@ use crate::raft::NodeId;
 
 /// How recently a voter must have answered the leader to count as reachable for a
 /// membership change (`check_live_majority`).
-pub(crate) const LIVE_WITHIN: Duration = Duration::from_secs(1);
+const LIVE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Whether this leader heard from node `id` within `LIVE_WITHIN` (its heartbeat metrics;
+/// a follower has none, and hears from nobody).
+pub(crate) fn heard_lately(metrics: &openraft::RaftMetrics<crate::raft::TypeConfig>, id: &NodeId) -> bool {
+    metrics
+        .heartbeat
+        .as_ref()
+        .and_then(|h| h.get(id))
+        .and_then(|at| at.as_ref())
+        .is_some_and(|at| openraft::Instant::elapsed(&**at) < LIVE_WITHIN)
+}
 
 /// A membership or leadership change, as the leader executes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,16 +124,8 @@ impl Node {
         metrics: &openraft::RaftMetrics<crate::raft::TypeConfig>,
         after: &BTreeSet<NodeId>,
     ) -> Result<(), NodeError> {
-        let heard = |id: &NodeId| {
-            *id == self.id
-                || metrics
-                    .heartbeat
-                    .as_ref()
-                    .and_then(|h| h.get(id))
-                    .and_then(|at| at.as_ref())
-                    .is_some_and(|at| openraft::Instant::elapsed(&**at) < LIVE_WITHIN)
-        };
-        let live: Vec<NodeId> = after.iter().filter(|id| heard(id)).copied().collect();
+        let live: Vec<NodeId> =
+            after.iter().filter(|id| **id == self.id || heard_lately(metrics, id)).copied().collect();
         if live.len() * 2 > after.len() {
             return Ok(());
         }
@@ -266,24 +269,14 @@ impl Node {
                 // A leader removing itself ends its own clients' waits first: once out, it
                 // is no member, and the next leader refuses what it proposes.
                 if ends_waits && id == self.id {
-                    match self.end_waits_of(id).await {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(node = id, waits = n, "ended this node's waits before leaving")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(node = id, "could not end this node's waits before leaving: {e}"),
-                    }
+                    self.end_waits_noted(id, "removing this node").await;
                 }
                 self.change_members(change).await?;
                 tracing::info!(node = id, "node removed");
                 // Its clients' waits would otherwise last until they time out (forever
                 // for WAIT FOREVER), taking grants and queue items nobody receives.
                 if ends_waits && id != self.id {
-                    match self.end_waits_of(id).await {
-                        Ok(n) if n > 0 => tracing::info!(node = id, waits = n, "ended the removed node's waits"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(node = id, "could not end the removed node's waits: {e}"),
-                    }
+                    self.end_waits_noted(id, "node removed").await;
                 }
                 Ok(format!("node {id} removed"))
             }
@@ -421,10 +414,9 @@ impl Node {
         let members = self.raft.metrics().borrow_watched().membership_config.membership().nodes().count();
         // Alone, nothing can be granted while it is down, and its restart ends them.
         if members > 1 && self.levels.cluster() >= crate::raft::levels::CANCEL_WAITS_FROM_LEVEL {
-            match tokio::time::timeout(SHUTDOWN_END_WAITS, self.end_waits_of(self.id)).await {
-                Ok(Ok(n)) => tracing::info!(waits = n, "shutting down: ended this node's waits"),
-                Ok(Err(e)) => tracing::warn!("shutting down without ending this node's waits: {e}"),
-                Err(_) => tracing::warn!("shutting down without ending this node's waits: no quorum within 1 s"),
+            let ended = tokio::time::timeout(SHUTDOWN_END_WAITS, self.end_waits_noted(self.id, "shutting down"));
+            if ended.await.is_err() {
+                tracing::warn!("shutting down without ending this node's waits: no quorum within 1 s");
             }
         }
         if self.raft.is_leader() {

@@ -869,8 +869,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             if session.proto != Proto::Resp2 || session.subscriptions() > 0 || watches.count(session.id) > 0 {
                 return cancelled;
             }
-            let mut replies: Vec<Wire> =
-                session.messages.as_mut().map(|m| std::iter::from_fn(|| m.try_recv()).collect()).unwrap_or_default();
+            let mut replies = session.messages.as_mut().map(crate::pubsub::Inbox::take_queued).unwrap_or_default();
             if replies.is_empty() {
                 return cancelled;
             }
@@ -951,7 +950,7 @@ async fn conn_command(server: &Arc<Server>, session: &mut Session, c: Conn) -> W
             // after the confirmation would be taken for the reply to its next command.
             let mut replies = Vec::with_capacity(names.len());
             if let Some(messages) = session.messages.as_mut() {
-                replies.extend(std::iter::from_fn(|| messages.try_recv()));
+                replies.extend(messages.take_queued());
             }
             for name in names {
                 if pattern {

@@ -37,15 +37,8 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         // Connected, as Redis counts replicas: heard from within the last second
         // (openraft keeps a replication entry for a follower that is down, too, so an
         // alert on connected_slaves would never fire).
-        let heard = |id: &u64| {
-            metrics
-                .heartbeat
-                .as_ref()
-                .and_then(|h| h.get(id))
-                .and_then(|at| at.as_ref())
-                .is_some_and(|at| openraft::Instant::elapsed(&**at) < crate::cluster::LIVE_WITHIN)
-        };
-        let connected: Vec<(&u64, &u64)> = view.matched.iter().filter(|(id, _)| heard(id)).collect();
+        let connected: Vec<(&u64, &u64)> =
+            view.matched.iter().filter(|(id, _)| crate::cluster::heard_lately(&metrics, id)).collect();
         out += &format!("role:master\r\nconnected_slaves:{}\r\n", connected.len());
         for (n, (id, matched)) in connected.into_iter().enumerate() {
             let addr = membership.get_node(id).map(|m| m.addr.clone()).unwrap_or_default();

@@ -786,6 +786,16 @@ impl Node {
             other => Err(unexpected(&other)),
         }
     }
+
+    /// `end_waits_of`, best effort: the outcome is logged as `why`'s, and the caller goes
+    /// on either way.
+    pub(crate) async fn end_waits_noted(&self, origin: NodeId, why: &str) {
+        match self.end_waits_of(origin).await {
+            Ok(n) if n > 0 => tracing::info!(node = origin, waits = n, "{why}: ended its waits"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(node = origin, "{why}: could not end its waits: {e}"),
+        }
+    }
 }
 
 async fn end_previous_waits_now(node: &Node) {
@@ -856,11 +866,7 @@ async fn end_waits_of_removed(node: Arc<Node>) {
             continue;
         }
         for id in std::mem::take(&mut pending) {
-            match node.end_waits_of(id).await {
-                Ok(n) if n > 0 => tracing::info!(node = id, waits = n, "ended a removed node's waits"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(node = id, "could not end a removed node's waits: {e}"),
-            }
+            node.end_waits_noted(id, "a node left the membership").await;
         }
     }
 }

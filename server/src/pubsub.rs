@@ -134,6 +134,12 @@ impl Inbox {
         self.state.bytes.fetch_sub(push_bytes(&push), Ordering::AcqRel);
         Some(push)
     }
+
+    /// Every push already queued, in order (what must go out before a reply that ends
+    /// a RESP2 connection's push mode).
+    pub fn take_queued(&mut self) -> Vec<Wire> {
+        std::iter::from_fn(|| self.try_recv()).collect()
+    }
 }
 
 /// A new connection queue: producers' side and the connection's.

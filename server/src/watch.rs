@@ -389,7 +389,7 @@ mod tests {
     }
 
     fn drain(rx: &mut Inbox) -> Vec<Wire> {
-        std::iter::from_fn(|| rx.try_recv()).collect()
+        rx.take_queued()
     }
 
     #[test]
