@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    free_port, info_field, led_cluster, run_to_exit, start_cluster, start_cluster_with, status_field, until_accepted,
-    wait_applied, wait_for_leader,
+    free_port, info_field, led_cluster, member_addrs, run_to_exit, start_cluster, start_cluster_with, status_field,
+    until_accepted, wait_applied, wait_for_leader,
 };
 use common::{encode, wait_until, Client, Reply, Server};
 
@@ -130,12 +130,9 @@ fn nodes_join_from_empty_by_snapshot_and_a_removed_id_is_never_reused() {
     // the leader answered that as a retried join's success, +OK, which hid it).
     let lost = 4; // node 5, a voter
     let lost_id = status_field(&mut servers[lost].connect(), "node_id");
-    let status = servers[lost].connect().cmd(&["CLUSTER.STATUS"]).text();
-    let own_port = status
-        .lines()
-        .find(|line| line.contains(&format!("member:id={lost_id},")))
-        .and_then(|line| line.split("addr=").nth(1))
-        .and_then(|rest| rest.split(',').next())
+    let members = member_addrs(&mut servers[lost].connect());
+    let own_port = members
+        .get(&lost_id)
         .and_then(|addr| addr.rsplit_once(':'))
         .map(|(_, port)| port.to_string())
         .expect("its peer address");
@@ -401,13 +398,7 @@ fn a_learner_restarted_with_join_is_promoted() {
     let first = Server::start();
     let mut l = first.connect();
     assert_eq!(until_accepted(&mut l, &["SET", "k", "v"]), ok());
-    let status = l.cmd(&["CLUSTER.STATUS"]).text();
-    let first_peer = status
-        .lines()
-        .find_map(|line| line.strip_prefix("member:id=1,addr="))
-        .and_then(|rest| rest.split(',').next())
-        .expect("node 1's peer address")
-        .to_string();
+    let first_peer = member_addrs(&mut l).remove("1").expect("node 1's peer address");
     let peer_port = free_port().to_string();
     let own = format!("127.0.0.1:{peer_port}");
     // Added as a learner (the leader waits for it to catch up), then started into a

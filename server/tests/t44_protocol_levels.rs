@@ -118,20 +118,10 @@ fn an_older_member_holds_write_groups_off_until_it_is_upgraded() {
 
 /// The `--peers` list the cluster was started with, read back from a node.
 fn peers_of(servers: &[Server]) -> String {
-    let mut c = servers[0].connect();
-    let status = c.cmd(&["CLUSTER.STATUS"]).text();
-    let mut peers: Vec<String> = status
-        .lines()
-        .filter_map(|line| {
-            // "member:id=<id>,addr=<host:port>,role=...,"
-            let mut fields = line.strip_prefix("member:")?.split(',');
-            let id = fields.next()?.strip_prefix("id=")?;
-            let addr = fields.next()?.strip_prefix("addr=")?;
-            Some(format!("{id}={addr}"))
-        })
-        .collect();
+    let members = common::cluster::member_addrs(&mut servers[0].connect());
+    let mut peers: Vec<String> = members.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
     peers.sort();
-    assert_eq!(peers.len(), servers.len(), "CLUSTER.STATUS names every member: {status}");
+    assert_eq!(peers.len(), servers.len(), "CLUSTER.STATUS names every member: {members:?}");
     peers.join(",")
 }
 

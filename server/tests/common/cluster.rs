@@ -63,6 +63,21 @@ pub fn status_field(c: &mut Client, field: &str) -> String {
     status.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or_default().trim().to_string()
 }
 
+/// Every member's peer address in CLUSTER.STATUS (`member:id=<id>,addr=<host:port>,...`
+/// lines), by node id.
+pub fn member_addrs(c: &mut Client) -> std::collections::BTreeMap<String, String> {
+    let status = c.cmd(&["CLUSTER.STATUS"]).text();
+    status
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.strip_prefix("member:")?.split(',');
+            let id = fields.next()?.strip_prefix("id=")?;
+            let addr = fields.next()?.strip_prefix("addr=")?;
+            Some((id.to_string(), addr.to_string()))
+        })
+        .collect()
+}
+
 /// The index (into `servers`) of the running node that says it leads.
 pub fn leader_of(servers: &mut [Server]) -> Option<usize> {
     servers.iter_mut().position(|s| {
