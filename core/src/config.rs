@@ -17,6 +17,14 @@ use crate::state::StateMachine;
 
 /// Versions kept per config key.
 pub const CONFIG_HISTORY_MAX: usize = 16;
+/// Deleted config keys whose history is kept (`CFG.HISTORY`, `CFG.GET ... AT`, a
+/// watch resuming across the delete). Past this plus `CONFIG_DELETED_SLACK`, the
+/// leader has the oldest deletes forgotten (`Command::ConfigCompact`): before, every
+/// key ever deleted stayed, with up to 16 values, and counted against the entry limit.
+pub const CONFIG_DELETED_KEPT: usize = 10_000;
+/// How many deletes past `CONFIG_DELETED_KEPT` gather before one `ConfigCompact`
+/// forgets them together (one log entry per this many deletes, not one per delete).
+pub const CONFIG_DELETED_SLACK: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ConfigEntry {
@@ -57,6 +65,13 @@ impl StateMachine {
             .or_insert_with(|| ConfigEntry { versions: VecDeque::new(), compacted_below: 0 });
         debug_assert!(entry.versions.back().is_none_or(|(v, _)| *v < version), "versions increase");
         let deleted = value.is_none();
+        if let Some((was_deleted_at, None)) = entry.versions.back() {
+            let removed = self.st.config_deletes.remove(&(*was_deleted_at, Name::from(key)));
+            debug_assert!(removed, "every deleted key is indexed");
+        }
+        if deleted {
+            self.st.config_deletes.insert((version, Name::from(key)));
+        }
         entry.versions.push_back((version, value));
         while entry.versions.len() > CONFIG_HISTORY_MAX {
             if let Some((old, _)) = entry.versions.pop_front() {
@@ -97,8 +112,26 @@ impl StateMachine {
                 self.st.last_applied
             ))));
         }
-        let Some(entry) = self.st.configs.get(key) else { return Ok(Reply::Nil) };
+        let forgotten = |at: u64| {
+            Err(Error::Invalid(std::borrow::Cow::Owned(format!(
+                "version {at} of this key is compacted: deleted keys' history before version {} is forgotten",
+                self.st.configs_forgotten_below
+            ))))
+        };
+        let Some(entry) = self.st.configs.get(key) else {
+            // A key deleted before `configs_forgotten_below` left no entry: what it held
+            // then is unknown, not absent.
+            return match at {
+                Some(at) if at < self.st.configs_forgotten_below => forgotten(at),
+                _ => Ok(Reply::Nil),
+            };
+        };
         let at = at.unwrap_or(u64::MAX);
+        // A key written again after its delete was forgotten has an entry whose history
+        // starts after it: before its oldest version it may have held anything.
+        if at < self.st.configs_forgotten_below && entry.versions.front().is_none_or(|(oldest, _)| at < *oldest) {
+            return forgotten(at);
+        }
         // Versions are log indexes, so a key's versions have gaps: once any was
         // compacted, what held between the oldest kept version and the one compacted
         // before it is unknown, not absent. (`compacted_below` is one past the
@@ -156,8 +189,81 @@ impl StateMachine {
         Reply::Array(out)
     }
 
+    /// `Command::ConfigCompact`: forgets every deleted key whose delete is older than
+    /// `below`, and replies how many.
+    pub(crate) fn config_compact(&mut self, below: u64) -> Reply {
+        let mut forgotten = 0_i64;
+        while let Some((version, key)) = self.st.config_deletes.first().cloned() {
+            if version >= below {
+                break;
+            }
+            self.st.config_deletes.pop_first();
+            let entry = self.st.configs.remove(&key);
+            debug_assert!(
+                entry.is_some_and(|e| e.versions.back().is_some_and(|(v, value)| *v == version && value.is_none())),
+                "the index names a key whose newest version is that delete"
+            );
+            forgotten += 1;
+        }
+        // The bound moves even when nothing went: it says what a read AT can trust.
+        self.st.configs_forgotten_below = self.st.configs_forgotten_below.max(below.min(self.st.last_applied + 1));
+        Reply::Int(forgotten)
+    }
+
+    /// The `below` of the `Command::ConfigCompact` due now, if more than
+    /// `CONFIG_DELETED_KEPT + CONFIG_DELETED_SLACK` deleted keys are held: the version
+    /// of the oldest delete to keep, so that `CONFIG_DELETED_KEPT` stay (a few more when
+    /// one entry deleted several keys at that version), and at least the oldest goes.
+    pub fn config_compaction_due(&self) -> Option<u64> {
+        let held = self.st.config_deletes.len();
+        if held <= CONFIG_DELETED_KEPT + CONFIG_DELETED_SLACK {
+            return None;
+        }
+        let oldest = self.st.config_deletes.first()?.0;
+        let first_kept = self.st.config_deletes.iter().nth(held - CONFIG_DELETED_KEPT)?.0;
+        Some(first_kept.max(oldest + 1))
+    }
+
+    /// Deleted config keys held (INFO).
+    pub fn config_deletes_held(&self) -> usize {
+        self.st.config_deletes.len()
+    }
+
+    /// Rebuilds `config_deletes` from `configs` (after a restore, where it is not
+    /// encoded).
+    pub(crate) fn index_config_deletes(&mut self) {
+        self.st.config_deletes = self
+            .st
+            .configs
+            .iter()
+            .filter_map(|(key, entry)| match entry.versions.back() {
+                Some((version, None)) => Some((*version, key.clone())),
+                _ => None,
+            })
+            .collect();
+    }
+
     /// Invariants of the config store (called by `check_invariants`).
     pub(crate) fn check_configs(&self) -> std::result::Result<(), String> {
+        let deleted = self.st.configs.values().filter(|e| matches!(e.versions.back(), Some((_, None)))).count();
+        if deleted != self.st.config_deletes.len() {
+            return Err(format!(
+                "{deleted} deleted config keys, {} in the index of deletes",
+                self.st.config_deletes.len()
+            ));
+        }
+        for (version, key) in &self.st.config_deletes {
+            match self.st.configs.get(key).and_then(|e| e.versions.back()) {
+                Some((v, None)) if v == version => {}
+                _ => return Err(format!("the index of deletes names {key:?} at {version}, not its newest version")),
+            }
+            if *version < self.st.configs_forgotten_below {
+                return Err(format!("config {key:?} was deleted at {version}, before the forgotten bound"));
+            }
+        }
+        if self.st.configs_forgotten_below > self.st.last_applied + 1 {
+            return Err("deleted config keys are forgotten past the last applied entry".into());
+        }
         for (key, entry) in &self.st.configs {
             if entry.versions.is_empty() || entry.versions.len() > CONFIG_HISTORY_MAX {
                 return Err(format!("config {key:?} keeps {} versions", entry.versions.len()));

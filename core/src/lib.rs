@@ -75,6 +75,7 @@ pub use command::{
     LockRequest, Output, PutBackTo, Reply, SemaphoreRequest, SessionId, SetCondition, SetExpiry, SetRequest, Wait,
     WaitEnd, WaiterId,
 };
+pub use config::{CONFIG_DELETED_KEPT, CONFIG_DELETED_SLACK, CONFIG_HISTORY_MAX};
 pub use error::{Error, Result};
 pub use keyspace::KEYSPACE_STATS_SAMPLE;
 pub use limits::{Limit, Limits};

@@ -62,14 +62,22 @@ impl FrozenState {
 enum Section {
     /// `State::barrier_sessions`.
     BarrierSessions(BTreeMap<Name, BTreeMap<Bytes, SessionId>>),
+    /// `State::configs_forgotten_below`.
+    ConfigsForgottenBelow(u64),
 }
 
 fn write_state(st: &State, out: &mut Vec<u8>) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     postcard::to_io(st, &mut *out).expect("writing to a Vec cannot fail");
+    let mut sections = Vec::new();
     if !st.barrier_sessions.is_empty() {
-        let sections = [Section::BarrierSessions(st.barrier_sessions.clone())];
+        sections.push(Section::BarrierSessions(st.barrier_sessions.clone()));
+    }
+    if st.configs_forgotten_below > 0 {
+        sections.push(Section::ConfigsForgottenBelow(st.configs_forgotten_below));
+    }
+    if !sections.is_empty() {
         postcard::to_io(&sections[..], out).expect("writing to a Vec cannot fail");
     }
 }
@@ -139,16 +147,24 @@ fn read_sections(st: &mut State, bytes: &[u8]) -> Result<(), SnapshotError> {
     if sections.is_empty() {
         return Err(SnapshotError::Corrupt("an empty section list".into()));
     }
-    let mut seen_barrier_sessions = false;
+    // Sections come in the order of their kinds, as `write_state` writes them.
+    let mut last_kind = None;
     for section in sections {
+        let kind = match &section {
+            Section::BarrierSessions(_) => 0,
+            Section::ConfigsForgottenBelow(_) => 1,
+        };
+        if last_kind.is_some_and(|last| last >= kind) {
+            return Err(SnapshotError::Corrupt("a repeated or misplaced section".into()));
+        }
+        last_kind = Some(kind);
         match section {
-            Section::BarrierSessions(bound) if bound.is_empty() || seen_barrier_sessions => {
-                return Err(SnapshotError::Corrupt("an empty or repeated section".into()));
+            Section::BarrierSessions(bound) if bound.is_empty() => {
+                return Err(SnapshotError::Corrupt("an empty section".into()));
             }
-            Section::BarrierSessions(bound) => {
-                st.barrier_sessions = bound;
-                seen_barrier_sessions = true;
-            }
+            Section::BarrierSessions(bound) => st.barrier_sessions = bound,
+            Section::ConfigsForgottenBelow(0) => return Err(SnapshotError::Corrupt("an empty section".into())),
+            Section::ConfigsForgottenBelow(below) => st.configs_forgotten_below = below,
         }
     }
     Ok(())
@@ -185,6 +201,7 @@ impl StateMachine {
         read_sections(&mut st, rest)?;
         let mut machine = StateMachine::new(limits);
         machine.st = st;
+        machine.index_config_deletes();
         machine.check_invariants().map_err(SnapshotError::Inconsistent)?;
         Ok(machine)
     }

@@ -120,6 +120,16 @@ pub(crate) struct State {
     /// encodes byte for byte as before and builds that predate it read it.
     #[serde(skip)]
     pub barrier_sessions: BTreeMap<Name, BTreeMap<Bytes, SessionId>>,
+    /// Deletes of config keys at versions below this were forgotten
+    /// (`Command::ConfigCompact`; 0: none were). In a snapshot section of its own, as
+    /// `barrier_sessions`.
+    #[serde(skip)]
+    pub configs_forgotten_below: u64,
+    /// Every config key whose newest version is a delete, by that version: derived
+    /// from `configs` (rebuilt on restore, never encoded), so that the leader finds the
+    /// oldest deletes without a walk of every key.
+    #[serde(skip)]
+    pub config_deletes: std::collections::BTreeSet<(u64, Name)>,
 }
 
 /// The deterministic lock and coordination state machine.
@@ -594,6 +604,7 @@ impl StateMachine {
             }
             Command::BarrierLeave { name, participant, wait_ms } => self.barrier_leave(&name, &participant, wait_ms),
             Command::PutBack { key, value, to } => self.put_back(&key, value, to),
+            Command::ConfigCompact { below } => Ok(self.config_compact(below)),
             Command::Campaign(request) => self.election_campaign(request),
             Command::Proclaim { name, token, value } => self.election_proclaim(&name, &token, value),
             Command::Resign { name, token } => self.election_resign(&name, &token),

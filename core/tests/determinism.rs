@@ -273,6 +273,19 @@ fn coordination_commands() -> Vec<BoxedStrategy<Command>> {
             .prop_map(|(name, token, ttl_ms)| Command::ElectionRenew { name, token, ttl_ms })
             .boxed(),
         election().prop_map(|name| Command::Leader { name }).boxed(),
+        // Config keys, whose deletes the state indexes (not ConfigCompact: its
+        // snapshot section is the last thing written, and a cut right before it
+        // restores a state that holds together, which `corrupt_snapshots_are_refused`
+        // would count as undetected).
+        (pick(&["cfg1", "cfg2", "cfg3"]), value(), prop::option::of(0u64..40))
+            .prop_map(|(key, value, if_version)| Command::ConfigSet { key, value, if_version })
+            .boxed(),
+        (pick(&["cfg1", "cfg2", "cfg3"]), prop::option::of(0u64..40))
+            .prop_map(|(key, if_version)| Command::ConfigDel { key, if_version })
+            .boxed(),
+        (pick(&["cfg1", "cfg2", "cfg3"]), prop::option::of(0u64..40))
+            .prop_map(|(key, at)| Command::ConfigGet { key, at })
+            .boxed(),
         (election(), who(), who()).prop_map(|(name, token, to)| Command::Transfer { name, token, to }).boxed(),
     ]
 }

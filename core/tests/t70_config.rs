@@ -108,3 +108,105 @@ fn list_after_a_key_before_the_prefix_starts_at_the_prefix() {
     let listed = d.read(Command::ConfigList { prefix: b("app/"), after: Some(b("")), count: 10 });
     assert_eq!(listed, Reply::Array(vec![Reply::Bulk(b("app/x")), Reply::Int(d.index as i64)]));
 }
+
+/// A deleted key's entry stayed forever and counted against the entry limit, so a
+/// store whose keys come and go (CFG.SET / CFG.DEL of ever-new names) one day refused
+/// every new name. `ConfigCompact` forgets deletes older than its bound.
+#[test]
+fn forgetting_deleted_keys_gives_their_entries_back() {
+    let limits = fencelock_core::Limits { entries_max: 4, ..fencelock_core::Limits::default() };
+    let mut d = Driver::with(fencelock_core::StateMachine::new(limits));
+    let mut deleted_at = Vec::new();
+    for i in 0..4 {
+        d.ok(set(&format!("gone/{i}"), "v", None));
+        deleted_at.push(int(d.ok(Command::ConfigDel { key: b(&format!("gone/{i}")), if_version: None })) as u64);
+    }
+    let Error::LimitExceeded { .. } = d.err(set("new", "v", None)) else { panic!("four deleted keys fill the store") };
+    assert_eq!(d.sm.config_deletes_held(), 4);
+
+    // Forget the deletes before the third one's: two go, two stay.
+    assert_eq!(int(d.ok(Command::ConfigCompact { below: deleted_at[2] })), 2);
+    assert_eq!(d.sm.config_deletes_held(), 2);
+    assert_eq!(d.read(Command::ConfigHistory { key: b("gone/0") }), Reply::Array(vec![]));
+    let Reply::Array(kept) = d.read(Command::ConfigHistory { key: b("gone/2") }) else { panic!() };
+    assert_eq!(kept.len(), 2, "a kept delete keeps its history");
+    let v = int(d.ok(set("new", "v", None))) as u64;
+    assert_eq!(d.read(get("new", None)), Reply::Array(vec![Reply::Bulk(b("v")), Reply::Int(v as i64)]));
+
+    // What a forgotten key held before the bound is unknown, not absent; after it, the
+    // key was deleted, so absent is right.
+    let Error::Invalid(why) = d.sm.read(&get("gone/0", Some(deleted_at[0] - 1))).unwrap_err() else { panic!() };
+    assert!(why.contains("compacted") && why.contains(&deleted_at[2].to_string()), "{why}");
+    assert_eq!(d.read(get("gone/0", Some(deleted_at[2]))), Reply::Nil);
+    assert_eq!(d.read(get("gone/0", None)), Reply::Nil);
+    // Written again, its new history starts after the bound: before it, unknown.
+    let again = int(d.ok(set("gone/0", "back", None))) as u64;
+    let Error::Invalid(_) = d.sm.read(&get("gone/0", Some(deleted_at[0]))).unwrap_err() else { panic!() };
+    assert_eq!(d.read(get("gone/0", Some(deleted_at[2]))), Reply::Nil);
+    assert_eq!(
+        d.read(get("gone/0", Some(again))),
+        Reply::Array(vec![Reply::Bulk(b("back")), Reply::Int(again as i64)])
+    );
+    // A key deleted again is indexed again; one that never existed reads as before.
+    d.ok(Command::ConfigDel { key: b("gone/0"), if_version: None });
+    assert_eq!(d.sm.config_deletes_held(), 3);
+    assert_eq!(d.read(get("never", Some(d.index))), Reply::Nil);
+    // A bound past the log is held to it.
+    assert_eq!(int(d.ok(Command::ConfigCompact { below: u64::MAX })), 3);
+    assert_eq!(d.sm.config_deletes_held(), 0);
+    d.sm.check_invariants().unwrap();
+}
+
+/// The bound travels in a snapshot section, only once something was forgotten (until
+/// then a snapshot is what builds before level 3 wrote), and the index of deletes is
+/// rebuilt on restore.
+#[test]
+fn the_forgotten_bound_and_the_deletes_survive_a_snapshot() {
+    let mut d = Driver::default();
+    d.ok(set("a", "1", None));
+    let first_delete = int(d.ok(Command::ConfigDel { key: b("a"), if_version: None })) as u64;
+    d.ok(set("b", "1", None));
+    d.ok(Command::ConfigDel { key: b("b"), if_version: None });
+    let plain = d.sm.snapshot();
+    let restored = fencelock_core::StateMachine::restore(fencelock_core::Limits::default(), &plain).unwrap();
+    assert_eq!(restored.config_deletes_held(), 2, "the index is rebuilt");
+    assert_eq!(restored.snapshot(), plain);
+
+    d.ok(Command::ConfigCompact { below: first_delete + 1 });
+    let bytes = d.sm.snapshot();
+    let restored = fencelock_core::StateMachine::restore(fencelock_core::Limits::default(), &bytes).unwrap();
+    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(restored.config_deletes_held(), 1);
+    let Error::Invalid(why) = restored.read(&get("a", Some(first_delete - 1))).unwrap_err() else { panic!() };
+    assert!(why.contains("compacted"), "{why}");
+    // The section ends the snapshot: a byte more is corrupt.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(fencelock_core::StateMachine::restore(fencelock_core::Limits::default(), &longer).is_err());
+}
+
+/// The leader proposes a compaction once more than KEPT + SLACK deletes are held, with a
+/// bound that keeps the newest KEPT.
+#[test]
+fn compaction_is_due_past_the_kept_deletes_and_keeps_the_newest() {
+    use fencelock_core::{CONFIG_DELETED_KEPT as KEPT, CONFIG_DELETED_SLACK as SLACK};
+    let mut sm = fencelock_core::StateMachine::default();
+    let mut index = 0;
+    let mut apply = |sm: &mut fencelock_core::StateMachine, command: Command| {
+        index += 1;
+        sm.apply(index, 1_000, command).reply.expect("applies")
+    };
+    for i in 0..KEPT + SLACK {
+        apply(&mut sm, set(&format!("k{i}"), "v", None));
+        apply(&mut sm, Command::ConfigDel { key: b(&format!("k{i}")), if_version: None });
+    }
+    assert_eq!(sm.config_compaction_due(), None, "at KEPT + SLACK nothing is due yet");
+    apply(&mut sm, set("last", "v", None));
+    apply(&mut sm, Command::ConfigDel { key: b("last"), if_version: None });
+    let below = sm.config_compaction_due().expect("due past KEPT + SLACK");
+    let Reply::Int(forgotten) = apply(&mut sm, Command::ConfigCompact { below }) else { panic!() };
+    assert_eq!(forgotten as usize, SLACK + 1, "all but the newest KEPT");
+    assert_eq!(sm.config_deletes_held(), KEPT);
+    assert_eq!(sm.config_compaction_due(), None);
+    sm.check_invariants().unwrap();
+}

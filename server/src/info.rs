@@ -119,7 +119,7 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
         // Concurrent writes this node proposed together in one log entry (`write_group`).
         let groups = server.node.groups().counts();
         out += &format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\nfencelock_write_groups:{}\r\nfencelock_grouped_writes:{}\r\nfencelock_grouped_scripts:{}\r\nfencelock_refused_groups:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nfencelock_scripts_native:{}\r\nfencelock_scripts_vm:{}\r\nfencelock_write_groups:{}\r\nfencelock_grouped_writes:{}\r\nfencelock_grouped_scripts:{}\r\nfencelock_refused_groups:{}\r\nfencelock_config_deleted_keys:{}\r\n\r\n",
             server.stats.connections.load(Ordering::Relaxed),
             server.stats.commands.load(Ordering::Relaxed),
             runs.native,
@@ -127,7 +127,8 @@ pub fn info(server: &Server, sections: &[Bytes]) -> String {
             groups.entries,
             groups.writes,
             groups.scripts,
-            groups.refused
+            groups.refused,
+            server.node.sm.shared.inner.lock().expect("not poisoned").core.config_deletes_held()
         );
     }
     if wanted("replication") {

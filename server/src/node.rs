@@ -911,7 +911,8 @@ const TICK_MS: u64 = 10;
 
 /// Only the leader decides expiry, and it commits that decision through the log: when
 /// the earliest deadline has passed on its clock it proposes a `Tick`, and every
-/// replica expires what is due at the Tick's stamp.
+/// replica expires what is due at the Tick's stamp. The same loop proposes a
+/// `ConfigCompact` when more deleted config keys are held than are kept.
 async fn expiry_ticker(node: Arc<Node>) {
     let mut interval = tokio::time::interval(Duration::from_millis(TICK_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -923,9 +924,10 @@ async fn expiry_ticker(node: Arc<Node>) {
         if !node.raft.is_leader() {
             continue;
         }
-        let due = {
+        let (due, compact_below) = {
             let inner = node.sm.shared.inner.lock().expect("not poisoned");
-            match inner.core.next_deadline_ms() {
+            let compact_below = inner.core.config_compaction_due();
+            let due = match inner.core.next_deadline_ms() {
                 None => false,
                 // Until an entry of ours is applied, the offset belongs to another
                 // clock: one Tick puts our epoch in the log and rebases.
@@ -934,11 +936,23 @@ async fn expiry_ticker(node: Arc<Node>) {
                     let now = i128::from(node.stamp_ms()) + inner.core.time_offset_ms();
                     now > i128::from(deadline)
                 }
-            }
+            };
+            (due, compact_below)
         };
         if due {
             if let Err(e) = node.write(Command::Tick).await {
                 tracing::warn!("expiry tick failed: {e}");
+            }
+        }
+        // The leader also decides when deleted config keys are forgotten, as it decides
+        // expiry: by the replicated state alone, committed through the log. Below the
+        // level that reads the entry they stay, as before.
+        if let Some(below) = compact_below {
+            if node.levels.cluster() >= crate::raft::levels::CONFIG_COMPACT_FROM_LEVEL {
+                match node.write(Command::ConfigCompact { below }).await {
+                    Ok(_) => tracing::debug!("deleted config keys before version {below} forgotten"),
+                    Err(e) => tracing::warn!("forgetting deleted config keys failed: {e}"),
+                }
             }
         }
     }

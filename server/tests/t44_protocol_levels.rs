@@ -17,7 +17,7 @@ use fencelock_testkit::Relay;
 
 const CLIENTS: usize = 16;
 /// `raft::levels::PROTOCOL_LEVEL`, as INFO shows it.
-const THIS_LEVEL: &str = "2";
+const THIS_LEVEL: &str = "3";
 const CYCLES: usize = 25;
 
 fn stat(c: &mut Client, field: &str) -> u64 {
@@ -264,4 +264,82 @@ fn a_node_restarted_while_a_member_is_down_keeps_the_level_that_member_answered(
         (level(&servers[0]) == THIS_LEVEL).then_some(())
     });
     run_clients(servers[0].port(), "r");
+}
+
+/// Sets and deletes `count` config keys `cfg/<i>` on `server`, pipelined over 8
+/// connections (each write is an entry of its own; concurrent ones share a sync); the
+/// version of each key's set.
+fn set_and_delete(server: &Server, count: usize) -> Vec<u64> {
+    const CONNECTIONS: usize = 8;
+    let threads: Vec<_> = (0..CONNECTIONS)
+        .map(|t| {
+            let mut c = server.connect();
+            std::thread::spawn(move || {
+                let mine: Vec<usize> = (t..count).step_by(CONNECTIONS).collect();
+                let mut versions = Vec::with_capacity(mine.len());
+                for batch in mine.chunks(200) {
+                    for i in batch {
+                        let key = format!("cfg/{i}");
+                        c.send_cmd(&["CFG.SET", key.as_str(), "v"]);
+                        c.send_cmd(&["CFG.DEL", key.as_str()]);
+                    }
+                    for i in batch {
+                        let Reply::Int(set) = c.read() else { panic!("CFG.SET answers its version") };
+                        let Reply::Int(deleted) = c.read() else { panic!("CFG.DEL answers its version") };
+                        assert!(deleted > set && set > 0);
+                        versions.push((*i, set as u64));
+                    }
+                }
+                versions
+            })
+        })
+        .collect();
+    let mut versions = vec![0; count];
+    for thread in threads {
+        for (i, version) in thread.join().expect("a writer") {
+            versions[i] = version;
+        }
+    }
+    versions
+}
+
+/// Deleted config keys stayed forever (and counted against the entry limit). At level
+/// 3 the leader has the oldest forgotten past KEPT + SLACK; a node at level 2 keeps
+/// them all, as builds before did, because a level-2 member could not read the entry.
+#[test]
+fn the_leader_forgets_old_deleted_config_keys_only_at_level_3() {
+    use fencelock_core::{CONFIG_DELETED_KEPT as KEPT, CONFIG_DELETED_SLACK as SLACK};
+    let deleted = |c: &mut Client| stat(c, "fencelock_config_deleted_keys") as usize;
+    let history_len = |c: &mut Client, key: &str| match c.cmd(&["CFG.HISTORY", key]) {
+        Reply::Array(versions) => versions.len(),
+        other => panic!("CFG.HISTORY: {other:?}"),
+    };
+    let count = KEPT + SLACK + 1;
+
+    let server = Server::start();
+    let versions = set_and_delete(&server, count);
+    let mut c = server.connect();
+    wait_until(Duration::from_secs(10), "the oldest deletes forgotten", || (deleted(&mut c) == KEPT).then_some(()));
+    // The keys whose deletes came last keep their history, the others have none: by
+    // set version, which orders the deletes too (each key's delete follows its set on
+    // one connection, and a connection's writes apply in order).
+    let mut by_version: Vec<(u64, usize)> = versions.iter().enumerate().map(|(i, v)| (*v, i)).collect();
+    by_version.sort();
+    let (first_set, oldest) = by_version[0];
+    assert_eq!(history_len(&mut c, &format!("cfg/{oldest}")), 0, "a forgotten key has no history");
+    let refused = c.raw(&["CFG.GET", &format!("cfg/{oldest}"), "AT", &first_set.to_string()]);
+    assert!(refused.starts_with("-ERR version") && refused.contains("forgotten"), "{refused}");
+    let kept: usize =
+        by_version.iter().map(|(_, i)| history_len(&mut c, &format!("cfg/{i}"))).filter(|len| *len == 2).count();
+    assert_eq!(kept, KEPT, "the newest deletes keep their history");
+    let (_, newest) = by_version[count - 1];
+    assert_eq!(history_len(&mut c, &format!("cfg/{newest}")), 2);
+
+    let older = Server::start_with(&["--protocol-level", "2"]);
+    set_and_delete(&older, count);
+    let mut c = older.connect();
+    // The leader checks every expiry tick (10 ms); give it many.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(deleted(&mut c), count, "a level-2 cluster keeps every deleted key");
+    assert_eq!(history_len(&mut c, &format!("cfg/{oldest}")), 2);
 }

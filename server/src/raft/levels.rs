@@ -13,6 +13,7 @@
 //! | 0 | every entry but write groups (builds before the level exchange, which may or may not read groups) |
 //! | 1 | write groups: `Op::Group`, `Op::GroupWrites`, and a forwarded group as one request; `Op::CancelWaitsOf` (a restarted or removed node's waits end) |
 //! | 2 | `Command::BarrierEnterSession` (a double-barrier member a session owns; snapshots then carry a section level 1 does not read) and `Command::PutBack` (a popped element returned past the length limit) |
+//! | 3 | `Command::ConfigCompact` (the leader forgets the oldest deleted config keys; snapshots then carry a section level 2 does not read) |
 //!
 //! A node joins a cluster only at the cluster's level or above (`cluster::admin_local`):
 //! the log it must replay may hold entries of that level. Downgrading a member below
@@ -33,7 +34,7 @@ use super::network::{read_frame, write_frame, PeerRequest, PeerResponse};
 use super::{NodeId, Op, Raft};
 
 /// This build's level: it reads every entry kind up to this one.
-pub const PROTOCOL_LEVEL: u32 = 2;
+pub const PROTOCOL_LEVEL: u32 = 3;
 /// The level from which concurrent writes share log entries (`write_group`).
 pub const GROUPS_FROM_LEVEL: u32 = 1;
 /// The level from which a node ends the waits its previous run left (`Op::CancelWaitsOf`).
@@ -42,6 +43,9 @@ pub const CANCEL_WAITS_FROM_LEVEL: u32 = 1;
 /// (`Command::BarrierEnterSession`) and a popped element goes back past the length
 /// limit (`Command::PutBack`).
 pub const OWNED_MEMBERS_FROM_LEVEL: u32 = 2;
+/// The level from which the leader has deleted config keys forgotten
+/// (`Command::ConfigCompact`). Below it they stay, as they did before.
+pub const CONFIG_COMPACT_FROM_LEVEL: u32 = 3;
 
 /// The lowest level that reads the entry `op` makes, as far as its commands go (a
 /// group's own form is `write_group::check_group`'s to judge).
@@ -49,6 +53,7 @@ pub fn level_of(op: &Op) -> u32 {
     fn command(command: &Command) -> u32 {
         match command {
             Command::BarrierEnterSession { .. } | Command::PutBack { .. } => OWNED_MEMBERS_FROM_LEVEL,
+            Command::ConfigCompact { .. } => CONFIG_COMPACT_FROM_LEVEL,
             _ => 0,
         }
     }
