@@ -116,21 +116,28 @@ fn options(endpoints: Vec<String>, password: Option<String>, retry_for: f64, dri
     Ok(o)
 }
 
+/// A lock's lease when `ttl` is not given and there is no session.
+const LOCK_TTL_DEFAULT_S: f64 = 30.0;
+
+/// `ttl` None: 30 s, or none of its own under a session (it lives as long as the
+/// session). A `ttl` given with a session is kept: the lock is valid while both are.
 fn lock_options(
-    ttl: f64,
+    ttl: Option<f64>,
     wait: Option<f64>,
     shared: bool,
     auto_renew: bool,
     session: Option<&Session>,
 ) -> PyResult<core::LockOptions> {
-    let mut o = core::LockOptions::ttl(seconds(ttl, "ttl")?);
+    let ttl = match (ttl, session) {
+        (Some(ttl), _) => seconds(ttl, "ttl")?,
+        (None, Some(_)) => Duration::ZERO,
+        (None, None) => seconds(LOCK_TTL_DEFAULT_S, "ttl")?,
+    };
+    let mut o = core::LockOptions::ttl(ttl);
     o.wait = wait.map(|w| seconds(w, "wait")).transpose()?;
     o.shared = shared;
     o.auto_renew = auto_renew;
-    if let Some(s) = session {
-        o.session = Some(s.reference.clone());
-        o.ttl = Duration::ZERO;
-    }
+    o.session = session.map(|s| s.reference.clone());
     Ok(o)
 }
 
@@ -434,14 +441,16 @@ impl Client {
     }
 
     /// Acquires a lock, waiting up to `wait` seconds (None: as long as it takes);
-    /// raises Timeout when the wait runs out. Renewed in the background.
-    #[pyo3(signature = (name, ttl=30.0, wait=None, shared=false, auto_renew=true, session=None))]
+    /// raises Timeout when the wait runs out. Renewed in the background. `ttl`
+    /// (seconds) defaults to 30, or under `session` to none of its own: the lock lives
+    /// as long as the session; with both it is valid while both are.
+    #[pyo3(signature = (name, ttl=None, wait=None, shared=false, auto_renew=true, session=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments, one per option
     fn lock(
         &self,
         py: Python<'_>,
         name: Name,
-        ttl: f64,
+        ttl: Option<f64>,
         wait: Option<f64>,
         shared: bool,
         auto_renew: bool,
@@ -452,13 +461,13 @@ impl Client {
         block_interruptible(py, async move { client.lock(Bytes::from(name.0), o).await })?.map(Lock::wrap).map_err(err)
     }
 
-    /// Acquires a lock if it is free now; None when held.
-    #[pyo3(signature = (name, ttl=30.0, shared=false, auto_renew=true, session=None))]
+    /// Acquires a lock if it is free now; None when held. `ttl` as for `lock`.
+    #[pyo3(signature = (name, ttl=None, shared=false, auto_renew=true, session=None))]
     fn try_lock(
         &self,
         py: Python<'_>,
         name: Name,
-        ttl: f64,
+        ttl: Option<f64>,
         shared: bool,
         auto_renew: bool,
         session: Option<PyRef<'_, Session>>,
@@ -605,7 +614,7 @@ impl AsyncClient {
     /// An async context manager that acquires on enter and releases on exit.
     #[pyo3(signature = (name, ttl=30.0, wait=None, shared=false, auto_renew=true))]
     fn lock(&self, name: Name, ttl: f64, wait: Option<f64>, shared: bool, auto_renew: bool) -> PyResult<PendingLock> {
-        let options = lock_options(ttl, wait, shared, auto_renew, None)?;
+        let options = lock_options(Some(ttl), wait, shared, auto_renew, None)?;
         Ok(PendingLock { client: self.inner.clone(), name: name.0, options, lock: Mutex::new(None) })
     }
 
@@ -620,7 +629,7 @@ impl AsyncClient {
         shared: bool,
         auto_renew: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let o = lock_options(ttl, wait, shared, auto_renew, None)?;
+        let o = lock_options(Some(ttl), wait, shared, auto_renew, None)?;
         let client = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             client.lock(Bytes::from(name.0), o).await.map(Lock::wrap).map_err(err)

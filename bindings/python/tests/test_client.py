@@ -94,6 +94,19 @@ def test_sessions_hold_locks(server):
     assert not lock.valid
 
 
+def test_a_ttl_given_with_a_session_is_kept(server):
+    # The binding used to drop the ttl under a session: the lock then lived as long as
+    # the session, however short a lease was asked for.
+    c = fencelock.Client([server.endpoint])
+    with c.session(10) as s:
+        lock = c.lock("both", ttl=1, session=s, auto_renew=False)
+        assert c.fence("both") == lock.fence
+        time.sleep(1.6)
+        assert s.valid, "the session lives on"
+        assert c.fence("both") is None, "the 1 s lease ran out under a live session"
+        assert not lock.valid
+
+
 def test_semaphores_elections_and_watches(server):
     c = fencelock.Client([server.endpoint])
     p1 = c.acquire_permit("pool", 2, ttl=10)
