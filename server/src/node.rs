@@ -270,10 +270,15 @@ impl Node {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);
         sm.set_local_node(config.id);
+        let guard = Arc::new(crate::raft::wipe_guard::WipeGuard::open(&config.data_dir).map_err(|e| fatal(&e))?);
         let raft = Raft::new(
             config.id,
             raft_config,
-            Network { pipeline_depth: config.peer_pipeline, routes: Arc::new(config.peer_routes.clone()) },
+            Network {
+                pipeline_depth: config.peer_pipeline,
+                routes: Arc::new(config.peer_routes.clone()),
+                guard: Arc::clone(&guard),
+            },
             log,
             sm.clone(),
         )
@@ -298,13 +303,28 @@ impl Node {
             (Some((host, _)), Ok(bound)) => format!("{host}:{}", bound.port()),
             _ => listen_addr.clone(),
         };
+        let initialized = raft.is_initialized().await.map_err(|e| fatal(&e))?;
+        // A static cluster's node with no Raft state may be a voter whose data was
+        // wiped: it takes no part until every other listed node says it never saw it
+        // hold any (`wipe_guard`). Held before the listener starts, so no vote or
+        // append gets in first.
+        let static_fresh = !initialized && config.join.is_none() && !config.peers.is_empty();
+        if static_fresh {
+            guard.hold();
+        }
         tokio::spawn(crate::raft::network::serve_peers(
             listener,
             Arc::new(raft.clone()),
             Arc::clone(&slot),
             config.protocol_level,
+            Arc::clone(&guard),
         ));
-        if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
+        if static_fresh {
+            crate::raft::wipe_guard::check_fresh_start(&guard, config.id, &config.peers)
+                .await
+                .map_err(NodeError::Fatal)?;
+        }
+        if !initialized {
             match &config.join {
                 // A joining node waits to be added: the leader's log brings the membership.
                 Some(member) => {

@@ -415,3 +415,46 @@ fn a_learner_restarted_with_join_is_promoted() {
     });
     assert_eq!(second.connect().raw(&["GET", "k"]), "$1\r\nv\r\n");
 }
+
+/// A static cluster's voter whose data directory was wiped restarted empty under its id
+/// and voted again: with no log and no memory of its votes it could elect a leader that
+/// lacks entries committed with its help. It is now refused, because the leader wrote
+/// down that it held state. A node that starts for the first time after the others
+/// formed the cluster is not: nobody saw it hold anything.
+#[test]
+fn a_wiped_static_voter_is_refused_and_a_late_first_start_is_not() {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+    let peers = peers.join(",");
+    let args = |id: u64| vec!["--node-id".to_string(), id.to_string(), "--peers".into(), peers.clone()];
+    let start = |id: u64| {
+        let args = args(id);
+        std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    // Nodes 1 and 2 form the cluster; node 3 has never run.
+    let (one, two) = (start(1), start(2));
+    let mut servers = vec![one.join().expect("node 1"), two.join().expect("node 2")];
+    let leader = wait_for_leader(&mut servers);
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "before", "3"]), ok());
+    servers.push(start(3).join().expect("node 3 starts for the first time"));
+    let applied: u64 = info_field(&mut l, "raft_applied_index").parse().expect("an index");
+    wait_applied(&mut servers[2].connect(), applied);
+    assert_eq!(until_accepted(&mut l, &["SET", "after", "3"]), ok());
+
+    // Node 3 (or another follower) loses its data and starts again under its id.
+    let leader = wait_for_leader(&mut servers);
+    let wiped = (0..3).find(|i| *i != leader).expect("a follower");
+    let id = wiped as u64 + 1;
+    servers[wiped].kill();
+    std::fs::remove_dir_all(servers[wiped].data_dir()).expect("wipe the data directory");
+    let arg_strings = args(id);
+    let args: Vec<&str> = arg_strings.iter().map(String::as_str).collect();
+    let (code, stderr) = run_to_exit(&args, &servers[wiped].data_dir());
+    assert_ne!(code, 0, "the wiped node started: {stderr}");
+    assert!(stderr.contains(&format!("saw node {id} hold Raft state before")), "the refusal says why: {stderr}");
+    assert!(stderr.contains(&format!("CLUSTER.REMOVE {id}")), "and what to do: {stderr}");
+    // The two others still commit.
+    let mut l = servers[leader].connect();
+    assert_eq!(until_accepted(&mut l, &["SET", "still", "2"]), ok());
+}

@@ -23,6 +23,7 @@ pub mod network;
 pub mod snapshot_trigger;
 pub mod state_machine;
 pub mod wal;
+pub mod wipe_guard;
 
 /// Node ids are small integers chosen by the operator (`--node-id`).
 pub type NodeId = u64;

@@ -91,9 +91,12 @@ pub(crate) enum PeerRequest {
         data: Vec<u8>,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
-    /// Which entry kinds the node reads (`levels`). Last, so that the variants above
-    /// keep their numbers: an older build cannot decode it and closes the connection.
+    /// Which entry kinds the node reads (`levels`). After the variants above, so that
+    /// they keep their numbers: an older build cannot decode it and closes the connection.
     Level,
+    /// Whether the asked node saw this node hold Raft state (`wipe_guard`). Last, for
+    /// the same reason.
+    HeldState(NodeId),
 }
 
 /// The answer; errors travel as text (the receiver reports them as network errors).
@@ -113,6 +116,12 @@ pub(crate) enum PeerResponse {
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
     /// The node's protocol level (`levels::PROTOCOL_LEVEL`).
     Level(u32),
+    /// Whether the node saw the asked-about node hold Raft state, and whether it holds
+    /// any itself (a vote or a log).
+    HeldState {
+        seen: bool,
+        holds_state: bool,
+    },
 }
 
 pub(crate) async fn write_frame<T: Serialize>(
@@ -179,6 +188,8 @@ pub struct Network {
     pub pipeline_depth: usize,
     /// Test only: addresses that override the membership's (fault-injecting proxies).
     pub routes: Arc<std::collections::BTreeMap<NodeId, String>>,
+    /// Where a peer's first vote or acknowledgement is written down (`wipe_guard`).
+    pub guard: Arc<super::wipe_guard::WipeGuard>,
 }
 
 /// A client for one peer.
@@ -187,6 +198,7 @@ pub struct PeerClient {
     addr: String,
     stream: Option<TcpStream>,
     pipeline_depth: usize,
+    guard: Arc<super::wipe_guard::WipeGuard>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -194,7 +206,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         let addr = self.routes.get(&target).unwrap_or(&node.addr).clone();
-        PeerClient { target, addr, stream: None, pipeline_depth: self.pipeline_depth }
+        PeerClient { target, addr, stream: None, pipeline_depth: self.pipeline_depth, guard: Arc::clone(&self.guard) }
     }
 }
 
@@ -257,7 +269,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await.map_err(rpc_error)? {
-            PeerResponse::AppendEntries(result) => result.map_err(remote),
+            PeerResponse::AppendEntries(result) => {
+                let response = result.map_err(remote)?;
+                if matches!(response, AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) {
+                    self.guard.note(self.target).map_err(|e| rpc_error(Failure::Network(e)))?;
+                }
+                Ok(response)
+            }
             _ => Err(unexpected()),
         }
     }
@@ -320,7 +338,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await.map_err(rpc_error)? {
-            PeerResponse::Vote(result) => result.map_err(remote),
+            PeerResponse::Vote(result) => {
+                let response = result.map_err(remote)?;
+                if response.vote_granted {
+                    // Written down before the grant counts (`wipe_guard`).
+                    self.guard.note(self.target).map_err(|e| rpc_error(Failure::Network(e)))?;
+                }
+                Ok(response)
+            }
             _ => Err(unexpected()),
         }
     }
@@ -335,7 +360,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let request = PeerRequest::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
         // A snapshot can be large: allow it ten times the usual bound.
         match self.call(request, option.hard_ttl() * 10).await.map_err(|f| StreamingError::from(rpc_error(f)))? {
-            PeerResponse::Snapshot(result) => result.map_err(|e| StreamingError::from(remote(e))),
+            PeerResponse::Snapshot(result) => {
+                let response = result.map_err(|e| StreamingError::from(remote(e)))?;
+                self.guard.note(self.target).map_err(|e| StreamingError::from(rpc_error(Failure::Network(e))))?;
+                Ok(response)
+            }
             _ => Err(StreamingError::from(unexpected())),
         }
     }
@@ -515,6 +544,10 @@ where
             PeerResponse::AppendEntries(Ok(response)) => {
                 // A partial success ends the session: openraft resends the rest.
                 let partial = matches!(&response, AppendEntriesResponse::PartialSuccess(done) if *done != last);
+                if matches!(response, AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) {
+                    // Written down before openraft counts the acknowledgement (`wipe_guard`).
+                    self.client.guard.note(self.client.target).map_err(Failure::Network)?;
+                }
                 let result = response.into_stream_result(prev, last);
                 let go_on = result.is_ok() && !partial;
                 if let (true, Ok(matched)) = (go_on, &result) {
@@ -575,7 +608,13 @@ pub const ACCEPT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_mi
 /// `own_level` is what this node answers a `PeerRequest::Level` with; at 0 it stands in
 /// for a build from before that request (tests), and closes the connection as such a
 /// build does on a request it cannot decode.
-pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot, own_level: u32) {
+pub async fn serve_peers(
+    listener: TcpListener,
+    raft: Arc<Raft>,
+    node: NodeSlot,
+    own_level: u32,
+    guard: Arc<super::wipe_guard::WipeGuard>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -590,6 +629,7 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot,
         let _ = stream.set_nodelay(true);
         let raft = Arc::clone(&raft);
         let node = Arc::clone(&node);
+        let guard = Arc::clone(&guard);
         tokio::spawn(async move {
             let (reader, writer) = stream.into_split();
             // Buffered: a frame's length and body come in with one read instead of two.
@@ -598,6 +638,18 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot,
             let mut writer = Some(writer);
             let mut appends: Option<AppendSession> = None;
             while let Ok(request) = read_frame::<PeerRequest>(&mut reader).await {
+                let takes_part = matches!(
+                    request,
+                    PeerRequest::AppendEntries(_)
+                        | PeerRequest::Vote(_)
+                        | PeerRequest::Snapshot { .. }
+                        | PeerRequest::TransferLeader(_)
+                );
+                if takes_part && !guard.cleared() {
+                    // Not yet known not to be a wiped voter (`wipe_guard`): no vote, no
+                    // append. The sender retries on a new connection.
+                    return;
+                }
                 let request = match request {
                     // AppendEntries go to openraft's pipelined stream_append, so the next
                     // ones reach the log store before the previous flush completes and
@@ -651,6 +703,12 @@ pub async fn serve_peers(listener: TcpListener, raft: Arc<Raft>, node: NodeSlot,
                     }
                     PeerRequest::Level if own_level == 0 => return,
                     PeerRequest::Level => PeerResponse::Level(own_level),
+                    PeerRequest::HeldState(_) if own_level == 0 => return,
+                    PeerRequest::HeldState(peer) => {
+                        let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).clone();
+                        let holds_state = metrics.current_term > 0 || metrics.last_log_index.is_some();
+                        PeerResponse::HeldState { seen: guard.saw(peer), holds_state }
+                    }
                 };
                 if write_frame(stream, &response).await.is_err() {
                     return;
@@ -682,7 +740,13 @@ mod tests {
 
     /// A client of the peer at `addr`.
     fn peer(addr: String) -> PeerClient {
-        PeerClient { target: 2, addr, stream: None, pipeline_depth: 1 }
+        PeerClient {
+            target: 2,
+            addr,
+            stream: None,
+            pipeline_depth: 1,
+            guard: Arc::new(crate::raft::wipe_guard::WipeGuard::in_memory()),
+        }
     }
 
     /// A pipelined AppendEntries session of `client` (openraft's `hard_ttl` of

@@ -1,0 +1,242 @@
+//! A voter whose data was wiped must not take part again under its id.
+//!
+//! With an empty log and no memory of its votes, such a node could elect a leader that
+//! lacks entries committed with its help, or vote twice in one term (a second leader
+//! in that term). `--join` already refuses it (`cluster::join_through`); this guards a
+//! static cluster (`--peers`), whose nodes start from empty data directories the
+//! first time and cannot tell that start from a start after a wipe on their own.
+//!
+//! So every node remembers, on disk, each peer it has seen hold Raft state: one that
+//! granted it a vote, or answered its AppendEntries or snapshot with success. The mark
+//! is made durable before the answer reaches openraft, so nothing counts a peer's vote
+//! or acknowledgement unless some node has it written down. A node that starts with no
+//! Raft state under `--peers` asks every other listed node whether it saw this node
+//! hold state (`PeerRequest::HeldState`), and takes no part in Raft (its peer listener
+//! closes votes, appends, snapshots and transfers) until either every one has answered
+//! or it and the nodes that answered holding no state themselves are a majority of the
+//! list: then nothing can have been committed or elected with this node's help that
+//! the cluster still relies on (the first start of a cluster with a node down; the
+//! others all answer "never saw it", which is also how a node starts for the first time
+//! after the others formed the cluster). If any saw it, the node refuses to start: its
+//! place is taken back with CLUSTER.REMOVE, and the machine joins under a new id. A
+//! build from before the question closes the connection on it; it keeps no marks, so it
+//! counts as "not seen", and as holding state.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::network::{read_frame, write_frame, PeerRequest, PeerResponse};
+use super::NodeId;
+
+/// The file, in the data directory, that lists the peers seen holding state.
+const FILE_NAME: &str = "peers-with-state";
+/// How often a node waiting for answers asks the nodes that have not answered again.
+const ASK_EVERY: Duration = Duration::from_millis(300);
+/// How long one node has to answer.
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the waiting node says whom it still waits for.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The peers this node has seen hold Raft state, and whether this node may take part
+/// in Raft yet.
+pub struct WipeGuard {
+    /// None: marks kept in memory only (unit tests of the network).
+    path: Option<PathBuf>,
+    seen: Mutex<BTreeSet<NodeId>>,
+    cleared: AtomicBool,
+}
+
+impl WipeGuard {
+    /// Reads the marks kept in `data_dir` (none if the file is absent). The node is
+    /// cleared to take part until `hold` says otherwise.
+    pub fn open(data_dir: &std::path::Path) -> std::io::Result<WipeGuard> {
+        let path = data_dir.join(FILE_NAME);
+        let seen = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    l.trim()
+                        .parse::<NodeId>()
+                        .map_err(|e| std::io::Error::other(format!("{}: {l:?} is not a node id: {e}", path.display())))
+                })
+                .collect::<Result<_, _>>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(WipeGuard { path: Some(path), seen: Mutex::new(seen), cleared: AtomicBool::new(true) })
+    }
+
+    /// Marks kept in memory only, for unit tests.
+    #[cfg(test)]
+    pub fn in_memory() -> WipeGuard {
+        WipeGuard { path: None, seen: Mutex::new(BTreeSet::new()), cleared: AtomicBool::new(true) }
+    }
+
+    /// Whether this node has seen `peer` hold Raft state.
+    pub fn saw(&self, peer: NodeId) -> bool {
+        self.seen.lock().expect("not poisoned").contains(&peer)
+    }
+
+    /// Notes that `peer` holds Raft state, durably, before the caller relies on it:
+    /// once per peer (later calls only look it up; the write is about 1 ms, once). If
+    /// the write fails the caller must not rely on the answer: it is an error, and the
+    /// next answer tries again.
+    pub fn note(&self, peer: NodeId) -> Result<(), String> {
+        let mut seen = self.seen.lock().expect("not poisoned");
+        if seen.contains(&peer) {
+            return Ok(());
+        }
+        let mut with = seen.clone();
+        with.insert(peer);
+        self.write(&with).map_err(|e| format!("could not record that node {peer} holds Raft state: {e}"))?;
+        *seen = with;
+        Ok(())
+    }
+
+    fn write(&self, seen: &BTreeSet<NodeId>) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let temp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temp)?;
+        for id in seen {
+            writeln!(file, "{id}")?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Whether this node may take part in Raft (vote, append, install snapshots).
+    pub fn cleared(&self) -> bool {
+        self.cleared.load(Ordering::Acquire)
+    }
+
+    /// Keeps this node out of Raft until `clear`.
+    pub fn hold(&self) {
+        self.cleared.store(false, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        self.cleared.store(true, Ordering::Release);
+    }
+}
+
+/// What one node answered about this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Whether it saw the asking node hold state, and whether it holds any itself.
+    Seen {
+        seen: bool,
+        holds_state: bool,
+    },
+    /// It closed the connection without an answer: a build from before the question.
+    Older,
+    Unreachable,
+}
+
+async fn ask(addr: &str, about: NodeId) -> Answer {
+    let asked = async {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return Answer::Unreachable };
+        let _ = stream.set_nodelay(true);
+        if write_frame(&mut stream, &PeerRequest::HeldState(about)).await.is_err() {
+            return Answer::Unreachable;
+        }
+        match read_frame::<PeerResponse>(&mut stream).await {
+            Ok(PeerResponse::HeldState { seen, holds_state }) => Answer::Seen { seen, holds_state },
+            Ok(_) => Answer::Older,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
+                Answer::Older
+            }
+            Err(_) => Answer::Unreachable,
+        }
+    };
+    tokio::time::timeout(ASK_TIMEOUT, asked).await.unwrap_or(Answer::Unreachable)
+}
+
+/// For a node `id` that starts with no Raft state in a static cluster (`peers`, its
+/// own entry included): asks every other node whether it saw `id` hold state, until
+/// all have answered or the nodes without state (this one and those that said so) are
+/// a majority, then clears `guard`. An error names the node that saw it.
+pub async fn check_fresh_start(
+    guard: &WipeGuard,
+    id: NodeId,
+    peers: &std::collections::BTreeMap<NodeId, String>,
+) -> Result<(), String> {
+    let mut waiting: BTreeSet<NodeId> = peers.keys().copied().filter(|p| *p != id).collect();
+    let mut stateless: BTreeSet<NodeId> = BTreeSet::from([id]);
+    let mut logged = tokio::time::Instant::now();
+    loop {
+        for peer in waiting.clone() {
+            match ask(&peers[&peer], id).await {
+                Answer::Seen { seen: true, .. } => {
+                    return Err(format!(
+                        "node {peer} saw node {id} hold Raft state before, and this data directory holds none: it \
+                         was wiped or replaced, and with an empty log and no memory of its votes this node could \
+                         undo committed writes. Remove it on the cluster (CLUSTER.REMOVE {id}), then start this \
+                         machine with an empty data directory, a new --node-id and --join"
+                    ))
+                }
+                Answer::Seen { seen: false, holds_state } => {
+                    waiting.remove(&peer);
+                    if !holds_state {
+                        stateless.insert(peer);
+                    }
+                }
+                Answer::Older => {
+                    waiting.remove(&peer);
+                }
+                Answer::Unreachable => {}
+            }
+        }
+        // Only the lowest listed id forms a cluster, so nodes without state that go on
+        // wait for a leader's log; what they might have undone was committed with a
+        // majority that held state, and a majority without state rules that out.
+        if waiting.is_empty() || stateless.len() > peers.len() / 2 {
+            guard.clear();
+            return Ok(());
+        }
+        if logged.elapsed() >= WAITING_LOG_EVERY {
+            logged = tokio::time::Instant::now();
+            tracing::warn!(
+                ?waiting,
+                "this node starts with no Raft state and takes no part until every other node listed in --peers \
+                 has said whether it saw this node hold state before"
+            );
+        }
+        tokio::time::sleep(ASK_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_are_durable_and_read_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let guard = WipeGuard::open(dir.path()).expect("open");
+        assert!(!guard.saw(2));
+        guard.note(2).expect("noted");
+        guard.note(3).expect("noted");
+        guard.note(2).expect("noted again");
+        let again = WipeGuard::open(dir.path()).expect("reopen");
+        assert!(again.saw(2) && again.saw(3) && !again.saw(4));
+        assert!(again.cleared(), "a node is cleared unless held");
+        again.hold();
+        assert!(!again.cleared());
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_not_an_empty_set() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(FILE_NAME), "2\nthree\n").expect("write");
+        assert!(WipeGuard::open(dir.path()).is_err());
+    }
+}
