@@ -25,6 +25,10 @@ pub const CONFIG_DELETED_KEPT: usize = 10_000;
 /// How many deletes past `CONFIG_DELETED_KEPT` gather before one `ConfigCompact`
 /// forgets them together (one log entry per this many deletes, not one per delete).
 pub const CONFIG_DELETED_SLACK: usize = 1_000;
+/// The most deleted keys one `ConfigCompact` forgets: a backlog (deletes gathered
+/// while some member was below protocol level 3) drains over several entries instead
+/// of holding every replica's state lock for one long apply.
+pub const CONFIG_FORGET_PER_ENTRY_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ConfigEntry {
@@ -58,11 +62,14 @@ impl StateMachine {
 
     fn config_record(&mut self, key: &[u8], value: Option<Bytes>) -> u64 {
         let version = self.index;
+        // A key created after deleted keys were forgotten may be one of them written
+        // again: what it held before the bound is unknown (the `compacted_below` gap).
+        let forgotten_below = self.st.configs_forgotten_below;
         let entry = self
             .st
             .configs
             .entry(Name::from(key))
-            .or_insert_with(|| ConfigEntry { versions: VecDeque::new(), compacted_below: 0 });
+            .or_insert_with(|| ConfigEntry { versions: VecDeque::new(), compacted_below: forgotten_below });
         debug_assert!(entry.versions.back().is_none_or(|(v, _)| *v < version), "versions increase");
         let deleted = value.is_none();
         if let Some((was_deleted_at, None)) = entry.versions.back() {
@@ -127,11 +134,6 @@ impl StateMachine {
             };
         };
         let at = at.unwrap_or(u64::MAX);
-        // A key written again after its delete was forgotten has an entry whose history
-        // starts after it: before its oldest version it may have held anything.
-        if at < self.st.configs_forgotten_below && entry.versions.front().is_none_or(|(oldest, _)| at < *oldest) {
-            return forgotten(at);
-        }
         // Versions are log indexes, so a key's versions have gaps: once any was
         // compacted, what held between the oldest kept version and the one compacted
         // before it is unknown, not absent. (`compacted_below` is one past the
@@ -206,22 +208,25 @@ impl StateMachine {
             forgotten += 1;
         }
         // The bound moves even when nothing went: it says what a read AT can trust.
-        self.st.configs_forgotten_below = self.st.configs_forgotten_below.max(below.min(self.st.last_applied + 1));
+        self.st.configs_forgotten_below =
+            self.st.configs_forgotten_below.max(below.min(self.st.last_applied.saturating_add(1)));
         Reply::Int(forgotten)
     }
 
     /// The `below` of the `Command::ConfigCompact` due now, if more than
     /// `CONFIG_DELETED_KEPT + CONFIG_DELETED_SLACK` deleted keys are held: the version
-    /// of the oldest delete to keep, so that `CONFIG_DELETED_KEPT` stay (a few more when
-    /// one entry deleted several keys at that version), and at least the oldest goes.
+    /// of the oldest delete to keep, so that `CONFIG_DELETED_KEPT` stay, or fewer go
+    /// when more than `CONFIG_FORGET_PER_ENTRY_MAX` would (the next entry takes more);
+    /// at least the oldest goes. Walks at most that many deletes.
     pub fn config_compaction_due(&self) -> Option<u64> {
         let held = self.st.config_deletes.len();
         if held <= CONFIG_DELETED_KEPT + CONFIG_DELETED_SLACK {
             return None;
         }
         let oldest = self.st.config_deletes.first()?.0;
-        let first_kept = self.st.config_deletes.iter().nth(held - CONFIG_DELETED_KEPT)?.0;
-        Some(first_kept.max(oldest + 1))
+        let forget = (held - CONFIG_DELETED_KEPT).min(CONFIG_FORGET_PER_ENTRY_MAX);
+        let first_kept = self.st.config_deletes.iter().nth(forget)?.0;
+        Some(first_kept.max(oldest.saturating_add(1)))
     }
 
     /// Deleted config keys held (INFO).
@@ -261,7 +266,7 @@ impl StateMachine {
                 return Err(format!("config {key:?} was deleted at {version}, before the forgotten bound"));
             }
         }
-        if self.st.configs_forgotten_below > self.st.last_applied + 1 {
+        if self.st.configs_forgotten_below > self.st.last_applied.saturating_add(1) {
             return Err("deleted config keys are forgotten past the last applied entry".into());
         }
         for (key, entry) in &self.st.configs {

@@ -150,6 +150,14 @@ fn command() -> impl Strategy<Value = Command> {
             (name(), owner()).prop_map(|(name, token)| Command::Resign { name, token }),
             (name(), owner(), ttl()).prop_map(|(name, token, ttl_ms)| Command::ElectionRenew { name, token, ttl_ms }),
             (name(), owner(), owner()).prop_map(|(name, token, to)| Command::Transfer { name, token, to }),
+            (name(), name(), prop::option::of(any::<u64>())).prop_map(|(key, value, if_version)| Command::ConfigSet {
+                key,
+                value,
+                if_version
+            }),
+            (name(), prop::option::of(any::<u64>()))
+                .prop_map(|(key, if_version)| Command::ConfigDel { key, if_version }),
+            any::<u64>().prop_map(|below| Command::ConfigCompact { below }),
         ];
     prop_oneof![
         4 => lock,

@@ -139,10 +139,13 @@ fn forgetting_deleted_keys_gives_their_entries_back() {
     assert!(why.contains("compacted") && why.contains(&deleted_at[2].to_string()), "{why}");
     assert_eq!(d.read(get("gone/0", Some(deleted_at[2]))), Reply::Nil);
     assert_eq!(d.read(get("gone/0", None)), Reply::Nil);
-    // Written again, its new history starts after the bound: before it, unknown.
+    // Written again, its history starts with that write: before it, unknown (it may
+    // be a forgotten key, as here).
     let again = int(d.ok(set("gone/0", "back", None))) as u64;
-    let Error::Invalid(_) = d.sm.read(&get("gone/0", Some(deleted_at[0]))).unwrap_err() else { panic!() };
-    assert_eq!(d.read(get("gone/0", Some(deleted_at[2]))), Reply::Nil);
+    for at in [deleted_at[0], deleted_at[2]] {
+        let Error::Invalid(why) = d.sm.read(&get("gone/0", Some(at))).unwrap_err() else { panic!() };
+        assert!(why.contains(&format!("history starts at version {again}")), "{why}");
+    }
     assert_eq!(
         d.read(get("gone/0", Some(again))),
         Reply::Array(vec![Reply::Bulk(b("back")), Reply::Int(again as i64)])
@@ -155,6 +158,24 @@ fn forgetting_deleted_keys_gives_their_entries_back() {
     assert_eq!(int(d.ok(Command::ConfigCompact { below: u64::MAX })), 3);
     assert_eq!(d.sm.config_deletes_held(), 0);
     d.sm.check_invariants().unwrap();
+}
+
+/// A key that lived through a compaction keeps its whole history: a read AT a version
+/// before its creation still answers nil, after deleted keys were forgotten.
+#[test]
+fn a_live_key_keeps_its_history_through_a_compaction() {
+    let mut d = Driver::default();
+    d.ok(set("first", "x", None));
+    let before = d.index;
+    let created = int(d.ok(set("app/db", "a", None))) as u64;
+    d.ok(set("gone", "v", None));
+    let deleted = int(d.ok(Command::ConfigDel { key: b("gone"), if_version: None })) as u64;
+    assert_eq!(int(d.ok(Command::ConfigCompact { below: deleted + 1 })), 1);
+    assert_eq!(d.read(get("app/db", Some(before))), Reply::Nil, "it did not exist yet");
+    assert_eq!(
+        d.read(get("app/db", Some(created))),
+        Reply::Array(vec![Reply::Bulk(b("a")), Reply::Int(created as i64)])
+    );
 }
 
 /// The bound travels in a snapshot section, only once something was forgotten (until
@@ -209,4 +230,37 @@ fn compaction_is_due_past_the_kept_deletes_and_keeps_the_newest() {
     assert_eq!(sm.config_deletes_held(), KEPT);
     assert_eq!(sm.config_compaction_due(), None);
     sm.check_invariants().unwrap();
+}
+
+/// Both sections, in their order, round-trip; a zero bound, a repeated section and a
+/// bound past the last applied entry are refused.
+#[test]
+fn config_sections_are_checked_on_restore() {
+    use fencelock_core::{Limits, SnapshotError, StateMachine};
+    let mut d = Driver::default();
+    d.ok(set("a", "1", None));
+    let plain = d.sm.snapshot();
+    let restore = |bytes: &[u8]| StateMachine::restore(Limits::default(), bytes);
+    // Section lists after the state: [count, kind, bound...] (postcard varints).
+    for tail in [&[1u8, 1, 0][..], &[2, 1, 1, 1, 2]] {
+        let mut bytes = plain.clone();
+        bytes.extend_from_slice(tail);
+        assert!(matches!(restore(&bytes), Err(SnapshotError::Corrupt(_))), "{tail:?}");
+    }
+    let mut past = plain.clone();
+    past.extend_from_slice(&[1, 1, 100]);
+    assert!(matches!(restore(&past), Err(SnapshotError::Inconsistent(_))));
+    let mut fine = plain.clone();
+    fine.extend_from_slice(&[1, 1, 2]);
+    assert_eq!(restore(&fine).expect("a bound at the next index").snapshot(), fine);
+
+    // A session-owned barrier member and a compaction: both sections, in kind order.
+    let s = int(d.ok(Command::SessionOpen { ttl_ms: 60_000 })) as u64;
+    d.ok(Command::BarrierEnterSession { name: b("job"), parties: 2, participant: b("p"), wait_ms: None, session: s });
+    let deleted = int(d.ok(Command::ConfigDel { key: b("a"), if_version: None })) as u64;
+    assert_eq!(int(d.ok(Command::ConfigCompact { below: deleted + 1 })), 1);
+    let bytes = d.sm.snapshot();
+    let restored = restore(&bytes).expect("both sections restore");
+    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(restored.config_deletes_held(), 0);
 }

@@ -944,9 +944,12 @@ async fn expiry_ticker(node: Arc<Node>) {
         if !node.raft.is_leader() {
             continue;
         }
+        // Asked only at the level that reads the entry: below it the deletes pile up,
+        // and there is nothing to decide.
+        let may_compact = node.levels.cluster() >= crate::raft::levels::CONFIG_COMPACT_FROM_LEVEL;
         let (due, compact_below) = {
             let inner = node.sm.shared.inner.lock().expect("not poisoned");
-            let compact_below = inner.core.config_compaction_due();
+            let compact_below = if may_compact { inner.core.config_compaction_due() } else { None };
             let due = match inner.core.next_deadline_ms() {
                 None => false,
                 // Until an entry of ours is applied, the offset belongs to another
@@ -968,11 +971,9 @@ async fn expiry_ticker(node: Arc<Node>) {
         // expiry: by the replicated state alone, committed through the log. Below the
         // level that reads the entry they stay, as before.
         if let Some(below) = compact_below {
-            if node.levels.cluster() >= crate::raft::levels::CONFIG_COMPACT_FROM_LEVEL {
-                match node.write(Command::ConfigCompact { below }).await {
-                    Ok(_) => tracing::debug!("deleted config keys before version {below} forgotten"),
-                    Err(e) => tracing::warn!("forgetting deleted config keys failed: {e}"),
-                }
+            match node.write(Command::ConfigCompact { below }).await {
+                Ok(_) => tracing::debug!("deleted config keys before version {below} forgotten"),
+                Err(e) => tracing::warn!("forgetting deleted config keys failed: {e}"),
             }
         }
     }

@@ -268,8 +268,8 @@ fn a_node_restarted_while_a_member_is_down_keeps_the_level_that_member_answered(
 
 /// Sets and deletes `count` config keys `cfg/<i>` on `server`, pipelined over 8
 /// connections (each write is an entry of its own; concurrent ones share a sync); the
-/// version of each key's set.
-fn set_and_delete(server: &Server, count: usize) -> Vec<u64> {
+/// versions of each key's set and delete.
+fn set_and_delete(server: &Server, count: usize) -> Vec<(u64, u64)> {
     const CONNECTIONS: usize = 8;
     let threads: Vec<_> = (0..CONNECTIONS)
         .map(|t| {
@@ -287,14 +287,14 @@ fn set_and_delete(server: &Server, count: usize) -> Vec<u64> {
                         let Reply::Int(set) = c.read() else { panic!("CFG.SET answers its version") };
                         let Reply::Int(deleted) = c.read() else { panic!("CFG.DEL answers its version") };
                         assert!(deleted > set && set > 0);
-                        versions.push((*i, set as u64));
+                        versions.push((*i, (set as u64, deleted as u64)));
                     }
                 }
                 versions
             })
         })
         .collect();
-    let mut versions = vec![0; count];
+    let mut versions = vec![(0, 0); count];
     for thread in threads {
         for (i, version) in thread.join().expect("a writer") {
             versions[i] = version;
@@ -320,20 +320,17 @@ fn the_leader_forgets_old_deleted_config_keys_only_at_level_3() {
     let versions = set_and_delete(&server, count);
     let mut c = server.connect();
     wait_until(Duration::from_secs(10), "the oldest deletes forgotten", || (deleted(&mut c) == KEPT).then_some(()));
-    // The keys whose deletes came last keep their history, the others have none: by
-    // set version, which orders the deletes too (each key's delete follows its set on
-    // one connection, and a connection's writes apply in order).
-    let mut by_version: Vec<(u64, usize)> = versions.iter().enumerate().map(|(i, v)| (*v, i)).collect();
+    // The keys whose deletes came last keep their history, the others have none.
+    let mut by_version: Vec<(u64, usize)> = versions.iter().enumerate().map(|(i, (_, del))| (*del, i)).collect();
     by_version.sort();
-    let (first_set, oldest) = by_version[0];
+    let (_, oldest) = by_version[0];
+    let first_set = versions[oldest].0;
     assert_eq!(history_len(&mut c, &format!("cfg/{oldest}")), 0, "a forgotten key has no history");
     let refused = c.raw(&["CFG.GET", &format!("cfg/{oldest}"), "AT", &first_set.to_string()]);
     assert!(refused.starts_with("-ERR version") && refused.contains("forgotten"), "{refused}");
-    let kept: usize =
-        by_version.iter().map(|(_, i)| history_len(&mut c, &format!("cfg/{i}"))).filter(|len| *len == 2).count();
-    assert_eq!(kept, KEPT, "the newest deletes keep their history");
-    let (_, newest) = by_version[count - 1];
-    assert_eq!(history_len(&mut c, &format!("cfg/{newest}")), 2);
+    let kept: Vec<usize> = by_version.iter().map(|(_, i)| history_len(&mut c, &format!("cfg/{i}"))).collect();
+    assert_eq!(kept[..count - KEPT], vec![0; count - KEPT][..], "the oldest deletes are forgotten");
+    assert_eq!(kept[count - KEPT..], vec![2; KEPT][..], "the newest keep their history");
 
     let older = Server::start_with(&["--protocol-level", "2"]);
     set_and_delete(&older, count);
