@@ -117,7 +117,7 @@ pub(crate) enum PeerResponse {
     /// The node's protocol level (`levels::PROTOCOL_LEVEL`).
     Level(u32),
     /// Whether the node saw the asked-about node hold Raft state, and whether it holds
-    /// any itself (a vote or a log).
+    /// any log entry past the initial membership itself.
     HeldState {
         seen: bool,
         holds_state: bool,
@@ -706,7 +706,11 @@ pub async fn serve_peers(
                     PeerRequest::HeldState(_) if own_level == 0 => return,
                     PeerRequest::HeldState(peer) => {
                         let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).clone();
-                        let holds_state = metrics.current_term > 0 || metrics.last_log_index.is_some();
+                        // Nothing past the initial membership (index 0): no leader ever
+                        // appended here, so nothing was committed with this node. Not
+                        // the term: a first node campaigning alone raises it every
+                        // election timeout, and the others must still count it.
+                        let holds_state = metrics.last_log_index.is_some_and(|index| index > 0);
                         PeerResponse::HeldState { seen: guard.saw(peer), holds_state }
                     }
                 };

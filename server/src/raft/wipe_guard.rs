@@ -13,14 +13,14 @@
 //! Raft state under `--peers` asks every other listed node whether it saw this node
 //! hold state (`PeerRequest::HeldState`), and takes no part in Raft (its peer listener
 //! closes votes, appends, snapshots and transfers) until either every one has answered
-//! or it and the nodes that answered holding no state themselves are a majority of the
-//! list: then nothing can have been committed or elected with this node's help that
-//! the cluster still relies on (the first start of a cluster with a node down; the
+//! or it and the nodes that answered holding no log entry past the initial membership
+//! are a majority of the list: then no leader can have committed anything with this
+//! node's help that the cluster still relies on (the first start of a cluster with a node down; the
 //! others all answer "never saw it", which is also how a node starts for the first time
 //! after the others formed the cluster). If any saw it, the node refuses to start: its
 //! place is taken back with CLUSTER.REMOVE, and the machine joins under a new id. A
 //! build from before the question closes the connection on it; it keeps no marks, so it
-//! counts as "not seen", and as holding state.
+//! counts as "not seen", and as holding entries.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -131,7 +131,8 @@ impl WipeGuard {
 /// What one node answered about this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
-    /// Whether it saw the asking node hold state, and whether it holds any itself.
+    /// Whether it saw the asking node hold state, and whether it holds log entries
+    /// past the initial membership itself.
     Seen {
         seen: bool,
         holds_state: bool,
