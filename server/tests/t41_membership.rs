@@ -418,11 +418,11 @@ fn a_learner_restarted_with_join_is_promoted() {
 
 /// A static cluster's voter whose data directory was wiped restarted empty under its id
 /// and voted again: with no log and no memory of its votes it could elect a leader that
-/// lacks entries committed with its help. It is now refused, because the leader wrote
-/// down that it held state. A node that starts for the first time after the others
-/// formed the cluster is not: nobody saw it hold anything.
-#[test]
-fn a_wiped_static_voter_is_refused_and_a_late_first_start_is_not() {
+/// lacks entries committed with its help. It is now refused, because a node that
+/// relied on it wrote down that it held state: its leader for a follower, its
+/// followers for a leader (which answers nobody). A node that starts for the first time
+/// after the others formed the cluster is not refused: nobody saw it hold anything.
+fn a_wiped_static_voter_is_refused(wipe_leader: bool) {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
     let peers = peers.join(",");
@@ -442,9 +442,9 @@ fn a_wiped_static_voter_is_refused_and_a_late_first_start_is_not() {
     wait_applied(&mut servers[2].connect(), applied);
     assert_eq!(until_accepted(&mut l, &["SET", "after", "3"]), ok());
 
-    // Node 3 (or another follower) loses its data and starts again under its id.
+    // A node loses its data and starts again under its id.
     let leader = wait_for_leader(&mut servers);
-    let wiped = (0..3).find(|i| *i != leader).expect("a follower");
+    let wiped = if wipe_leader { leader } else { (0..3).rev().find(|i| *i != leader).expect("a follower") };
     let id = wiped as u64 + 1;
     servers[wiped].kill();
     std::fs::remove_dir_all(servers[wiped].data_dir()).expect("wipe the data directory");
@@ -455,6 +455,17 @@ fn a_wiped_static_voter_is_refused_and_a_late_first_start_is_not() {
     assert!(stderr.contains(&format!("saw node {id} hold Raft state before")), "the refusal says why: {stderr}");
     assert!(stderr.contains(&format!("CLUSTER.REMOVE {id}")), "and what to do: {stderr}");
     // The two others still commit.
+    let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
     assert_eq!(until_accepted(&mut l, &["SET", "still", "2"]), ok());
+}
+
+#[test]
+fn a_wiped_static_follower_is_refused_and_a_late_first_start_is_not() {
+    a_wiped_static_voter_is_refused(false);
+}
+
+#[test]
+fn a_wiped_static_leader_is_refused() {
+    a_wiped_static_voter_is_refused(true);
 }

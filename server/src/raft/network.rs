@@ -23,6 +23,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::vote::RaftLeaderId;
 use openraft::{BasicNode, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -649,6 +650,22 @@ pub async fn serve_peers(
                     // Not yet known not to be a wiped voter (`wipe_guard`): no vote, no
                     // append. The sender retries on a new connection.
                     return;
+                }
+                // The sender of a vote request, an append or a snapshot holds state (a
+                // vote for itself, or a committed vote and a log): written down before
+                // anything of it is answered, so that a leader that never answers
+                // anyone is marked too (`wipe_guard`).
+                let sender = match &request {
+                    PeerRequest::AppendEntries(rpc) => Some(rpc.vote.leader_id().node_id()),
+                    PeerRequest::Vote(rpc) => Some(rpc.vote.leader_id().node_id()),
+                    PeerRequest::Snapshot { vote, .. } => Some(vote.leader_id().node_id()),
+                    _ => None,
+                };
+                if let Some(sender) = sender {
+                    if let Err(e) = guard.note(*sender) {
+                        tracing::error!("{e}");
+                        return;
+                    }
                 }
                 let request = match request {
                     // AppendEntries go to openraft's pipelined stream_append, so the next

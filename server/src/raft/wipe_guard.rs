@@ -1,26 +1,33 @@
 //! A voter whose data was wiped must not take part again under its id.
 //!
 //! With an empty log and no memory of its votes, such a node could elect a leader that
-//! lacks entries committed with its help, or vote twice in one term (a second leader
-//! in that term). `--join` already refuses it (`cluster::join_through`); this guards a
-//! static cluster (`--peers`), whose nodes start from empty data directories the
-//! first time and cannot tell that start from a start after a wipe on their own.
+//! lacks entries committed with its help, or vote twice in one term (a second leader in
+//! that term). `--join` already refuses it (`cluster::join_through`); this guards a
+//! static cluster (`--peers`), whose nodes start from empty data directories the first
+//! time and cannot tell that start from a start after a wipe on their own.
 //!
 //! So every node remembers, on disk, each peer it has seen hold Raft state: one that
-//! granted it a vote, or answered its AppendEntries or snapshot with success. The mark
-//! is made durable before the answer reaches openraft, so nothing counts a peer's vote
-//! or acknowledgement unless some node has it written down. A node that starts with no
-//! Raft state under `--peers` asks every other listed node whether it saw this node
-//! hold state (`PeerRequest::HeldState`), and takes no part in Raft (its peer listener
-//! closes votes, appends, snapshots and transfers) until either every one has answered
-//! or it and the nodes that answered holding no log entry past the initial membership
-//! are a majority of the list: then no leader can have committed anything with this
-//! node's help that the cluster still relies on (the first start of a cluster with a node down; the
-//! others all answer "never saw it", which is also how a node starts for the first time
-//! after the others formed the cluster). If any saw it, the node refuses to start: its
-//! place is taken back with CLUSTER.REMOVE, and the machine joins under a new id. A
-//! build from before the question closes the connection on it; it keeps no marks, so it
-//! counts as "not seen", and as holding entries.
+//! granted it a vote, or answered its AppendEntries or snapshot with success (marked
+//! before the answer reaches openraft, so nothing counts a peer's vote or
+//! acknowledgement unless some node has it written down), and one that asked it for a
+//! vote or sent it entries or a snapshot (marked before it answers: a candidate holds
+//! its own vote, a leader its log, and a leader that never answers anyone would
+//! otherwise be marked by nobody). A node that starts with no Raft state under
+//! `--peers` asks every other listed node whether it saw this node hold state
+//! (`PeerRequest::HeldState`), and takes no part in Raft (its peer listener closes
+//! votes, appends, snapshots and transfers) until either every one has answered or it
+//! and the nodes that answered holding no log entry past the initial membership are a
+//! majority of the list (the first start of a cluster with a node down; the others all
+//! answer "never saw it", which is also how a node starts for the first time after the
+//! others formed the cluster). That majority rule trusts that the nodes without entries
+//! were not wiped too: with a majority's data lost no guard helps. If any saw it, the
+//! node refuses to start: its place is taken back with CLUSTER.REMOVE, and the machine
+//! joins under a new id. A build from before the question closes the connection on it;
+//! it keeps no marks, so it counts as "not seen", and as holding entries. A node that
+//! closes the connection but answers the level exchange at this build's level or above
+//! crashed or stopped just then: it is asked again. The nodes asked are the `--peers`
+//! list, not the current membership: members added later with `--join` are not asked,
+//! and a listed node that was removed for good is waited for.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -40,6 +47,8 @@ const ASK_EVERY: Duration = Duration::from_millis(300);
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the waiting node says whom it still waits for.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The protocol level of the first builds that answer `HeldState` (`levels`).
+const HELD_STATE_FROM_LEVEL: u32 = 3;
 
 /// The peers this node has seen hold Raft state, and whether this node may take part
 /// in Raft yet.
@@ -137,7 +146,9 @@ enum Answer {
         seen: bool,
         holds_state: bool,
     },
-    /// It closed the connection without an answer: a build from before the question.
+    /// It closed the connection without an answer (`ask` tells the two cases apart).
+    Closed,
+    /// A build from before the question.
     Older,
     Unreachable,
 }
@@ -153,12 +164,23 @@ async fn ask(addr: &str, about: NodeId) -> Answer {
             Ok(PeerResponse::HeldState { seen, holds_state }) => Answer::Seen { seen, holds_state },
             Ok(_) => Answer::Older,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
-                Answer::Older
+                Answer::Closed
             }
             Err(_) => Answer::Unreachable,
         }
     };
-    tokio::time::timeout(ASK_TIMEOUT, asked).await.unwrap_or(Answer::Unreachable)
+    match tokio::time::timeout(ASK_TIMEOUT, asked).await.unwrap_or(Answer::Unreachable) {
+        // A node that closes on the question is an older build, or one that crashed or
+        // stopped just then, whose marks count: its level tells them apart (builds that
+        // ask this question answer the level exchange at `HELD_STATE_FROM_LEVEL` or
+        // above).
+        Answer::Closed => match super::levels::probe(addr).await {
+            super::levels::Probe::Answered(level) if level >= HELD_STATE_FROM_LEVEL => Answer::Unreachable,
+            super::levels::Probe::Answered(_) | super::levels::Probe::Older => Answer::Older,
+            super::levels::Probe::Unreachable => Answer::Unreachable,
+        },
+        answer => answer,
+    }
 }
 
 /// For a node `id` that starts with no Raft state in a static cluster (`peers`, its
@@ -193,12 +215,12 @@ pub async fn check_fresh_start(
                 Answer::Older => {
                     waiting.remove(&peer);
                 }
-                Answer::Unreachable => {}
+                Answer::Unreachable | Answer::Closed => {}
             }
         }
-        // Only the lowest listed id forms a cluster, so nodes without state that go on
-        // wait for a leader's log; what they might have undone was committed with a
-        // majority that held state, and a majority without state rules that out.
+        // A majority without entries past the initial membership means no leader
+        // committed anything with this node that the cluster relies on, unless those
+        // nodes lost their data too (no guard helps when a majority did).
         if waiting.is_empty() || stateless.len() > peers.len() / 2 {
             guard.clear();
             return Ok(());

@@ -124,13 +124,35 @@ pub fn wait_applied(c: &mut Client, index: u64) {
 /// Runs the binary with `args` (plus an ephemeral port and `data_dir`) and expects it
 /// to exit by itself: its exit code and stderr.
 pub fn run_to_exit(args: &[&str], data_dir: &std::path::Path) -> (i32, String) {
-    let output = std::process::Command::new(super::binary())
+    use std::io::Read;
+    let mut child = std::process::Command::new(super::binary())
         .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
         .arg(data_dir)
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run fencelock");
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    // A node expected to exit that keeps running instead fails the test, not hangs it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for fencelock") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fencelock was expected to exit and still ran after 60 s: {}", reader.join().unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), reader.join().unwrap_or_default())
 }
