@@ -588,8 +588,8 @@ pub enum Command {
     /// Forgets every deleted config key whose delete is older than version `below`:
     /// its entry and history go (they counted against the entry limit forever), and
     /// `CFG.GET ... AT` a version before `below` of a key with no history left is
-    /// refused as compacted. The leader proposes it once more than
-    /// `CONFIG_DELETED_KEPT` deleted keys are held (`StateMachine::config_compaction_due`).
+    /// refused as compacted. The leader proposes it once the deleted keys held pass
+    /// `CONFIG_DELETED_KEPT` plus `CONFIG_DELETED_SLACK` (`StateMachine::config_compaction_due`).
     /// Replies the number of keys forgotten. Newer than the variants above, as `PutBack`.
     ConfigCompact {
         /// Deletes at versions below this are forgotten.

@@ -305,13 +305,14 @@ impl Node {
         };
         let initialized = raft.is_initialized().await.map_err(|e| fatal(&e))?;
         // A static cluster's node with no Raft state may be a voter whose data was
-        // wiped: it takes no part until every other listed node says it never saw it
-        // hold any (`wipe_guard`). Held before the listener starts, so no vote or
-        // append gets in first.
+        // wiped: it takes no part until the other listed nodes say it never held any
+        // (`wipe_guard`). Held before `serve_peers` accepts, so no vote or append gets
+        // in first.
         let static_fresh = !initialized && config.join.is_none() && !config.peers.is_empty();
         if static_fresh {
             guard.hold();
         }
+        let forms_cluster = config.join.is_none() && config.peers.keys().next() == Some(&config.id);
         tokio::spawn(crate::raft::network::serve_peers(
             listener,
             Arc::new(raft.clone()),
@@ -320,11 +321,25 @@ impl Node {
             Arc::clone(&guard),
         ));
         if static_fresh {
-            crate::raft::wipe_guard::check_fresh_start(&guard, config.id, &config.peers)
-                .await
-                .map_err(NodeError::Fatal)?;
-        }
-        if !initialized {
+            // In the background: a node waiting for its peers still serves clients
+            // (TRYAGAIN until a leader is known, as before), so launchers that start
+            // nodes one by one and wait for each to answer do not stall. Only the
+            // lowest id, which forms the cluster, waits for the answers to do so.
+            let (raft, guard, id, peers) = (raft.clone(), Arc::clone(&guard), config.id, config.peers.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::raft::wipe_guard::check_fresh_start(&guard, id, &peers).await {
+                    tracing::error!("{e}");
+                    eprintln!("fencelock: {e}");
+                    std::process::exit(1);
+                }
+                if forms_cluster {
+                    let members = peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone())));
+                    if let Err(e) = raft.initialize(members.collect::<BTreeMap<_, _>>()).await {
+                        tracing::error!("forming the cluster failed: {e}");
+                    }
+                }
+            });
+        } else if !initialized {
             match &config.join {
                 // A joining node waits to be added: the leader's log brings the membership.
                 Some(member) => {
@@ -336,12 +351,9 @@ impl Node {
                         .await
                         .map_err(|e| fatal(&e))?;
                 }
-                // In a static cluster the lowest id forms it, once; the others learn the
+                // A static cluster's node without state went through the branch above:
+                // the lowest id forms it, once, after the check; the others learn the
                 // membership from its log.
-                None if config.peers.keys().next() == Some(&config.id) => {
-                    let members = config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone())));
-                    raft.initialize(members.collect::<BTreeMap<_, _>>()).await.map_err(|e| fatal(&e))?;
-                }
                 None => {}
             }
         } else if let Some(member) = config.join.clone() {
@@ -932,7 +944,8 @@ const TICK_MS: u64 = 10;
 /// Only the leader decides expiry, and it commits that decision through the log: when
 /// the earliest deadline has passed on its clock it proposes a `Tick`, and every
 /// replica expires what is due at the Tick's stamp. The same loop proposes a
-/// `ConfigCompact` when more deleted config keys are held than are kept.
+/// `ConfigCompact` when more than `CONFIG_DELETED_KEPT + CONFIG_DELETED_SLACK` deleted
+/// config keys are held.
 async fn expiry_ticker(node: Arc<Node>) {
     let mut interval = tokio::time::interval(Duration::from_millis(TICK_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -13,7 +13,7 @@
 //! | 0 | every entry but write groups (builds before the level exchange, which may or may not read groups) |
 //! | 1 | write groups: `Op::Group`, `Op::GroupWrites`, and a forwarded group as one request; `Op::CancelWaitsOf` (a restarted or removed node's waits end) |
 //! | 2 | `Command::BarrierEnterSession` (a double-barrier member a session owns; snapshots then carry a section level 1 does not read) and `Command::PutBack` (a popped element returned past the length limit) |
-//! | 3 | `Command::ConfigCompact` (the leader forgets the oldest deleted config keys; snapshots then carry a section level 2 does not read) |
+//! | 3 | `Command::ConfigCompact` (the leader forgets the oldest deleted config keys; snapshots then carry a section level 2 does not read); the `HeldState` peer request (`wipe_guard`; a request, not an entry: builds below 3 close the connection on it) |
 //!
 //! A node joins a cluster only at the cluster's level or above (`cluster::admin_local`):
 //! the log it must replay may hold entries of that level. Downgrading a member below
@@ -46,6 +46,8 @@ pub const OWNED_MEMBERS_FROM_LEVEL: u32 = 2;
 /// The level from which the leader has deleted config keys forgotten
 /// (`Command::ConfigCompact`). Below it they stay, as they did before.
 pub const CONFIG_COMPACT_FROM_LEVEL: u32 = 3;
+/// The level from which a node answers `PeerRequest::HeldState` (`wipe_guard`).
+pub const HELD_STATE_FROM_LEVEL: u32 = 3;
 
 /// The lowest level that reads the entry `op` makes, as far as its commands go (a
 /// group's own form is `write_group::check_group`'s to judge).

@@ -358,12 +358,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let sent_vote = vote;
         let request = PeerRequest::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
         // A snapshot can be large: allow it ten times the usual bound.
         match self.call(request, option.hard_ttl() * 10).await.map_err(|f| StreamingError::from(rpc_error(f)))? {
             PeerResponse::Snapshot(result) => {
                 let response = result.map_err(|e| StreamingError::from(remote(e)))?;
-                self.guard.note(self.target).map_err(|e| StreamingError::from(rpc_error(Failure::Network(e))))?;
+                // Installed, not refused for a higher vote (which openraft answers at
+                // once, possibly before that vote is on disk).
+                if response.vote == sent_vote {
+                    self.guard.note(self.target).map_err(|e| StreamingError::from(rpc_error(Failure::Network(e))))?;
+                }
                 Ok(response)
             }
             _ => Err(StreamingError::from(unexpected())),
@@ -720,7 +725,8 @@ pub async fn serve_peers(
                     }
                     PeerRequest::Level if own_level == 0 => return,
                     PeerRequest::Level => PeerResponse::Level(own_level),
-                    PeerRequest::HeldState(_) if own_level == 0 => return,
+                    // Below the level that knows the question, as such a build does.
+                    PeerRequest::HeldState(_) if own_level < super::levels::HELD_STATE_FROM_LEVEL => return,
                     PeerRequest::HeldState(peer) => {
                         let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).clone();
                         // Nothing past the initial membership (index 0): no leader ever

@@ -47,8 +47,6 @@ const ASK_EVERY: Duration = Duration::from_millis(300);
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the waiting node says whom it still waits for.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
-/// The protocol level of the first builds that answer `HeldState` (`levels`).
-const HELD_STATE_FROM_LEVEL: u32 = 3;
 
 /// The peers this node has seen hold Raft state, and whether this node may take part
 /// in Raft yet.
@@ -162,7 +160,8 @@ async fn ask(addr: &str, about: NodeId) -> Answer {
         }
         match read_frame::<PeerResponse>(&mut stream).await {
             Ok(PeerResponse::HeldState { seen, holds_state }) => Answer::Seen { seen, holds_state },
-            Ok(_) => Answer::Older,
+            // Another answer would be a bug on that side: nothing learned.
+            Ok(_) => Answer::Unreachable,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
                 Answer::Closed
             }
@@ -175,7 +174,9 @@ async fn ask(addr: &str, about: NodeId) -> Answer {
         // ask this question answer the level exchange at `HELD_STATE_FROM_LEVEL` or
         // above).
         Answer::Closed => match super::levels::probe(addr).await {
-            super::levels::Probe::Answered(level) if level >= HELD_STATE_FROM_LEVEL => Answer::Unreachable,
+            super::levels::Probe::Answered(level) if level >= super::levels::HELD_STATE_FROM_LEVEL => {
+                Answer::Unreachable
+            }
             super::levels::Probe::Answered(_) | super::levels::Probe::Older => Answer::Older,
             super::levels::Probe::Unreachable => Answer::Unreachable,
         },
@@ -196,14 +197,17 @@ pub async fn check_fresh_start(
     let mut stateless: BTreeSet<NodeId> = BTreeSet::from([id]);
     let mut logged = tokio::time::Instant::now();
     loop {
-        for peer in waiting.clone() {
-            match ask(&peers[&peer], id).await {
+        // All at once: a silent node costs one timeout per round, not one each.
+        let asked = waiting.iter().map(|peer| async move { (*peer, ask(&peers[peer], id).await) });
+        for (peer, answer) in futures_util::future::join_all(asked).await {
+            match answer {
                 Answer::Seen { seen: true, .. } => {
                     return Err(format!(
                         "node {peer} saw node {id} hold Raft state before, and this data directory holds none: it \
                          was wiped or replaced, and with an empty log and no memory of its votes this node could \
                          undo committed writes. Remove it on the cluster (CLUSTER.REMOVE {id}), then start this \
-                         machine with an empty data directory, a new --node-id and --join"
+                         machine with an empty data directory (empty it again: this start wrote its node id \
+                         there), a new --node-id and --join"
                     ))
                 }
                 Answer::Seen { seen: false, holds_state } => {
