@@ -67,6 +67,19 @@ export declare class Client {
   leader (name: string): Promise<LeaderInfo | null>
   /** Watches "key", "prefix", "lock" or "election" `name`. */
   watch (kind: string, name: string, fromRevision?: number): Promise<Watch>
+  /** Opens a session of `ttl` seconds, kept alive in the background. */
+  session (ttl: number): Promise<Session>
+}
+
+/** Locks taken with `session.lock` are held as long as the session lives. */
+export declare class Session {
+  readonly id: number
+  /** Still valid by the client's clock and not known lost. */
+  readonly valid: boolean
+  /** A lock held by this session; without `ttl` it has no lease of its own, with one it is valid while both are. */
+  lock (name: string, options?: LockOptions): Promise<Lock>
+  /** Closes it: everything it holds is released now. */
+  close (): Promise<void>
 }
 
 export declare class Permit {

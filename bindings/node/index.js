@@ -39,7 +39,7 @@ const wrap = (fn) => async function (...args) {
   if (result instanceof Error) throw convert(result)
   return result
 }
-for (const cls of [native.Client, native.Lock, native.Permit, native.Leadership, native.Watch]) {
+for (const cls of [native.Client, native.Lock, native.Permit, native.Leadership, native.Watch, native.Session]) {
   for (const name of Object.getOwnPropertyNames(cls.prototype)) {
     const d = Object.getOwnPropertyDescriptor(cls.prototype, name)
     if (name !== 'constructor' && typeof d.value === 'function') {
@@ -51,6 +51,10 @@ const Lock = native.Lock
 if (typeof Symbol.asyncDispose === 'symbol') {
   // `await using lock = await client.lock(...)` where the runtime supports it.
   Lock.prototype[Symbol.asyncDispose] = function () { return this.release() }
+}
+if (typeof Symbol.asyncDispose === 'symbol') {
+  // `await using session = await client.session(10)`: closed on leaving the scope.
+  native.Session.prototype[Symbol.asyncDispose] = function () { return this.close() }
 }
 /** Calls `callback(reason)` when the lock is lost (not on release). */
 Lock.prototype.onLost = function (callback) {
@@ -76,6 +80,7 @@ module.exports = {
   Permit: native.Permit,
   Leadership: native.Leadership,
   Watch: native.Watch,
+  Session: native.Session,
   EmbeddedServer,
   ...errors
 }

@@ -111,6 +111,67 @@ impl Client {
     pub async fn get(&self, key: String) -> Res<Option<Buffer>> {
         Ok(self.inner.get(key.as_bytes()).await.map_err(err)?.map(|b| b.to_vec().into()))
     }
+
+    /// Opens a session of `ttl` seconds, kept alive in the background; locks taken
+    /// with `session.lock` live as long as it does.
+    #[napi]
+    pub async fn session(&self, ttl: f64) -> Res<Session> {
+        let session = self.inner.session(seconds(ttl, "ttl")?).await.map_err(err)?;
+        Ok(Session {
+            reference: session.reference(),
+            id: session.id() as i64,
+            client: self.inner.clone(),
+            inner: Mutex::new(Some(session)),
+        })
+    }
+}
+
+/// A session: locks taken with `session.lock` are held as long as it lives (closed,
+/// expired or lost, they are released by the server).
+#[napi]
+pub struct Session {
+    inner: Mutex<Option<core::Session>>,
+    reference: core::SessionRef,
+    id: i64,
+    client: core::Client,
+}
+
+#[napi]
+impl Session {
+    /// The session id.
+    #[napi(getter)]
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Still valid by the client's clock and not known lost.
+    #[napi(getter)]
+    pub fn valid(&self) -> bool {
+        self.inner.lock().expect("not poisoned").as_ref().is_some_and(|s| s.is_valid())
+    }
+
+    /// Acquires a lock held by this session. Without `ttl` it has no lease of its
+    /// own (it lives as long as the session); with one it is valid while both are.
+    #[napi]
+    pub async fn lock(&self, name: String, options: Option<LockOptions>) -> Res<Lock> {
+        let ttl_given = options.as_ref().is_some_and(|o| o.ttl.is_some());
+        let mut o = lock_options(options)?;
+        if !ttl_given {
+            o.ttl = Duration::ZERO;
+        }
+        o.session = Some(self.reference.clone());
+        self.client.lock(Bytes::from(name), o).await.map(Lock::wrap).map_err(err)
+    }
+
+    /// Closes it: everything it holds is released now.
+    #[napi]
+    pub async fn close(&self) -> Res<()> {
+        let session = self.inner.lock().expect("not poisoned").take();
+        match session {
+            None => Ok(()),
+            Some(s) => s.close().await.map_err(err),
+        }
+    }
 }
 
 /// A held lock.

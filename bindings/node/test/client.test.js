@@ -193,3 +193,24 @@ test('failover to another node keeps the lock', async () => {
     fs.rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('a session holds its locks until it closes, and a ttl given with it is kept', async () => {
+  const server = new fencelock.EmbeddedServer()
+  try {
+    const c = await fencelock.connect([server.endpoint])
+    const session = await c.session(2)
+    assert.ok(session.id > 0 && session.valid)
+    const held = await session.lock('by-session')
+    const leased = await session.lock('leased', { ttl: 1, autoRenew: false })
+    await sleep(2500)
+    assert.ok(session.valid && held.valid, 'the session is kept alive in the background')
+    assert.strictEqual(await c.fence('by-session'), held.fence)
+    assert.strictEqual(await c.fence('leased'), null, 'its own 1 s lease ran out under the live session')
+    await session.close()
+    assert.ok(!session.valid)
+    assert.strictEqual(await c.fence('by-session'), null, 'closing the session released it')
+    await assert.rejects(session.lock('after'), fencelock.NoSession)
+  } finally {
+    server.stop()
+  }
+})
