@@ -30,7 +30,7 @@ use openraft::async_runtime::WatchReceiver;
 
 use fencelock_core::Command;
 
-use super::network::{read_frame, write_frame, PeerRequest, PeerResponse};
+use super::network::{ask_once, Asked, PeerRequest, PeerResponse};
 use super::{NodeId, Op, Raft};
 
 /// This build's level: it reads every entry kind up to this one.
@@ -110,25 +110,12 @@ pub enum Probe {
 /// Asks the member at `addr` for its level, on a connection of its own (an older
 /// build closes the connection it cannot decode a request on).
 pub async fn probe(addr: &str) -> Probe {
-    let asked = async {
-        let mut stream = match tokio::net::TcpStream::connect(addr).await {
-            Ok(stream) => stream,
-            Err(_) => return Probe::Unreachable,
-        };
-        let _ = stream.set_nodelay(true);
-        if write_frame(&mut stream, &PeerRequest::Level).await.is_err() {
-            return Probe::Unreachable;
-        }
-        match read_frame::<PeerResponse>(&mut stream).await {
-            Ok(PeerResponse::Level(level)) => Probe::Answered(level),
-            // Another answer would be a bug on that side; read it as the least it reads.
-            Ok(_) => Probe::Older,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Probe::Older,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Probe::Older,
-            Err(_) => Probe::Unreachable,
-        }
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, asked).await.unwrap_or(Probe::Unreachable)
+    match ask_once(addr, &PeerRequest::Level, PROBE_TIMEOUT).await {
+        Asked::Answer(PeerResponse::Level(level)) => Probe::Answered(level),
+        // Another answer would be a bug on that side; read it as the least it reads.
+        Asked::Answer(_) | Asked::Closed => Probe::Older,
+        Asked::Unreachable => Probe::Unreachable,
+    }
 }
 
 /// This node's level and what it knows of the others'.

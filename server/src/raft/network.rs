@@ -125,6 +125,37 @@ pub(crate) enum PeerResponse {
     },
 }
 
+/// What one request sent on a connection of its own brought back (`ask_once`).
+pub(crate) enum Asked {
+    /// The node's answer.
+    Answer(PeerResponse),
+    /// It accepted the request and closed the connection without an answer: an older
+    /// build that cannot decode the request, or a node stopping just then.
+    Closed,
+    /// It could not be reached or did not answer within the timeout: nothing learned.
+    Unreachable,
+}
+
+/// Sends `request` to the node at `addr` on a connection of its own and reads one
+/// answer, within `timeout` (the level exchange and `wipe_guard`'s question).
+pub(crate) async fn ask_once(addr: &str, request: &PeerRequest, timeout: std::time::Duration) -> Asked {
+    let asked = async {
+        let Ok(mut stream) = TcpStream::connect(addr).await else { return Asked::Unreachable };
+        let _ = stream.set_nodelay(true);
+        if write_frame(&mut stream, request).await.is_err() {
+            return Asked::Unreachable;
+        }
+        match read_frame::<PeerResponse>(&mut stream).await {
+            Ok(response) => Asked::Answer(response),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
+                Asked::Closed
+            }
+            Err(_) => Asked::Unreachable,
+        }
+    };
+    tokio::time::timeout(timeout, asked).await.unwrap_or(Asked::Unreachable)
+}
+
 pub(crate) async fn write_frame<T: Serialize>(
     stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     value: &T,

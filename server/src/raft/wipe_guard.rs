@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::network::{read_frame, write_frame, PeerRequest, PeerResponse};
+use super::network::{ask_once, Asked, PeerRequest, PeerResponse};
 use super::NodeId;
 
 /// The file, in the data directory, that lists the peers seen holding state.
@@ -144,43 +144,27 @@ enum Answer {
         seen: bool,
         holds_state: bool,
     },
-    /// It closed the connection without an answer (`ask` tells the two cases apart).
-    Closed,
     /// A build from before the question.
     Older,
     Unreachable,
 }
 
 async fn ask(addr: &str, about: NodeId) -> Answer {
-    let asked = async {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return Answer::Unreachable };
-        let _ = stream.set_nodelay(true);
-        if write_frame(&mut stream, &PeerRequest::HeldState(about)).await.is_err() {
-            return Answer::Unreachable;
-        }
-        match read_frame::<PeerResponse>(&mut stream).await {
-            Ok(PeerResponse::HeldState { seen, holds_state }) => Answer::Seen { seen, holds_state },
-            // Another answer would be a bug on that side: nothing learned.
-            Ok(_) => Answer::Unreachable,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
-                Answer::Closed
-            }
-            Err(_) => Answer::Unreachable,
-        }
-    };
-    match tokio::time::timeout(ASK_TIMEOUT, asked).await.unwrap_or(Answer::Unreachable) {
+    match ask_once(addr, &PeerRequest::HeldState(about), ASK_TIMEOUT).await {
+        Asked::Answer(PeerResponse::HeldState { seen, holds_state }) => Answer::Seen { seen, holds_state },
+        // Another answer would be a bug on that side: nothing learned.
+        Asked::Answer(_) | Asked::Unreachable => Answer::Unreachable,
         // A node that closes on the question is an older build, or one that crashed or
         // stopped just then, whose marks count: its level tells them apart (builds that
         // ask this question answer the level exchange at `HELD_STATE_FROM_LEVEL` or
         // above).
-        Answer::Closed => match super::levels::probe(addr).await {
+        Asked::Closed => match super::levels::probe(addr).await {
             super::levels::Probe::Answered(level) if level >= super::levels::HELD_STATE_FROM_LEVEL => {
                 Answer::Unreachable
             }
             super::levels::Probe::Answered(_) | super::levels::Probe::Older => Answer::Older,
             super::levels::Probe::Unreachable => Answer::Unreachable,
         },
-        answer => answer,
     }
 }
 
@@ -219,7 +203,7 @@ pub async fn check_fresh_start(
                 Answer::Older => {
                     waiting.remove(&peer);
                 }
-                Answer::Unreachable | Answer::Closed => {}
+                Answer::Unreachable => {}
             }
         }
         // A majority without entries past the initial membership means no leader
