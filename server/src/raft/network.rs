@@ -248,6 +248,12 @@ enum Failure {
 }
 
 impl PeerClient {
+    /// Writes down that the peer holds Raft state (`wipe_guard`), before its answer is
+    /// relied on; a failure to write fails the answer.
+    fn note_target(&self) -> Result<(), Failure> {
+        self.guard.note(self.target).map_err(Failure::Network)
+    }
+
     async fn connect(&mut self) -> Result<TcpStream, Failure> {
         let stream = TcpStream::connect(&self.addr)
             .await
@@ -277,6 +283,12 @@ impl PeerClient {
     }
 }
 
+/// Whether an AppendEntries answer says the peer holds the entries: what openraft
+/// counts as its acknowledgement, and what `wipe_guard` writes down first.
+fn acknowledges(response: &AppendEntriesResponse<TypeConfig>) -> bool {
+    matches!(response, AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+}
+
 fn rpc_error(failure: Failure) -> RPCError<TypeConfig> {
     match failure {
         Failure::Unreachable(text) => RPCError::Unreachable(Unreachable::from_string(text)),
@@ -303,8 +315,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         match self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await.map_err(rpc_error)? {
             PeerResponse::AppendEntries(result) => {
                 let response = result.map_err(remote)?;
-                if matches!(response, AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) {
-                    self.guard.note(self.target).map_err(|e| rpc_error(Failure::Network(e)))?;
+                if acknowledges(&response) {
+                    self.note_target().map_err(rpc_error)?;
                 }
                 Ok(response)
             }
@@ -374,7 +386,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 let response = result.map_err(remote)?;
                 if response.vote_granted {
                     // Written down before the grant counts (`wipe_guard`).
-                    self.guard.note(self.target).map_err(|e| rpc_error(Failure::Network(e)))?;
+                    self.note_target().map_err(rpc_error)?;
                 }
                 Ok(response)
             }
@@ -398,7 +410,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 // Installed, not refused for a higher vote (which openraft answers at
                 // once, possibly before that vote is on disk).
                 if response.vote == sent_vote {
-                    self.guard.note(self.target).map_err(|e| StreamingError::from(rpc_error(Failure::Network(e))))?;
+                    self.note_target().map_err(|f| StreamingError::from(rpc_error(f)))?;
                 }
                 Ok(response)
             }
@@ -581,9 +593,9 @@ where
             PeerResponse::AppendEntries(Ok(response)) => {
                 // A partial success ends the session: openraft resends the rest.
                 let partial = matches!(&response, AppendEntriesResponse::PartialSuccess(done) if *done != last);
-                if matches!(response, AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) {
+                if acknowledges(&response) {
                     // Written down before openraft counts the acknowledgement (`wipe_guard`).
-                    self.client.guard.note(self.client.target).map_err(Failure::Network)?;
+                    self.client.note_target()?;
                 }
                 let result = response.into_stream_result(prev, last);
                 let go_on = result.is_ok() && !partial;
@@ -759,12 +771,13 @@ pub async fn serve_peers(
                     // Below the level that knows the question, as such a build does.
                     PeerRequest::HeldState(_) if own_level < super::levels::HELD_STATE_FROM_LEVEL => return,
                     PeerRequest::HeldState(peer) => {
-                        let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).clone();
                         // Nothing past the initial membership (index 0): no leader ever
                         // appended here, so nothing was committed with this node. Not
                         // the term: a first node campaigning alone raises it every
                         // election timeout, and the others must still count it.
-                        let holds_state = metrics.last_log_index.is_some_and(|index| index > 0);
+                        let last =
+                            openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).last_log_index;
+                        let holds_state = last.is_some_and(|index| index > 0);
                         PeerResponse::HeldState { seen: guard.saw(peer), holds_state }
                     }
                 };
