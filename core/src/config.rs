@@ -4,7 +4,7 @@
 //! etcd's mod revisions do. Each key keeps its last `CONFIG_HISTORY_MAX` versions
 //! (deletes included); older ones are compacted.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -234,34 +234,30 @@ impl StateMachine {
         self.st.config_deletes.len()
     }
 
-    /// Rebuilds `config_deletes` from `configs` (after a restore, where it is not
-    /// encoded).
-    pub(crate) fn index_config_deletes(&mut self) {
-        self.st.config_deletes = self
-            .st
-            .configs
+    /// What `config_deletes` holds by definition: every key whose newest version is a
+    /// delete, by that version.
+    fn config_deletes_of(configs: &std::collections::BTreeMap<Name, ConfigEntry>) -> BTreeSet<(u64, Name)> {
+        configs
             .iter()
             .filter_map(|(key, entry)| match entry.versions.back() {
                 Some((version, None)) => Some((*version, key.clone())),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Rebuilds `config_deletes` from `configs` (after a restore, where it is not
+    /// encoded).
+    pub(crate) fn index_config_deletes(&mut self) {
+        self.st.config_deletes = Self::config_deletes_of(&self.st.configs);
     }
 
     /// Invariants of the config store (called by `check_invariants`).
     pub(crate) fn check_configs(&self) -> std::result::Result<(), String> {
-        let deleted = self.st.configs.values().filter(|e| matches!(e.versions.back(), Some((_, None)))).count();
-        if deleted != self.st.config_deletes.len() {
-            return Err(format!(
-                "{deleted} deleted config keys, {} in the index of deletes",
-                self.st.config_deletes.len()
-            ));
+        if Self::config_deletes_of(&self.st.configs) != self.st.config_deletes {
+            return Err("the index of deletes is not the set of deleted config keys".into());
         }
-        for (version, key) in &self.st.config_deletes {
-            match self.st.configs.get(key).and_then(|e| e.versions.back()) {
-                Some((v, None)) if v == version => {}
-                _ => return Err(format!("the index of deletes names {key:?} at {version}, not its newest version")),
-            }
+        if let Some((version, key)) = self.st.config_deletes.first() {
             if *version < self.st.configs_forgotten_below {
                 return Err(format!("config {key:?} was deleted at {version}, before the forgotten bound"));
             }
