@@ -50,7 +50,7 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         out += &format!("role:slave\r\nmaster_link_status:{link}\r\nconnected_slaves:0\r\n");
     }
     out += &format!(
-        "raft_node_id:{}\r\nraft_leader_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\nraft_log_bytes:{}\r\nraft_snapshot_bytes:{}\r\nprotocol_level:{}\r\ncluster_protocol_level:{}\r\n\r\n",
+        "raft_node_id:{}\r\nraft_leader_id:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\nraft_log_bytes:{}\r\nraft_snapshot_bytes:{}\r\nprotocol_level:{}\r\ncluster_protocol_level:{}\r\ncluster_id:{}\r\n\r\n",
         server.node.id,
         status.leader_id.map_or(0, |l| l),
         status.term,
@@ -61,7 +61,9 @@ fn replication(server: &Server, status: &crate::node::NodeStatus) -> String {
         server.node.log_size.held(),
         server.node.sm.snapshot_bytes(),
         server.node.levels.own(),
-        server.node.levels.cluster()
+        server.node.levels.cluster(),
+        // Empty until drawn or learned (a cluster formed before this field existed).
+        server.node.cluster_id.get().map(crate::raft::cluster_id::show).unwrap_or_default()
     );
     out
 }

@@ -9,6 +9,7 @@
 //! - `server` / `connection`: the listener and one task per client;
 //! - `idle_spin`: the runtime thread's poll before sleeping, on an idle single node;
 //! - `silent_nodes`: the leader ends the waits of a member it no longer hears from;
+//! - `durable`: small files replaced whole (ids, marks) beside the log;
 //! - `launch`: settings → a serving node (the binary and embedded servers);
 //! - `errors`: the one table from internal errors to RESP errors.
 
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod connection;
+pub mod durable;
 pub mod errors;
 pub mod idle_spin;
 pub mod info;

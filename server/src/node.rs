@@ -134,6 +134,8 @@ pub struct Node {
     pub log_size: crate::raft::log_store::LogSize,
     /// This node's protocol level and the cluster's (`levels`).
     pub levels: Arc<crate::raft::levels::Levels>,
+    /// The cluster's id, once drawn or learned (`cluster_id`; INFO).
+    pub cluster_id: Arc<crate::raft::cluster_id::ClusterId>,
     /// Set once the waits of this node's previous run have been ended (or that was
     /// given up): a wait queued before would be ended with them.
     previous_waits_ended: tokio::sync::watch::Sender<bool>,
@@ -213,16 +215,8 @@ fn keep_identity(data_dir: &std::path::Path, id: NodeId) -> Result<(), NodeError
             Err(_) => Err(NodeError::Fatal(format!("{} does not hold a node id: {text:?}", path.display()))),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
             std::fs::create_dir_all(data_dir).map_err(|e| fatal("cannot create the directory of", e))?;
-            let temporary = data_dir.join("node_id.tmp");
-            let mut file = std::fs::File::create(&temporary).map_err(|e| fatal("cannot write", e))?;
-            file.write_all(format!("{id}\n").as_bytes()).map_err(|e| fatal("cannot write", e))?;
-            file.sync_all().map_err(|e| fatal("cannot sync", e))?;
-            std::fs::rename(&temporary, &path).map_err(|e| fatal("cannot write", e))?;
-            std::fs::File::open(data_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| fatal("cannot sync the directory of", e))
+            crate::durable::replace_file(&path, format!("{id}\n").as_bytes()).map_err(|e| fatal("cannot write", e))
         }
         Err(e) => Err(fatal("cannot read", e)),
     }
@@ -271,6 +265,7 @@ impl Node {
         let raft_config = Arc::new(raft_config.validate().map_err(|e| fatal(&e))?);
         sm.set_local_node(config.id);
         let guard = Arc::new(crate::raft::wipe_guard::WipeGuard::open(&config.data_dir).map_err(|e| fatal(&e))?);
+        let cluster_id = Arc::new(crate::raft::cluster_id::ClusterId::open(&config.data_dir).map_err(|e| fatal(&e))?);
         let raft = Raft::new(
             config.id,
             raft_config,
@@ -278,6 +273,8 @@ impl Node {
                 pipeline_depth: config.peer_pipeline,
                 routes: Arc::new(config.peer_routes.clone()),
                 guard: Arc::clone(&guard),
+                id: config.id,
+                cluster: Arc::clone(&cluster_id),
             },
             log,
             sm.clone(),
@@ -319,6 +316,7 @@ impl Node {
             Arc::clone(&slot),
             config.protocol_level,
             Arc::clone(&guard),
+            Arc::clone(&cluster_id),
         ));
         if static_fresh {
             // In the background: a node waiting for its peers still serves clients
@@ -326,6 +324,7 @@ impl Node {
             // nodes one by one and wait for each to answer do not stall. Only the
             // lowest id, which forms the cluster, waits for the answers to do so.
             let (raft, guard, id, peers) = (raft.clone(), Arc::clone(&guard), config.id, config.peers.clone());
+            let cluster_id = Arc::clone(&cluster_id);
             tokio::spawn(async move {
                 if let Err(e) = crate::raft::wipe_guard::check_fresh_start(&guard, id, &peers).await {
                     tracing::error!("{e}");
@@ -333,6 +332,12 @@ impl Node {
                     std::process::exit(1);
                 }
                 if forms_cluster {
+                    // Drawn and written down before the cluster exists: every member
+                    // learns it from this node's log's first connections.
+                    if let Err(e) = cluster_id.draw() {
+                        tracing::error!("forming the cluster failed: {e}");
+                        return;
+                    }
                     let members = peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone())));
                     if let Err(e) = raft.initialize(members.collect::<BTreeMap<_, _>>()).await {
                         tracing::error!("forming the cluster failed: {e}");
@@ -347,6 +352,7 @@ impl Node {
                     crate::cluster::join_through(member, config.id, &peer_addr, password, &raft, false).await?
                 }
                 None if config.peers.is_empty() => {
+                    cluster_id.draw().map_err(NodeError::Fatal)?;
                     raft.initialize(BTreeMap::from([(config.id, BasicNode::new(peer_addr.clone()))]))
                         .await
                         .map_err(|e| fatal(&e))?;
@@ -394,6 +400,7 @@ impl Node {
             write_load,
             groups: Default::default(),
             log_size,
+            cluster_id,
             levels: Arc::new(crate::raft::levels::Levels::open(config.protocol_level, config.data_dir.join("levels"))),
             previous_waits_ended: tokio::sync::watch::channel(false).0,
             _data_dir_lock: data_dir_lock,

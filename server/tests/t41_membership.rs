@@ -469,3 +469,62 @@ fn a_wiped_static_follower_is_refused_and_a_late_first_start_is_not() {
 fn a_wiped_static_leader_is_refused() {
     a_wiped_static_voter_is_refused(true);
 }
+
+/// A node of another cluster at an address listed in `--peers` (a redeployment beside
+/// an old cluster still running, a list copied from another environment): the two
+/// cluster ids differ, so each side refuses the other's connections. The stray node
+/// neither raises its own cluster's term nor takes the other leader's log (which
+/// would overwrite entries its own cluster committed), and both clusters commit.
+#[test]
+fn a_node_of_another_cluster_at_a_listed_address_is_refused() {
+    let mut a = start_cluster(3);
+    let leader = wait_for_leader(&mut a);
+    let mut la = a[leader].connect();
+    assert_eq!(until_accepted(&mut la, &["SET", "in-a", "1"]), ok());
+    let a_id = info_field(&mut la, "cluster_id");
+    assert_eq!(a_id.len(), 32, "the cluster drew an id: {a_id:?}");
+    for server in a.iter_mut() {
+        let mut c = server.connect();
+        wait_until(Duration::from_secs(10), "every member to learn the id", || {
+            (info_field(&mut c, "cluster_id") == a_id).then_some(())
+        });
+    }
+    let stray = (0..3).find(|i| *i != leader).expect("a follower");
+    let stray_addr = member_addrs(&mut la)[&(stray + 1).to_string()].clone();
+
+    // Cluster B lists the stray node as its node 6.
+    let (p4, p5) = (free_port(), free_port());
+    let peers = format!("4=127.0.0.1:{p4},5=127.0.0.1:{p5},6={stray_addr}");
+    let start = |id: &str| {
+        let args = ["--node-id".to_string(), id.to_string(), "--peers".into(), peers.clone()];
+        std::thread::spawn(move || Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let (four, five) = (start("4"), start("5"));
+    let mut b = vec![four.join().expect("node 4"), five.join().expect("node 5")];
+    let b_leader = wait_for_leader(&mut b);
+    let mut lb = b[b_leader].connect();
+    for i in 0..50 {
+        assert_eq!(until_accepted(&mut lb, &["SET", "in-b", &i.to_string()]), ok());
+    }
+    let b_id = info_field(&mut lb, "cluster_id");
+    assert!(b_id.len() == 32 && b_id != a_id, "B has an id of its own: {b_id:?}");
+    wait_until(Duration::from_secs(10), "B's leader to say why node 6 is refused", || {
+        b.iter().any(|s| s.log_tail(400).contains("belongs to another cluster")).then_some(())
+    });
+    assert!(a[stray].log_tail(400).contains("refused a peer connection"), "{}", a[stray].log_tail(40));
+
+    // The stray node is still A's: its id, A's writes, none of B's.
+    assert_eq!(info_field(&mut a[stray].connect(), "cluster_id"), a_id);
+    let leader = wait_for_leader(&mut a);
+    let mut la = a[leader].connect();
+    assert_eq!(until_accepted(&mut la, &["SET", "after-b", "1"]), ok());
+    let applied: u64 = info_field(&mut la, "raft_applied_index").parse().expect("an index");
+    let mut r = a[stray].connect();
+    wait_applied(&mut r, applied);
+    assert_eq!(r.cmd(&["READONLY"]), ok());
+    assert_eq!(r.raw(&["GET", "after-b"]), "$1\r\n1\r\n");
+    assert_eq!(r.raw(&["GET", "in-a"]), "$1\r\n1\r\n");
+    assert_eq!(r.raw(&["GET", "in-b"]), "$-1\r\n", "B's log reached A's node");
+    let members: Vec<String> = member_addrs(&mut la).into_keys().collect();
+    assert_eq!(members, ["1", "2", "3"], "A still has its three members");
+}

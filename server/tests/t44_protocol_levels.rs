@@ -17,7 +17,7 @@ use fencelock_testkit::Relay;
 
 const CLIENTS: usize = 16;
 /// `raft::levels::PROTOCOL_LEVEL`, as INFO shows it.
-const THIS_LEVEL: &str = "3";
+const THIS_LEVEL: &str = "4";
 const CYCLES: usize = 25;
 
 fn stat(c: &mut Client, field: &str) -> u64 {

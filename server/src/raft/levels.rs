@@ -14,6 +14,7 @@
 //! | 1 | write groups: `Op::Group`, `Op::GroupWrites`, and a forwarded group as one request; `Op::CancelWaitsOf` (a restarted or removed node's waits end) |
 //! | 2 | `Command::BarrierEnterSession` (a double-barrier member a session owns; snapshots then carry a section level 1 does not read) and `Command::PutBack` (a popped element returned past the length limit) |
 //! | 3 | `Command::ConfigCompact` (the leader forgets the oldest deleted config keys; snapshots then carry a section level 2 does not read); the `HeldState` peer request (`wipe_guard`; a request, not an entry: builds below 3 close the connection on it) |
+//! | 4 | the `Hello` peer request that opens every replication and vote connection with the cluster's id (`cluster_id`; a request, not an entry: builds below 4 close the connection on it, and the sender then opens one without it) |
 //!
 //! A node joins a cluster only at the cluster's level or above (`cluster::admin_local`):
 //! the log it must replay may hold entries of that level. Downgrading a member below
@@ -34,7 +35,7 @@ use super::network::{ask_once, Asked, PeerRequest, PeerResponse};
 use super::{NodeId, Op, Raft};
 
 /// This build's level: it reads every entry kind up to this one.
-pub const PROTOCOL_LEVEL: u32 = 3;
+pub const PROTOCOL_LEVEL: u32 = 4;
 /// The level from which concurrent writes share log entries (`write_group`).
 pub const GROUPS_FROM_LEVEL: u32 = 1;
 /// The level from which a node ends the waits its previous run left (`Op::CancelWaitsOf`).
@@ -48,6 +49,8 @@ pub const OWNED_MEMBERS_FROM_LEVEL: u32 = 2;
 pub const CONFIG_COMPACT_FROM_LEVEL: u32 = 3;
 /// The level from which a node answers `PeerRequest::HeldState` (`wipe_guard`).
 pub const HELD_STATE_FROM_LEVEL: u32 = 3;
+/// The level from which a node answers `PeerRequest::Hello` (`cluster_id`).
+pub const HELLO_FROM_LEVEL: u32 = 4;
 
 /// The lowest level that reads the entry `op` makes, as far as its commands go (a
 /// group's own form is `write_group::check_group`'s to judge).
@@ -227,16 +230,7 @@ impl Levels {
 /// at a level it has since left: so the new file is synced before it replaces the old,
 /// and the directory after.
 fn write_kept(file: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let temp = file.with_extension("tmp");
-    let mut out = std::fs::File::create(&temp)?;
-    out.write_all(text.as_bytes())?;
-    out.sync_all()?;
-    std::fs::rename(&temp, file)?;
-    match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => Ok(()),
-    }
+    crate::durable::replace_file(file, text.as_bytes())
 }
 
 /// Writes what changed in `levels` to its file, on a blocking thread: the node's one

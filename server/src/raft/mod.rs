@@ -17,6 +17,7 @@ use fencelock_core::{Command, Reply};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
+pub mod cluster_id;
 pub mod levels;
 pub mod log_store;
 pub mod network;

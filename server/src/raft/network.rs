@@ -95,9 +95,16 @@ pub(crate) enum PeerRequest {
     /// Which entry kinds the node reads (`levels`). After the variants above, so that
     /// they keep their numbers: an older build cannot decode it and closes the connection.
     Level,
-    /// Whether the asked node saw this node hold Raft state (`wipe_guard`). Last, for
-    /// the same reason.
+    /// Whether the asked node saw this node hold Raft state (`wipe_guard`). After the
+    /// others, for the same reason.
     HeldState(NodeId),
+    /// The first request on every connection a replication stream or vote opens: the
+    /// sender's cluster id, if it has one (`cluster_id`), and its node id. Last, for the
+    /// same reason.
+    Hello {
+        cluster: Option<super::cluster_id::Id>,
+        from: NodeId,
+    },
 }
 
 /// The answer; errors travel as text (the receiver reports them as network errors).
@@ -123,6 +130,9 @@ pub(crate) enum PeerResponse {
         seen: bool,
         holds_state: bool,
     },
+    /// The asked node's cluster id (None if it has none), or why the sender belongs to
+    /// another cluster (the connection then closes).
+    Hello(Result<Option<super::cluster_id::Id>, String>),
 }
 
 /// What one request sent on a connection of its own brought back (`ask_once`).
@@ -222,6 +232,10 @@ pub struct Network {
     pub routes: Arc<std::collections::BTreeMap<NodeId, String>>,
     /// Where a peer's first vote or acknowledgement is written down (`wipe_guard`).
     pub guard: Arc<super::wipe_guard::WipeGuard>,
+    /// This node's id, stated on every connection it opens.
+    pub id: NodeId,
+    /// The cluster's id, stated and checked on every connection (`cluster_id`).
+    pub cluster: Arc<super::cluster_id::ClusterId>,
 }
 
 /// A client for one peer.
@@ -231,6 +245,11 @@ pub struct PeerClient {
     stream: Option<TcpStream>,
     pipeline_depth: usize,
     guard: Arc<super::wipe_guard::WipeGuard>,
+    id: NodeId,
+    cluster: Arc<super::cluster_id::ClusterId>,
+    /// Whether this client has logged that its peer belongs to another cluster (once:
+    /// openraft retries every heartbeat).
+    refusal_logged: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -238,7 +257,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         let addr = self.routes.get(&target).unwrap_or(&node.addr).clone();
-        PeerClient { target, addr, stream: None, pipeline_depth: self.pipeline_depth, guard: Arc::clone(&self.guard) }
+        PeerClient {
+            target,
+            addr,
+            stream: None,
+            pipeline_depth: self.pipeline_depth,
+            guard: Arc::clone(&self.guard),
+            id: self.id,
+            cluster: Arc::clone(&self.cluster),
+            refusal_logged: false,
+        }
     }
 }
 
@@ -254,12 +282,53 @@ impl PeerClient {
         self.guard.note(self.target).map_err(Failure::Network)
     }
 
-    async fn connect(&mut self) -> Result<TcpStream, Failure> {
+    async fn open(&self) -> Result<TcpStream, Failure> {
         let stream = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| Failure::Unreachable(format!("node {} at {}: {e}", self.target, self.addr)))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
+    }
+
+    /// A new connection to the peer, once both sides have stated their cluster ids and
+    /// found them equal (or one side has none: `cluster_id`).
+    async fn connect(&mut self) -> Result<TcpStream, Failure> {
+        let mut stream = self.open().await?;
+        let hello = PeerRequest::Hello { cluster: self.cluster.get(), from: self.id };
+        write_frame(&mut stream, &hello).await.map_err(|e| Failure::Network(e.to_string()))?;
+        match read_frame::<PeerResponse>(&mut stream).await {
+            Ok(PeerResponse::Hello(Ok(theirs))) => match self.cluster.check(theirs) {
+                Ok(_) => Ok(stream),
+                Err(e) => Err(self.refused(e)),
+            },
+            Ok(PeerResponse::Hello(Err(e))) => Err(self.refused(e)),
+            Ok(_) => Err(Failure::Network(format!("node {} answered another request", self.target))),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
+                // A build from before the greeting closes on it; so does a node of this
+                // build that stopped just then: the level tells them apart.
+                match super::levels::probe(&self.addr).await {
+                    super::levels::Probe::Answered(level) if level >= super::levels::HELLO_FROM_LEVEL => {
+                        Err(Failure::Network(format!("node {} closed the connection", self.target)))
+                    }
+                    super::levels::Probe::Answered(_) | super::levels::Probe::Older => self.open().await,
+                    super::levels::Probe::Unreachable => {
+                        Err(Failure::Unreachable(format!("node {} at {}: no answer", self.target, self.addr)))
+                    }
+                }
+            }
+            Err(e) => Err(Failure::Network(e.to_string())),
+        }
+    }
+
+    /// The peer belongs to another cluster: said once in the log, and the peer counts
+    /// as unreachable (openraft backs off instead of retrying at once).
+    fn refused(&mut self, why: String) -> Failure {
+        let text = format!("node {} at {}: {why}", self.target, self.addr);
+        if !self.refusal_logged {
+            self.refusal_logged = true;
+            tracing::error!("{text}");
+        }
+        Failure::Unreachable(text)
     }
 
     /// One request and its response, within `ttl`. Any failure drops the connection.
@@ -663,6 +732,7 @@ pub async fn serve_peers(
     node: NodeSlot,
     own_level: u32,
     guard: Arc<super::wipe_guard::WipeGuard>,
+    cluster: Arc<super::cluster_id::ClusterId>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -679,6 +749,7 @@ pub async fn serve_peers(
         let raft = Arc::clone(&raft);
         let node = Arc::clone(&node);
         let guard = Arc::clone(&guard);
+        let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
             let (reader, writer) = stream.into_split();
             // Buffered: a frame's length and body come in with one read instead of two.
@@ -780,6 +851,17 @@ pub async fn serve_peers(
                         let holds_state = last.is_some_and(|index| index > 0);
                         PeerResponse::HeldState { seen: guard.saw(peer), holds_state }
                     }
+                    PeerRequest::Hello { .. } if own_level < super::levels::HELLO_FROM_LEVEL => return,
+                    PeerRequest::Hello { cluster: theirs, from } => match cluster.check(theirs) {
+                        Ok(ours) => PeerResponse::Hello(Ok(ours)),
+                        Err(e) => {
+                            super::cluster_id::log_refusal(from, &e);
+                            // Answered, so the sender can say why, then closed: nothing
+                            // else is taken from a node of another cluster.
+                            let _ = write_frame(stream, &PeerResponse::Hello(Err(e))).await;
+                            return;
+                        }
+                    },
                 };
                 if write_frame(stream, &response).await.is_err() {
                     return;
@@ -817,7 +899,20 @@ mod tests {
             stream: None,
             pipeline_depth: 1,
             guard: Arc::new(crate::raft::wipe_guard::WipeGuard::in_memory()),
+            id: 1,
+            cluster: Arc::new(crate::raft::cluster_id::ClusterId::in_memory(None)),
+            refusal_logged: false,
         }
+    }
+
+    /// Accepts one connection on `listener` and answers its greeting as a node with no
+    /// cluster id does.
+    async fn accept_greeted(listener: &TcpListener) -> TcpStream {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let hello: PeerRequest = read_frame(&mut stream).await.expect("a greeting");
+        assert!(matches!(hello, PeerRequest::Hello { cluster: None, from: 1 }), "the first request is the greeting");
+        write_frame(&mut stream, &PeerResponse::Hello(Ok(None))).await.expect("answer the greeting");
+        stream
     }
 
     /// A pipelined AppendEntries session of `client` (openraft's `hard_ttl` of
@@ -840,7 +935,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let follower = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut stream = accept_greeted(&listener).await;
             let _: PeerRequest = read_frame(&mut stream).await.expect("a request");
             let conflict = PeerResponse::AppendEntries(Ok(AppendEntriesResponse::Conflict));
             write_frame(&mut stream, &conflict).await.expect("answer");
@@ -855,12 +950,82 @@ mod tests {
         drop(follower.await.expect("follower"));
     }
 
+    /// A peer that answers the greeting with `answer`, then counts the requests that
+    /// follow on that connection until it closes.
+    async fn greeting_peer(answer: PeerResponse) -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let _: PeerRequest = read_frame(&mut stream).await.expect("a greeting");
+            write_frame(&mut stream, &answer).await.expect("answer");
+            let mut after = 0;
+            while read_frame::<PeerRequest>(&mut stream).await.is_ok() {
+                after += 1;
+            }
+            after
+        });
+        (addr, peer)
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_cluster_is_unreachable_and_sent_nothing() {
+        // It says so itself, or it states another id than ours.
+        for answer in [PeerResponse::Hello(Err("another cluster".into())), PeerResponse::Hello(Ok(Some(8)))] {
+            let (addr, far) = greeting_peer(answer).await;
+            let mut client = peer(addr);
+            client.cluster = Arc::new(crate::raft::cluster_id::ClusterId::in_memory(Some(7)));
+            let vote = VoteRequest::new(Vote::new(2, 1), None);
+            let Err(e) = client.vote(vote, RPCOption::new(Duration::from_secs(5))).await else {
+                panic!("a vote went to another cluster")
+            };
+            assert!(matches!(e, RPCError::Unreachable(_)), "{e}");
+            assert!(client.refusal_logged, "said in the log");
+            drop(client);
+            assert_eq!(far.await.expect("peer"), 0, "no request after the greeting");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_cluster_id_takes_its_peers() {
+        let (addr, far) = greeting_peer(PeerResponse::Hello(Ok(Some(9)))).await;
+        let mut client = peer(addr);
+        let stream = client.connect().await.map_err(|_| "connect").expect("greeted");
+        assert_eq!(client.cluster.get(), Some(9));
+        drop(stream);
+        assert_eq!(far.await.expect("peer"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_on_the_greeting_and_answers_no_level_is_an_older_build() {
+        // Closes on the greeting, and on the level probe that follows; then takes a
+        // connection without a greeting.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let far = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let _: PeerRequest = read_frame(&mut stream).await.expect("a request it cannot read");
+            }
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let first: PeerRequest = read_frame(&mut stream).await.expect("a request");
+            matches!(first, PeerRequest::Vote(_))
+        });
+        let mut client = peer(addr);
+        client.cluster = Arc::new(crate::raft::cluster_id::ClusterId::in_memory(Some(7)));
+        let vote = VoteRequest::new(Vote::new(2, 1), None);
+        // The older peer closes on the vote too in this stand-in; what matters is
+        // what it was sent.
+        let _ = client.vote(vote, RPCOption::new(Duration::from_secs(5))).await;
+        assert!(far.await.expect("peer"), "the vote went without a greeting");
+    }
+
     #[tokio::test]
     async fn a_peer_that_takes_no_bytes_fails_the_session() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         // Accepts and never reads: the request below is larger than the socket buffers.
-        let follower = tokio::spawn(async move { listener.accept().await.expect("accept").0 });
+        let follower = tokio::spawn(async move { accept_greeted(&listener).await });
         let mut client = peer(addr);
         let (input, mut answers) = pipeline(&mut client, Duration::from_millis(200)).await;
         let entries: Vec<u64> = (1..=1_000_000).collect();
@@ -900,7 +1065,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let follower = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut stream = accept_greeted(&listener).await;
             let mut scratch = Vec::new();
             let success = PeerResponse::AppendEntries(Ok(AppendEntriesResponse::Success));
             // The first request (entry 1) is answered at once ...

@@ -30,7 +30,6 @@
 //! and a listed node that was removed for good is waited for.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -107,17 +106,8 @@ impl WipeGuard {
 
     fn write(&self, seen: &BTreeSet<NodeId>) -> std::io::Result<()> {
         let Some(path) = &self.path else { return Ok(()) };
-        let temp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&temp)?;
-        for id in seen {
-            writeln!(file, "{id}")?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let text: String = seen.iter().map(|id| format!("{id}\n")).collect();
+        crate::durable::replace_file(path, text.as_bytes())
     }
 
     /// Whether this node may take part in Raft (vote, append, install snapshots).
