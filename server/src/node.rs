@@ -275,6 +275,7 @@ impl Node {
                 guard: Arc::clone(&guard),
                 id: config.id,
                 cluster: Arc::clone(&cluster_id),
+                level: config.protocol_level,
             },
             log,
             sm.clone(),
@@ -310,6 +311,14 @@ impl Node {
             guard.hold();
         }
         let forms_cluster = config.join.is_none() && config.peers.keys().next() == Some(&config.id);
+        // The node that forms the cluster draws its id before it serves peers: a node
+        // that connects meanwhile (another cluster's, at a reused address) would
+        // otherwise give it its own (`cluster_id`). A build standing in for one from
+        // before ids (tests) draws none, as such a build does.
+        let forms_now = !initialized && config.join.is_none() && (config.peers.is_empty() || forms_cluster);
+        if forms_now && config.protocol_level >= crate::raft::levels::HELLO_FROM_LEVEL {
+            cluster_id.draw().map_err(NodeError::Fatal)?;
+        }
         tokio::spawn(crate::raft::network::serve_peers(
             listener,
             Arc::new(raft.clone()),
@@ -324,7 +333,6 @@ impl Node {
             // nodes one by one and wait for each to answer do not stall. Only the
             // lowest id, which forms the cluster, waits for the answers to do so.
             let (raft, guard, id, peers) = (raft.clone(), Arc::clone(&guard), config.id, config.peers.clone());
-            let cluster_id = Arc::clone(&cluster_id);
             tokio::spawn(async move {
                 if let Err(e) = crate::raft::wipe_guard::check_fresh_start(&guard, id, &peers).await {
                     tracing::error!("{e}");
@@ -332,12 +340,6 @@ impl Node {
                     std::process::exit(1);
                 }
                 if forms_cluster {
-                    // Drawn and written down before the cluster exists: every member
-                    // learns it from this node's log's first connections.
-                    if let Err(e) = cluster_id.draw() {
-                        tracing::error!("forming the cluster failed: {e}");
-                        return;
-                    }
                     let members = peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone())));
                     if let Err(e) = raft.initialize(members.collect::<BTreeMap<_, _>>()).await {
                         tracing::error!("forming the cluster failed: {e}");
@@ -352,7 +354,6 @@ impl Node {
                     crate::cluster::join_through(member, config.id, &peer_addr, password, &raft, false).await?
                 }
                 None if config.peers.is_empty() => {
-                    cluster_id.draw().map_err(NodeError::Fatal)?;
                     raft.initialize(BTreeMap::from([(config.id, BasicNode::new(peer_addr.clone()))]))
                         .await
                         .map_err(|e| fatal(&e))?;

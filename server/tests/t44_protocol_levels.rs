@@ -86,6 +86,11 @@ fn an_older_member_holds_write_groups_off_until_it_is_upgraded() {
     for s in &servers {
         assert_eq!(level(s), "0", "a cluster with an older member is at level 0");
     }
+    // The node that formed the cluster drew an id; the older member neither greets nor
+    // takes one, and replicates all the same.
+    let cluster_id = info_field(&mut servers[leader].connect(), "cluster_id");
+    assert_eq!(cluster_id.len(), 32, "{cluster_id:?}");
+    assert_eq!(info_field(&mut servers[old].connect(), "cluster_id"), "", "a build from before ids takes none");
 
     // Concurrent writes through the leader and through the other follower: all
     // answered, none grouped anywhere.
@@ -100,6 +105,11 @@ fn an_older_member_holds_write_groups_off_until_it_is_upgraded() {
     let peers = peers_of(&servers);
     servers[old].restart_with(&["--node-id", &older.to_string(), "--peers", &peers]);
     wait_all_at(&servers, THIS_LEVEL);
+    // It takes the cluster's id from the first leader that greets it.
+    let mut upgraded = servers[old].connect();
+    wait_until(Duration::from_secs(10), "the upgraded member to take the cluster's id", || {
+        (info_field(&mut upgraded, "cluster_id") == cluster_id).then_some(())
+    });
     let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
     run_clients(servers[leader].port(), "c");

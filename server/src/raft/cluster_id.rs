@@ -16,15 +16,19 @@
 //! Rules:
 //! - the node that forms the cluster (a single node on its first start, the lowest id
 //!   of `--peers`) draws the id and writes it down before it initializes Raft;
-//! - a node without an id (any other node's first start, a `--join`er) takes the id of
-//!   the first peer that states one, in either direction, and writes it down before
-//!   it answers or goes on;
-//! - two ids that differ end the connection, with an error on both sides that names
-//!   both ids;
-//! - a peer that states none (an older build, or a node of a cluster formed before this
-//!   build) is not checked: clusters formed before this build have no id until a node
-//!   with one reaches them (none does on its own: no member draws one later, since two
-//!   leaders drawing different ones would split the cluster).
+//! - a node without an id takes the id of the first peer that connects to it stating
+//!   one (its first leader, for a node starting for the first time or a `--join`er),
+//!   and writes it down before it answers. The node that opens a connection never takes
+//!   the answering node's id: it is a leader or a candidate, and an id-less one leads a
+//!   cluster formed before this build, which a stranger's id must not spread through;
+//! - two ids that differ end the connection, logged on both sides;
+//! - where either side has no id there is nothing to compare: a build from before the
+//!   greeting (level below 4; it sends none, and closes the connection on one), and a
+//!   cluster formed before this build, which has no id until a node with one connects
+//!   to its members (none does on its own: no member draws one later, since two leaders
+//!   drawing different ones would split the cluster). Once every member is at level 4,
+//!   a node with an id takes no vote, append, snapshot or transfer on a connection that
+//!   did not open with a greeting.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -91,41 +95,55 @@ impl ClusterId {
     /// The id this node forms its cluster under: the one kept (a start that drew it and
     /// stopped before forming the cluster), else a new random one, written down first.
     pub fn draw(&self) -> Result<Id, String> {
-        self.take(None)
+        self.take(None).map_err(|refused| refused.to_string())
     }
 
-    /// Checks the id a peer stated (`theirs`) against this node's, taking it if this
-    /// node has none. Answers this node's id (what it states back), or why the peer
-    /// belongs to another cluster.
-    pub fn check(&self, theirs: Option<Id>) -> Result<Option<Id>, String> {
+    /// Checks the id a peer stated (`theirs`) against this node's: two ids must be
+    /// equal; where either side has none there is nothing to compare. With `take`
+    /// (the node was connected to), a node without an id takes the stated one.
+    /// Answers this node's id, or why the peer is refused.
+    pub fn check(&self, theirs: Option<Id>, take: bool) -> Result<Option<Id>, Refused> {
         match (self.get(), theirs) {
-            (Some(ours), Some(theirs)) if ours != theirs => Err(mismatch(ours, theirs)),
-            (ours, None) => Ok(ours),
-            (_, Some(theirs)) => self.take(Some(theirs)).map(Some),
+            (Some(ours), Some(theirs)) if ours != theirs => Err(Refused::Mismatch(mismatch(ours, theirs))),
+            (Some(ours), _) => Ok(Some(ours)),
+            (None, Some(theirs)) if take => self.take(Some(theirs)).map(Some),
+            (None, _) => Ok(None),
         }
     }
 
     /// Sets the id to `wanted` (or a random one) unless one is set already, which it
     /// answers instead (and a `wanted` that differs is a mismatch).
-    fn take(&self, wanted: Option<Id>) -> Result<Id, String> {
+    fn take(&self, wanted: Option<Id>) -> Result<Id, Refused> {
         let _writing = self.writing.lock().expect("not poisoned");
         if let Some(ours) = self.get() {
             return match wanted {
-                Some(theirs) if theirs != ours => Err(mismatch(ours, theirs)),
+                Some(theirs) if theirs != ours => Err(Refused::Mismatch(mismatch(ours, theirs))),
                 _ => Ok(ours),
             };
         }
         let id = wanted.unwrap_or_else(random_id);
         if let Some(path) = &self.path {
-            crate::durable::replace_file(path, format!("{}\n", show(id)).as_bytes())
-                .map_err(|e| format!("could not write the cluster id to {}: {e}", path.display()))?;
+            crate::durable::replace_file(path, format!("{}\n", show(id)).as_bytes()).map_err(|e| {
+                Refused::Unwritten(format!("could not write the cluster id to {}: {e}", path.display()))
+            })?;
         }
         let _ = self.id.set(id);
         Ok(id)
     }
 }
 
-/// What both sides of a refused connection say.
+/// Why a greeting was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The two ids differ: the peer belongs to another cluster.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The peer's id could not be written down, so it was not taken (a disk error).
+    #[error("{0}")]
+    Unwritten(String),
+}
+
+/// Why a peer stating `theirs` is refused by a node holding `ours`.
 pub fn mismatch(ours: Id, theirs: Id) -> String {
     format!(
         "the peer belongs to another cluster (its id {}, this node's {}): an address in --peers or the membership \
@@ -139,13 +157,15 @@ pub fn mismatch(ours: Id, theirs: Id) -> String {
 /// reconnects every heartbeat).
 const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Logs a refused greeting from node `from`, at most once per `REFUSAL_LOG_EVERY`.
-pub fn log_refusal(from: u64, why: &str) {
+/// Logs a refused connection (from node `from`, if it said), at most once per
+/// `REFUSAL_LOG_EVERY`.
+pub fn log_refusal(from: Option<u64>, why: &str) {
     static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
     let mut last = LAST.lock().expect("not poisoned");
     if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
         *last = Some(std::time::Instant::now());
-        tracing::error!("refused a peer connection from node {from}: {why}");
+        let from = from.map_or_else(|| "a peer".to_string(), |id| format!("node {id}"));
+        tracing::error!("refused a peer connection from {from}: {why}");
     }
 }
 
@@ -183,16 +203,19 @@ mod tests {
     }
 
     #[test]
-    fn a_node_without_an_id_takes_the_first_one_stated_and_refuses_others() {
+    fn a_node_connected_to_takes_the_first_id_stated_and_two_ids_must_match() {
         let dir = tempfile::tempdir().expect("temp dir");
         let ids = ClusterId::open(dir.path()).expect("open");
-        assert_eq!(ids.check(None), Ok(None), "nothing stated, nothing learned");
-        assert_eq!(ids.check(Some(7)), Ok(Some(7)));
+        assert_eq!(ids.check(None, true), Ok(None), "nothing stated, nothing learned");
+        assert_eq!(ids.check(Some(7), false), Ok(None), "the opening side takes no id");
+        assert_eq!(ids.get(), None);
+        assert_eq!(ids.check(Some(7), true), Ok(Some(7)));
         assert_eq!(ClusterId::open(dir.path()).expect("reopen").get(), Some(7), "written down");
-        assert_eq!(ids.check(Some(7)), Ok(Some(7)));
-        assert_eq!(ids.check(None), Ok(Some(7)), "a peer that states none is told ours");
-        let refused = ids.check(Some(8)).expect_err("another cluster");
-        assert!(refused.contains(&show(8)) && refused.contains(&show(7)), "{refused}");
+        assert_eq!(ids.check(Some(7), false), Ok(Some(7)));
+        assert_eq!(ids.check(None, true), Ok(Some(7)), "a peer with none is not compared");
+        let Err(Refused::Mismatch(refused)) = ids.check(Some(8), true) else { panic!("another cluster's id passed") };
+        assert!(refused.contains(&format!("its id {}", show(8))), "{refused}");
+        assert!(refused.contains(&format!("this node's {}", show(7))), "{refused}");
         assert_eq!(ids.get(), Some(7), "a refused id is not taken");
     }
 

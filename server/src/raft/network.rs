@@ -236,6 +236,9 @@ pub struct Network {
     pub id: NodeId,
     /// The cluster's id, stated and checked on every connection (`cluster_id`).
     pub cluster: Arc<super::cluster_id::ClusterId>,
+    /// This node's protocol level: below `HELLO_FROM_LEVEL` (a test standing in for an
+    /// older build) connections open without the greeting, as such a build's do.
+    pub level: u32,
 }
 
 /// A client for one peer.
@@ -247,6 +250,7 @@ pub struct PeerClient {
     guard: Arc<super::wipe_guard::WipeGuard>,
     id: NodeId,
     cluster: Arc<super::cluster_id::ClusterId>,
+    level: u32,
     /// Whether this client has logged that its peer belongs to another cluster (once:
     /// openraft retries every heartbeat).
     refusal_logged: bool,
@@ -265,6 +269,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             guard: Arc::clone(&self.guard),
             id: self.id,
             cluster: Arc::clone(&self.cluster),
+            level: self.level,
             refusal_logged: false,
         }
     }
@@ -293,15 +298,20 @@ impl PeerClient {
     /// A new connection to the peer, once both sides have stated their cluster ids and
     /// found them equal (or one side has none: `cluster_id`).
     async fn connect(&mut self) -> Result<TcpStream, Failure> {
+        if self.level < super::levels::HELLO_FROM_LEVEL {
+            return self.open().await;
+        }
         let mut stream = self.open().await?;
         let hello = PeerRequest::Hello { cluster: self.cluster.get(), from: self.id };
         write_frame(&mut stream, &hello).await.map_err(|e| Failure::Network(e.to_string()))?;
         match read_frame::<PeerResponse>(&mut stream).await {
-            Ok(PeerResponse::Hello(Ok(theirs))) => match self.cluster.check(theirs) {
+            // The opening side never takes the peer's id (`cluster_id`).
+            Ok(PeerResponse::Hello(Ok(theirs))) => match self.cluster.check(theirs, false) {
                 Ok(_) => Ok(stream),
-                Err(e) => Err(self.refused(e)),
+                Err(refused) => Err(self.refused(refused.to_string())),
             },
-            Ok(PeerResponse::Hello(Err(e))) => Err(self.refused(e)),
+            // The peer could not write down our id: nothing is compared yet.
+            Ok(PeerResponse::Hello(Err(e))) => Err(Failure::Network(format!("node {}: {e}", self.target))),
             Ok(_) => Err(Failure::Network(format!("node {} answered another request", self.target))),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
                 // A build from before the greeting closes on it; so does a node of this
@@ -757,6 +767,8 @@ pub async fn serve_peers(
             // The write half is ours unless an append session's task holds it.
             let mut writer = Some(writer);
             let mut appends: Option<AppendSession> = None;
+            // Whether the connection opened with a greeting whose cluster id passed.
+            let mut greeted = false;
             while let Ok(request) = read_frame::<PeerRequest>(&mut reader).await {
                 let takes_part = matches!(
                     request,
@@ -768,6 +780,12 @@ pub async fn serve_peers(
                 if takes_part && !guard.cleared() {
                     // Not yet known not to be a wiped voter (`wipe_guard`): no vote, no
                     // append. The sender retries on a new connection.
+                    return;
+                }
+                if takes_part && !greeted && greeting_required(&cluster, &node) {
+                    // Every member greets at this level: only a stranger (or a proxy
+                    // that reconnected to one) would not (`cluster_id`).
+                    super::cluster_id::log_refusal(None, "it sent a Raft request without the cluster's id first");
                     return;
                 }
                 // The sender of a vote request, an append or a snapshot holds state (a
@@ -852,13 +870,21 @@ pub async fn serve_peers(
                         PeerResponse::HeldState { seen: guard.saw(peer), holds_state }
                     }
                     PeerRequest::Hello { .. } if own_level < super::levels::HELLO_FROM_LEVEL => return,
-                    PeerRequest::Hello { cluster: theirs, from } => match cluster.check(theirs) {
-                        Ok(ours) => PeerResponse::Hello(Ok(ours)),
-                        Err(e) => {
-                            super::cluster_id::log_refusal(from, &e);
-                            // Answered, so the sender can say why, then closed: nothing
-                            // else is taken from a node of another cluster.
-                            let _ = write_frame(stream, &PeerResponse::Hello(Err(e))).await;
+                    PeerRequest::Hello { cluster: theirs, from } => match cluster.check(theirs, true) {
+                        Ok(ours) => {
+                            greeted = true;
+                            PeerResponse::Hello(Ok(ours))
+                        }
+                        Err(super::cluster_id::Refused::Mismatch(why)) => {
+                            super::cluster_id::log_refusal(Some(from), &why);
+                            // Our id, so that the sender says in its own words why, then
+                            // closed: nothing else is taken from another cluster's node.
+                            let _ = write_frame(stream, &PeerResponse::Hello(Ok(cluster.get()))).await;
+                            return;
+                        }
+                        Err(super::cluster_id::Refused::Unwritten(why)) => {
+                            tracing::error!("{why}");
+                            let _ = write_frame(stream, &PeerResponse::Hello(Err(why))).await;
                             return;
                         }
                     },
@@ -869,6 +895,12 @@ pub async fn serve_peers(
             }
         });
     }
+}
+
+/// Whether Raft requests must come on a greeted connection: this node has a cluster id
+/// and every member is at the level that greets (as this node last heard).
+fn greeting_required(cluster: &super::cluster_id::ClusterId, node: &NodeSlot) -> bool {
+    cluster.get().is_some() && node.get().is_some_and(|node| node.levels.cluster() >= super::levels::HELLO_FROM_LEVEL)
 }
 
 #[cfg(test)]
@@ -901,6 +933,7 @@ mod tests {
             guard: Arc::new(crate::raft::wipe_guard::WipeGuard::in_memory()),
             id: 1,
             cluster: Arc::new(crate::raft::cluster_id::ClusterId::in_memory(None)),
+            level: crate::raft::levels::PROTOCOL_LEVEL,
             refusal_logged: false,
         }
     }
@@ -970,8 +1003,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_of_another_cluster_is_unreachable_and_sent_nothing() {
-        // It says so itself, or it states another id than ours.
-        for answer in [PeerResponse::Hello(Err("another cluster".into())), PeerResponse::Hello(Ok(Some(8)))] {
+        // It answers with another id than ours (and closes).
+        {
+            let answer = PeerResponse::Hello(Ok(Some(8)));
             let (addr, far) = greeting_peer(answer).await;
             let mut client = peer(addr);
             client.cluster = Arc::new(crate::raft::cluster_id::ClusterId::in_memory(Some(7)));
@@ -980,6 +1014,9 @@ mod tests {
                 panic!("a vote went to another cluster")
             };
             assert!(matches!(e, RPCError::Unreachable(_)), "{e}");
+            let text = e.to_string();
+            let (ours, theirs) = (crate::raft::cluster_id::show(7), crate::raft::cluster_id::show(8));
+            assert!(text.contains(&format!("its id {theirs}, this node's {ours}")), "{text}");
             assert!(client.refusal_logged, "said in the log");
             drop(client);
             assert_eq!(far.await.expect("peer"), 0, "no request after the greeting");
@@ -987,11 +1024,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_node_without_a_cluster_id_takes_its_peers() {
+    async fn the_opening_side_never_takes_its_peers_id() {
         let (addr, far) = greeting_peer(PeerResponse::Hello(Ok(Some(9)))).await;
         let mut client = peer(addr);
         let stream = client.connect().await.map_err(|_| "connect").expect("greeted");
-        assert_eq!(client.cluster.get(), Some(9));
+        assert_eq!(client.cluster.get(), None, "a leader without an id leads a cluster formed before ids");
         drop(stream);
         assert_eq!(far.await.expect("peer"), 0);
     }
