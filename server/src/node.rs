@@ -276,6 +276,7 @@ impl Node {
                 id: config.id,
                 cluster: Arc::clone(&cluster_id),
                 level: config.protocol_level,
+                greetings: Default::default(),
             },
             log,
             sm.clone(),
@@ -317,7 +318,7 @@ impl Node {
         // before ids (tests) draws none, as such a build does.
         let forms_now = !initialized && config.join.is_none() && (config.peers.is_empty() || forms_cluster);
         if forms_now && config.protocol_level >= crate::raft::levels::HELLO_FROM_LEVEL {
-            cluster_id.draw().map_err(NodeError::Fatal)?;
+            cluster_id.draw();
         }
         tokio::spawn(crate::raft::network::serve_peers(
             listener,
@@ -333,6 +334,7 @@ impl Node {
             // nodes one by one and wait for each to answer do not stall. Only the
             // lowest id, which forms the cluster, waits for the answers to do so.
             let (raft, guard, id, peers) = (raft.clone(), Arc::clone(&guard), config.id, config.peers.clone());
+            let cluster_id = Arc::clone(&cluster_id);
             tokio::spawn(async move {
                 if let Err(e) = crate::raft::wipe_guard::check_fresh_start(&guard, id, &peers).await {
                     tracing::error!("{e}");
@@ -340,6 +342,10 @@ impl Node {
                     std::process::exit(1);
                 }
                 if forms_cluster {
+                    if let Err(e) = cluster_id.keep() {
+                        tracing::error!("forming the cluster failed: {e}");
+                        return;
+                    }
                     let members = peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone())));
                     if let Err(e) = raft.initialize(members.collect::<BTreeMap<_, _>>()).await {
                         tracing::error!("forming the cluster failed: {e}");
@@ -354,6 +360,7 @@ impl Node {
                     crate::cluster::join_through(member, config.id, &peer_addr, password, &raft, false).await?
                 }
                 None if config.peers.is_empty() => {
+                    cluster_id.keep().map_err(NodeError::Fatal)?;
                     raft.initialize(BTreeMap::from([(config.id, BasicNode::new(peer_addr.clone()))]))
                         .await
                         .map_err(|e| fatal(&e))?;

@@ -15,20 +15,23 @@
 //!
 //! Rules:
 //! - the node that forms the cluster (a single node on its first start, the lowest id
-//!   of `--peers`) draws the id and writes it down before it initializes Raft;
-//! - a node without an id takes the id of the first peer that connects to it stating
-//!   one (its first leader, for a node starting for the first time or a `--join`er),
-//!   and writes it down before it answers. The node that opens a connection never takes
-//!   the answering node's id: it is a leader or a candidate, and an id-less one leads a
-//!   cluster formed before this build, which a stranger's id must not spread through;
+//!   of `--peers`) draws the id before it serves peers (so that a stranger connecting
+//!   meanwhile is refused) and writes it down just before it initializes Raft;
+//! - a node that holds no Raft state at all (a first start that does not form the
+//!   cluster, a `--join`er) takes the id of the first peer that connects to it stating
+//!   one (its first leader: trust on first use, as it cannot know its cluster before),
+//!   and writes it down before it answers. No other node ever takes an id: not the
+//!   opening side (a leader or a candidate), and not a member holding data without an
+//!   id (of a cluster formed before this build, or an older member upgraded), which a
+//!   stranger's id would otherwise reach first and spread from;
 //! - two ids that differ end the connection, logged on both sides;
 //! - where either side has no id there is nothing to compare: a build from before the
-//!   greeting (level below 4; it sends none, and closes the connection on one), and a
-//!   cluster formed before this build, which has no id until a node with one connects
-//!   to its members (none does on its own: no member draws one later, since two leaders
-//!   drawing different ones would split the cluster). Once every member is at level 4,
-//!   a node with an id takes no vote, append, snapshot or transfer on a connection that
-//!   did not open with a greeting.
+//!   greeting (level below 4; it sends none, and closes the connection on one), a
+//!   cluster formed before this build, and a member that was older when the cluster
+//!   formed. Such clusters and members stay without an id: no member draws one later,
+//!   since two leaders drawing different ones would split the cluster. Once every
+//!   member is at level 4, a node with an id takes no vote, append, snapshot or
+//!   transfer on a connection that did not open with a greeting.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -49,8 +52,10 @@ pub struct ClusterId {
     /// None: kept in memory only (unit tests of the network).
     path: Option<PathBuf>,
     id: OnceLock<Id>,
-    /// Held while an id is written, so that two peers stating ids at once cannot both
-    /// be taken.
+    /// Whether the id is in the file (read from it, or written).
+    kept: std::sync::atomic::AtomicBool,
+    /// Held while an id is set or written, so that two peers stating ids at once cannot
+    /// both be taken.
     writing: Mutex<()>,
 }
 
@@ -74,7 +79,8 @@ impl ClusterId {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        Ok(ClusterId { path: Some(path), id, writing: Mutex::new(()) })
+        let kept = std::sync::atomic::AtomicBool::new(id.get().is_some());
+        Ok(ClusterId { path: Some(path), id, kept, writing: Mutex::new(()) })
     }
 
     /// An id kept in memory only, for unit tests.
@@ -84,7 +90,7 @@ impl ClusterId {
         if let Some(id) = id {
             let _ = cell.set(id);
         }
-        ClusterId { path: None, id: cell, writing: Mutex::new(()) }
+        ClusterId { path: None, id: cell, kept: true.into(), writing: Mutex::new(()) }
     }
 
     /// The id, if drawn or learned.
@@ -92,43 +98,64 @@ impl ClusterId {
         self.id.get().copied()
     }
 
-    /// The id this node forms its cluster under: the one kept (a start that drew it and
-    /// stopped before forming the cluster), else a new random one, written down first.
-    pub fn draw(&self) -> Result<Id, String> {
-        self.take(None).map_err(|refused| refused.to_string())
+    /// The id this node will form its cluster under: the one kept (a start that formed
+    /// it and stopped before its first entry), else a new random one, in memory only
+    /// until `keep`. Drawn before the node serves peers, so that a stranger connecting
+    /// meanwhile is refused instead of giving it its id; not written yet, so that a
+    /// node stopped before it forms the cluster (and started with `--join`, or under a
+    /// list where it is no longer the lowest) keeps no id its cluster does not have.
+    /// Nobody learns it before `keep`: only the opening side states an id that others
+    /// take, and the node opens Raft connections only once it has formed the cluster.
+    pub fn draw(&self) -> Id {
+        let _writing = self.writing.lock().expect("not poisoned");
+        *self.id.get_or_init(random_id)
+    }
+
+    /// Writes the drawn id down (if not yet), just before the cluster is formed.
+    pub fn keep(&self) -> Result<(), String> {
+        let _writing = self.writing.lock().expect("not poisoned");
+        match self.get() {
+            Some(id) if !self.kept.load(std::sync::atomic::Ordering::Acquire) => self.write(id),
+            _ => Ok(()),
+        }
+    }
+
+    fn write(&self, id: Id) -> Result<(), String> {
+        if let Some(path) = &self.path {
+            crate::durable::replace_file(path, format!("{}\n", show(id)).as_bytes())
+                .map_err(|e| format!("could not write the cluster id to {}: {e}", path.display()))?;
+        }
+        self.kept.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Checks the id a peer stated (`theirs`) against this node's: two ids must be
-    /// equal; where either side has none there is nothing to compare. With `take`
-    /// (the node was connected to), a node without an id takes the stated one.
-    /// Answers this node's id, or why the peer is refused.
+    /// equal; where either side has none there is nothing to compare. With `take` (the
+    /// node was connected to, and holds no Raft state: it belongs to no cluster yet), a
+    /// node without an id takes the stated one. Answers this node's id, or why the peer
+    /// is refused.
     pub fn check(&self, theirs: Option<Id>, take: bool) -> Result<Option<Id>, Refused> {
         match (self.get(), theirs) {
             (Some(ours), Some(theirs)) if ours != theirs => Err(Refused::Mismatch(mismatch(ours, theirs))),
             (Some(ours), _) => Ok(Some(ours)),
-            (None, Some(theirs)) if take => self.take(Some(theirs)).map(Some),
+            (None, Some(theirs)) if take => self.take(theirs).map(Some),
             (None, _) => Ok(None),
         }
     }
 
-    /// Sets the id to `wanted` (or a random one) unless one is set already, which it
-    /// answers instead (and a `wanted` that differs is a mismatch).
-    fn take(&self, wanted: Option<Id>) -> Result<Id, Refused> {
+    /// Sets the id to `wanted`, written down first, unless one is set already (which
+    /// must be the same).
+    fn take(&self, wanted: Id) -> Result<Id, Refused> {
         let _writing = self.writing.lock().expect("not poisoned");
-        if let Some(ours) = self.get() {
-            return match wanted {
-                Some(theirs) if theirs != ours => Err(Refused::Mismatch(mismatch(ours, theirs))),
-                _ => Ok(ours),
-            };
+        match self.get() {
+            Some(ours) if ours != wanted => Err(Refused::Mismatch(mismatch(ours, wanted))),
+            Some(ours) => Ok(ours),
+            None => {
+                self.write(wanted).map_err(Refused::Unwritten)?;
+                let _ = self.id.set(wanted);
+                Ok(wanted)
+            }
         }
-        let id = wanted.unwrap_or_else(random_id);
-        if let Some(path) = &self.path {
-            crate::durable::replace_file(path, format!("{}\n", show(id)).as_bytes()).map_err(|e| {
-                Refused::Unwritten(format!("could not write the cluster id to {}: {e}", path.display()))
-            })?;
-        }
-        let _ = self.id.set(id);
-        Ok(id)
     }
 }
 
@@ -153,19 +180,25 @@ pub fn mismatch(ours: Id, theirs: Id) -> String {
     )
 }
 
-/// How often at most a node logs that a node of another cluster connected to it (it
-/// reconnects every heartbeat).
+/// How often at most a node logs a refused connection from one peer (it reconnects
+/// every heartbeat).
 const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most peers whose last refusal is remembered; past it the memory starts over
+/// (a few more lines in the log, never unbounded memory).
+const REFUSALS_REMEMBERED_MAX: usize = 256;
 
-/// Logs a refused connection (from node `from`, if it said), at most once per
-/// `REFUSAL_LOG_EVERY`.
-pub fn log_refusal(from: Option<u64>, why: &str) {
-    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+/// Logs a refused connection from `peer` (its stated node id and its address), at
+/// most once per `REFUSAL_LOG_EVERY` for each.
+pub fn log_refusal(peer: &str, why: &str) {
+    static LAST: Mutex<Option<std::collections::HashMap<String, std::time::Instant>>> = Mutex::new(None);
     let mut last = LAST.lock().expect("not poisoned");
-    if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
-        *last = Some(std::time::Instant::now());
-        let from = from.map_or_else(|| "a peer".to_string(), |id| format!("node {id}"));
-        tracing::error!("refused a peer connection from {from}: {why}");
+    let last = last.get_or_insert_with(Default::default);
+    if last.len() >= REFUSALS_REMEMBERED_MAX {
+        last.clear();
+    }
+    if last.get(peer).is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+        last.insert(peer.to_string(), std::time::Instant::now());
+        tracing::error!("refused a peer connection from {peer}: {why}");
     }
 }
 
@@ -191,14 +224,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let ids = ClusterId::open(dir.path()).expect("open");
         assert_eq!(ids.get(), None);
-        let drawn = ids.draw().expect("drawn");
-        assert_eq!(ids.draw().expect("again"), drawn, "a second draw keeps the first");
+        let drawn = ids.draw();
+        assert_eq!(ids.draw(), drawn, "a second draw keeps the first");
+        assert_eq!(ClusterId::open(dir.path()).expect("reopen").get(), None, "not written before it is kept");
+        ids.keep().expect("kept");
         let again = ClusterId::open(dir.path()).expect("reopen");
         assert_eq!(again.get(), Some(drawn));
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).expect("the file");
         assert_eq!(text, format!("{}\n", show(drawn)));
-        let other =
-            ClusterId::open(tempfile::tempdir().expect("temp dir").path()).expect("open").draw().expect("drawn");
+        let other = ClusterId::open(tempfile::tempdir().expect("temp dir").path()).expect("open").draw();
         assert_ne!(other, drawn, "two clusters draw different ids");
     }
 

@@ -239,6 +239,49 @@ pub struct Network {
     /// This node's protocol level: below `HELLO_FROM_LEVEL` (a test standing in for an
     /// older build) connections open without the greeting, as such a build's do.
     pub level: u32,
+    /// What the peer clients remember about greetings (shared: openraft makes new
+    /// clients for every election).
+    pub greetings: Arc<Greetings>,
+}
+
+/// How long a peer that closed on the greeting and answered a level below it is
+/// connected to without one before it is greeted (and asked its level) again: during
+/// a rolling upgrade, one probe per peer per this, not one per connection.
+const OLDER_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often at most a refused peer is logged, per peer.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a node's peer clients remember about greetings across connections and clients.
+/// Keyed by the members' addresses and ids, so bounded by the membership (and the
+/// few members removed while this process ran).
+#[derive(Default)]
+pub struct Greetings {
+    /// Addresses that closed on the greeting and answered a level below it, and when.
+    older: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// When each refused peer was last logged.
+    refusals: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+}
+
+impl Greetings {
+    fn known_older(&self, addr: &str) -> bool {
+        let older = self.older.lock().expect("not poisoned");
+        older.get(addr).is_some_and(|at| at.elapsed() < OLDER_RECHECK)
+    }
+
+    fn note_older(&self, addr: &str) {
+        self.older.lock().expect("not poisoned").insert(addr.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether a refusal of `peer` is to be logged now (at most once per
+    /// `REFUSAL_LOG_EVERY`), and notes it.
+    fn log_refusal_of(&self, peer: NodeId) -> bool {
+        let mut refusals = self.refusals.lock().expect("not poisoned");
+        let due = refusals.get(&peer).is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY);
+        if due {
+            refusals.insert(peer, std::time::Instant::now());
+        }
+        due
+    }
 }
 
 /// A client for one peer.
@@ -251,9 +294,7 @@ pub struct PeerClient {
     id: NodeId,
     cluster: Arc<super::cluster_id::ClusterId>,
     level: u32,
-    /// Whether this client has logged that its peer belongs to another cluster (once:
-    /// openraft retries every heartbeat).
-    refusal_logged: bool,
+    greetings: Arc<Greetings>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -270,7 +311,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             id: self.id,
             cluster: Arc::clone(&self.cluster),
             level: self.level,
-            refusal_logged: false,
+            greetings: Arc::clone(&self.greetings),
         }
     }
 }
@@ -298,7 +339,7 @@ impl PeerClient {
     /// A new connection to the peer, once both sides have stated their cluster ids and
     /// found them equal (or one side has none: `cluster_id`).
     async fn connect(&mut self) -> Result<TcpStream, Failure> {
-        if self.level < super::levels::HELLO_FROM_LEVEL {
+        if self.level < super::levels::HELLO_FROM_LEVEL || self.greetings.known_older(&self.addr) {
             return self.open().await;
         }
         let mut stream = self.open().await?;
@@ -320,7 +361,10 @@ impl PeerClient {
                     super::levels::Probe::Answered(level) if level >= super::levels::HELLO_FROM_LEVEL => {
                         Err(Failure::Network(format!("node {} closed the connection", self.target)))
                     }
-                    super::levels::Probe::Answered(_) | super::levels::Probe::Older => self.open().await,
+                    super::levels::Probe::Answered(_) | super::levels::Probe::Older => {
+                        self.greetings.note_older(&self.addr);
+                        self.open().await
+                    }
                     super::levels::Probe::Unreachable => {
                         Err(Failure::Unreachable(format!("node {} at {}: no answer", self.target, self.addr)))
                     }
@@ -330,12 +374,12 @@ impl PeerClient {
         }
     }
 
-    /// The peer belongs to another cluster: said once in the log, and the peer counts
-    /// as unreachable (openraft backs off instead of retrying at once).
+    /// The peer belongs to another cluster: said in the log (at most once per
+    /// `REFUSAL_LOG_EVERY` for each peer: openraft retries every heartbeat), and the
+    /// peer counts as unreachable (openraft backs off instead of retrying at once).
     fn refused(&mut self, why: String) -> Failure {
         let text = format!("node {} at {}: {why}", self.target, self.addr);
-        if !self.refusal_logged {
-            self.refusal_logged = true;
+        if self.greetings.log_refusal_of(self.target) {
             tracing::error!("{text}");
         }
         Failure::Unreachable(text)
@@ -745,8 +789,8 @@ pub async fn serve_peers(
     cluster: Arc<super::cluster_id::ClusterId>,
 ) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer_addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors (EMFILE) or an error pending on one new socket:
                 // retried after a pause rather than at once, which would spin.
@@ -785,7 +829,10 @@ pub async fn serve_peers(
                 if takes_part && !greeted && greeting_required(&cluster, &node) {
                     // Every member greets at this level: only a stranger (or a proxy
                     // that reconnected to one) would not (`cluster_id`).
-                    super::cluster_id::log_refusal(None, "it sent a Raft request without the cluster's id first");
+                    super::cluster_id::log_refusal(
+                        &format!("a peer at {peer_addr}"),
+                        "it sent a Raft request without the cluster's id first",
+                    );
                     return;
                 }
                 // The sender of a vote request, an append or a snapshot holds state (a
@@ -870,24 +917,26 @@ pub async fn serve_peers(
                         PeerResponse::HeldState { seen: guard.saw(peer), holds_state }
                     }
                     PeerRequest::Hello { .. } if own_level < super::levels::HELLO_FROM_LEVEL => return,
-                    PeerRequest::Hello { cluster: theirs, from } => match cluster.check(theirs, true) {
-                        Ok(ours) => {
-                            greeted = true;
-                            PeerResponse::Hello(Ok(ours))
+                    PeerRequest::Hello { cluster: theirs, from } => {
+                        match cluster.check(theirs, holds_no_state(&raft)) {
+                            Ok(ours) => {
+                                greeted = true;
+                                PeerResponse::Hello(Ok(ours))
+                            }
+                            Err(super::cluster_id::Refused::Mismatch(why)) => {
+                                super::cluster_id::log_refusal(&format!("node {from} at {peer_addr}"), &why);
+                                // Our id, so that the sender says in its own words why, then
+                                // closed: nothing else is taken from another cluster's node.
+                                let _ = write_frame(stream, &PeerResponse::Hello(Ok(cluster.get()))).await;
+                                return;
+                            }
+                            Err(super::cluster_id::Refused::Unwritten(why)) => {
+                                tracing::error!("{why}");
+                                let _ = write_frame(stream, &PeerResponse::Hello(Err(why))).await;
+                                return;
+                            }
                         }
-                        Err(super::cluster_id::Refused::Mismatch(why)) => {
-                            super::cluster_id::log_refusal(Some(from), &why);
-                            // Our id, so that the sender says in its own words why, then
-                            // closed: nothing else is taken from another cluster's node.
-                            let _ = write_frame(stream, &PeerResponse::Hello(Ok(cluster.get()))).await;
-                            return;
-                        }
-                        Err(super::cluster_id::Refused::Unwritten(why)) => {
-                            tracing::error!("{why}");
-                            let _ = write_frame(stream, &PeerResponse::Hello(Err(why))).await;
-                            return;
-                        }
-                    },
+                    }
                 };
                 if write_frame(stream, &response).await.is_err() {
                     return;
@@ -895,6 +944,13 @@ pub async fn serve_peers(
             }
         });
     }
+}
+
+/// Whether this node holds no Raft state at all (no log, not even the initial
+/// membership): it belongs to no cluster yet, and may take the id of the first peer
+/// that connects to it (`cluster_id`).
+fn holds_no_state(raft: &Raft) -> bool {
+    openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).last_log_index.is_none()
 }
 
 /// Whether Raft requests must come on a greeted connection: this node has a cluster id
@@ -934,7 +990,7 @@ mod tests {
             id: 1,
             cluster: Arc::new(crate::raft::cluster_id::ClusterId::in_memory(None)),
             level: crate::raft::levels::PROTOCOL_LEVEL,
-            refusal_logged: false,
+            greetings: Default::default(),
         }
     }
 
@@ -1017,7 +1073,7 @@ mod tests {
             let text = e.to_string();
             let (ours, theirs) = (crate::raft::cluster_id::show(7), crate::raft::cluster_id::show(8));
             assert!(text.contains(&format!("its id {theirs}, this node's {ours}")), "{text}");
-            assert!(client.refusal_logged, "said in the log");
+            assert!(!client.greetings.log_refusal_of(2), "said in the log, and not again at once");
             drop(client);
             assert_eq!(far.await.expect("peer"), 0, "no request after the greeting");
         }
