@@ -1113,6 +1113,56 @@ mod tests {
         assert!(far.await.expect("peer"), "the vote went without a greeting");
     }
 
+    /// Writes `request` on `stream` and reads one answer: None if the node closed the
+    /// connection instead.
+    async fn ask(stream: &mut TcpStream, request: &PeerRequest) -> Option<PeerResponse> {
+        write_frame(stream, request).await.expect("sent");
+        read_frame::<PeerResponse>(stream).await.ok()
+    }
+
+    /// A running single node (cluster level 4, an id drawn): a Raft request on a
+    /// connection that did not open with the cluster's id is refused (closed), one
+    /// after a greeting with the same id is answered, and a greeting with another id
+    /// is answered with the node's own id and closed.
+    #[tokio::test]
+    async fn raft_requests_need_a_greeting_once_every_member_greets() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let args = ["fencelock", "--port", "0", "--peer-port", "0", "--data-dir", data.to_str().expect("utf-8")];
+        let settings = crate::config::Settings::resolve(crate::config::Flags::parse_from(args)).expect("settings");
+        let launched = crate::launch::launch(&settings).await.expect("launched");
+        let node = Arc::clone(&launched.node);
+        let id = node.cluster_id.get().expect("a single node draws its cluster's id");
+        let addr = {
+            let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&node.raft.metrics()).clone();
+            metrics.membership_config.membership().get_node(&1).expect("node 1").addr.clone()
+        };
+        for _ in 0..100 {
+            if node.levels.cluster() >= crate::raft::levels::HELLO_FROM_LEVEL {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(node.levels.cluster(), crate::raft::levels::PROTOCOL_LEVEL, "a node alone is at its level");
+        let vote = || PeerRequest::Vote(VoteRequest::new(Vote::new(1, 9), None));
+
+        let mut ungreeted = TcpStream::connect(&addr).await.expect("connect");
+        assert!(ask(&mut ungreeted, &vote()).await.is_none(), "a vote without a greeting was answered");
+
+        let mut greeted = TcpStream::connect(&addr).await.expect("connect");
+        let answer = ask(&mut greeted, &PeerRequest::Hello { cluster: Some(id), from: 9 }).await;
+        assert!(matches!(answer, Some(PeerResponse::Hello(Ok(Some(theirs)))) if theirs == id), "greeted");
+        assert!(matches!(ask(&mut greeted, &vote()).await, Some(PeerResponse::Vote(_))), "a greeted vote is answered");
+
+        let mut stranger = TcpStream::connect(&addr).await.expect("connect");
+        let answer = ask(&mut stranger, &PeerRequest::Hello { cluster: Some(id ^ 1), from: 9 }).await;
+        assert!(matches!(answer, Some(PeerResponse::Hello(Ok(Some(theirs)))) if theirs == id), "told the node's id");
+        assert!(ask(&mut stranger, &vote()).await.is_none(), "a stranger's vote was answered");
+        assert_eq!(node.cluster_id.get(), Some(id), "the node keeps its id");
+        launched.shut_down().await;
+    }
+
     #[tokio::test]
     async fn a_peer_that_takes_no_bytes_fails_the_session() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
