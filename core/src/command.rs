@@ -187,6 +187,14 @@ pub enum Command {
         /// The holder's token.
         token: Bytes,
     },
+    /// End the queued wait of an acquire by its token (LOCK.WITHDRAW): a client that
+    /// gave up on an acquire whose request may still be queued. Never touches a holder.
+    LockWithdraw {
+        /// The names, as asked for.
+        names: Vec<Bytes>,
+        /// The waiting acquire's token.
+        token: Bytes,
+    },
     /// Extend a held lease to `ttl_ms` from now (RENEW). Never revives an expired one.
     Renew {
         /// The names, as acquired.

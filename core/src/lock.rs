@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Condition, Event, Grant, HolderInfo, Holding, LockInfo, LockMode, LockRequest, Reply, SessionId, Wait,
+    Condition, Event, Grant, HolderInfo, Holding, LockInfo, LockMode, LockRequest, Reply, SessionId, Wait, WaitEnd,
 };
 use crate::error::{over, Error, Result};
 use crate::limits::Limit;
@@ -516,6 +516,24 @@ impl StateMachine {
             }
         }
         Ok(Reply::Int(i64::from(remaining)))
+    }
+
+    /// Ends the queued wait of the acquire whose token is `token` on `names` (LOCK.WITHDRAW):
+    /// 1 if one was queued (its connection is answered nil, as when its wait runs out),
+    /// 0 if none was (granted already, not yet queued, or never). A holder is never
+    /// touched: a client giving up releases a grant with UNLOCK.
+    pub(crate) fn lock_withdraw(&mut self, names: &[Bytes], token: &[u8]) -> Result<Reply> {
+        let names = self.lock_names(names)?;
+        // A group's waiter sits in the queue of every name it asks for: the first
+        // name's queue (bounded by `waiters_per_lock_max`) finds it.
+        let queue = self.st.locks.get(&names[0]).and_then(LockEntry::queue);
+        let waiter = queue.into_iter().flatten().map(|&(_, id)| id).find(|id| {
+            matches!(self.st.waiters.get(id), Some(Waiter { kind: WaiterKind::Lock { ident, .. }, .. }) if ident.token() == token)
+        });
+        let Some(id) = waiter else { return Ok(Reply::Int(0)) };
+        self.wait_end(id, WaitEnd::Cancelled);
+        debug_assert!(!self.st.waiters.contains_key(&id), "the withdrawn wait ended");
+        Ok(Reply::Int(1))
     }
 
     pub(crate) fn lock_renew(&mut self, names: &[Bytes], token: &[u8], ttl_ms: u64) -> Result<Reply> {

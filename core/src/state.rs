@@ -559,6 +559,7 @@ impl StateMachine {
             Command::Tick | Command::Rebase => Ok(Reply::Ok),
             Command::Lock(request) => self.lock_acquire(&request),
             Command::Unlock { names, token } => self.lock_release(&names, &token),
+            Command::LockWithdraw { names, token } => self.lock_withdraw(&names, &token),
             Command::Renew { names, token, ttl_ms } => self.lock_renew(&names, &token, ttl_ms),
             Command::CancelWait { waiter } => {
                 if !self.st.waiters.contains_key(&waiter) {

@@ -108,6 +108,7 @@ fn lock_commands() -> Vec<(u32, BoxedStrategy<Command>)> {
     vec![
         (6, lock.boxed()),
         (3, (lock_names(), who()).prop_map(|(names, token)| Command::Unlock { names, token }).boxed()),
+        (1, (lock_names(), who()).prop_map(|(names, token)| Command::LockWithdraw { names, token }).boxed()),
         (
             1,
             (lock_names(), who(), ttl())

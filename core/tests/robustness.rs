@@ -162,6 +162,7 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         4 => lock,
         2 => (names(), owner()).prop_map(|(names, token)| Command::Unlock { names, token }),
+        1 => (names(), owner()).prop_map(|(names, token)| Command::LockWithdraw { names, token }),
         2 => (names(), owner(), ttl()).prop_map(|(names, token, ttl_ms)| Command::Renew { names, token, ttl_ms }),
         1 => small_id().prop_map(|waiter| Command::CancelWait { waiter }),
         1 => ttl().prop_map(|ttl_ms| Command::SessionOpen { ttl_ms }),

@@ -107,6 +107,33 @@ fn queued_waiters_are_granted_fifo_on_release() {
     assert_eq!(granted_waiters(&out.events), vec![w_carol]);
 }
 
+/// LOCK.WITHDRAW: a client that gave up on an acquire ends its queued wait by token,
+/// so a later release does not grant it to nobody. Holders are never touched.
+#[test]
+fn a_queued_acquire_is_withdrawn_by_its_token_and_a_holder_is_not() {
+    let mut d = Driver::default();
+    d.ok(Command::Lock(lock(&["a"], "alice", 10_000)));
+    let w_bob = waiter(d.ok(Command::Lock(queued(lock(&["a", "b"], "bob", 10_000), None, 0))));
+    let w_carol = waiter(d.ok(Command::Lock(queued(lock(&["a"], "carol", 10_000), None, 0))));
+    let withdraw = |names: &[&str], owner: &str| Command::LockWithdraw {
+        names: names.iter().map(|n| b(n)).collect(),
+        token: b(&format!("{owner}-token")),
+    };
+    // Found through the first name of the group, as asked for.
+    let out = d.run(withdraw(&["a", "b"], "bob"));
+    assert_eq!(out.reply, Ok(Reply::Int(1)));
+    assert_eq!(out.events, vec![Event::WaitEnded { waiter: w_bob, reason: WaitEnd::Cancelled }]);
+    assert_eq!(d.ok(withdraw(&["a", "b"], "bob")), Reply::Int(0), "once");
+    assert_eq!(d.ok(withdraw(&["a"], "alice")), Reply::Int(0), "a holder is not a waiter");
+    assert_eq!(d.ok(withdraw(&["a"], "nobody")), Reply::Int(0));
+    let Reply::Info(info) = d.read(Command::LockInfo { name: b("a") }) else { panic!() };
+    assert_eq!((info.holders.len(), info.waiters), (1, 1), "alice still holds; carol still waits");
+    // The release grants the next waiter left, not the withdrawn one.
+    let out = d.run(unlock(&["a"], "alice"));
+    assert_eq!(granted_waiters(&out.events), vec![w_carol]);
+    assert_eq!(d.err(withdraw(&[], "carol")), Error::invalid("at least one lock name is required"));
+}
+
 #[test]
 fn priority_waiters_go_first_and_fifo_within_a_priority() {
     let mut d = Driver::default();

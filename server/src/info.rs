@@ -217,6 +217,7 @@ const COMMANDS: &[(&str, i64, i64, i64)] = &[
     ("readwrite", 1, 0, 0),
     ("lock", -3, 1, 1),
     ("unlock", -3, 1, 1),
+    ("lock.withdraw", -3, 1, 1),
     ("renew", -4, 1, 1),
     ("fence", 2, 1, 1),
     ("lock.info", 2, 1, 1),

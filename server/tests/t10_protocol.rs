@@ -565,6 +565,32 @@ fn blocked_lock_is_granted_when_the_holder_unlocks() {
     a.assert_alive();
 }
 
+/// LOCK.WITHDRAW ends a queued acquire by its token (a client that gave up on it, on
+/// a connection it shares with others, so the server cannot tell by the connection):
+/// the waiting connection is answered nil, and the release grants it nothing.
+#[test]
+fn a_queued_lock_is_withdrawn_by_its_token() {
+    let server = Server::start();
+    let mut a = server.connect();
+    let mut b = server.connect();
+    let mut c = server.connect();
+    lock(&mut a, "wl", 30_000, "a");
+    b.send_cmd(&["LOCK", "wl", "30000", "TOKEN", "b", "WAIT", "20000"]);
+    wait_until(Duration::from_secs(5), "B to queue", || (waiters(&mut c, "wl") == 1).then_some(()));
+    assert_eq!(c.raw(&["LOCK.WITHDRAW", "wl", "b"]), ":1\r\n");
+    assert!(b.read().is_null(), "the withdrawn wait is answered nil");
+    assert_eq!(waiters(&mut c, "wl"), 0);
+    assert_eq!(c.raw(&["LOCK.WITHDRAW", "wl", "b"]), ":0\r\n", "once");
+    assert_eq!(c.raw(&["LOCK.WITHDRAW", "wl", "a"]), ":0\r\n", "a holder is not withdrawn");
+    assert_eq!(a.raw(&["UNLOCK", "wl", "a"]), ":0\r\n");
+    lock(&mut c, "wl", 1_000, "c");
+    // Bad input: the error names it, and the connection goes on.
+    assert!(c.raw(&["LOCK.WITHDRAW", "wl"]).starts_with("-ERR wrong number of arguments"));
+    assert!(c.raw(&["LOCK.WITHDRAW", "wl", "c", "NOPE"]).starts_with("-ERR syntax"));
+    c.assert_alive();
+    b.assert_alive();
+}
+
 #[test]
 fn blocked_lock_of_a_disconnected_client_is_never_granted() {
     let server = Server::start();

@@ -17,7 +17,7 @@ use fencelock_testkit::Relay;
 
 const CLIENTS: usize = 16;
 /// `raft::levels::PROTOCOL_LEVEL`, as INFO shows it.
-const THIS_LEVEL: &str = "4";
+const THIS_LEVEL: &str = "5";
 const CYCLES: usize = 25;
 
 fn stat(c: &mut Client, field: &str) -> u64 {
@@ -239,6 +239,13 @@ fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
         );
         // The connection goes on, and the barrier without a session works.
         assert!(c.cmd(&["BARRIER.ENTER", "job", "2", "a", "WAIT", "0"]).is_null());
+        // So is withdrawing a queued acquire (level 5): the client falls back to
+        // releasing what it may have been granted.
+        let refused = c.cmd(&["LOCK.WITHDRAW", "job", "t"]);
+        assert!(
+            format!("{refused:?}").contains("needs every member of the cluster at protocol level 5"),
+            "{refused:?}"
+        );
     }
 
     // Upgraded: the same entry is accepted, and every node applies it.
@@ -248,6 +255,7 @@ fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
     wait_all_at(&servers, THIS_LEVEL);
     let leader = wait_for_leader(&mut servers);
     let mut l = servers[leader].connect();
+    assert_eq!(l.cmd(&["LOCK.WITHDRAW", "job", "t"]), Reply::Int(0), "nothing queued under that token");
     l.send_cmd(&["BARRIER.ENTER", "job", "2", "a", "SESSION", &session, "WAIT", "10000"]);
     let mut other = servers[old].connect();
     wait_until(Duration::from_secs(10), "a to be inside", || {

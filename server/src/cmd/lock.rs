@@ -62,6 +62,17 @@ pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
             }
             Request::Core(Command::Unlock { names, token }, Shape::Plain)
         }
+        b"LOCK.WITHDRAW" => {
+            let mut names = vec![a.bytes()?];
+            let token = a.bytes()?;
+            while let Some(option) = a.keyword() {
+                match option.as_slice() {
+                    b"ALSO" => also(a, &mut names)?,
+                    _ => return Err(CmdError::Syntax),
+                }
+            }
+            Request::Core(Command::LockWithdraw { names, token }, Shape::Plain)
+        }
         b"RENEW" => {
             let mut names = vec![a.bytes()?];
             let token = a.bytes()?;

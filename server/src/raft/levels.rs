@@ -15,6 +15,7 @@
 //! | 2 | `Command::BarrierEnterSession` (a double-barrier member a session owns; snapshots then carry a section level 1 does not read) and `Command::PutBack` (a popped element returned past the length limit) |
 //! | 3 | `Command::ConfigCompact` (the leader forgets the oldest deleted config keys; snapshots then carry a section level 2 does not read); the `HeldState` peer request (`wipe_guard`; a request, not an entry: builds below 3 close the connection on it) |
 //! | 4 | the `Hello` peer request that opens every replication and vote connection with the cluster's id (`cluster_id`; a request, not an entry: builds below 4 close the connection on it, and the sender then opens one without it) |
+//! | 5 | `Command::LockWithdraw` (LOCK.WITHDRAW: a client that gave up on an acquire ends its queued wait by token) |
 //!
 //! A node joins a cluster only at the cluster's level or above (`cluster::admin_local`):
 //! the log it must replay may hold entries of that level. Downgrading a member below
@@ -35,7 +36,7 @@ use super::network::{ask_once, Asked, PeerRequest, PeerResponse};
 use super::{NodeId, Op, Raft};
 
 /// This build's level: it reads every entry kind up to this one.
-pub const PROTOCOL_LEVEL: u32 = 4;
+pub const PROTOCOL_LEVEL: u32 = 5;
 /// The level from which concurrent writes share log entries (`write_group`).
 pub const GROUPS_FROM_LEVEL: u32 = 1;
 /// The level from which a node ends the waits its previous run left (`Op::CancelWaitsOf`).
@@ -51,6 +52,9 @@ pub const CONFIG_COMPACT_FROM_LEVEL: u32 = 3;
 pub const HELD_STATE_FROM_LEVEL: u32 = 3;
 /// The level from which a node answers `PeerRequest::Hello` (`cluster_id`).
 pub const HELLO_FROM_LEVEL: u32 = 4;
+/// The level from which a client may withdraw a queued acquire by its token
+/// (`Command::LockWithdraw`, LOCK.WITHDRAW).
+pub const WITHDRAW_FROM_LEVEL: u32 = 5;
 
 /// The lowest level that reads the entry `op` makes, as far as its commands go (a
 /// group's own form is `write_group::check_group`'s to judge).
@@ -59,6 +63,7 @@ pub fn level_of(op: &Op) -> u32 {
         match command {
             Command::BarrierEnterSession { .. } | Command::PutBack { .. } => OWNED_MEMBERS_FROM_LEVEL,
             Command::ConfigCompact { .. } => CONFIG_COMPACT_FROM_LEVEL,
+            Command::LockWithdraw { .. } => WITHDRAW_FROM_LEVEL,
             _ => 0,
         }
     }
