@@ -187,8 +187,9 @@ pub enum Command {
         /// The holder's token.
         token: Bytes,
     },
-    /// End the queued wait of an acquire by its token (LOCK.WITHDRAW): a client that
-    /// gave up on an acquire whose request may still be queued. Never touches a holder.
+    /// End the queued wait of an acquire by its token (LOCK.WITHDRAW, from another
+    /// connection: a client that gave up on a blocking acquire without closing the
+    /// connection it waits on). Never touches a holder.
     LockWithdraw {
         /// The names, as asked for.
         names: Vec<Bytes>,

@@ -565,9 +565,10 @@ fn blocked_lock_is_granted_when_the_holder_unlocks() {
     a.assert_alive();
 }
 
-/// LOCK.WITHDRAW ends a queued acquire by its token (a client that gave up on it, on
-/// a connection it shares with others, so the server cannot tell by the connection):
-/// the waiting connection is answered nil, and the release grants it nothing.
+/// LOCK.WITHDRAW ends a queued acquire by its token, from another connection (a client
+/// that gave up on it without closing the connection it waits on, as multiplexing
+/// clients do; what CLIENT UNBLOCK is in Redis): the waiting connection is answered
+/// nil, and the release grants it nothing.
 #[test]
 fn a_queued_lock_is_withdrawn_by_its_token() {
     let server = Server::start();

@@ -239,8 +239,8 @@ fn a_write_newer_than_a_member_reads_is_refused_until_it_is_upgraded() {
         );
         // The connection goes on, and the barrier without a session works.
         assert!(c.cmd(&["BARRIER.ENTER", "job", "2", "a", "WAIT", "0"]).is_null());
-        // So is withdrawing a queued acquire (level 5): the client falls back to
-        // releasing what it may have been granted.
+        // So is withdrawing a queued acquire by token (level 5); closing the waiting
+        // connection still ends a wait.
         let refused = c.cmd(&["LOCK.WITHDRAW", "job", "t"]);
         assert!(
             format!("{refused:?}").contains("needs every member of the cluster at protocol level 5"),
