@@ -47,30 +47,29 @@ fn also(a: &mut Args, names: &mut Vec<Bytes>) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// `name token [ALSO n name ...]`, the arguments of UNLOCK and LOCK.WITHDRAW.
+fn names_and_token(a: &mut Args) -> Result<(Vec<Bytes>, Bytes), CmdError> {
+    let mut names = vec![a.bytes()?];
+    let token = a.bytes()?;
+    while let Some(option) = a.keyword() {
+        match option.as_slice() {
+            b"ALSO" => also(a, &mut names)?,
+            _ => return Err(CmdError::Syntax),
+        }
+    }
+    Ok((names, token))
+}
+
 /// Parses a native lock or session command; `None` if `name` is not one.
 pub fn parse(name: &[u8], a: &mut Args) -> Result<Option<Request>, CmdError> {
     let request = match name {
         b"LOCK" => parse_lock(a)?,
         b"UNLOCK" => {
-            let mut names = vec![a.bytes()?];
-            let token = a.bytes()?;
-            while let Some(option) = a.keyword() {
-                match option.as_slice() {
-                    b"ALSO" => also(a, &mut names)?,
-                    _ => return Err(CmdError::Syntax),
-                }
-            }
+            let (names, token) = names_and_token(a)?;
             Request::Core(Command::Unlock { names, token }, Shape::Plain)
         }
         b"LOCK.WITHDRAW" => {
-            let mut names = vec![a.bytes()?];
-            let token = a.bytes()?;
-            while let Some(option) = a.keyword() {
-                match option.as_slice() {
-                    b"ALSO" => also(a, &mut names)?,
-                    _ => return Err(CmdError::Syntax),
-                }
-            }
+            let (names, token) = names_and_token(a)?;
             Request::Core(Command::LockWithdraw { names, token }, Shape::Plain)
         }
         b"RENEW" => {
