@@ -187,17 +187,27 @@ const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10
 /// (a few more lines in the log, never unbounded memory).
 const REFUSALS_REMEMBERED_MAX: usize = 256;
 
-/// Logs a refused connection from `peer` (its stated node id and its address), at
-/// most once per `REFUSAL_LOG_EVERY` for each.
-pub fn log_refusal(peer: &str, why: &str) {
+/// Whether a refusal concerning `peer` (a node id and an address, as the caller names
+/// it) is to be logged now: at most once per `REFUSAL_LOG_EVERY` for each, on either
+/// side of a connection. Notes it when it is.
+pub fn refusal_due(peer: &str) -> bool {
     static LAST: Mutex<Option<std::collections::HashMap<String, std::time::Instant>>> = Mutex::new(None);
     let mut last = LAST.lock().expect("not poisoned");
     let last = last.get_or_insert_with(Default::default);
     if last.len() >= REFUSALS_REMEMBERED_MAX {
         last.clear();
     }
-    if last.get(peer).is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+    let due = last.get(peer).is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY);
+    if due {
         last.insert(peer.to_string(), std::time::Instant::now());
+    }
+    due
+}
+
+/// Logs a refused connection from `peer` (its stated node id and its address), at
+/// most once per `REFUSAL_LOG_EVERY` for each.
+pub fn log_refusal(peer: &str, why: &str) {
+    if refusal_due(&format!("from {peer}")) {
         tracing::error!("refused a peer connection from {peer}: {why}");
     }
 }

@@ -126,6 +126,28 @@ pub async fn probe(addr: &str) -> Probe {
     }
 }
 
+/// What a node that closed the connection on a request it answers from `level` on
+/// turned out to be, by the level exchange (`older_than`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// A build below `level`, which cannot decode the request.
+    Older,
+    /// A build that reads it: it crashed or stopped just then.
+    Stopped,
+    /// Nothing learned.
+    Unreachable,
+}
+
+/// Why the node at `addr` closed the connection on a request of `level` (the
+/// greeting, `wipe_guard`'s question): asked by the level exchange.
+pub async fn closed_on(addr: &str, level: u32) -> Closed {
+    match probe(addr).await {
+        Probe::Answered(answered) if answered >= level => Closed::Stopped,
+        Probe::Answered(_) | Probe::Older => Closed::Older,
+        Probe::Unreachable => Closed::Unreachable,
+    }
+}
+
 /// This node's level and what it knows of the others'.
 pub struct Levels {
     own: u32,
@@ -165,7 +187,7 @@ impl Levels {
     }
 
     /// What to write to the file if `known` changed since the last call: the file
-    /// and its new text. `run` writes it off the runtime thread (`write_kept`).
+    /// and its new text. `run` writes it off the runtime thread (`keep`).
     fn changes(&self) -> Option<(PathBuf, String)> {
         let file = self.file.clone()?;
         if !self.changed.swap(false, Ordering::Relaxed) {
@@ -230,19 +252,16 @@ impl Levels {
     }
 }
 
-/// Replaces `file` with `text`. A lost file only costs what it saves (its members
-/// count as unheard), but an older one coming back after a crash could count a member
-/// at a level it has since left: so the new file is synced before it replaces the old,
-/// and the directory after.
-fn write_kept(file: &std::path::Path, text: &str) -> std::io::Result<()> {
-    crate::durable::replace_file(file, text.as_bytes())
-}
-
 /// Writes what changed in `levels` to its file, on a blocking thread: the node's one
-/// runtime thread must not wait on the disk.
+/// runtime thread must not wait on the disk. A lost file only costs what it saves (its
+/// members count as unheard), but an older one coming back after a crash could count a
+/// member at a level it has since left: so it is replaced whole (`durable`).
 async fn keep(levels: &Levels) {
     let Some((file, text)) = levels.changes() else { return };
-    let written = tokio::task::spawn_blocking(move || write_kept(&file, &text).map_err(|e| (file, e))).await;
+    let written = tokio::task::spawn_blocking(move || {
+        crate::durable::replace_file(&file, text.as_bytes()).map_err(|e| (file, e))
+    })
+    .await;
     if let Ok(Err((file, e))) = written {
         tracing::warn!(error = %e, file = %file.display(), "cannot keep the members' protocol levels");
     }

@@ -157,13 +157,17 @@ pub(crate) async fn ask_once(addr: &str, request: &PeerRequest, timeout: std::ti
         }
         match read_frame::<PeerResponse>(&mut stream).await {
             Ok(response) => Asked::Answer(response),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
-                Asked::Closed
-            }
+            Err(e) if closed_by_peer(&e) => Asked::Closed,
             Err(_) => Asked::Unreachable,
         }
     };
     tokio::time::timeout(timeout, asked).await.unwrap_or(Asked::Unreachable)
+}
+
+/// Whether a read failed because the peer closed the connection (what a build does on
+/// a request it cannot decode).
+fn closed_by_peer(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset)
 }
 
 pub(crate) async fn write_frame<T: Serialize>(
@@ -248,18 +252,14 @@ pub struct Network {
 /// connected to without one before it is greeted (and asked its level) again: during
 /// a rolling upgrade, one probe per peer per this, not one per connection.
 const OLDER_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often at most a refused peer is logged, per peer.
-const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a node's peer clients remember about greetings across connections and clients.
-/// Keyed by the members' addresses and ids, so bounded by the membership (and the
-/// few members removed while this process ran).
+/// Keyed by the members' addresses, so bounded by the membership (and the few members
+/// removed while this process ran).
 #[derive(Default)]
 pub struct Greetings {
     /// Addresses that closed on the greeting and answered a level below it, and when.
     older: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    /// When each refused peer was last logged.
-    refusals: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
 }
 
 impl Greetings {
@@ -270,17 +270,6 @@ impl Greetings {
 
     fn note_older(&self, addr: &str) {
         self.older.lock().expect("not poisoned").insert(addr.to_string(), std::time::Instant::now());
-    }
-
-    /// Whether a refusal of `peer` is to be logged now (at most once per
-    /// `REFUSAL_LOG_EVERY`), and notes it.
-    fn log_refusal_of(&self, peer: NodeId) -> bool {
-        let mut refusals = self.refusals.lock().expect("not poisoned");
-        let due = refusals.get(&peer).is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY);
-        if due {
-            refusals.insert(peer, std::time::Instant::now());
-        }
-        due
     }
 }
 
@@ -354,18 +343,18 @@ impl PeerClient {
             // The peer could not write down our id: nothing is compared yet.
             Ok(PeerResponse::Hello(Err(e))) => Err(Failure::Network(format!("node {}: {e}", self.target))),
             Ok(_) => Err(Failure::Network(format!("node {} answered another request", self.target))),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
+            Err(e) if closed_by_peer(&e) => {
                 // A build from before the greeting closes on it; so does a node of this
                 // build that stopped just then: the level tells them apart.
-                match super::levels::probe(&self.addr).await {
-                    super::levels::Probe::Answered(level) if level >= super::levels::HELLO_FROM_LEVEL => {
+                match super::levels::closed_on(&self.addr, super::levels::HELLO_FROM_LEVEL).await {
+                    super::levels::Closed::Stopped => {
                         Err(Failure::Network(format!("node {} closed the connection", self.target)))
                     }
-                    super::levels::Probe::Answered(_) | super::levels::Probe::Older => {
+                    super::levels::Closed::Older => {
                         self.greetings.note_older(&self.addr);
                         self.open().await
                     }
-                    super::levels::Probe::Unreachable => {
+                    super::levels::Closed::Unreachable => {
                         Err(Failure::Unreachable(format!("node {} at {}: no answer", self.target, self.addr)))
                     }
                 }
@@ -374,15 +363,15 @@ impl PeerClient {
         }
     }
 
-    /// The peer belongs to another cluster: said in the log (at most once per
-    /// `REFUSAL_LOG_EVERY` for each peer: openraft retries every heartbeat), and the
-    /// peer counts as unreachable (openraft backs off instead of retrying at once).
+    /// The peer belongs to another cluster: said in the log (throttled per peer:
+    /// openraft retries every heartbeat), and the peer counts as unreachable (openraft
+    /// backs off instead of retrying at once).
     fn refused(&mut self, why: String) -> Failure {
-        let text = format!("node {} at {}: {why}", self.target, self.addr);
-        if self.greetings.log_refusal_of(self.target) {
-            tracing::error!("{text}");
+        let peer = format!("node {} at {}", self.target, self.addr);
+        if super::cluster_id::refusal_due(&peer) {
+            tracing::error!("{peer}: {why}");
         }
-        Failure::Unreachable(text)
+        Failure::Unreachable(format!("{peer}: {why}"))
     }
 
     /// One request and its response, within `ttl`. Any failure drops the connection.
@@ -911,9 +900,7 @@ pub async fn serve_peers(
                         // appended here, so nothing was committed with this node. Not
                         // the term: a first node campaigning alone raises it every
                         // election timeout, and the others must still count it.
-                        let last =
-                            openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).last_log_index;
-                        let holds_state = last.is_some_and(|index| index > 0);
+                        let holds_state = last_log_index(&raft).is_some_and(|index| index > 0);
                         PeerResponse::HeldState { seen: guard.saw(peer), holds_state }
                     }
                     PeerRequest::Hello { .. } if own_level < super::levels::HELLO_FROM_LEVEL => return,
@@ -950,7 +937,12 @@ pub async fn serve_peers(
 /// membership): it belongs to no cluster yet, and may take the id of the first peer
 /// that connects to it (`cluster_id`).
 fn holds_no_state(raft: &Raft) -> bool {
-    openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).last_log_index.is_none()
+    last_log_index(raft).is_none()
+}
+
+/// The index of the last entry in this node's log (None: no log at all).
+fn last_log_index(raft: &Raft) -> Option<u64> {
+    openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).last_log_index
 }
 
 /// Whether Raft requests must come on a greeted connection: this node has a cluster id
@@ -1073,7 +1065,8 @@ mod tests {
             let text = e.to_string();
             let (ours, theirs) = (crate::raft::cluster_id::show(7), crate::raft::cluster_id::show(8));
             assert!(text.contains(&format!("its id {theirs}, this node's {ours}")), "{text}");
-            assert!(!client.greetings.log_refusal_of(2), "said in the log, and not again at once");
+            let peer = format!("node 2 at {}", client.addr);
+            assert!(!crate::raft::cluster_id::refusal_due(&peer), "said in the log, and not again at once");
             drop(client);
             assert_eq!(far.await.expect("peer"), 0, "no request after the greeting");
         }

@@ -148,12 +148,9 @@ async fn ask(addr: &str, about: NodeId) -> Answer {
         // stopped just then, whose marks count: its level tells them apart (builds that
         // ask this question answer the level exchange at `HELD_STATE_FROM_LEVEL` or
         // above).
-        Asked::Closed => match super::levels::probe(addr).await {
-            super::levels::Probe::Answered(level) if level >= super::levels::HELD_STATE_FROM_LEVEL => {
-                Answer::Unreachable
-            }
-            super::levels::Probe::Answered(_) | super::levels::Probe::Older => Answer::Older,
-            super::levels::Probe::Unreachable => Answer::Unreachable,
+        Asked::Closed => match super::levels::closed_on(addr, super::levels::HELD_STATE_FROM_LEVEL).await {
+            super::levels::Closed::Older => Answer::Older,
+            super::levels::Closed::Stopped | super::levels::Closed::Unreachable => Answer::Unreachable,
         },
     }
 }
